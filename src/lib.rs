@@ -1,0 +1,33 @@
+//! SPFS on a machine without mount namespaces: one per-user background service
+//! owns the FUSE mount at `/spfs` and a gRPC control API; the `spfs` commands
+//! start it on demand and ask it to show a stack of layers to one process tree.
+//!
+//! Module map (the cold start reads top to bottom in [`launcher`]):
+//!
+//! - [`launcher`]: `ensure_service_running`: probe, spawn lock, detached spawn,
+//!   readiness pipe, confirm.
+//! - [`service`]: the background service: socket, health, control API,
+//!   runtimes table, pidfile, shutdown.
+//! - [`fs`]: the FUSE filesystem and mounting it safely.
+//! - [`client`]: gRPC channels over the unix socket.
+//! - [`commands`]: what the two binaries do for each subcommand.
+//! - [`telemetry`]: JSON-lines log files with daily rotation.
+//! - [`platform`]: Linux and macOS process facts, exit watching, FUSE checks.
+//! - [`paths`], [`config`], [`error`]: where things live, settings, user-facing errors.
+//! - [`proto`]: code generated from `proto/spfs/vfs/v1/vfs.proto`.
+
+pub mod client;
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod fs;
+pub mod launcher;
+pub mod paths;
+pub mod platform;
+pub mod proto;
+pub mod service;
+pub mod telemetry;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use launcher::ensure_service_running;

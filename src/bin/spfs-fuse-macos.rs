@@ -1,1 +1,48 @@
-fn main(){}
+//! `spfs-fuse-macos`: the background service, and `mount` for scripts.
+//! Parses arguments and calls `spfs::commands`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use spfs::service::readiness::ReadyNotifier;
+
+#[derive(Parser)]
+#[command(name = "spfs-fuse-macos", version, about = "The per-user SPFS FUSE service")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service in the foreground (the launcher normally starts it)
+    Service {
+        /// Where to mount (default: $SPFS_MOUNTPOINT, else /spfs)
+        mountpoint: Option<PathBuf>,
+        /// Ask the running service to stop, and wait until it has gone
+        #[arg(long, conflicts_with = "mountpoint")]
+        stop: bool,
+    },
+    /// Show REF's layers to a process tree (default: the calling process)
+    Mount {
+        /// Root of the process tree: yourself or one of your ancestors
+        #[arg(long, value_name = "PID")]
+        root_process: Option<i32>,
+        #[arg(value_name = "REF")]
+        reference: String,
+    },
+}
+
+fn main() -> ExitCode {
+    // Before any thread exists: this reads and clears an environment variable.
+    let notifier = ReadyNotifier::from_env();
+    match Cli::parse().command {
+        Command::Service { stop: true, .. } => spfs::commands::stop("spfs-fuse-macos service --stop"),
+        Command::Service { mountpoint, .. } => spfs::commands::serve(mountpoint, notifier),
+        Command::Mount {
+            root_process,
+            reference,
+        } => spfs::commands::mount(root_process, &reference),
+    }
+}

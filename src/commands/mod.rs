@@ -1,0 +1,35 @@
+//! What each subcommand of `spfs` and `spfs-fuse-macos` does. The binaries
+//! only parse arguments and call these.
+
+mod run;
+mod service;
+
+pub use run::{mount, run, shell};
+pub use service::{serve, start, status, stop};
+
+use std::process::ExitCode;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::telemetry::{self, Program};
+
+/// Reads the config and starts the launcher's log, or explains what is wrong.
+fn launcher_setup(tool: &str) -> Result<Config, ExitCode> {
+    let config = Config::from_env().map_err(|err| report(tool, &err))?;
+    telemetry::init(Program::Launcher, &config.paths.log_dir);
+    Ok(config)
+}
+
+/// A runtime for short client work: one thread, nothing to spin up.
+fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("cannot create a tokio runtime")
+}
+
+/// Prints an error for the user and gives the exit status for it.
+fn report(tool: &str, err: &Error) -> ExitCode {
+    eprintln!("{tool}: error: {err}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,117 @@
+//! `spfs run`, `spfs shell` and `spfs-fuse-macos mount`: ensure the service,
+//! `Mount` the env spec for a process, and (for run and shell) `exec` the
+//! command in this very process, so the runtime ends exactly when the command
+//! does and its exit status is ours.
+
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use super::{client_runtime, launcher_setup, report};
+use crate::client::ControlClient;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::launcher::ensure_service_running;
+use crate::platform;
+use crate::proto::MountRequest;
+
+/// `spfs run REF -- CMD...`
+pub fn run(reference: &str, command: &[OsString]) -> ExitCode {
+    let Some((program, args)) = command.split_first() else {
+        eprintln!("spfs run: error: no command given; usage: spfs run REF -- CMD [ARGS...]");
+        return ExitCode::from(2);
+    };
+    run_in_env("spfs run", reference, program, args)
+}
+
+/// `spfs shell REF`: the user's `$SHELL` (else `/bin/sh`) in the environment.
+pub fn shell(reference: &str) -> ExitCode {
+    let shell = std::env::var_os("SHELL")
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "/bin/sh".into());
+    run_in_env("spfs shell", reference, &shell, &[])
+}
+
+fn run_in_env(tool: &str, reference: &str, program: &OsString, args: &[OsString]) -> ExitCode {
+    let config = match launcher_setup(tool) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let pid = std::process::id() as i32;
+    let mounted = client_runtime().block_on(ensure_and_mount(&config, pid, reference));
+    if let Err(err) = mounted {
+        return report(tool, &err);
+    }
+    tracing::info!(
+        event = "launcher.exec",
+        command = %program.to_string_lossy(),
+        "running the command"
+    );
+    // Only returns on failure; the runtime then ends with this process.
+    let err = std::process::Command::new(program).args(args).exec();
+    eprintln!("{tool}: error: cannot run {}: {err}", program.to_string_lossy());
+    ExitCode::from(match err.kind() {
+        std::io::ErrorKind::NotFound => 127,
+        _ => 126,
+    })
+}
+
+/// `spfs-fuse-macos mount [--root-process PID] REF`, for scripts: the runtime
+/// belongs to `PID` (default: the caller, our parent) and its descendants.
+pub fn mount(root_process: Option<i32>, reference: &str) -> ExitCode {
+    let tool = "spfs-fuse-macos mount";
+    let pid = root_process.unwrap_or_else(|| nix::unistd::getppid().as_raw());
+    if !platform::is_self_or_ancestor(pid) {
+        eprintln!(
+            "{tool}: error: process {pid} is not this process or one of its ancestors; only your own process tree can be given a runtime"
+        );
+        return ExitCode::from(2);
+    }
+    let config = match launcher_setup(tool) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    match client_runtime().block_on(ensure_and_mount(&config, pid, reference)) {
+        Ok(()) => {
+            println!("mounted {reference:?} for process {pid}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => report(tool, &err),
+    }
+}
+
+async fn ensure_and_mount(config: &Config, pid: i32, reference: &str) -> Result<()> {
+    let running = ensure_service_running(config).await?;
+    let started = Instant::now();
+    let response = ControlClient::new(running.channel)
+        .mount(MountRequest {
+            root_pid: pid.into(),
+            env_spec: reference.to_owned(),
+        })
+        .await;
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match response {
+        Ok(_) => {
+            tracing::info!(
+                event = "launcher.mount",
+                root_pid = pid,
+                env_spec = reference,
+                elapsed_ms,
+                "the service mounted the environment"
+            );
+            Ok(())
+        }
+        Err(status) => {
+            tracing::error!(
+                event = "launcher.mount_failed",
+                root_pid = pid,
+                env_spec = reference,
+                error = status.message(),
+                elapsed_ms,
+                "the service refused the mount"
+            );
+            Err(Error::rpc(format!("cannot mount {reference:?}"), status))
+        }
+    }
+}

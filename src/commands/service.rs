@@ -1,0 +1,237 @@
+//! `spfs service start|stop|status` and `spfs-fuse-macos service [--stop]`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::json;
+
+use super::{client_runtime, launcher_setup, report};
+use crate::client::ControlClient;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::launcher::probe::{probe, Probe};
+use crate::launcher::{ensure_service_running, EnsureOutcome};
+use crate::paths::Paths;
+use crate::proto::{ShutdownRequest, StatusRequest, StatusResponse};
+use crate::service::pidfile;
+use crate::service::readiness::ReadyNotifier;
+use crate::telemetry::{self, Program};
+
+/// Exit status of `status` when no service runs (as LSB init scripts use).
+const EXIT_NOT_RUNNING: u8 = 3;
+/// How long `stop` waits for the service to exit: drain, unmount, cleanup.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `spfs-fuse-macos service [MOUNTPOINT]`: run the service in this process.
+pub fn serve(mountpoint: Option<PathBuf>, notifier: Option<ReadyNotifier>) -> ExitCode {
+    let fail = |message: String| {
+        eprintln!("spfs-fuse-macos: {message}");
+        ExitCode::FAILURE
+    };
+    let mut paths = match Paths::from_env() {
+        Ok(paths) => paths,
+        Err(err) => {
+            if let Some(n) = notifier {
+                n.failed(err.reason(), &err.to_string());
+            }
+            return fail(err.to_string());
+        }
+    };
+    if let Some(mountpoint) = mountpoint {
+        paths.mountpoint = std::path::absolute(&mountpoint).unwrap_or(mountpoint);
+    }
+    telemetry::init(Program::Service, &paths.log_dir);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return fail(format!("cannot start the async runtime: {err}")),
+    };
+    runtime.block_on(crate::service::run(paths, notifier))
+}
+
+/// `spfs service start`
+pub fn start() -> ExitCode {
+    let tool = "spfs service start";
+    let config = match launcher_setup(tool) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let result = client_runtime().block_on(async {
+        let running = ensure_service_running(&config).await?;
+        let status = fetch_status(&running.channel).await?;
+        Ok::<_, Error>((running.outcome, status))
+    });
+    match result {
+        Ok((outcome, status)) => {
+            let how = match outcome {
+                EnsureOutcome::Started => "started",
+                EnsureOutcome::AlreadyRunning | EnsureOutcome::StartedByOther => "already running",
+            };
+            println!("spfs service: {how} (pid {}, mountpoint {})", status.pid, status.mountpoint);
+            ExitCode::SUCCESS
+        }
+        Err(err) => report(tool, &err),
+    }
+}
+
+/// `spfs service status [--json]`; exit 3 when not running.
+pub fn status(as_json: bool) -> ExitCode {
+    let tool = "spfs service status";
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(err) => return report(tool, &err),
+    };
+    let socket = config.paths.socket();
+    let result = client_runtime().block_on(async {
+        match probe(&socket).await {
+            Probe::Serving(channel) => Ok(Some((true, fetch_status(&channel).await?))),
+            Probe::NotServing(channel) => Ok(Some((false, fetch_status(&channel).await?))),
+            Probe::Absent { .. } => Ok(None),
+            Probe::Foreign(detail) => Err(Error::ForeignListener {
+                socket: socket.clone(),
+                detail,
+            }),
+            Probe::Unreachable(err) => Err(Error::io(format!("cannot connect to {}", socket.display()), err)),
+        }
+    });
+    match result {
+        Err(err) => report(tool, &err),
+        Ok(None) => {
+            if as_json {
+                println!("{}", json!({"running": false, "socket": socket.display().to_string()}));
+            } else {
+                println!("spfs service: not running (socket {})", socket.display());
+            }
+            ExitCode::from(EXIT_NOT_RUNNING)
+        }
+        Ok(Some((serving, status))) => {
+            if as_json {
+                println!("{}", status_json(serving, &status));
+            } else {
+                print_status(serving, &status);
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn status_json(serving: bool, s: &StatusResponse) -> serde_json::Value {
+    let runtimes: Vec<_> = s
+        .runtimes
+        .iter()
+        .map(|r| json!({"root_pid": r.root_pid, "env_spec": r.env_spec, "since_unix": r.since_unix}))
+        .collect();
+    json!({
+        "running": true,
+        "serving": serving,
+        "pid": s.pid,
+        "version": s.version,
+        "start_time_unix": s.start_time_unix,
+        "mountpoint": s.mountpoint,
+        "socket": s.socket,
+        "log_file": s.log_file,
+        "runtimes": runtimes,
+    })
+}
+
+fn print_status(serving: bool, s: &StatusResponse) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let state = if serving { "running" } else { "running, NOT_SERVING" };
+    println!(
+        "spfs service: {state} (pid {}, version {}, up {}s)",
+        s.pid,
+        s.version,
+        (now - s.start_time_unix).max(0)
+    );
+    println!("  mountpoint: {}", s.mountpoint);
+    println!("  socket:     {}", s.socket);
+    println!("  log:        {}", s.log_file);
+    println!("  runtimes:   {}", s.runtimes.len());
+    for r in &s.runtimes {
+        println!(
+            "    pid {:<8} {:<30} for {}s",
+            r.root_pid,
+            if r.env_spec.is_empty() { "-" } else { &r.env_spec },
+            (now - r.since_unix).max(0)
+        );
+    }
+}
+
+async fn fetch_status(channel: &tonic::transport::Channel) -> Result<StatusResponse> {
+    ControlClient::new(channel.clone())
+        .status(StatusRequest {})
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| Error::rpc("Status failed", s))
+}
+
+/// `spfs service stop` and `spfs-fuse-macos service --stop`: ask the service
+/// to stop and return once it has gone.
+pub fn stop(tool: &str) -> ExitCode {
+    let config = match launcher_setup(tool) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    match client_runtime().block_on(stop_service(&config.paths)) {
+        Ok(Some(pid)) => {
+            println!("stopped the spfs service (pid {pid})");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            println!("no spfs service was running");
+            ExitCode::SUCCESS
+        }
+        Err(err) => report(tool, &err),
+    }
+}
+
+/// Returns the pid of the stopped service, or `None` if none was running.
+async fn stop_service(paths: &Paths) -> Result<Option<i32>> {
+    let pidfile = paths.pidfile();
+    let pid_in_file = pidfile::read_pid(&pidfile).filter(|_| pidfile::is_held(&pidfile));
+    let mut asked = false;
+    let mut pid = pid_in_file;
+    if let Probe::Serving(channel) | Probe::NotServing(channel) = probe(&paths.socket()).await {
+        if let Ok(status) = fetch_status(&channel).await {
+            pid = Some(status.pid as i32);
+        }
+        asked = ControlClient::new(channel)
+            .shutdown(ShutdownRequest {})
+            .await
+            .is_ok();
+    }
+    let Some(pid) = pid else {
+        return Ok(None);
+    };
+    if !asked {
+        // Alive but not answering on the socket: SIGTERM runs the same shutdown.
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+    tracing::info!(
+        event = "launcher.stop_requested",
+        service_pid = pid,
+        via_rpc = asked,
+        "asked the service to stop"
+    );
+    let started = Instant::now();
+    while pidfile::is_held(&pidfile) {
+        if started.elapsed() > STOP_TIMEOUT {
+            return Err(Error::Config(format!(
+                "the service (pid {pid}) did not stop within {}s; see {} and end it with `kill -9 {pid}`",
+                STOP_TIMEOUT.as_secs(),
+                paths.service_log().display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(Some(pid))
+}

@@ -1,0 +1,295 @@
+//! The launcher: `ensure_service_running` makes sure the per-user service is
+//! up and SERVING, starting it if needed, and returns a channel to it. Every
+//! command that needs the service calls it; read this file top to bottom for
+//! the cold-start path.
+//!
+//! 1. **probe**: `grpc.health.v1/Check` on the socket. SERVING: done.
+//! 2. **lock_wait**: take the spawn lock, so racing launchers start one service.
+//! 3. **probe** again under the lock: another launcher may have started it.
+//!    A stale socket (nobody listening) is removed only here, under the lock.
+//! 4. **spawn** the service detached, with a readiness pipe.
+//! 5. **readiness_wait**: the service writes one line when SERVING, or an
+//!    error; if it dies first we learn at once, with its exit status.
+//! 6. **confirm** with a health Check, release the lock, return.
+//!
+//! All of it runs under one deadline (`SPFS_SERVICE_START_TIMEOUT`, default
+//! 10 s). Each phase is logged with its `elapsed_ms`, and `launcher.ensure`
+//! sums them up, so the launcher log alone shows where a slow start spent time.
+
+mod lock;
+pub mod probe;
+pub mod spawn;
+
+use std::time::{Duration, Instant};
+
+use tokio::time::timeout_at;
+use tonic::transport::Channel;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use lock::SpawnLock;
+use probe::{probe, Probe};
+use spawn::Outcome;
+
+/// How `ensure_service_running` found the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnsureOutcome {
+    /// It was already SERVING at the first probe.
+    AlreadyRunning,
+    /// This launcher spawned it.
+    Started,
+    /// Another launcher started it while this one waited for the lock.
+    StartedByOther,
+}
+
+impl EnsureOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnsureOutcome::AlreadyRunning => "already_running",
+            EnsureOutcome::Started => "started",
+            EnsureOutcome::StartedByOther => "started_by_other",
+        }
+    }
+}
+
+/// A SERVING service and the channel the probe opened to it.
+#[derive(Debug)]
+pub struct Running {
+    pub channel: Channel,
+    pub outcome: EnsureOutcome,
+}
+
+/// Milliseconds spent in each phase, for `launcher.ensure`.
+#[derive(Default)]
+struct Phases {
+    probe: f64,
+    lock_wait: f64,
+    spawn: f64,
+    readiness_wait: f64,
+    confirm: f64,
+}
+
+fn ms_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Makes sure the service is SERVING; starts it if not. See the module docs.
+pub async fn ensure_service_running(config: &Config) -> Result<Running> {
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::from_std(started + config.start_timeout);
+    let mut phases = Phases::default();
+    let result = ensure(config, deadline, &mut phases).await;
+    let elapsed_ms = ms_since(started);
+    match &result {
+        Ok(running) => tracing::info!(
+            event = "launcher.ensure",
+            outcome = running.outcome.as_str(),
+            elapsed_ms,
+            probe_ms = phases.probe,
+            lock_wait_ms = phases.lock_wait,
+            spawn_ms = phases.spawn,
+            readiness_wait_ms = phases.readiness_wait,
+            confirm_ms = phases.confirm,
+            "service is serving"
+        ),
+        Err(err) => tracing::error!(
+            event = "launcher.start_failed",
+            reason = err.reason(),
+            error = %err,
+            elapsed_ms,
+            probe_ms = phases.probe,
+            lock_wait_ms = phases.lock_wait,
+            spawn_ms = phases.spawn,
+            readiness_wait_ms = phases.readiness_wait,
+            confirm_ms = phases.confirm,
+            socket = %config.paths.socket().display(),
+            "could not get a serving service"
+        ),
+    }
+    result
+}
+
+async fn ensure(
+    config: &Config,
+    deadline: tokio::time::Instant,
+    phases: &mut Phases,
+) -> Result<Running> {
+    let paths = &config.paths;
+    let socket = paths.socket();
+    let timeout = |phase: &'static str| Error::StartTimeout {
+        phase,
+        waited: config.start_timeout,
+        socket: socket.clone(),
+        log: paths.service_log(),
+    };
+
+    // The socket is only trusted inside a directory that is ours alone.
+    paths.ensure_runtime_dir()?;
+
+    // 1. probe
+    let first = logged_probe(config, 1, phases).await;
+    match first {
+        Probe::Serving(channel) => {
+            return Ok(Running {
+                channel,
+                outcome: EnsureOutcome::AlreadyRunning,
+            })
+        }
+        Probe::Foreign(detail) => {
+            return Err(Error::ForeignListener {
+                socket,
+                detail,
+            })
+        }
+        Probe::Unreachable(err) => {
+            return Err(Error::io(format!("cannot connect to {}", socket.display()), err))
+        }
+        Probe::NotServing(_) | Probe::Absent { .. } => {}
+    }
+
+    // 2. lock_wait
+    let lock_started = Instant::now();
+    let lock_path = paths.spawn_lock();
+    let lock = tokio::task::spawn_blocking(move || SpawnLock::acquire(&lock_path));
+    let _lock = match timeout_at(deadline, lock).await {
+        Ok(joined) => joined.map_err(|e| Error::io("spawn lock", std::io::Error::other(e)))??,
+        Err(_) => return Err(timeout("lock_wait")),
+    };
+    phases.lock_wait = ms_since(lock_started);
+    tracing::info!(
+        event = "launcher.lock_acquired",
+        elapsed_ms = phases.lock_wait,
+        "holding the spawn lock"
+    );
+
+    // 3. probe under the lock; loop only while an old service is going away.
+    let mut attempt = 2;
+    loop {
+        match logged_probe(config, attempt, phases).await {
+            Probe::Serving(channel) => {
+                return Ok(Running {
+                    channel,
+                    outcome: EnsureOutcome::StartedByOther,
+                })
+            }
+            Probe::Foreign(detail) => return Err(Error::ForeignListener { socket, detail }),
+            Probe::Unreachable(err) => {
+                return Err(Error::io(format!("cannot connect to {}", socket.display()), err))
+            }
+            Probe::NotServing(channel) => {
+                // Started by hand and still coming up, or shutting down.
+                let wait_started = Instant::now();
+                match timeout_at(deadline, probe::wait_serving(&channel)).await {
+                    Err(_) => {
+                        return Err(Error::NotServing {
+                            socket,
+                            waited: config.start_timeout,
+                            log: paths.service_log(),
+                        })
+                    }
+                    Ok(became_serving) => {
+                        phases.readiness_wait += ms_since(wait_started);
+                        if !matches!(became_serving, Ok(true)) {
+                            // It went away; give it a moment to release its socket.
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        retry(&mut attempt, "service was not serving");
+                        continue;
+                    }
+                }
+            }
+            Probe::Absent { stale_socket } => {
+                if stale_socket {
+                    // Safe only here: we hold the lock and nobody answered the connect.
+                    match std::fs::remove_file(&socket) {
+                        Ok(()) => tracing::info!(
+                            event = "launcher.stale_socket_removed",
+                            socket = %socket.display(),
+                            "removed a socket nobody was listening on"
+                        ),
+                        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(err) => {
+                            return Err(Error::io(
+                                format!("cannot remove stale socket {}", socket.display()),
+                                err,
+                            ))
+                        }
+                    }
+                }
+            }
+        }
+
+        // 4. spawn
+        let spawn_started = Instant::now();
+        let binary = spawn::find_service_binary(config)?;
+        let starting = spawn::spawn(&binary, config)?;
+        phases.spawn += ms_since(spawn_started);
+        tracing::info!(
+            event = "launcher.spawn",
+            binary = %binary.display(),
+            mountpoint = %paths.mountpoint.display(),
+            elapsed_ms = phases.spawn,
+            "spawned the service"
+        );
+
+        // 5. readiness_wait
+        let wait_started = Instant::now();
+        let outcome = match timeout_at(deadline, starting.wait()).await {
+            Ok(outcome) => outcome,
+            Err(_) => return Err(timeout("readiness_wait")),
+        };
+        phases.readiness_wait += ms_since(wait_started);
+        match outcome {
+            Outcome::Ready { pid } => tracing::info!(
+                event = "launcher.ready",
+                service_pid = pid,
+                elapsed_ms = phases.readiness_wait,
+                "the service reported SERVING"
+            ),
+            // An old instance still holds the pidfile while it exits: try again.
+            Outcome::Failed(Error::ServiceFailed { reason, .. }) if reason == "already_running" => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                retry(&mut attempt, "an old service was still exiting");
+                continue;
+            }
+            Outcome::Failed(err) => return Err(err),
+        }
+
+        // 6. confirm
+        let confirm_started = Instant::now();
+        let confirmed = timeout_at(deadline, probe(&socket)).await;
+        phases.confirm = ms_since(confirm_started);
+        return match confirmed {
+            Ok(Probe::Serving(channel)) => Ok(Running {
+                channel,
+                outcome: EnsureOutcome::Started,
+            }),
+            Ok(other) => Err(Error::ServiceDied {
+                status: format!("it reported ready, then the confirming Check found it {}", other.name()),
+                log: paths.service_log(),
+                stderr_tail: String::new(),
+            }),
+            Err(_) => Err(timeout("confirm")),
+        };
+    }
+}
+
+fn retry(attempt: &mut u32, reason: &str) {
+    tracing::info!(event = "launcher.retry", attempt = *attempt, reason, "probing again");
+    *attempt += 1;
+}
+
+async fn logged_probe(config: &Config, attempt: u32, phases: &mut Phases) -> Probe {
+    let started = Instant::now();
+    let result = probe(&config.paths.socket()).await;
+    let elapsed_ms = ms_since(started);
+    phases.probe += elapsed_ms;
+    tracing::info!(
+        event = "launcher.probe",
+        attempt,
+        result = result.name(),
+        elapsed_ms,
+        "probed the service"
+    );
+    result
+}

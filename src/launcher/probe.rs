@@ -1,0 +1,112 @@
+//! The probe: is a healthy service on the socket? A `grpc.health.v1/Check`
+//! for the control API under a short deadline; a bare connect proves nothing.
+
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::HealthCheckRequest;
+
+use crate::client::{self, HealthClient};
+use crate::proto::VFS_SERVICE_NAME;
+
+/// Deadline for one probe (connect plus Check). A healthy service answers in
+/// well under a millisecond; this only bounds how long a hung peer can stall us.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+#[derive(Debug)]
+pub enum Probe {
+    /// Answered SERVING; the channel is ready for control calls.
+    Serving(Channel),
+    /// A service is there but still starting or already stopping.
+    NotServing(Channel),
+    /// Nobody is listening; `stale_socket` when a socket file is left behind.
+    Absent { stale_socket: bool },
+    /// Something accepts connections but does not answer as our service does.
+    Foreign(String),
+    /// The connect failed for another reason (for example permissions).
+    Unreachable(io::Error),
+}
+
+impl Probe {
+    /// Short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Probe::Serving(_) => "serving",
+            Probe::NotServing(_) => "not_serving",
+            Probe::Absent {
+                stale_socket: false,
+            } => "absent",
+            Probe::Absent { stale_socket: true } => "stale_socket",
+            Probe::Foreign(_) => "foreign",
+            Probe::Unreachable(_) => "unreachable",
+        }
+    }
+}
+
+pub async fn probe(socket: &Path) -> Probe {
+    match tokio::time::timeout(PROBE_TIMEOUT, probe_inner(socket)).await {
+        Ok(probe) => probe,
+        Err(_) => Probe::Foreign(format!(
+            "no answer within {} ms",
+            PROBE_TIMEOUT.as_millis()
+        )),
+    }
+}
+
+async fn probe_inner(socket: &Path) -> Probe {
+    let channel = match client::connect(socket).await {
+        Ok(channel) => channel,
+        Err(err) => {
+            return match err.raw_os_error() {
+                Some(libc::ENOENT) => Probe::Absent {
+                    stale_socket: false,
+                },
+                Some(libc::ECONNREFUSED) => Probe::Absent { stale_socket: true },
+                _ => Probe::Unreachable(err),
+            }
+        }
+    };
+    match check(&channel).await {
+        Ok(ServingStatus::Serving) => Probe::Serving(channel),
+        Ok(_) => Probe::NotServing(channel),
+        Err(status) if status.code() == tonic::Code::NotFound => Probe::Foreign(format!(
+            "it speaks grpc.health.v1 but does not serve {VFS_SERVICE_NAME}"
+        )),
+        Err(status) => Probe::Foreign(format!(
+            "Check failed: {:?}: {}",
+            status.code(),
+            status.message()
+        )),
+    }
+}
+
+/// One health Check of the control API on an open channel.
+pub async fn check(channel: &Channel) -> Result<ServingStatus, tonic::Status> {
+    let response = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: VFS_SERVICE_NAME.into(),
+        })
+        .await?;
+    Ok(ServingStatus::try_from(response.into_inner().status).unwrap_or(ServingStatus::Unknown))
+}
+
+/// Waits, on the health `Watch` stream, until the service is SERVING.
+/// `Ok(false)` when the stream ends first (the service went away).
+pub async fn wait_serving(channel: &Channel) -> Result<bool, tonic::Status> {
+    let mut stream = HealthClient::new(channel.clone())
+        .watch(HealthCheckRequest {
+            service: VFS_SERVICE_NAME.into(),
+        })
+        .await?
+        .into_inner();
+    loop {
+        match stream.message().await {
+            Ok(Some(update)) if update.status == ServingStatus::Serving as i32 => return Ok(true),
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => return Ok(false),
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Where things live: the runtime dir (socket, locks, pidfile), the log dir and
+//! the mountpoint, with their platform defaults and environment overrides, and
+//! the safety check every process runs before it trusts the runtime dir.
+
+use std::ffi::OsString;
+use std::fs::DirBuilder;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::platform;
+
+/// Longest unix socket path every supported platform accepts (macOS: 104 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 103;
+
+/// File names in the log dir; `docs/logging.md` describes them.
+pub const LAUNCHER_LOG_PREFIX: &str = "spfs";
+pub const SERVICE_LOG_PREFIX: &str = "spfs-fuse-macos";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    pub runtime_dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub mountpoint: PathBuf,
+    pub storage: PathBuf,
+}
+
+impl Paths {
+    /// Defaults for this user and platform, each overridden by its `SPFS_*` variable.
+    pub fn from_env() -> Result<Paths> {
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        let absolute = |name: &str, value: OsString| -> Result<PathBuf> {
+            let path = PathBuf::from(value);
+            if path.is_absolute() {
+                Ok(path)
+            } else {
+                Err(Error::Config(format!(
+                    "{name}={} is not an absolute path; set it to an absolute path or unset it",
+                    path.display()
+                )))
+            }
+        };
+        let pick = |name: &str, default: fn() -> Result<PathBuf>| match var(name) {
+            Some(value) => absolute(name, value),
+            None => default(),
+        };
+        Ok(Paths {
+            runtime_dir: pick("SPFS_RUNTIME_DIR", platform::default_runtime_dir)?,
+            log_dir: pick("SPFS_LOG_DIR", platform::default_log_dir)?,
+            mountpoint: pick("SPFS_MOUNTPOINT", || Ok(PathBuf::from("/spfs")))?,
+            storage: pick("SPFS_STORAGE", platform::default_storage_dir)?,
+        })
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.runtime_dir.join("vfs.sock")
+    }
+
+    /// Held by the launcher that is starting the service, so racers start exactly one.
+    pub fn spawn_lock(&self) -> PathBuf {
+        self.runtime_dir.join("spawn.lock")
+    }
+
+    /// Locked by the running service for its whole life; holds its pid.
+    pub fn pidfile(&self) -> PathBuf {
+        self.runtime_dir.join("service.pid")
+    }
+
+    /// Symlink to the service's current JSON log file.
+    pub fn service_log(&self) -> PathBuf {
+        self.log_dir.join(format!("{SERVICE_LOG_PREFIX}.log"))
+    }
+
+    /// Symlink to the launcher's current JSON log file.
+    pub fn launcher_log(&self) -> PathBuf {
+        self.log_dir.join(format!("{LAUNCHER_LOG_PREFIX}.log"))
+    }
+
+    /// The service's stdout and stderr (panics, messages before logging starts).
+    pub fn service_stderr(&self) -> PathBuf {
+        self.log_dir.join(format!("{SERVICE_LOG_PREFIX}.stderr"))
+    }
+
+    /// Creates the runtime dir (mode 0700) if needed and refuses one that another
+    /// user owns, that is writable by group or others, or that is not a directory.
+    pub fn ensure_runtime_dir(&self) -> Result<()> {
+        let dir = &self.runtime_dir;
+        if let Err(err) = DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+            return Err(Error::io(
+                format!("cannot create runtime dir {}", dir.display()),
+                err,
+            ));
+        }
+        check_runtime_dir(dir)?;
+        let socket = self.socket();
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(Error::Config(format!(
+                "socket path {} is {} bytes, longer than the {MAX_SOCKET_PATH} a unix socket allows; set SPFS_RUNTIME_DIR to a shorter directory",
+                socket.display(),
+                socket.as_os_str().len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The ownership and mode rules, separate so `spfs doctor`-style checks can reuse them.
+pub fn check_runtime_dir(dir: &Path) -> Result<()> {
+    let unsafe_dir = |problem: String, fix: String| Error::UnsafeRuntimeDir {
+        path: dir.to_owned(),
+        problem,
+        fix,
+    };
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|err| Error::io(format!("cannot inspect runtime dir {}", dir.display()), err))?;
+    if meta.file_type().is_symlink() {
+        return Err(unsafe_dir(
+            "it is a symlink".into(),
+            format!(
+                "remove the symlink {} or set SPFS_RUNTIME_DIR to a real directory you own",
+                dir.display()
+            ),
+        ));
+    }
+    if !meta.is_dir() {
+        return Err(unsafe_dir(
+            "it is not a directory".into(),
+            format!(
+                "remove {} or set SPFS_RUNTIME_DIR elsewhere",
+                dir.display()
+            ),
+        ));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(unsafe_dir(
+            format!("it is owned by uid {}, not by you (uid {me})", meta.uid()),
+            "set SPFS_RUNTIME_DIR to a directory of your own, or have its owner remove it".into(),
+        ));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o022 != 0 {
+        return Err(unsafe_dir(
+            format!("its mode is {mode:o}, writable by group or others"),
+            format!("chmod 700 {}", dir.display()),
+        ));
+    }
+    Ok(())
+}

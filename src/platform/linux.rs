@@ -1,0 +1,217 @@
+//! Linux: `/proc` for process facts, pidfd for exit notification, kernel FUSE.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use super::home_dir;
+use crate::error::Result;
+
+pub fn default_runtime_dir() -> Result<PathBuf> {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => Ok(PathBuf::from(dir).join("spfs")),
+        None => Ok(PathBuf::from(format!(
+            "/tmp/spfs-{}",
+            nix::unistd::geteuid().as_raw()
+        ))),
+    }
+}
+
+pub fn default_log_dir() -> Result<PathBuf> {
+    let state = match std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => home_dir()?.join(".local/state"),
+    };
+    Ok(state.join("spfs/logs"))
+}
+
+pub fn default_storage_dir() -> Result<PathBuf> {
+    let data = match std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => home_dir()?.join(".local/share"),
+    };
+    Ok(data.join("spfs/layers"))
+}
+
+/// Fields of `/proc/PID/stat` after the command name, which may itself hold spaces.
+fn stat_fields(pid: i32) -> io::Result<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_name = stat
+        .rfind(')')
+        .map(|i| &stat[i + 1..])
+        .ok_or_else(|| io::Error::other("malformed /proc stat"))?;
+    Ok(after_name.split_whitespace().map(str::to_owned).collect())
+}
+
+fn stat_field(pid: i32, number: usize) -> io::Result<u64> {
+    // Field 3 (state) is the first one after the name.
+    stat_fields(pid)?
+        .get(number - 3)
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(|| io::Error::other("malformed /proc stat"))
+}
+
+pub fn parent_pid(pid: i32) -> io::Result<i32> {
+    Ok(stat_field(pid, 4)? as i32)
+}
+
+/// Start time of a process in clock ticks since boot; with the pid it names one process.
+pub fn start_time(pid: i32) -> io::Result<u64> {
+    stat_field(pid, 22)
+}
+
+/// Becomes ready when one process exits (a pidfd, so a reused pid cannot fool it).
+pub struct ExitWatch {
+    pidfd: AsyncFd<OwnedFd>,
+}
+
+impl ExitWatch {
+    /// Must be called inside a tokio runtime. `NotFound` if there is no such process.
+    pub fn new(pid: i32) -> io::Result<ExitWatch> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            let err = io::Error::last_os_error();
+            return Err(match err.raw_os_error() {
+                Some(libc::ESRCH) => io::Error::new(io::ErrorKind::NotFound, "no such process"),
+                _ => err,
+            });
+        }
+        // SAFETY: the syscall returned a fresh fd that nothing else owns.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        Ok(ExitWatch {
+            // SAFETY: we own the fd, and the AsyncFd owns it for its whole life.
+            pidfd: unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) }?,
+        })
+    }
+
+    pub async fn exited(self) {
+        // A pidfd polls readable once the process has exited; errors mean the same.
+        let _ = self.pidfd.readable().await;
+    }
+}
+
+/// Marks every fd from 3 up, except `keep`, close-on-exec.
+/// Async-signal-safe: called between fork and exec.
+pub fn mark_fds_cloexec_except(keep: RawFd) {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    let ranges = [(3, keep - 1), (keep + 1, RawFd::MAX)];
+    for (low, high) in ranges {
+        if low > high {
+            continue;
+        }
+        // SAFETY: close_range with CLOEXEC only sets flags on fds in range.
+        let done = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                low as libc::c_uint,
+                high as libc::c_uint,
+                CLOSE_RANGE_CLOEXEC,
+            )
+        } == 0;
+        if !done {
+            // Kernels before 5.11: walk a bounded range by hand.
+            for fd in low..high.min(4096) {
+                // SAFETY: fcntl on a closed fd just fails with EBADF.
+                unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            }
+        }
+    }
+}
+
+/// Whether a FUSE filesystem can be mounted here, with the fix when not.
+pub fn check_fuse_available() -> std::result::Result<(), String> {
+    if !Path::new("/dev/fuse").exists() {
+        return Err(
+            "FUSE is not available: /dev/fuse does not exist. Install fuse3 (`apt install fuse3` or `dnf install fuse3`) and load the module (`modprobe fuse`)".into(),
+        );
+    }
+    let root = nix::unistd::geteuid().is_root();
+    if !root && which("fusermount3").is_none() && which("fusermount").is_none() {
+        return Err(
+            "FUSE is not available: fusermount3 is not on PATH, and only root can mount without it. Install fuse3 (`apt install fuse3` or `dnf install fuse3`)".into(),
+        );
+    }
+    Ok(())
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Detaches a mount even when its FUSE server is gone (ENOTCONN) or it is busy.
+/// Without root, the setuid `fusermount3 -u -z` does it.
+pub fn force_unmount(path: &Path) -> io::Result<()> {
+    match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EPERM) => {
+            let helper = which("fusermount3").or_else(|| which("fusermount"));
+            let helper = helper.ok_or_else(|| {
+                io::Error::new(io::ErrorKind::PermissionDenied, "not root and no fusermount3 on PATH")
+            })?;
+            let status = std::process::Command::new(helper)
+                .args(["-u", "-z", "--"])
+                .arg(path)
+                .stdin(std::process::Stdio::null())
+                .status()?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(io::Error::other(format!("fusermount3 -u -z failed ({status})")))
+            }
+        }
+        Err(errno) => Err(errno.into()),
+    }
+}
+
+/// A dead FUSE mount answers every access with ENOTCONN.
+pub fn is_stale_mount_error(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(libc::ENOTCONN)
+}
+
+/// Whether some filesystem is mounted exactly at `path` (from `/proc/self/mountinfo`).
+pub fn is_mount_point(path: &Path) -> io::Result<bool> {
+    let path = path.canonicalize()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(info.lines().any(|line| {
+        line.split(' ')
+            .nth(4)
+            .is_some_and(|mount_point| Path::new(&unescape_mountinfo(mount_point)) == path)
+    }))
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo` octal escapes.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4);
+        if bytes[i] == b'\\' && octal.is_some_and(|o| o.iter().all(|b| (b'0'..=b'7').contains(b))) {
+            let value = octal
+                .unwrap_or_default()
+                .iter()
+                .fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
+            out.push(value as u8);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `allow_other` needs root, or `user_allow_other` in /etc/fuse.conf.
+pub fn allow_other_permitted() -> bool {
+    nix::unistd::geteuid().is_root()
+        || std::fs::read_to_string("/etc/fuse.conf").is_ok_and(|conf| {
+            conf.lines()
+                .any(|line| line.trim() == "user_allow_other")
+        })
+}

@@ -1,0 +1,44 @@
+//! Process and system facts that differ between Linux and macOS: default
+//! directories, parent pid and start time of a process, a notification when a
+//! process exits, FUSE availability and forced unmount.
+//!
+//! Everything above this module is platform-neutral. macOS code cannot be
+//! built on the Linux machines this is developed on; it is kept small and
+//! written against documented APIs (`proc_pidinfo`, kqueue `NOTE_EXIT`).
+
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(target_os = "linux")]
+pub use linux::*;
+
+#[cfg(target_os = "macos")]
+mod macos;
+#[cfg(target_os = "macos")]
+pub use macos::*;
+
+use std::path::PathBuf;
+
+fn home_dir() -> crate::error::Result<PathBuf> {
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home)),
+        None => Err(crate::error::Error::Config(
+            "HOME is not set; set HOME, or set SPFS_LOG_DIR and SPFS_STORAGE".into(),
+        )),
+    }
+}
+
+/// True when `pid` is this process or one of its ancestors.
+pub fn is_self_or_ancestor(pid: i32) -> bool {
+    let mut current = std::process::id() as i32;
+    // A parent chain longer than this means something odd; stop rather than loop.
+    for _ in 0..4096 {
+        if current == pid {
+            return true;
+        }
+        match parent_pid(current) {
+            Ok(parent) if parent > 0 && parent != current => current = parent,
+            _ => return false,
+        }
+    }
+    false
+}

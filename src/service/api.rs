@@ -1,0 +1,113 @@
+//! The `spfs.vfs.v1.VfsService` handlers: thin over the runtimes table, plus
+//! the service's identity for `Status` and the trigger for `Shutdown`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tonic::{Request, Response, Status};
+
+use super::runtimes::{checked_pid, MountError, Runtimes};
+use super::shutdown::Shutdown;
+use crate::proto::vfs_service_server::VfsService;
+use crate::proto::{
+    MountRequest, MountResponse, ShutdownRequest, ShutdownResponse, StatusRequest, StatusResponse,
+    UnmountRequest, UnmountResponse,
+};
+
+/// What `Status` reports about the service itself.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub pid: i64,
+    pub version: String,
+    pub start_time_unix: i64,
+    pub mountpoint: String,
+    pub socket: String,
+    pub log_file: String,
+}
+
+pub struct Api {
+    pub identity: Identity,
+    pub runtimes: Arc<Runtimes>,
+    pub shutdown: Shutdown,
+    /// Set when shutdown begins; new mounts are refused from then on.
+    pub stopping: Arc<AtomicBool>,
+}
+
+impl From<MountError> for Status {
+    fn from(err: MountError) -> Status {
+        match err {
+            MountError::Watch(..) => Status::internal(err.to_string()),
+            _ => Status::invalid_argument(err.to_string()),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl VfsService for Api {
+    async fn mount(&self, request: Request<MountRequest>) -> Result<Response<MountResponse>, Status> {
+        let started = Instant::now();
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(Status::unavailable("the service is shutting down; retry to start a new one"));
+        }
+        let MountRequest { root_pid, env_spec } = request.into_inner();
+        let result = self.runtimes.mount(root_pid, env_spec);
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        match result {
+            Ok(runtime) => {
+                tracing::info!(
+                    event = "service.mount",
+                    root_pid = runtime.root_pid,
+                    env_spec = runtime.env_spec.as_str(),
+                    active_runtimes = self.runtimes.len(),
+                    elapsed_ms,
+                    "runtime started"
+                );
+                Ok(Response::new(MountResponse {
+                    runtime: Some(runtime),
+                }))
+            }
+            Err(err) => {
+                tracing::warn!(
+                    event = "service.mount_refused",
+                    root_pid,
+                    error = %err,
+                    "refused a mount"
+                );
+                Err(err.into())
+            }
+        }
+    }
+
+    async fn unmount(
+        &self,
+        request: Request<UnmountRequest>,
+    ) -> Result<Response<UnmountResponse>, Status> {
+        let pid = checked_pid(request.into_inner().root_pid)?;
+        match self.runtimes.remove(pid, None, "request") {
+            Some(_) => Ok(Response::new(UnmountResponse {})),
+            None => Err(Status::not_found(format!("no runtime has root_pid {pid}"))),
+        }
+    }
+
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let id = &self.identity;
+        Ok(Response::new(StatusResponse {
+            pid: id.pid,
+            version: id.version.clone(),
+            start_time_unix: id.start_time_unix,
+            mountpoint: id.mountpoint.clone(),
+            socket: id.socket.clone(),
+            log_file: id.log_file.clone(),
+            runtimes: self.runtimes.list(),
+        }))
+    }
+
+    async fn shutdown(
+        &self,
+        _: Request<ShutdownRequest>,
+    ) -> Result<Response<ShutdownResponse>, Status> {
+        self.shutdown.trigger("rpc");
+        Ok(Response::new(ShutdownResponse {}))
+    }
+}

@@ -1,0 +1,289 @@
+//! The per-user background service (`spfs-fuse-macos service`): it owns the
+//! FUSE mount and serves the control API and `grpc.health.v1` on the unix
+//! socket.
+//!
+//! Startup, in order (each failure has a `reason` the launcher shows):
+//! runtime dir check, pidfile lock (`already_running`), FUSE available
+//! (`fuse_unavailable`), mountpoint ready (`mountpoint`), socket bound with
+//! health NOT_SERVING (`bind`), FUSE mounted (`mount_failed`), then SERVING
+//! and the readiness line. Shutdown reverses it: NOT_SERVING at once, new
+//! mounts refused, requests drained (bounded), FUSE unmounted, socket and
+//! pidfile removed.
+
+mod api;
+pub mod pidfile;
+pub mod readiness;
+mod runtimes;
+mod shutdown;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+use crate::fs::{self, FuseMount, Prepared};
+use crate::paths::Paths;
+use crate::platform;
+use crate::proto::vfs_service_server::VfsServiceServer;
+use crate::proto::VFS_SERVICE_NAME;
+use api::{Api, Identity};
+use pidfile::{PidFile, PidFileError};
+use readiness::ReadyNotifier;
+use runtimes::Runtimes;
+use shutdown::Shutdown;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How long in-flight requests (and health Watch streams) get once shutdown begins.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why startup failed: a stable `reason` and a message that says what to do.
+#[derive(Debug)]
+pub struct StartupError {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+fn fail(reason: &'static str, message: impl Into<String>) -> StartupError {
+    StartupError {
+        reason,
+        message: message.into(),
+    }
+}
+
+/// A started service, holding everything that must be undone at shutdown.
+struct Started {
+    pidfile: PidFile,
+    health: HealthReporter,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    fuse: FuseMount,
+    shutdown: Shutdown,
+    stopping: Arc<AtomicBool>,
+    runtimes: Arc<Runtimes>,
+}
+
+/// Runs the service until it is told to stop. Reports readiness on `notifier`.
+pub async fn run(paths: Paths, notifier: Option<ReadyNotifier>) -> ExitCode {
+    let started_at = Instant::now();
+    tracing::info!(
+        event = "service.starting",
+        version = VERSION,
+        mountpoint = %paths.mountpoint.display(),
+        socket = %paths.socket().display(),
+        "starting"
+    );
+    let started = match start(&paths, started_at).await {
+        Ok(started) => started,
+        Err(err) => {
+            tracing::error!(
+                event = "service.start_failed",
+                reason = err.reason,
+                error = err.message.as_str(),
+                elapsed_ms = ms_since(started_at),
+                "startup failed"
+            );
+            eprintln!("spfs-fuse-macos: {}", err.message);
+            if let Some(notifier) = notifier {
+                notifier.failed(err.reason, &err.message);
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        event = "service.ready",
+        startup_ms = ms_since(started_at),
+        "serving"
+    );
+    match notifier {
+        Some(notifier) => notifier.ready(),
+        None => eprintln!(
+            "spfs-fuse-macos: serving {} on {} (pid {})",
+            paths.mountpoint.display(),
+            paths.socket().display(),
+            std::process::id()
+        ),
+    }
+    stop(started, &paths).await;
+    ExitCode::SUCCESS
+}
+
+async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupError> {
+    paths
+        .ensure_runtime_dir()
+        .map_err(|e| fail("unsafe_runtime_dir", e.to_string()))?;
+    let pidfile = PidFile::acquire(&paths.pidfile()).map_err(|err| match err {
+        PidFileError::AlreadyRunning(Some(pid)) => fail(
+            "already_running",
+            format!("already running (pid {pid}); stop it with `spfs service stop`"),
+        ),
+        PidFileError::AlreadyRunning(None) => fail(
+            "already_running",
+            "already running; stop it with `spfs service stop`",
+        ),
+        PidFileError::Io(e) => fail(
+            "runtime_dir",
+            format!("cannot write pidfile {}: {e}", paths.pidfile().display()),
+        ),
+    })?;
+
+    platform::check_fuse_available().map_err(|m| fail("fuse_unavailable", m))?;
+    match fs::prepare_mountpoint(&paths.mountpoint).map_err(|m| fail("mountpoint", m))? {
+        Prepared::CleanedStaleMount => tracing::warn!(
+            event = "service.stale_mount_cleaned",
+            mountpoint = %paths.mountpoint.display(),
+            "detached a dead FUSE mount left by a killed service"
+        ),
+        Prepared::Created => tracing::info!(
+            event = "service.mountpoint_created",
+            mountpoint = %paths.mountpoint.display(),
+            "created the mountpoint"
+        ),
+        Prepared::Ready => {}
+    }
+
+    // We hold the pidfile, so any socket file here is left from a dead service.
+    let socket = paths.socket();
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket)
+        .map_err(|e| fail("bind", format!("cannot listen on {}: {e}", socket.display())))?;
+    let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::NotServing).await;
+    health
+        .set_service_status(VFS_SERVICE_NAME, ServingStatus::NotServing)
+        .await;
+
+    let shutdown = Shutdown::default();
+    shutdown
+        .listen_for_signals()
+        .map_err(|e| fail("signals", format!("cannot install signal handlers: {e}")))?;
+    let stopping = Arc::new(AtomicBool::new(false));
+    let runtimes = Runtimes::new();
+    let api = Api {
+        identity: Identity {
+            pid: std::process::id().into(),
+            version: VERSION.into(),
+            start_time_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+            mountpoint: paths.mountpoint.display().to_string(),
+            socket: socket.display().to_string(),
+            log_file: paths.service_log().display().to_string(),
+        },
+        runtimes: Arc::clone(&runtimes),
+        shutdown: shutdown.clone(),
+        stopping: Arc::clone(&stopping),
+    };
+    let server_stop = shutdown.clone();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(VfsServiceServer::new(api))
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+                server_stop.triggered().await;
+            }),
+    );
+    tracing::info!(
+        event = "service.listening",
+        socket = %socket.display(),
+        elapsed_ms = ms_since(started_at),
+        "answering health checks (NOT_SERVING until mounted)"
+    );
+
+    let mount_started = Instant::now();
+    let mountpoint = paths.mountpoint.clone();
+    let fuse = tokio::task::spawn_blocking(move || fs::mount(&mountpoint))
+        .await
+        .map_err(|e| fail("mount_failed", format!("FUSE mount task failed: {e}")))?
+        .map_err(|e| {
+            fail(
+                "mount_failed",
+                format!("cannot mount FUSE at {}: {e}", paths.mountpoint.display()),
+            )
+        });
+    let fuse = match fuse {
+        Ok(fuse) => fuse,
+        Err(err) => {
+            shutdown.trigger("startup_failed");
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, server).await;
+            let _ = std::fs::remove_file(&socket);
+            pidfile.remove();
+            return Err(err);
+        }
+    };
+    tracing::info!(
+        event = "service.fuse_mounted",
+        mountpoint = %paths.mountpoint.display(),
+        elapsed_ms = ms_since(mount_started),
+        "FUSE filesystem mounted"
+    );
+
+    health.set_service_status("", ServingStatus::Serving).await;
+    health
+        .set_service_status(VFS_SERVICE_NAME, ServingStatus::Serving)
+        .await;
+    Ok(Started {
+        pidfile,
+        health,
+        server,
+        fuse,
+        shutdown,
+        stopping,
+        runtimes,
+    })
+}
+
+/// Waits for a stop request, then takes everything down in order.
+async fn stop(started: Started, paths: &Paths) {
+    let Started {
+        pidfile,
+        health,
+        server,
+        fuse,
+        shutdown,
+        stopping,
+        runtimes,
+    } = started;
+    let reason = shutdown.triggered().await;
+    let stop_started = Instant::now();
+    stopping.store(true, Ordering::SeqCst);
+    health
+        .set_service_status(VFS_SERVICE_NAME, ServingStatus::NotServing)
+        .await;
+    health.set_service_status("", ServingStatus::NotServing).await;
+    tracing::info!(
+        event = "service.shutdown",
+        reason,
+        active_runtimes = runtimes.len(),
+        "shutting down"
+    );
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, server).await.is_ok();
+    let unmounted = tokio::task::spawn_blocking(move || fuse.unmount()).await;
+    let unmount_error = match unmounted {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(e) => Some(e.to_string()),
+    };
+    let _ = std::fs::remove_file(paths.socket());
+    tracing::info!(
+        event = "service.stopped",
+        reason,
+        drained,
+        unmount_error = unmount_error.as_deref(),
+        elapsed_ms = ms_since(stop_started),
+        "stopped"
+    );
+    pidfile.remove();
+}
+
+fn ms_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1000.0
+}

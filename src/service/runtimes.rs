@@ -1,0 +1,133 @@
+//! The runtimes table: which root process sees which env spec. A runtime is
+//! added by `Mount` and dropped by `Unmount` or, automatically, when its root
+//! process exits (pidfd on Linux, kqueue on macOS).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::task::AbortHandle;
+
+use crate::platform::{self, ExitWatch};
+use crate::proto::Runtime;
+
+/// Longest env spec accepted; far beyond any real stack of layer names.
+pub const MAX_ENV_SPEC_BYTES: usize = 64 * 1024;
+
+#[derive(Default)]
+pub struct Runtimes {
+    table: Mutex<HashMap<i32, Entry>>,
+    next_generation: AtomicU64,
+}
+
+struct Entry {
+    runtime: Runtime,
+    /// Start time of the root process when mounted; with the pid, names one process.
+    #[allow(dead_code)]
+    start_time: u64,
+    /// Tells this entry from a later one for the same pid.
+    generation: u64,
+    exit_watch: AbortHandle,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("root_pid must be a positive process id, got {0}")]
+    BadPid(i64),
+    #[error("root_pid {0}: no such process")]
+    NoSuchProcess(i32),
+    #[error("env_spec is {0} bytes; at most {MAX_ENV_SPEC_BYTES} are accepted")]
+    SpecTooLong(usize),
+    #[error("cannot watch process {0}: {1}")]
+    Watch(i32, std::io::Error),
+}
+
+/// A pid from the wire: positive and within `pid_t`.
+pub fn checked_pid(pid: i64) -> Result<i32, MountError> {
+    match i32::try_from(pid) {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(MountError::BadPid(pid)),
+    }
+}
+
+impl Runtimes {
+    pub fn new() -> Arc<Runtimes> {
+        Arc::default()
+    }
+
+    /// Records (or replaces) the runtime of `root_pid` and watches for its exit.
+    pub fn mount(self: &Arc<Self>, root_pid: i64, env_spec: String) -> Result<Runtime, MountError> {
+        let pid = checked_pid(root_pid)?;
+        if env_spec.len() > MAX_ENV_SPEC_BYTES {
+            return Err(MountError::SpecTooLong(env_spec.len()));
+        }
+        let watch = ExitWatch::new(pid).map_err(|err| match err.kind() {
+            std::io::ErrorKind::NotFound => MountError::NoSuchProcess(pid),
+            _ => MountError::Watch(pid, err),
+        })?;
+        let start_time = platform::start_time(pid).map_err(|_| MountError::NoSuchProcess(pid))?;
+        let runtime = Runtime {
+            root_pid: pid.into(),
+            env_spec,
+            since_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+        };
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let table = Arc::clone(self);
+        let exit_watch = tokio::spawn(async move {
+            watch.exited().await;
+            table.remove(pid, Some(generation), "exited");
+        })
+        .abort_handle();
+        let entry = Entry {
+            runtime: runtime.clone(),
+            start_time,
+            generation,
+            exit_watch,
+        };
+        let replaced = self.lock().insert(pid, entry);
+        if let Some(old) = replaced {
+            old.exit_watch.abort();
+        }
+        Ok(runtime)
+    }
+
+    /// Drops the runtime of `pid`; `generation` limits it to one specific entry.
+    pub fn remove(&self, pid: i32, generation: Option<u64>, reason: &str) -> Option<Runtime> {
+        let removed = {
+            let mut table = self.lock();
+            match table.get(&pid) {
+                Some(entry) if generation.is_none_or(|g| g == entry.generation) => table.remove(&pid),
+                _ => None,
+            }
+        }?;
+        removed.exit_watch.abort();
+        tracing::info!(
+            event = "service.unmount",
+            root_pid = pid,
+            env_spec = removed.runtime.env_spec.as_str(),
+            reason,
+            active_runtimes = self.len(),
+            "runtime ended"
+        );
+        Some(removed.runtime)
+    }
+
+    pub fn list(&self) -> Vec<Runtime> {
+        let mut all: Vec<Runtime> = self.lock().values().map(|e| e.runtime.clone()).collect();
+        all.sort_by_key(|r| (r.since_unix, r.root_pid));
+        all
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Entry>> {
+        // A panic while holding the lock cannot leave the map half-updated.
+        self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
