@@ -1,0 +1,234 @@
+//! Test harness: an isolated SPFS environment (runtime dir, log dir, mountpoint
+//! and storage in a temp dir) driving the real binaries. Dropping it stops any
+//! service it started, kills helper processes and detaches a leftover mount,
+//! also when the test failed.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+use spfs::service::pidfile;
+
+pub const SPFS: &str = env!("CARGO_BIN_EXE_spfs");
+pub const SERVICE: &str = env!("CARGO_BIN_EXE_spfs-fuse-macos");
+
+pub struct TestEnv {
+    pub root: tempfile::TempDir,
+    pub runtime_dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub mountpoint: PathBuf,
+    pub storage: PathBuf,
+    /// Extra processes a test started (fake services, sleepers) to kill at the end.
+    pub helpers: std::sync::Mutex<Vec<i32>>,
+}
+
+impl TestEnv {
+    pub fn new() -> TestEnv {
+        let root = tempfile::Builder::new()
+            .prefix("spfs-t")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        let base = root.path().to_owned();
+        let env = TestEnv {
+            runtime_dir: base.join("run"),
+            log_dir: base.join("log"),
+            mountpoint: base.join("mnt"),
+            storage: base.join("layers"),
+            root,
+            helpers: Default::default(),
+        };
+        std::fs::create_dir_all(&env.storage).unwrap();
+        env
+    }
+
+    /// A command for one of our binaries (or anything) with this env's variables.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        for (key, _) in std::env::vars_os() {
+            let key_text = key.to_string_lossy();
+            if key_text.starts_with("SPFS_") || key_text.starts_with("OTEL_") {
+                cmd.env_remove(&key);
+            }
+        }
+        cmd.env("SPFS_RUNTIME_DIR", &self.runtime_dir)
+            .env("SPFS_LOG_DIR", &self.log_dir)
+            .env("SPFS_MOUNTPOINT", &self.mountpoint)
+            .env("SPFS_STORAGE", &self.storage)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn spfs(&self, args: &[&str]) -> Command {
+        let mut cmd = self.command(SPFS);
+        cmd.args(args);
+        cmd
+    }
+
+    pub fn service_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = self.command(SERVICE);
+        cmd.args(args);
+        cmd
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.runtime_dir.join("vfs.sock")
+    }
+
+    pub fn pidfile(&self) -> PathBuf {
+        self.runtime_dir.join("service.pid")
+    }
+
+    /// The live service's pid, from its locked pidfile.
+    pub fn service_pid(&self) -> Option<i32> {
+        if pidfile::is_held(&self.pidfile()) {
+            pidfile::read_pid(&self.pidfile())
+        } else {
+            None
+        }
+    }
+
+    pub fn is_mounted(&self) -> bool {
+        is_mounted(&self.mountpoint)
+    }
+
+    /// Every JSON line of the launcher (`spfs.*.log`) or service log files.
+    pub fn log_lines(&self, prefix: &str) -> Vec<Value> {
+        let mut lines = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.log_dir) else {
+            return lines;
+        };
+        let mut files: Vec<PathBuf> = entries
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                name.starts_with(&format!("{prefix}.2")) && name.ends_with(".log")
+            })
+            .collect();
+        files.sort();
+        for file in files {
+            for line in std::fs::read_to_string(&file).unwrap().lines() {
+                lines.push(serde_json::from_str(line).unwrap_or_else(|e| {
+                    panic!("{}: not JSON ({e}): {line}", file.display())
+                }));
+            }
+        }
+        lines
+    }
+
+    pub fn launcher_events(&self, event: &str) -> Vec<Value> {
+        self.log_lines("spfs")
+            .into_iter()
+            .filter(|l| l["event"] == event)
+            .collect()
+    }
+
+    pub fn service_events(&self, event: &str) -> Vec<Value> {
+        self.log_lines("spfs-fuse-macos")
+            .into_iter()
+            .filter(|l| l["event"] == event)
+            .collect()
+    }
+
+    /// Checks the logging contract on every line of every `.log` file written.
+    pub fn assert_logs_are_json(&self) {
+        let mut count = 0;
+        for entry in std::fs::read_dir(&self.log_dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "log") && !path.is_symlink() {
+                for line in std::fs::read_to_string(&path).unwrap().lines() {
+                    let value: Value = serde_json::from_str(line)
+                        .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {line}", path.display()));
+                    for field in ["timestamp", "level", "event", "pid", "message"] {
+                        assert!(!value[field].is_null(), "{}: no {field}: {line}", path.display());
+                    }
+                    count += 1;
+                }
+            }
+        }
+        assert!(count > 0, "no log lines were written in {}", self.log_dir.display());
+    }
+
+    pub fn track(&self, pid: i32) {
+        self.helpers.lock().unwrap().push(pid);
+    }
+
+    /// Waits until `check` holds, up to `limit`.
+    pub fn wait_for(&self, limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if check() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        check()
+    }
+
+    /// Stops the service with SIGTERM (SIGKILL if it hangs) and waits for it.
+    pub fn stop_service(&self) {
+        if let Some(pid) = self.service_pid() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            if !self.wait_for(Duration::from_secs(10), || self.service_pid().is_none()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                self.wait_for(Duration::from_secs(5), || self.service_pid().is_none());
+            }
+        }
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.stop_service();
+        for pid in self.helpers.lock().unwrap().drain(..) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        if self.is_mounted() {
+            let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let path = path.to_string_lossy();
+    text.lines().any(|l| l.split(' ').nth(4) == Some(&*path))
+}
+
+pub fn is_alive(pid: i32) -> bool {
+    kill(Pid::from_raw(pid), None).is_ok()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Runs the command, failing the test with its output if it does not succeed.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let output = cmd.output().expect("spawn");
+    assert!(
+        output.status.success(),
+        "{cmd:?} failed: {}\nstdout: {}\nstderr: {}",
+        output.status,
+        stdout(&output),
+        stderr(&output)
+    );
+    output
+}
+
+/// A real service status, from `spfs service status --json`.
+pub fn status_json(env: &TestEnv) -> Value {
+    let output = env.spfs(&["service", "status", "--json"]).output().unwrap();
+    serde_json::from_str(&stdout(&output))
+        .unwrap_or_else(|e| panic!("status --json: {e}: {}", stdout(&output)))
+}
