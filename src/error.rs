@@ -62,7 +62,10 @@ pub enum Error {
     },
 
     /// The service exited before it was ready, without saying why on its pipe.
-    #[error("the service exited during startup ({status}) before it was ready.\n  log: {log}{}", tail_block(stderr_tail))]
+    #[error(
+        "the service exited during startup ({status}) before it was ready.\n  log: {log}{}",
+        tail_block(stderr_tail)
+    )]
     ServiceDied {
         status: String,
         log: PathBuf,

@@ -125,10 +125,7 @@ pub fn check_runtime_dir(dir: &Path) -> Result<()> {
     if !meta.is_dir() {
         return Err(unsafe_dir(
             "it is not a directory".into(),
-            format!(
-                "remove {} or set SPFS_RUNTIME_DIR elsewhere",
-                dir.display()
-            ),
+            format!("remove {} or set SPFS_RUNTIME_DIR elsewhere", dir.display()),
         ));
     }
     let me = nix::unistd::geteuid().as_raw();

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/health_client.py");
+const SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/interop/health_client.py"
+);
 
 fn python() -> PathBuf {
     let path = std::env::var_os("SPFS_TEST_PYTHON")
@@ -52,9 +55,15 @@ fn python_health_client_checks_and_watches_the_service() {
         let output = run_ok(&mut health(&["check", socket, service]));
         assert_eq!(stdout(&output).trim(), "SERVING", "Check({service:?})");
     }
-    let unknown = health(&["check", socket, "no.such.Service"]).output().unwrap();
+    let unknown = health(&["check", socket, "no.such.Service"])
+        .output()
+        .unwrap();
     assert!(!unknown.status.success());
-    assert!(stderr(&unknown).contains("NOT_FOUND"), "{}", stderr(&unknown));
+    assert!(
+        stderr(&unknown).contains("NOT_FOUND"),
+        "{}",
+        stderr(&unknown)
+    );
 
     let mut watcher = Reaped(
         health(&["watch", socket, "spfs.vfs.v1.VfsService"])
@@ -80,7 +89,9 @@ fn a_service_stuck_in_not_serving_fails_after_the_deadline_with_its_own_error() 
             .unwrap(),
     );
     let mut ready = String::new();
-    BufReader::new(server.0.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+    BufReader::new(server.0.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
     assert_eq!(ready.trim(), "LISTENING");
 
     let started = Instant::now();
@@ -91,8 +102,21 @@ fn a_service_stuck_in_not_serving_fails_after_the_deadline_with_its_own_error() 
         .unwrap();
     let elapsed = started.elapsed();
     assert!(!output.status.success());
-    assert!(stderr(&output).contains("answered NOT_SERVING"), "{}", stderr(&output));
-    assert!(elapsed >= Duration::from_secs(1) && elapsed < Duration::from_secs(4), "{elapsed:?}");
-    assert_eq!(env.launcher_events("launcher.start_failed")[0]["reason"], "not_serving");
-    assert!(env.service_pid().is_none(), "no service was spawned over a live one");
+    assert!(
+        stderr(&output).contains("answered NOT_SERVING"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        elapsed >= Duration::from_secs(1) && elapsed < Duration::from_secs(4),
+        "{elapsed:?}"
+    );
+    assert_eq!(
+        env.launcher_events("launcher.start_failed")[0]["reason"],
+        "not_serving"
+    );
+    assert!(
+        env.service_pid().is_none(),
+        "no service was spawned over a live one"
+    );
 }

@@ -17,18 +17,35 @@ fn first_run_starts_the_service_and_the_second_reuses_it() {
     assert_eq!(stdout(&first), "hello\n");
     let pid = env.service_pid().expect("a service is left running");
     assert!(is_alive(pid));
-    assert!(env.is_mounted(), "the service mounted FUSE at the mountpoint");
+    assert!(
+        env.is_mounted(),
+        "the service mounted FUSE at the mountpoint"
+    );
     assert_eq!(env.launcher_events("launcher.spawn").len(), 1);
     let ensures = env.launcher_events("launcher.ensure");
     assert_eq!(ensures[0]["outcome"], "started");
-    for phase in ["elapsed_ms", "probe_ms", "lock_wait_ms", "spawn_ms", "readiness_wait_ms", "confirm_ms"] {
-        assert!(ensures[0][phase].is_number(), "launcher.ensure has numeric {phase}");
+    for phase in [
+        "elapsed_ms",
+        "probe_ms",
+        "lock_wait_ms",
+        "spawn_ms",
+        "readiness_wait_ms",
+        "confirm_ms",
+    ] {
+        assert!(
+            ensures[0][phase].is_number(),
+            "launcher.ensure has numeric {phase}"
+        );
     }
 
     let second = run_ok(&mut env.spfs(&["run", "-", "--", "echo", "again"]));
     assert_eq!(stdout(&second), "again\n");
     assert_eq!(env.service_pid(), Some(pid), "same service");
-    assert_eq!(env.launcher_events("launcher.spawn").len(), 1, "no new spawn");
+    assert_eq!(
+        env.launcher_events("launcher.spawn").len(),
+        1,
+        "no new spawn"
+    );
     let ensures = env.launcher_events("launcher.ensure");
     assert_eq!(ensures.len(), 2);
     assert_eq!(ensures[1]["outcome"], "already_running");
@@ -46,11 +63,21 @@ fn run_returns_the_commands_exit_status_and_the_command_is_the_runtime_root() {
     assert_eq!(output.status.code(), Some(7), "{}", stderr(&output));
     let shell_pid: i64 = stdout(&output).trim().parse().unwrap();
     let mounts = env.service_events("service.mount");
-    assert_eq!(mounts[0]["root_pid"], shell_pid, "exec kept the pid that was mounted");
+    assert_eq!(
+        mounts[0]["root_pid"], shell_pid,
+        "exec kept the pid that was mounted"
+    );
 
-    let missing = env.spfs(&["run", "base", "--", "/no/such/program"]).output().unwrap();
+    let missing = env
+        .spfs(&["run", "base", "--", "/no/such/program"])
+        .output()
+        .unwrap();
     assert_eq!(missing.status.code(), Some(127));
-    assert!(stderr(&missing).contains("/no/such/program"), "{}", stderr(&missing));
+    assert!(
+        stderr(&missing).contains("/no/such/program"),
+        "{}",
+        stderr(&missing)
+    );
 }
 
 #[test]
@@ -60,7 +87,11 @@ fn sixteen_cold_runs_at_once_start_exactly_one_service() {
     // We hold it open read-write, so lines wait in it for late readers too.
     let gate = env.root.path().join("gate");
     nix::unistd::mkfifo(&gate, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let mut gate_handle = std::fs::OpenOptions::new().read(true).write(true).open(&gate).unwrap();
+    let mut gate_handle = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&gate)
+        .unwrap();
     let children: Vec<_> = (0..16)
         .map(|i| {
             env.command("sh")
@@ -78,12 +109,24 @@ fn sixteen_cold_runs_at_once_start_exactly_one_service() {
     gate_handle.write_all(&[b'\n'; 16]).unwrap();
     for (i, child) in children.into_iter().enumerate() {
         let output = child.wait_with_output().unwrap();
-        assert!(output.status.success(), "run {i} failed: {}", stderr(&output));
+        assert!(
+            output.status.success(),
+            "run {i} failed: {}",
+            stderr(&output)
+        );
         assert_eq!(stdout(&output), format!("ran {i}\n"));
     }
     drop(gate_handle);
-    assert_eq!(env.launcher_events("launcher.spawn").len(), 1, "exactly one spawn");
-    assert_eq!(env.service_events("service.starting").len(), 1, "exactly one service process");
+    assert_eq!(
+        env.launcher_events("launcher.spawn").len(),
+        1,
+        "exactly one spawn"
+    );
+    assert_eq!(
+        env.service_events("service.starting").len(),
+        1,
+        "exactly one service process"
+    );
     let outcomes: Vec<String> = env
         .launcher_events("launcher.ensure")
         .iter()
@@ -123,7 +166,10 @@ fn a_service_that_fails_at_startup_reports_its_reason_at_once() {
     let err = stderr(&output);
     assert!(err.contains("is not a directory"), "{err}");
     assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
-    assert_eq!(env.launcher_events("launcher.start_failed")[0]["reason"], "mountpoint");
+    assert_eq!(
+        env.launcher_events("launcher.start_failed")[0]["reason"],
+        "mountpoint"
+    );
     assert!(env.service_pid().is_none(), "the failed service is gone");
     assert!(!env.socket().exists(), "it removed its socket");
 }
@@ -159,7 +205,10 @@ fn a_service_that_crashes_shows_its_exit_status_and_stderr() {
 fn a_service_that_never_gets_ready_times_out_naming_the_phase() {
     let env = TestEnv::new();
     let pidfile = env.root.path().join("fake.pid");
-    let fake = fake_service(&env, &format!("echo $$ > {}\nexec sleep 30", pidfile.display()));
+    let fake = fake_service(
+        &env,
+        &format!("echo $$ > {}\nexec sleep 30", pidfile.display()),
+    );
     let started = Instant::now();
     let output = env
         .spfs(&["run", "-", "--", "true"])
@@ -176,8 +225,14 @@ fn a_service_that_never_gets_ready_times_out_naming_the_phase() {
     assert!(err.contains("phase: readiness_wait"), "{err}");
     assert!(err.contains(env.socket().to_str().unwrap()), "{err}");
     assert!(err.contains("spfs-fuse-macos.log"), "{err}");
-    assert!(elapsed >= Duration::from_secs(1) && elapsed < Duration::from_secs(4), "{elapsed:?}");
-    assert_eq!(env.launcher_events("launcher.start_failed")[0]["reason"], "timeout");
+    assert!(
+        elapsed >= Duration::from_secs(1) && elapsed < Duration::from_secs(4),
+        "{elapsed:?}"
+    );
+    assert_eq!(
+        env.launcher_events("launcher.start_failed")[0]["reason"],
+        "timeout"
+    );
 }
 
 #[test]
@@ -190,7 +245,10 @@ fn a_stale_socket_is_recovered() {
     assert!(env.socket().exists());
     let output = run_ok(&mut env.spfs(&["run", "-", "--", "echo", "recovered"]));
     assert_eq!(stdout(&output), "recovered\n");
-    assert_eq!(env.launcher_events("launcher.stale_socket_removed").len(), 1);
+    assert_eq!(
+        env.launcher_events("launcher.stale_socket_removed").len(),
+        1
+    );
 }
 
 #[test]
@@ -212,7 +270,10 @@ fn a_foreign_listener_gives_a_specific_error_not_a_hang() {
     let err = stderr(&output);
     assert!(err.contains("does not answer grpc.health.v1"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(3));
-    assert!(env.service_pid().is_none(), "no service was started over it");
+    assert!(
+        env.service_pid().is_none(),
+        "no service was started over it"
+    );
 }
 
 #[test]
@@ -237,5 +298,9 @@ fn a_bad_start_timeout_is_explained() {
         .output()
         .unwrap();
     assert!(!output.status.success());
-    assert!(stderr(&output).contains("SPFS_SERVICE_START_TIMEOUT"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("SPFS_SERVICE_START_TIMEOUT"),
+        "{}",
+        stderr(&output)
+    );
 }

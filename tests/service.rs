@@ -31,7 +31,8 @@ fn a_runtime_is_listed_while_its_command_runs_and_dropped_when_it_exits() {
     assert_eq!(runtime_pids(&inside), vec![pid]);
     assert_eq!(inside["runtimes"][0]["env_spec"], "base+app");
     assert!(
-        env.wait_for(Duration::from_secs(5), || runtime_pids(&status_json(&env)).is_empty()),
+        env.wait_for(Duration::from_secs(5), || runtime_pids(&status_json(&env))
+            .is_empty()),
         "the runtime is dropped once the command has exited"
     );
     let ended = env.service_events("service.unmount");
@@ -43,7 +44,10 @@ fn a_runtime_is_listed_while_its_command_runs_and_dropped_when_it_exits() {
 fn unmount_drops_a_runtime_before_its_process_exits() {
     let env = TestEnv::new();
     run_ok(&mut env.spfs(&["service", "start"]));
-    let mut sleeper = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
     env.track(sleeper.id() as i32);
     let pid = i64::from(sleeper.id());
     let socket = env.socket();
@@ -54,25 +58,40 @@ fn unmount_drops_a_runtime_before_its_process_exits() {
         .block_on(async {
             let mut control = ControlClient::new(client::connect(&socket).await.unwrap());
             control
-                .mount(MountRequest { root_pid: pid, env_spec: "base".into() })
+                .mount(MountRequest {
+                    root_pid: pid,
+                    env_spec: "base".into(),
+                })
                 .await
                 .unwrap();
             let listed = control.status(StatusRequest {}).await.unwrap().into_inner();
             assert_eq!(listed.runtimes.len(), 1);
             assert_eq!(listed.runtimes[0].root_pid, pid);
-            control.unmount(UnmountRequest { root_pid: pid }).await.unwrap();
+            control
+                .unmount(UnmountRequest { root_pid: pid })
+                .await
+                .unwrap();
             let listed = control.status(StatusRequest {}).await.unwrap().into_inner();
             assert!(listed.runtimes.is_empty());
-            let again = control.unmount(UnmountRequest { root_pid: pid }).await.unwrap_err();
+            let again = control
+                .unmount(UnmountRequest { root_pid: pid })
+                .await
+                .unwrap_err();
             assert_eq!(again.code(), tonic::Code::NotFound);
             let bad = control
-                .mount(MountRequest { root_pid: -5, env_spec: "base".into() })
+                .mount(MountRequest {
+                    root_pid: -5,
+                    env_spec: "base".into(),
+                })
                 .await
                 .unwrap_err();
             assert_eq!(bad.code(), tonic::Code::InvalidArgument);
             assert!(bad.message().contains("positive"), "{}", bad.message());
         });
-    assert_eq!(env.service_events("service.unmount")[0]["reason"], "request");
+    assert_eq!(
+        env.service_events("service.unmount")[0]["reason"],
+        "request"
+    );
     let _ = sleeper.kill();
     let _ = sleeper.wait();
 }
@@ -103,7 +122,11 @@ fn stop_then_run_starts_a_fresh_service_and_leaves_nothing_behind() {
     let first = env.service_pid().unwrap();
 
     let stopped = run_ok(&mut env.service_cmd(&["service", "--stop"]));
-    assert!(stdout(&stopped).contains(&format!("pid {first}")), "{}", stdout(&stopped));
+    assert!(
+        stdout(&stopped).contains(&format!("pid {first}")),
+        "{}",
+        stdout(&stopped)
+    );
     assert!(!is_alive(first), "it has exited when --stop returns");
     assert!(!env.socket().exists(), "socket removed");
     assert!(!env.pidfile().exists(), "pidfile removed");
@@ -111,7 +134,11 @@ fn stop_then_run_starts_a_fresh_service_and_leaves_nothing_behind() {
     assert_eq!(env.service_events("service.shutdown")[0]["reason"], "rpc");
 
     let none = run_ok(&mut env.service_cmd(&["service", "--stop"]));
-    assert!(stdout(&none).contains("no spfs service was running"), "{}", stdout(&none));
+    assert!(
+        stdout(&none).contains("no spfs service was running"),
+        "{}",
+        stdout(&none)
+    );
     let status = env.spfs(&["service", "status"]).output().unwrap();
     assert_eq!(status.status.code(), Some(3), "status says not running");
 
@@ -127,13 +154,19 @@ fn sigterm_stops_the_service_cleanly() {
     let env = TestEnv::new();
     run_ok(&mut env.spfs(&["service", "start"]));
     let pid = env.service_pid().unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)
-        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     assert!(env.wait_for(Duration::from_secs(10), || !is_alive(pid)));
     assert!(!env.socket().exists());
     assert!(!env.pidfile().exists());
     assert!(!env.is_mounted());
-    assert_eq!(env.service_events("service.shutdown")[0]["reason"], "SIGTERM");
+    assert_eq!(
+        env.service_events("service.shutdown")[0]["reason"],
+        "SIGTERM"
+    );
 }
 
 #[test]
@@ -141,8 +174,11 @@ fn a_dead_fuse_mount_from_a_killed_service_is_cleaned_up() {
     let env = TestEnv::new();
     run_ok(&mut env.spfs(&["service", "start"]));
     let pid = env.service_pid().unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
-        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     assert!(env.wait_for(Duration::from_secs(5), || !is_alive(pid)));
     assert!(env.is_mounted(), "kill -9 leaves the mount behind");
     let err = std::fs::metadata(&env.mountpoint).unwrap_err();
@@ -151,7 +187,10 @@ fn a_dead_fuse_mount_from_a_killed_service_is_cleaned_up() {
     let output = run_ok(&mut env.spfs(&["run", "-", "--", "ls", env.mountpoint.to_str().unwrap()]));
     assert_eq!(stdout(&output), "", "an empty directory again");
     assert_eq!(env.service_events("service.stale_mount_cleaned").len(), 1);
-    assert_eq!(env.launcher_events("launcher.stale_socket_removed").len(), 1);
+    assert_eq!(
+        env.launcher_events("launcher.stale_socket_removed").len(),
+        1
+    );
 }
 
 #[test]
@@ -165,26 +204,37 @@ fn the_mountpoint_is_an_empty_read_only_directory() {
         .output()
         .unwrap();
     assert!(!write.status.success());
-    assert!(stderr(&write).contains("Read-only file system"), "{}", stderr(&write));
+    assert!(
+        stderr(&write).contains("Read-only file system"),
+        "{}",
+        stderr(&write)
+    );
 }
 
 #[test]
 fn mount_for_scripts_refuses_a_process_outside_the_callers_ancestry() {
     let env = TestEnv::new();
-    let mut sleeper = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
     env.track(sleeper.id() as i32);
     let output = env
         .service_cmd(&["mount", "--root-process", &sleeper.id().to_string(), "base"])
         .output()
         .unwrap();
     assert!(!output.status.success());
-    assert!(stderr(&output).contains("not this process or one of its ancestors"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("not this process or one of its ancestors"),
+        "{}",
+        stderr(&output)
+    );
     let _ = sleeper.kill();
     let _ = sleeper.wait();
 
     // The default root is the caller: the shell that runs the script.
     let script = format!("{SERVICE} mount base && echo $$ && {SPFS} service status --json");
-    let output = run_ok(&mut env.command("sh").args(["-c", &script]));
+    let output = run_ok(env.command("sh").args(["-c", &script]));
     let text = stdout(&output);
     let mut lines = text.lines().skip(1);
     let shell_pid: i64 = lines.next().unwrap().parse().unwrap();

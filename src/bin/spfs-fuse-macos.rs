@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use spfs::service::readiness::ReadyNotifier;
 
 #[derive(Parser)]
-#[command(name = "spfs-fuse-macos", version, about = "The per-user SPFS FUSE service")]
+#[command(
+    name = "spfs-fuse-macos",
+    version,
+    about = "The per-user SPFS FUSE service"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -38,7 +42,9 @@ fn main() -> ExitCode {
     // Before any thread exists: this reads and clears an environment variable.
     let notifier = ReadyNotifier::from_env();
     match Cli::parse().command {
-        Command::Service { stop: true, .. } => spfs::commands::stop("spfs-fuse-macos service --stop"),
+        Command::Service { stop: true, .. } => {
+            spfs::commands::stop("spfs-fuse-macos service --stop")
+        }
         Command::Service { mountpoint, .. } => spfs::commands::serve(mountpoint, notifier),
         Command::Mount {
             root_process,

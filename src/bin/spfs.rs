@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "spfs", version, about = "Run commands in a stack of SPFS layers shown at /spfs")]
+#[command(
+    name = "spfs",
+    version,
+    about = "Run commands in a stack of SPFS layers shown at /spfs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

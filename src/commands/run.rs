@@ -50,7 +50,10 @@ fn run_in_env(tool: &str, reference: &str, program: &OsString, args: &[OsString]
     );
     // Only returns on failure; the runtime then ends with this process.
     let err = std::process::Command::new(program).args(args).exec();
-    eprintln!("{tool}: error: cannot run {}: {err}", program.to_string_lossy());
+    eprintln!(
+        "{tool}: error: cannot run {}: {err}",
+        program.to_string_lossy()
+    );
     ExitCode::from(match err.kind() {
         std::io::ErrorKind::NotFound => 127,
         _ => 126,

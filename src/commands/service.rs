@@ -73,7 +73,10 @@ pub fn start() -> ExitCode {
                 EnsureOutcome::Started => "started",
                 EnsureOutcome::AlreadyRunning | EnsureOutcome::StartedByOther => "already running",
             };
-            println!("spfs service: {how} (pid {}, mountpoint {})", status.pid, status.mountpoint);
+            println!(
+                "spfs service: {how} (pid {}, mountpoint {})",
+                status.pid, status.mountpoint
+            );
             ExitCode::SUCCESS
         }
         Err(err) => report(tool, &err),
@@ -97,14 +100,20 @@ pub fn status(as_json: bool) -> ExitCode {
                 socket: socket.clone(),
                 detail,
             }),
-            Probe::Unreachable(err) => Err(Error::io(format!("cannot connect to {}", socket.display()), err)),
+            Probe::Unreachable(err) => Err(Error::io(
+                format!("cannot connect to {}", socket.display()),
+                err,
+            )),
         }
     });
     match result {
         Err(err) => report(tool, &err),
         Ok(None) => {
             if as_json {
-                println!("{}", json!({"running": false, "socket": socket.display().to_string()}));
+                println!(
+                    "{}",
+                    json!({"running": false, "socket": socket.display().to_string()})
+                );
             } else {
                 println!("spfs service: not running (socket {})", socket.display());
             }
@@ -125,7 +134,9 @@ fn status_json(serving: bool, s: &StatusResponse) -> serde_json::Value {
     let runtimes: Vec<_> = s
         .runtimes
         .iter()
-        .map(|r| json!({"root_pid": r.root_pid, "env_spec": r.env_spec, "since_unix": r.since_unix}))
+        .map(
+            |r| json!({"root_pid": r.root_pid, "env_spec": r.env_spec, "since_unix": r.since_unix}),
+        )
         .collect();
     json!({
         "running": true,
@@ -145,7 +156,11 @@ fn print_status(serving: bool, s: &StatusResponse) {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let state = if serving { "running" } else { "running, NOT_SERVING" };
+    let state = if serving {
+        "running"
+    } else {
+        "running, NOT_SERVING"
+    };
     println!(
         "spfs service: {state} (pid {}, version {}, up {}s)",
         s.pid,
@@ -160,7 +175,11 @@ fn print_status(serving: bool, s: &StatusResponse) {
         println!(
             "    pid {:<8} {:<30} for {}s",
             r.root_pid,
-            if r.env_spec.is_empty() { "-" } else { &r.env_spec },
+            if r.env_spec.is_empty() {
+                "-"
+            } else {
+                &r.env_spec
+            },
             (now - r.since_unix).max(0)
         );
     }

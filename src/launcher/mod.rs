@@ -135,14 +135,12 @@ async fn ensure(
                 outcome: EnsureOutcome::AlreadyRunning,
             })
         }
-        Probe::Foreign(detail) => {
-            return Err(Error::ForeignListener {
-                socket,
-                detail,
-            })
-        }
+        Probe::Foreign(detail) => return Err(Error::ForeignListener { socket, detail }),
         Probe::Unreachable(err) => {
-            return Err(Error::io(format!("cannot connect to {}", socket.display()), err))
+            return Err(Error::io(
+                format!("cannot connect to {}", socket.display()),
+                err,
+            ))
         }
         Probe::NotServing(_) | Probe::Absent { .. } => {}
     }
@@ -174,7 +172,10 @@ async fn ensure(
             }
             Probe::Foreign(detail) => return Err(Error::ForeignListener { socket, detail }),
             Probe::Unreachable(err) => {
-                return Err(Error::io(format!("cannot connect to {}", socket.display()), err))
+                return Err(Error::io(
+                    format!("cannot connect to {}", socket.display()),
+                    err,
+                ))
             }
             Probe::NotServing(channel) => {
                 // Started by hand and still coming up, or shutting down.
@@ -265,7 +266,10 @@ async fn ensure(
                 outcome: EnsureOutcome::Started,
             }),
             Ok(other) => Err(Error::ServiceDied {
-                status: format!("it reported ready, then the confirming Check found it {}", other.name()),
+                status: format!(
+                    "it reported ready, then the confirming Check found it {}",
+                    other.name()
+                ),
                 log: paths.service_log(),
                 stderr_tail: String::new(),
             }),
@@ -275,7 +279,12 @@ async fn ensure(
 }
 
 fn retry(attempt: &mut u32, reason: &str) {
-    tracing::info!(event = "launcher.retry", attempt = *attempt, reason, "probing again");
+    tracing::info!(
+        event = "launcher.retry",
+        attempt = *attempt,
+        reason,
+        "probing again"
+    );
     *attempt += 1;
 }
 

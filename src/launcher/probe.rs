@@ -49,10 +49,7 @@ impl Probe {
 pub async fn probe(socket: &Path) -> Probe {
     match tokio::time::timeout(PROBE_TIMEOUT, probe_inner(socket)).await {
         Ok(probe) => probe,
-        Err(_) => Probe::Foreign(format!(
-            "no answer within {} ms",
-            PROBE_TIMEOUT.as_millis()
-        )),
+        Err(_) => Probe::Foreign(format!("no answer within {} ms", PROBE_TIMEOUT.as_millis())),
     }
 }
 

@@ -54,7 +54,10 @@ pub fn find_service_binary(config: &Config) -> Result<PathBuf> {
         looked.push(explicit.clone());
         return Err(Error::ServiceBinaryNotFound { looked });
     }
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| Some(e.parent()?.to_owned())) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.to_owned()))
+    {
         looked.push(dir.join(SERVICE_BIN_NAME));
     }
     if let Some(path) = std::env::var_os("PATH") {
@@ -94,10 +97,16 @@ struct PipeLine {
 /// Forks the nanny, which forks and execs `binary service MOUNTPOINT`.
 pub fn spawn(binary: &Path, config: &Config) -> Result<Starting> {
     let paths = &config.paths;
-    let spawn_err = |what: &str, err: std::io::Error| Error::io(format!("cannot start the service: {what}"), err);
+    let spawn_err = |what: &str, err: std::io::Error| {
+        Error::io(format!("cannot start the service: {what}"), err)
+    };
 
-    std::fs::create_dir_all(&paths.log_dir)
-        .map_err(|e| spawn_err(&format!("cannot create log dir {}", paths.log_dir.display()), e))?;
+    std::fs::create_dir_all(&paths.log_dir).map_err(|e| {
+        spawn_err(
+            &format!("cannot create log dir {}", paths.log_dir.display()),
+            e,
+        )
+    })?;
     let stderr_path = paths.service_stderr();
     let stderr_offset = prepare_stderr_file(&stderr_path);
     let stderr_file = OpenOptions::new()
@@ -118,7 +127,8 @@ pub fn spawn(binary: &Path, config: &Config) -> Result<Starting> {
     // Everything the children need is allocated before fork: after it, only
     // async-signal-safe calls are allowed in a multithreaded process.
     let cstring = |bytes: &[u8]| {
-        CString::new(bytes).map_err(|_| Error::Config("a path or variable contains a NUL byte".into()))
+        CString::new(bytes)
+            .map_err(|_| Error::Config("a path or variable contains a NUL byte".into()))
     };
     let program = cstring(binary.as_os_str().as_bytes())?;
     let argv = [
@@ -141,17 +151,29 @@ pub fn spawn(binary: &Path, config: &Config) -> Result<Starting> {
         ("SPFS_LOG_DIR", &paths.log_dir),
         ("SPFS_MOUNTPOINT", &paths.mountpoint),
     ] {
-        env.push((key.as_bytes().to_vec(), value.as_os_str().as_bytes().to_vec()));
+        env.push((
+            key.as_bytes().to_vec(),
+            value.as_os_str().as_bytes().to_vec(),
+        ));
     }
-    env.push((READY_FD_VAR.as_bytes().to_vec(), ready_fd.to_string().into_bytes()));
+    env.push((
+        READY_FD_VAR.as_bytes().to_vec(),
+        ready_fd.to_string().into_bytes(),
+    ));
     let envp: Vec<CString> = env
         .into_iter()
         .map(|(k, v)| cstring(&[k.as_slice(), b"=", v.as_slice()].concat()))
         .collect::<Result<_>>()?;
-    let argv_ptrs: Vec<*const libc::c_char> =
-        argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-    let envp_ptrs: Vec<*const libc::c_char> =
-        envp.iter().map(|e| e.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let argv_ptrs: Vec<*const libc::c_char> = argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp_ptrs: Vec<*const libc::c_char> = envp
+        .iter()
+        .map(|e| e.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
     let root = c"/";
     let child_fds = ChildFds {
         devnull: devnull.as_raw_fd(),
@@ -166,7 +188,15 @@ pub fn spawn(binary: &Path, config: &Config) -> Result<Starting> {
     }
     if nanny == 0 {
         // SAFETY: in the forked child; never returns.
-        unsafe { nanny_main(&child_fds, program.as_ptr(), &argv_ptrs, &envp_ptrs, root.as_ptr()) }
+        unsafe {
+            nanny_main(
+                &child_fds,
+                program.as_ptr(),
+                &argv_ptrs,
+                &envp_ptrs,
+                root.as_ptr(),
+            )
+        }
     }
     drop(write_end);
     drop(devnull);
@@ -210,12 +240,22 @@ unsafe fn nanny_main(
         crate::platform::mark_fds_cloexec_except(fds.ready);
         libc::execve(program, argv.as_ptr(), envp.as_ptr());
         let errno = *errno_location();
-        write_line(fds.ready, b"{\"reason\":\"exec_failed\",\"error\":\"cannot execute the service binary, errno ", errno, b"\"}\n");
+        write_line(
+            fds.ready,
+            b"{\"reason\":\"exec_failed\",\"error\":\"cannot execute the service binary, errno ",
+            errno,
+            b"\"}\n",
+        );
         libc::_exit(127);
     }
     if service < 0 {
         let errno = *errno_location();
-        write_line(fds.ready, b"{\"reason\":\"fork_failed\",\"error\":\"fork failed, errno ", errno, b"\"}\n");
+        write_line(
+            fds.ready,
+            b"{\"reason\":\"fork_failed\",\"error\":\"fork failed, errno ",
+            errno,
+            b"\"}\n",
+        );
         libc::_exit(1);
     }
     // Hold nothing but the pipe: an inherited spawn lock would outlive a killed launcher.
@@ -232,7 +272,12 @@ unsafe fn nanny_main(
     if libc::WIFSIGNALED(status) {
         write_line(fds.ready, b"{\"signal\":", libc::WTERMSIG(status), b"}\n");
     } else {
-        write_line(fds.ready, b"{\"exit_code\":", libc::WEXITSTATUS(status), b"}\n");
+        write_line(
+            fds.ready,
+            b"{\"exit_code\":",
+            libc::WEXITSTATUS(status),
+            b"}\n",
+        );
     }
     libc::_exit(0);
 }
@@ -371,4 +416,3 @@ fn read_tail(path: &Path, offset: u64) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..].join("\n")
 }
-

@@ -152,7 +152,10 @@ pub fn force_unmount(path: &Path) -> io::Result<()> {
         Err(nix::errno::Errno::EPERM) => {
             let helper = which("fusermount3").or_else(|| which("fusermount"));
             let helper = helper.ok_or_else(|| {
-                io::Error::new(io::ErrorKind::PermissionDenied, "not root and no fusermount3 on PATH")
+                io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "not root and no fusermount3 on PATH",
+                )
             })?;
             let status = std::process::Command::new(helper)
                 .args(["-u", "-z", "--"])
@@ -162,7 +165,9 @@ pub fn force_unmount(path: &Path) -> io::Result<()> {
             if status.success() {
                 Ok(())
             } else {
-                Err(io::Error::other(format!("fusermount3 -u -z failed ({status})")))
+                Err(io::Error::other(format!(
+                    "fusermount3 -u -z failed ({status})"
+                )))
             }
         }
         Err(errno) => Err(errno.into()),
@@ -210,8 +215,6 @@ fn unescape_mountinfo(field: &str) -> String {
 /// `allow_other` needs root, or `user_allow_other` in /etc/fuse.conf.
 pub fn allow_other_permitted() -> bool {
     nix::unistd::geteuid().is_root()
-        || std::fs::read_to_string("/etc/fuse.conf").is_ok_and(|conf| {
-            conf.lines()
-                .any(|line| line.trim() == "user_allow_other")
-        })
+        || std::fs::read_to_string("/etc/fuse.conf")
+            .is_ok_and(|conf| conf.lines().any(|line| line.trim() == "user_allow_other"))
 }

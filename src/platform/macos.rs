@@ -79,10 +79,14 @@ impl ExitWatch {
             0,
             0,
         );
-        kqueue.kevent(&[event], &mut [], None).map_err(|errno| match errno {
-            nix::errno::Errno::ESRCH => io::Error::new(io::ErrorKind::NotFound, "no such process"),
-            other => other.into(),
-        })?;
+        kqueue
+            .kevent(&[event], &mut [], None)
+            .map_err(|errno| match errno {
+                nix::errno::Errno::ESRCH => {
+                    io::Error::new(io::ErrorKind::NotFound, "no such process")
+                }
+                other => other.into(),
+            })?;
         let fd: OwnedFd = kqueue.as_fd().try_clone_to_owned()?;
         Ok(ExitWatch {
             // SAFETY: we own the fd, and the AsyncFd owns it for its whole life.
@@ -121,7 +125,6 @@ pub fn check_fuse_available() -> std::result::Result<(), String> {
 pub fn force_unmount(path: &Path) -> io::Result<()> {
     nix::mount::unmount(path, nix::mount::MntFlags::MNT_FORCE).map_err(io::Error::from)
 }
-
 
 /// A dead macFUSE mount answers with ENOTCONN or ENXIO ("Device not configured").
 pub fn is_stale_mount_error(err: &io::Error) -> bool {

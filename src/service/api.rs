@@ -45,10 +45,15 @@ impl From<MountError> for Status {
 
 #[tonic::async_trait]
 impl VfsService for Api {
-    async fn mount(&self, request: Request<MountRequest>) -> Result<Response<MountResponse>, Status> {
+    async fn mount(
+        &self,
+        request: Request<MountRequest>,
+    ) -> Result<Response<MountResponse>, Status> {
         let started = Instant::now();
         if self.stopping.load(Ordering::SeqCst) {
-            return Err(Status::unavailable("the service is shutting down; retry to start a new one"));
+            return Err(Status::unavailable(
+                "the service is shutting down; retry to start a new one",
+            ));
         }
         let MountRequest { root_pid, env_spec } = request.into_inner();
         let result = self.runtimes.mount(root_pid, env_spec);

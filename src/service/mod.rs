@@ -150,12 +150,18 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
     // We hold the pidfile, so any socket file here is left from a dead service.
     let socket = paths.socket();
     let _ = std::fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket)
-        .map_err(|e| fail("bind", format!("cannot listen on {}: {e}", socket.display())))?;
+    let listener = UnixListener::bind(&socket).map_err(|e| {
+        fail(
+            "bind",
+            format!("cannot listen on {}: {e}", socket.display()),
+        )
+    })?;
     let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600));
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_service_status("", ServingStatus::NotServing).await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
     health
         .set_service_status(VFS_SERVICE_NAME, ServingStatus::NotServing)
         .await;
@@ -258,7 +264,9 @@ async fn stop(started: Started, paths: &Paths) {
     health
         .set_service_status(VFS_SERVICE_NAME, ServingStatus::NotServing)
         .await;
-    health.set_service_status("", ServingStatus::NotServing).await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
     tracing::info!(
         event = "service.shutdown",
         reason,

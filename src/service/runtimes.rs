@@ -100,7 +100,9 @@ impl Runtimes {
         let removed = {
             let mut table = self.lock();
             match table.get(&pid) {
-                Some(entry) if generation.is_none_or(|g| g == entry.generation) => table.remove(&pid),
+                Some(entry) if generation.is_none_or(|g| g == entry.generation) => {
+                    table.remove(&pid)
+                }
                 _ => None,
             }
         }?;
@@ -128,6 +130,8 @@ impl Runtimes {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Entry>> {
         // A panic while holding the lock cannot leave the map half-updated.
-        self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

@@ -137,7 +137,10 @@ mod tests {
     fn dated_file_names_are_matched_exactly() {
         assert!(is_dated_file("spfs.2026-11-26.log", "spfs"));
         assert!(!is_dated_file("spfs-fuse-macos.2026-11-26.log", "spfs"));
-        assert!(is_dated_file("spfs-fuse-macos.2026-11-26.log", "spfs-fuse-macos"));
+        assert!(is_dated_file(
+            "spfs-fuse-macos.2026-11-26.log",
+            "spfs-fuse-macos"
+        ));
         assert!(!is_dated_file("spfs.log", "spfs"));
         assert!(!is_dated_file("spfs-fuse-macos.stderr", "spfs-fuse-macos"));
     }

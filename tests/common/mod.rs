@@ -112,9 +112,10 @@ impl TestEnv {
         files.sort();
         for file in files {
             for line in std::fs::read_to_string(&file).unwrap().lines() {
-                lines.push(serde_json::from_str(line).unwrap_or_else(|e| {
-                    panic!("{}: not JSON ({e}): {line}", file.display())
-                }));
+                lines.push(
+                    serde_json::from_str(line)
+                        .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {line}", file.display())),
+                );
             }
         }
         lines
@@ -144,13 +145,21 @@ impl TestEnv {
                     let value: Value = serde_json::from_str(line)
                         .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {line}", path.display()));
                     for field in ["timestamp", "level", "event", "pid", "message"] {
-                        assert!(!value[field].is_null(), "{}: no {field}: {line}", path.display());
+                        assert!(
+                            !value[field].is_null(),
+                            "{}: no {field}: {line}",
+                            path.display()
+                        );
                     }
                     count += 1;
                 }
             }
         }
-        assert!(count > 0, "no log lines were written in {}", self.log_dir.display());
+        assert!(
+            count > 0,
+            "no log lines were written in {}",
+            self.log_dir.display()
+        );
     }
 
     pub fn track(&self, pid: i32) {
@@ -201,8 +210,11 @@ pub fn is_mounted(path: &Path) -> bool {
 
 pub fn is_alive(pid: i32) -> bool {
     kill(Pid::from_raw(pid), None).is_ok()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
 }
 
 pub fn stdout(output: &Output) -> String {
