@@ -16,7 +16,9 @@ fn documented() -> BTreeMap<String, BTreeSet<String>> {
     let mut events = BTreeMap::new();
     for line in LOGGING_MD.lines() {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-        if cells.len() < 5 || !cells[1].starts_with("`launcher.") && !cells[1].starts_with("`service.") {
+        if cells.len() < 5
+            || !cells[1].starts_with("`launcher.") && !cells[1].starts_with("`service.")
+        {
             continue;
         }
         let name = cells[1].trim_matches('`').to_owned();
@@ -63,13 +65,22 @@ fn events_in_code(dir: &Path, found: &mut BTreeSet<String>) {
 #[test]
 fn every_logged_event_is_documented_and_every_documented_event_is_logged() {
     let mut in_code = BTreeSet::new();
-    events_in_code(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src")), &mut in_code);
+    events_in_code(
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src")),
+        &mut in_code,
+    );
     let in_docs: BTreeSet<String> = documented().into_keys().collect();
     assert!(in_code.len() > 15, "found the events: {in_code:?}");
     let undocumented: Vec<_> = in_code.difference(&in_docs).collect();
     let stale: Vec<_> = in_docs.difference(&in_code).collect();
-    assert!(undocumented.is_empty(), "logged but not in docs/logging.md: {undocumented:?}");
-    assert!(stale.is_empty(), "in docs/logging.md but never logged: {stale:?}");
+    assert!(
+        undocumented.is_empty(),
+        "logged but not in docs/logging.md: {undocumented:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "in docs/logging.md but never logged: {stale:?}"
+    );
 }
 
 #[test]
@@ -88,7 +99,11 @@ fn every_field_a_real_run_writes_is_documented() {
     let docs = documented();
     let common_fields = ["timestamp", "level", "pid", "event", "message"];
     let mut seen = BTreeSet::new();
-    for line in env.log_lines("spfs").into_iter().chain(env.log_lines("spfs-fuse-macos")) {
+    for line in env
+        .log_lines("spfs")
+        .into_iter()
+        .chain(env.log_lines("spfs-fuse-macos"))
+    {
         let event = line["event"].as_str().unwrap().to_owned();
         let Some(fields) = docs.get(&event) else {
             panic!("undocumented event {event}: {line}");
@@ -101,7 +116,13 @@ fn every_field_a_real_run_writes_is_documented() {
         }
         seen.insert(event);
     }
-    for expected in ["launcher.ensure", "launcher.spawn", "launcher.start_failed", "service.ready", "service.stopped"] {
+    for expected in [
+        "launcher.ensure",
+        "launcher.spawn",
+        "launcher.start_failed",
+        "service.ready",
+        "service.stopped",
+    ] {
         assert!(seen.contains(expected), "the run logged {expected}");
     }
 }

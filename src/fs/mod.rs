@@ -104,10 +104,12 @@ pub fn prepare_mountpoint(path: &Path) -> Result<Prepared, String> {
     let mut prepared = Prepared::Ready;
     match std::fs::metadata(path) {
         Ok(meta) if meta.is_dir() => {}
-        Ok(_) => return Err(format!(
+        Ok(_) => {
+            return Err(format!(
             "mountpoint {} is not a directory; remove it, or set SPFS_MOUNTPOINT to a directory",
             path.display()
-        )),
+        ))
+        }
         Err(err) if platform::is_stale_mount_error(&err) => {
             platform::force_unmount(path).map_err(|e| {
                 format!(
