@@ -304,3 +304,53 @@ fn a_bad_start_timeout_is_explained() {
         stderr(&output)
     );
 }
+
+#[test]
+fn without_fuse_the_error_says_how_to_install_it() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to hide /dev/fuse in a private mount namespace");
+        return;
+    }
+    let env = TestEnv::new();
+    // A private mount namespace whose /dev has null but no fuse: FUSE is really absent.
+    let script = format!(
+        "mount -t tmpfs tmpfs /dev && mknod -m 666 /dev/null c 1 3 && exec {SPFS} run - -- true"
+    );
+    let started = Instant::now();
+    let output = env
+        .command("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let err = stderr(&output);
+    assert!(err.contains("FUSE is not available"), "{err}");
+    assert!(err.contains("fuse3"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(
+        env.launcher_events("launcher.start_failed")[0]["reason"],
+        "fuse_unavailable"
+    );
+}
+
+#[test]
+fn shell_runs_the_users_shell_in_the_environment() {
+    let env = TestEnv::new();
+    let mut child = env
+        .spfs(&["shell", "base"])
+        .env("SHELL", "/bin/sh")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{SPFS} service status --json\nexit 4\n").as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(4));
+    let status: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(status["runtimes"][0]["env_spec"], "base");
+}

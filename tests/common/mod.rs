@@ -193,6 +193,10 @@ impl TestEnv {
 impl Drop for TestEnv {
     fn drop(&mut self) {
         self.stop_service();
+        // The logging contract holds for every test's logs, not only the ones that check it.
+        if !std::thread::panicking() && self.log_dir.exists() {
+            self.assert_logs_are_json();
+        }
         for pid in self.helpers.lock().unwrap().drain(..) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
