@@ -32,6 +32,8 @@ enum Command {
         #[arg(value_name = "REF")]
         reference: String,
     },
+    /// List the layers in the store (SPFS_STORAGE)
+    Layers,
     /// Control the background service
     Service {
         #[command(subcommand)]
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run { reference, command } => spfs::commands::run(&reference, &command),
         Command::Shell { reference } => spfs::commands::shell(&reference),
+        Command::Layers => spfs::commands::layers(),
         Command::Service { action } => match action {
             ServiceAction::Start => spfs::commands::start(),
             ServiceAction::Stop => spfs::commands::stop("spfs service stop"),

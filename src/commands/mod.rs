@@ -1,9 +1,11 @@
 //! What each subcommand of `spfs` and `spfs-fuse-macos` does. The binaries
 //! only parse arguments and call these.
 
+mod layers;
 mod run;
 mod service;
 
+pub use layers::layers;
 pub use run::{mount, run, shell};
 pub use service::{serve, start, status, stop};
 

@@ -1,69 +1,222 @@
 //! The FUSE filesystem at the mountpoint, and mounting it safely.
 //!
-//! For now every process sees an empty, read-only directory: the per-runtime
-//! views are the filesystem issue's work. Mount options: read-only, no
-//! devices, no setuid; writes fail with EROFS in the kernel.
+//! Each runtime sees its own immutable [`view::View`] of its layers; a process
+//! outside every runtime sees an empty directory. [`router`] decides which
+//! view a request is for; see `docs/architecture.md` for the whole picture.
+//! The filesystem is read-only (writes fail with EROFS in the kernel) and
+//! never touches its own mountpoint.
 
+pub mod envspec;
+pub mod router;
+pub mod view;
+
+use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::fs::File;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use fuser::{
-    BackgroundSession, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, INodeNo,
-    MountOption, ReplyAttr, ReplyDirectory, ReplyEntry, Request, SessionACL,
+    BackgroundSession, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, Request, SessionACL,
 };
 
 use crate::platform;
+use router::{decode, encode, Router};
+use view::{Content, View};
 
-/// The root changes only when the service restarts; let the kernel cache it briefly.
-const ROOT_TTL: Duration = Duration::from_secs(1);
+/// Entries in the mount root differ per process: the kernel must ask every time.
+const ROOT_ENTRY_TTL: Duration = Duration::ZERO;
+/// Below the root an inode number names one file of one immutable view forever.
+const VIEW_TTL: Duration = Duration::from_secs(3600);
+/// FUSE worker threads: a slow layer read must not hold up other lookups.
+const WORKER_THREADS: usize = 4;
+
+/// What an open file or directory handle holds; it keeps its view alive.
+enum Handle {
+    File { _view: Arc<View>, file: Arc<File> },
+    Dir { view: Option<Arc<View>>, node: u32 },
+}
 
 pub struct SpfsFs {
+    router: Arc<Router>,
     root: FileAttr,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_handle: AtomicU64,
 }
 
 impl SpfsFs {
-    pub fn new() -> SpfsFs {
-        let now = SystemTime::now();
+    pub fn new(router: Arc<Router>) -> SpfsFs {
         SpfsFs {
-            root: FileAttr {
-                ino: INodeNo::ROOT,
-                size: 0,
-                blocks: 0,
-                atime: now,
-                mtime: now,
-                ctime: now,
-                crtime: now,
-                kind: FileType::Directory,
-                perm: 0o555,
-                nlink: 2,
-                uid: nix::unistd::geteuid().as_raw(),
-                gid: nix::unistd::getegid().as_raw(),
-                rdev: 0,
-                flags: 0,
-                blksize: 4096,
-            },
+            router,
+            root: view::empty_root_attr(),
+            handles: Mutex::default(),
+            next_handle: AtomicU64::new(1),
         }
+    }
+
+    fn handles(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Handle>> {
+        self.handles.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add_handle(&self, handle: Handle) -> FileHandle {
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.handles().insert(fh, handle);
+        FileHandle(fh)
+    }
+
+    /// The view and node an inode below the root names.
+    fn resolve(&self, ino: INodeNo) -> Result<(Arc<View>, u32), Errno> {
+        let (view_id, node) = decode(ino);
+        let view = self.router.view(view_id).ok_or(Errno::ESTALE)?;
+        if view.node(node).is_none() {
+            return Err(Errno::ESTALE);
+        }
+        Ok((view, node))
     }
 }
 
-impl Default for SpfsFs {
-    fn default() -> Self {
-        Self::new()
-    }
+fn attr_with_ino(view: &View, node: u32) -> FileAttr {
+    let mut attr = view.node(node).expect("resolved node").attr;
+    attr.ino = encode(view.id, node);
+    attr
 }
 
 impl Filesystem for SpfsFs {
-    fn lookup(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEntry) {
-        reply.error(Errno::ENOENT);
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let (view, dir, ttl) = if parent == INodeNo::ROOT {
+            match self.router.view_for_caller(req.pid()) {
+                Some(view) => (view, 0, ROOT_ENTRY_TTL),
+                None => return reply.error(Errno::ENOENT),
+            }
+        } else {
+            match self.resolve(parent) {
+                Ok((view, dir)) => (view, dir, VIEW_TTL),
+                Err(errno) => return reply.error(errno),
+            }
+        };
+        match view.child(dir, name) {
+            Some(child) => reply.entry(&ttl, &attr_with_ino(&view, child), Generation(0)),
+            None => reply.error(Errno::ENOENT),
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         if ino == INodeNo::ROOT {
-            reply.attr(&ROOT_TTL, &self.root);
-        } else {
-            reply.error(Errno::ENOENT);
+            return reply.attr(&ROOT_ENTRY_TTL, &self.root);
+        }
+        match self.resolve(ino) {
+            Ok((view, node)) => reply.attr(&VIEW_TTL, &attr_with_ino(&view, node)),
+            Err(errno) => reply.error(errno),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.resolve(ino) {
+            Ok((view, node)) => match &view.node(node).expect("resolved").content {
+                Content::Symlink(target) => reply.data(target.as_os_str().as_bytes()),
+                _ => reply.error(Errno::EINVAL),
+            },
+            Err(errno) => reply.error(errno),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        let (view, node) = match self.resolve(ino) {
+            Ok(found) => found,
+            Err(errno) => return reply.error(errno),
+        };
+        let path = match &view.node(node).expect("resolved").content {
+            Content::File(path) => path.clone(),
+            Content::Dir(_) => return reply.error(Errno::EISDIR),
+            _ => return reply.error(Errno::EINVAL),
+        };
+        match File::open(&path) {
+            Ok(file) => {
+                let fh = self.add_handle(Handle::File {
+                    _view: view,
+                    file: Arc::new(file),
+                });
+                // Views never change, so the page cache stays valid across opens.
+                reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
+            }
+            Err(err) => reply.error(Errno::from(err)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let file = match self.handles().get(&fh.0) {
+            Some(Handle::File { file, .. }) => Arc::clone(file),
+            _ => return reply.error(Errno::EBADF),
+        };
+        let mut buffer = vec![0u8; size as usize];
+        let mut filled = 0;
+        while filled < buffer.len() {
+            match file.read_at(&mut buffer[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return reply.error(Errno::from(err)),
+            }
+        }
+        reply.data(&buffer[..filled]);
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.handles().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if ino == INodeNo::ROOT {
+            // The root's listing is per process: route now, and never cache it.
+            let view = self.router.view_for_caller(req.pid());
+            let fh = self.add_handle(Handle::Dir { view, node: 0 });
+            return reply.opened(fh, FopenFlags::empty());
+        }
+        match self.resolve(ino) {
+            Ok((view, node)) => {
+                if !matches!(view.node(node).expect("resolved").content, Content::Dir(_)) {
+                    return reply.error(Errno::ENOTDIR);
+                }
+                let fh = self.add_handle(Handle::Dir {
+                    view: Some(view),
+                    node,
+                });
+                reply.opened(
+                    fh,
+                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+                );
+            }
+            Err(errno) => reply.error(errno),
         }
     }
 
@@ -71,20 +224,45 @@ impl Filesystem for SpfsFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        if ino != INodeNo::ROOT {
-            reply.error(Errno::ENOTDIR);
-            return;
+        let (view, node) = match self.handles().get(&fh.0) {
+            Some(Handle::Dir { view, node }) => (view.clone(), *node),
+            _ => return reply.error(Errno::EBADF),
+        };
+        let mut entries: Vec<(INodeNo, FileType, &OsStr)> = vec![
+            (ino, FileType::Directory, OsStr::new(".")),
+            (INodeNo::ROOT, FileType::Directory, OsStr::new("..")),
+        ];
+        if let Some(view) = &view {
+            if let Some(Content::Dir(children)) = view.node(node).map(|n| &n.content) {
+                for (name, child) in children {
+                    let kind = view.node(*child).expect("child node").attr.kind;
+                    entries.push((encode(view.id, *child), kind, name.as_os_str()));
+                }
+            }
         }
-        let entries = [(".", FileType::Directory), ("..", FileType::Directory)];
-        for (index, (name, kind)) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo::ROOT, index as u64 + 1, *kind, name) {
+        for (index, (child_ino, kind, name)) in
+            entries.into_iter().enumerate().skip(offset as usize)
+        {
+            if reply.add(child_ino, index as u64 + 1, kind, name) {
                 break;
             }
         }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.handles().remove(&fh.0);
         reply.ok();
     }
 }
@@ -151,8 +329,8 @@ pub struct FuseMount {
     mountpoint: PathBuf,
 }
 
-/// Mounts the filesystem at `path` and serves it on a background thread.
-pub fn mount(path: &Path) -> io::Result<FuseMount> {
+/// Mounts the filesystem at `path` and serves it on background threads.
+pub fn mount(path: &Path, router: Arc<Router>) -> io::Result<FuseMount> {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::RO,
@@ -160,13 +338,20 @@ pub fn mount(path: &Path) -> io::Result<FuseMount> {
         MountOption::NoSuid,
         MountOption::FSName("spfs".into()),
         MountOption::Subtype("spfs".into()),
+        // The kernel checks mode bits against the attributes we report.
+        MountOption::DefaultPermissions,
     ];
+    // fuser runs several workers only on Linux.
+    if cfg!(target_os = "linux") {
+        config.n_threads = Some(WORKER_THREADS);
+        config.clone_fd = true;
+    }
     config.acl = if platform::allow_other_permitted() {
         SessionACL::All
     } else {
         SessionACL::Owner
     };
-    let session = fuser::Session::new(SpfsFs::new(), path, &config)?.spawn()?;
+    let session = fuser::Session::new(SpfsFs::new(router), path, &config)?.spawn()?;
     Ok(FuseMount {
         session,
         mountpoint: path.to_owned(),

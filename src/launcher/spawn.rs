@@ -140,7 +140,13 @@ pub fn spawn(binary: &Path, config: &Config) -> Result<Starting> {
         .filter(|(k, _)| {
             !matches!(
                 k.to_str(),
-                Some(READY_FD_VAR | "SPFS_RUNTIME_DIR" | "SPFS_LOG_DIR" | "SPFS_MOUNTPOINT")
+                Some(
+                    READY_FD_VAR
+                        | "SPFS_RUNTIME_DIR"
+                        | "SPFS_LOG_DIR"
+                        | "SPFS_MOUNTPOINT"
+                        | "SPFS_STORAGE"
+                )
             )
         })
         .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
@@ -150,6 +156,7 @@ pub fn spawn(binary: &Path, config: &Config) -> Result<Starting> {
         ("SPFS_RUNTIME_DIR", &paths.runtime_dir),
         ("SPFS_LOG_DIR", &paths.log_dir),
         ("SPFS_MOUNTPOINT", &paths.mountpoint),
+        ("SPFS_STORAGE", &paths.storage),
     ] {
         env.push((
             key.as_bytes().to_vec(),

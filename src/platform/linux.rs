@@ -36,31 +36,36 @@ pub fn default_storage_dir() -> Result<PathBuf> {
     Ok(data.join("spfs/layers"))
 }
 
-/// Fields of `/proc/PID/stat` after the command name, which may itself hold spaces.
-fn stat_fields(pid: i32) -> io::Result<Vec<String>> {
+/// Parent and start time of a process, from one read of `/proc/PID/stat`.
+pub fn process_info(pid: i32) -> io::Result<super::ProcInfo> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces and parentheses: skip past its last ')'.
     let after_name = stat
         .rfind(')')
         .map(|i| &stat[i + 1..])
         .ok_or_else(|| io::Error::other("malformed /proc stat"))?;
-    Ok(after_name.split_whitespace().map(str::to_owned).collect())
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // fields[0] is field 3 (state); ppid is field 4, starttime field 22.
+    let number = |field: usize| -> io::Result<u64> {
+        fields
+            .get(field - 3)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| io::Error::other("malformed /proc stat"))
+    };
+    Ok(super::ProcInfo {
+        ppid: number(4)? as i32,
+        start_time: number(22)?,
+    })
 }
 
-fn stat_field(pid: i32, number: usize) -> io::Result<u64> {
-    // Field 3 (state) is the first one after the name.
-    stat_fields(pid)?
-        .get(number - 3)
-        .and_then(|f| f.parse().ok())
-        .ok_or_else(|| io::Error::other("malformed /proc stat"))
-}
-
-pub fn parent_pid(pid: i32) -> io::Result<i32> {
-    Ok(stat_field(pid, 4)? as i32)
-}
-
-/// Start time of a process in clock ticks since boot; with the pid it names one process.
-pub fn start_time(pid: i32) -> io::Result<u64> {
-    stat_field(pid, 22)
+/// The process a thread belongs to: FUSE reports the calling thread's id.
+pub fn process_of_thread(tid: i32) -> io::Result<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| io::Error::other("no Tgid in /proc status"))
 }
 
 /// Becomes ready when one process exits (a pidfd, so a reused pid cannot fool it).

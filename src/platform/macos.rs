@@ -53,14 +53,18 @@ fn bsd_info(pid: i32) -> io::Result<libc::proc_bsdinfo> {
     Ok(unsafe { info.assume_init() })
 }
 
-pub fn parent_pid(pid: i32) -> io::Result<i32> {
-    Ok(bsd_info(pid)?.pbi_ppid as i32)
+/// Parent and start time (microseconds since the epoch) of a process.
+pub fn process_info(pid: i32) -> io::Result<super::ProcInfo> {
+    let info = bsd_info(pid)?;
+    Ok(super::ProcInfo {
+        ppid: info.pbi_ppid as i32,
+        start_time: info.pbi_start_tvsec * 1_000_000 + info.pbi_start_tvusec,
+    })
 }
 
-/// Start time in microseconds since the epoch; with the pid it names one process.
-pub fn start_time(pid: i32) -> io::Result<u64> {
-    let info = bsd_info(pid)?;
-    Ok(info.pbi_start_tvsec * 1_000_000 + info.pbi_start_tvusec)
+/// macFUSE reports the calling process's pid, not a thread id.
+pub fn process_of_thread(pid: i32) -> io::Result<i32> {
+    Ok(pid)
 }
 
 /// Becomes ready when one process exits (a kqueue with `NOTE_EXIT`).

@@ -16,7 +16,24 @@ mod macos;
 #[cfg(target_os = "macos")]
 pub use macos::*;
 
+use std::io;
 use std::path::PathBuf;
+
+/// What routing needs to know of a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcInfo {
+    pub ppid: i32,
+    /// Opaque, comparable start time; with the pid it names exactly one process.
+    pub start_time: u64,
+}
+
+pub fn parent_pid(pid: i32) -> io::Result<i32> {
+    Ok(process_info(pid)?.ppid)
+}
+
+pub fn start_time(pid: i32) -> io::Result<u64> {
+    Ok(process_info(pid)?.start_time)
+}
 
 fn home_dir() -> crate::error::Result<PathBuf> {
     match std::env::var_os("HOME").filter(|h| !h.is_empty()) {

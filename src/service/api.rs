@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
-use super::runtimes::{checked_pid, MountError, Runtimes};
+use super::runtimes::{self, checked_pid, MountError, Runtimes};
 use super::shutdown::Shutdown;
 use crate::proto::vfs_service_server::VfsService;
 use crate::proto::{
@@ -28,6 +28,8 @@ pub struct Identity {
 
 pub struct Api {
     pub identity: Identity,
+    /// The layer store names in env specs refer to.
+    pub storage: std::path::PathBuf,
     pub runtimes: Arc<Runtimes>,
     pub shutdown: Shutdown,
     /// Set when shutdown begins; new mounts are refused from then on.
@@ -37,9 +39,29 @@ pub struct Api {
 impl From<MountError> for Status {
     fn from(err: MountError) -> Status {
         match err {
-            MountError::Watch(..) => Status::internal(err.to_string()),
+            MountError::Watch(..) | MountError::Internal(_) => Status::internal(err.to_string()),
+            MountError::Build { .. } => Status::failed_precondition(err.to_string()),
             _ => Status::invalid_argument(err.to_string()),
         }
+    }
+}
+
+impl Api {
+    async fn mount_runtime(
+        &self,
+        root_pid: i64,
+        env_spec: String,
+    ) -> Result<crate::proto::Runtime, MountError> {
+        let pid = checked_pid(root_pid)?;
+        let watch = runtimes::watch(pid)?;
+        let router = std::sync::Arc::clone(self.runtimes.router());
+        let storage = self.storage.clone();
+        // Reading the layers is blocking I/O; keep it off the async workers.
+        let view =
+            tokio::task::spawn_blocking(move || runtimes::build_view(&router, &storage, env_spec))
+                .await
+                .map_err(|e| MountError::Internal(e.to_string()))??;
+        self.runtimes.mount(pid, watch, view)
     }
 }
 
@@ -56,7 +78,7 @@ impl VfsService for Api {
             ));
         }
         let MountRequest { root_pid, env_spec } = request.into_inner();
-        let result = self.runtimes.mount(root_pid, env_spec);
+        let result = self.mount_runtime(root_pid, env_spec).await;
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         match result {
             Ok(runtime) => {

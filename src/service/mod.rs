@@ -27,6 +27,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
+use crate::fs::router::Router;
 use crate::fs::{self, FuseMount, Prepared};
 use crate::paths::Paths;
 use crate::platform;
@@ -171,7 +172,8 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
         .listen_for_signals()
         .map_err(|e| fail("signals", format!("cannot install signal handlers: {e}")))?;
     let stopping = Arc::new(AtomicBool::new(false));
-    let runtimes = Runtimes::new();
+    let router = Arc::new(Router::default());
+    let runtimes = Runtimes::new(Arc::clone(&router));
     let api = Api {
         identity: Identity {
             pid: std::process::id().into(),
@@ -184,6 +186,7 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
             socket: socket.display().to_string(),
             log_file: paths.service_log().display().to_string(),
         },
+        storage: paths.storage.clone(),
         runtimes: Arc::clone(&runtimes),
         shutdown: shutdown.clone(),
         stopping: Arc::clone(&stopping),
@@ -206,7 +209,7 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
 
     let mount_started = Instant::now();
     let mountpoint = paths.mountpoint.clone();
-    let fuse = tokio::task::spawn_blocking(move || fs::mount(&mountpoint))
+    let fuse = tokio::task::spawn_blocking(move || fs::mount(&mountpoint, router))
         .await
         .map_err(|e| fail("mount_failed", format!("FUSE mount task failed: {e}")))?
         .map_err(|e| {

@@ -1,6 +1,7 @@
 //! The runtimes table: which root process sees which env spec. A runtime is
 //! added by `Mount` and dropped by `Unmount` or, automatically, when its root
-//! process exits (pidfd on Linux, kqueue on macOS).
+//! process exits (pidfd on Linux, kqueue on macOS). Adding and dropping a
+//! runtime adds and drops its route in the filesystem's [`Router`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,23 +10,23 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::task::AbortHandle;
 
+use crate::fs::envspec::{self, SpecError};
+use crate::fs::router::Router;
+use crate::fs::view::View;
 use crate::platform::{self, ExitWatch};
 use crate::proto::Runtime;
 
 /// Longest env spec accepted; far beyond any real stack of layer names.
 pub const MAX_ENV_SPEC_BYTES: usize = 64 * 1024;
 
-#[derive(Default)]
 pub struct Runtimes {
     table: Mutex<HashMap<i32, Entry>>,
     next_generation: AtomicU64,
+    router: Arc<Router>,
 }
 
 struct Entry {
     runtime: Runtime,
-    /// Start time of the root process when mounted; with the pid, names one process.
-    #[allow(dead_code)]
-    start_time: u64,
     /// Tells this entry from a later one for the same pid.
     generation: u64,
     exit_watch: AbortHandle,
@@ -41,6 +42,34 @@ pub enum MountError {
     SpecTooLong(usize),
     #[error("cannot watch process {0}: {1}")]
     Watch(i32, std::io::Error),
+    #[error("{0}")]
+    Spec(#[from] SpecError),
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error("cannot read the layers of {spec:?}: {error}")]
+    Build { spec: String, error: std::io::Error },
+}
+
+/// Starts watching `pid` for exit; fails at once if there is no such process.
+pub fn watch(pid: i32) -> Result<ExitWatch, MountError> {
+    ExitWatch::new(pid).map_err(|err| match err.kind() {
+        std::io::ErrorKind::NotFound => MountError::NoSuchProcess(pid),
+        _ => MountError::Watch(pid, err),
+    })
+}
+
+/// Resolves `spec` in `store` and builds its view. Blocking I/O.
+pub fn build_view(
+    router: &Router,
+    store: &std::path::Path,
+    spec: String,
+) -> Result<View, MountError> {
+    if spec.len() > MAX_ENV_SPEC_BYTES {
+        return Err(MountError::SpecTooLong(spec.len()));
+    }
+    let layers = envspec::resolve(&spec, store)?;
+    View::build(router.next_view_id(), spec.clone(), &layers)
+        .map_err(|error| MountError::Build { spec, error })
 }
 
 /// A pid from the wire: positive and within `pid_t`.
@@ -52,24 +81,30 @@ pub fn checked_pid(pid: i64) -> Result<i32, MountError> {
 }
 
 impl Runtimes {
-    pub fn new() -> Arc<Runtimes> {
-        Arc::default()
+    pub fn new(router: Arc<Router>) -> Arc<Runtimes> {
+        Arc::new(Runtimes {
+            table: Mutex::default(),
+            next_generation: AtomicU64::new(0),
+            router,
+        })
     }
 
-    /// Records (or replaces) the runtime of `root_pid` and watches for its exit.
-    pub fn mount(self: &Arc<Self>, root_pid: i64, env_spec: String) -> Result<Runtime, MountError> {
-        let pid = checked_pid(root_pid)?;
-        if env_spec.len() > MAX_ENV_SPEC_BYTES {
-            return Err(MountError::SpecTooLong(env_spec.len()));
-        }
-        let watch = ExitWatch::new(pid).map_err(|err| match err.kind() {
-            std::io::ErrorKind::NotFound => MountError::NoSuchProcess(pid),
-            _ => MountError::Watch(pid, err),
-        })?;
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// Records (or replaces) the runtime of `pid`, shows it `view`, and drops
+    /// both when `watch` sees the process exit.
+    pub fn mount(
+        self: &Arc<Self>,
+        pid: i32,
+        watch: ExitWatch,
+        view: View,
+    ) -> Result<Runtime, MountError> {
         let start_time = platform::start_time(pid).map_err(|_| MountError::NoSuchProcess(pid))?;
         let runtime = Runtime {
             root_pid: pid.into(),
-            env_spec,
+            env_spec: view.spec.clone(),
             since_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs() as i64)
@@ -84,11 +119,14 @@ impl Runtimes {
         .abort_handle();
         let entry = Entry {
             runtime: runtime.clone(),
-            start_time,
             generation,
             exit_watch,
         };
-        let replaced = self.lock().insert(pid, entry);
+        let replaced = {
+            let mut table = self.lock();
+            self.router.add(pid, start_time, Arc::new(view));
+            table.insert(pid, entry)
+        };
         if let Some(old) = replaced {
             old.exit_watch.abort();
         }
