@@ -107,9 +107,17 @@ impl Filesystem for SpfsFs {
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         if ino == INodeNo::ROOT {
-            return reply.attr(&ROOT_ENTRY_TTL, &self.root);
+            // The mount root looks like the caller's merged root (mode, owner, times).
+            let attr = match self.router.view_for_caller(req.pid()) {
+                Some(view) => FileAttr {
+                    ino: INodeNo::ROOT,
+                    ..view.root().attr
+                },
+                None => self.root,
+            };
+            return reply.attr(&ROOT_ENTRY_TTL, &attr);
         }
         match self.resolve(ino) {
             Ok((view, node)) => reply.attr(&VIEW_TTL, &attr_with_ino(&view, node)),

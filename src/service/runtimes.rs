@@ -139,6 +139,7 @@ impl Runtimes {
             let mut table = self.lock();
             match table.get(&pid) {
                 Some(entry) if generation.is_none_or(|g| g == entry.generation) => {
+                    self.router.remove(pid);
                     table.remove(&pid)
                 }
                 _ => None,
@@ -151,6 +152,7 @@ impl Runtimes {
             env_spec = removed.runtime.env_spec.as_str(),
             reason,
             active_runtimes = self.len(),
+            live_views = self.router.live_views(),
             "runtime ended"
         );
         Some(removed.runtime)
