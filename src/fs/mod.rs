@@ -33,10 +33,10 @@ use view::{Content, View};
 
 /// Entries in the mount root differ per process: the kernel must ask every time.
 const ROOT_ENTRY_TTL: Duration = Duration::ZERO;
+/// The mount root's own attributes are the same for everyone.
+const MOUNT_ROOT_TTL: Duration = Duration::from_secs(60);
 /// Below the root an inode number names one file of one immutable view forever.
 const VIEW_TTL: Duration = Duration::from_secs(3600);
-/// FUSE worker threads: a slow layer read must not hold up other lookups.
-const WORKER_THREADS: usize = 4;
 
 /// What an open file or directory handle holds; it keeps its view alive.
 enum Handle {
@@ -107,17 +107,11 @@ impl Filesystem for SpfsFs {
         }
     }
 
-    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         if ino == INodeNo::ROOT {
-            // The mount root looks like the caller's merged root (mode, owner, times).
-            let attr = match self.router.view_for_caller(req.pid()) {
-                Some(view) => FileAttr {
-                    ino: INodeNo::ROOT,
-                    ..view.root().attr
-                },
-                None => self.root,
-            };
-            return reply.attr(&ROOT_ENTRY_TTL, &attr);
+            // The mount root itself is the service's: the same for every process,
+            // so the kernel may cache it; only its entries differ per process.
+            return reply.attr(&MOUNT_ROOT_TTL, &self.root);
         }
         match self.resolve(ino) {
             Ok((view, node)) => reply.attr(&VIEW_TTL, &attr_with_ino(&view, node)),
@@ -349,9 +343,12 @@ pub fn mount(path: &Path, router: Arc<Router>) -> io::Result<FuseMount> {
         // The kernel checks mode bits against the attributes we report.
         MountOption::DefaultPermissions,
     ];
-    // fuser runs several workers only on Linux.
+    // Several workers, so one slow layer read does not hold up other requests;
+    // one per core measured fastest here (docs/performance.md). fuser runs
+    // several workers only on Linux.
     if cfg!(target_os = "linux") {
-        config.n_threads = Some(WORKER_THREADS);
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        config.n_threads = Some(cores.clamp(2, 8));
         config.clone_fd = true;
     }
     config.acl = if platform::allow_other_permitted() {

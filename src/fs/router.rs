@@ -71,8 +71,13 @@ impl Router {
         if routes.is_empty() {
             return None;
         }
-        let mut pid = platform::process_of_thread(tid as i32).ok()?;
+        // FUSE gives the calling thread's id; for a main thread it is the pid.
+        let mut pid = tid as i32;
         let mut info = platform::process_info(pid).ok()?;
+        if info.is_thread {
+            pid = platform::process_of_thread(pid).ok()?;
+            info = platform::process_info(pid).ok()?;
+        }
         for _ in 0..MAX_ANCESTRY {
             if let Some(route) = routes.get(&pid) {
                 // Same pid, different process: the root exited and its pid was reused.

@@ -55,10 +55,12 @@ pub fn process_info(pid: i32) -> io::Result<super::ProcInfo> {
     Ok(super::ProcInfo {
         ppid: number(4)? as i32,
         start_time: number(22)?,
+        // exit_signal (field 38) is -1 exactly for threads that do not lead their group.
+        is_thread: fields.get(38 - 3) == Some(&"-1"),
     })
 }
 
-/// The process a thread belongs to: FUSE reports the calling thread's id.
+/// The process a thread belongs to (its thread group id).
 pub fn process_of_thread(tid: i32) -> io::Result<i32> {
     let status = std::fs::read_to_string(format!("/proc/{tid}/status"))?;
     status

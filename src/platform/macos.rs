@@ -59,6 +59,7 @@ pub fn process_info(pid: i32) -> io::Result<super::ProcInfo> {
     Ok(super::ProcInfo {
         ppid: info.pbi_ppid as i32,
         start_time: info.pbi_start_tvsec * 1_000_000 + info.pbi_start_tvusec,
+        is_thread: false,
     })
 }
 

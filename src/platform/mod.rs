@@ -25,6 +25,8 @@ pub struct ProcInfo {
     pub ppid: i32,
     /// Opaque, comparable start time; with the pid it names exactly one process.
     pub start_time: u64,
+    /// A thread that is not its process's main thread (Linux ids name threads too).
+    pub is_thread: bool,
 }
 
 pub fn parent_pid(pid: i32) -> io::Result<i32> {

@@ -42,7 +42,10 @@ impl TestEnv {
             root,
             helpers: Default::default(),
         };
-        std::fs::create_dir_all(&env.storage).unwrap();
+        // Two (empty) layers, so the refs `base`, `app` and `base+app` resolve.
+        for layer in ["base", "app"] {
+            std::fs::create_dir_all(env.storage.join(layer)).unwrap();
+        }
         env
     }
 

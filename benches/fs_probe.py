@@ -1,0 +1,74 @@
+"""Filesystem timings for one directory tree, printed as JSON.
+
+    fs_probe.py ROOT BIGFILE SHALLOW DEEP [--drop-caches]
+
+Run once natively on the layer directory and once inside `spfs run` on the
+mountpoint; fs-bench.sh compares the two.
+"""
+
+import json
+import os
+import sys
+import time
+
+
+def drop_caches():
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def read_throughput(path):
+    size = 0
+    start = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            chunk = f.read(1 << 20)
+            if not chunk:
+                break
+            size += len(chunk)
+    seconds = time.perf_counter() - start
+    return size / seconds / (1 << 20)
+
+
+def stat_latency_us(path, n=20000):
+    os.stat(path)
+    start = time.perf_counter()
+    for _ in range(n):
+        os.stat(path)
+    return (time.perf_counter() - start) / n * 1e6
+
+
+def walk_seconds(root):
+    start = time.perf_counter()
+    count = 0
+    for _dirpath, dirnames, filenames in os.walk(root):
+        count += len(dirnames) + len(filenames)
+    return time.perf_counter() - start, count
+
+
+def main():
+    root, big, shallow, deep = sys.argv[1:5]
+    cold = "--drop-caches" in sys.argv
+    if cold:
+        drop_caches()
+    first = read_throughput(os.path.join(root, big))
+    second = read_throughput(os.path.join(root, big))
+    if cold:
+        drop_caches()
+    walk_cold, entries = walk_seconds(root)
+    walk_warm, _ = walk_seconds(root)
+    print(json.dumps({
+        "read_first_mib_s": first,
+        "read_second_mib_s": second,
+        "stat_root_us": stat_latency_us(os.path.join(root, shallow)),
+        "stat_deep_us": stat_latency_us(os.path.join(root, deep)),
+        "walk_cold_s": walk_cold,
+        "walk_warm_s": walk_warm,
+        "entries": entries,
+        "caches_dropped": cold,
+    }))
+
+
+if __name__ == "__main__":
+    main()
