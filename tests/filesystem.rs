@@ -333,3 +333,18 @@ fn an_absolute_directory_is_a_layer_too() {
     ]));
     assert_eq!(stdout(&output), "absolute\nbase\n");
 }
+
+#[test]
+fn layer_names_resolve_in_the_callers_store() {
+    let env = TestEnv::new();
+    base_and_app(&env);
+    run_ok(&mut env.spfs(&["service", "start"]));
+    let other_store = env.root.path().join("other-store");
+    std::fs::create_dir_all(other_store.join("base/etc")).unwrap();
+    std::fs::write(other_store.join("base/etc/version"), "other base\n").unwrap();
+    let output = run_ok(
+        env.spfs(&["run", "base", "--", "cat", &mnt(&env, "etc/version")])
+            .env("SPFS_STORAGE", &other_store),
+    );
+    assert_eq!(stdout(&output), "other base\n");
+}

@@ -61,6 +61,8 @@ fn unmount_drops_a_runtime_before_its_process_exits() {
                 .mount(MountRequest {
                     root_pid: pid,
                     env_spec: "base".into(),
+                    // Empty: names resolve in the store the service started with.
+                    storage: String::new(),
                 })
                 .await
                 .unwrap();
@@ -82,11 +84,22 @@ fn unmount_drops_a_runtime_before_its_process_exits() {
                 .mount(MountRequest {
                     root_pid: -5,
                     env_spec: "base".into(),
+                    storage: String::new(),
                 })
                 .await
                 .unwrap_err();
             assert_eq!(bad.code(), tonic::Code::InvalidArgument);
             assert!(bad.message().contains("positive"), "{}", bad.message());
+            let relative = control
+                .mount(MountRequest {
+                    root_pid: pid,
+                    env_spec: "base".into(),
+                    storage: "layers".into(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(relative.code(), tonic::Code::InvalidArgument);
+            assert!(relative.message().contains("not an absolute path"));
         });
     assert_eq!(
         env.service_events("service.unmount")[0]["reason"],

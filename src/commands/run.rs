@@ -91,6 +91,7 @@ async fn ensure_and_mount(config: &Config, pid: i32, reference: &str) -> Result<
         .mount(MountRequest {
             root_pid: pid.into(),
             env_spec: reference.to_owned(),
+            storage: config.paths.storage.to_string_lossy().into_owned(),
         })
         .await;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;

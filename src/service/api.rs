@@ -51,11 +51,16 @@ impl Api {
         &self,
         root_pid: i64,
         env_spec: String,
+        storage: String,
     ) -> Result<crate::proto::Runtime, MountError> {
         let pid = checked_pid(root_pid)?;
+        let storage = match storage.as_str() {
+            "" => self.storage.clone(),
+            path if std::path::Path::new(path).is_absolute() => path.into(),
+            _ => return Err(MountError::RelativeStorage(storage)),
+        };
         let watch = runtimes::watch(pid)?;
         let router = std::sync::Arc::clone(self.runtimes.router());
-        let storage = self.storage.clone();
         // Reading the layers is blocking I/O; keep it off the async workers.
         let view =
             tokio::task::spawn_blocking(move || runtimes::build_view(&router, &storage, env_spec))
@@ -77,8 +82,12 @@ impl VfsService for Api {
                 "the service is shutting down; retry to start a new one",
             ));
         }
-        let MountRequest { root_pid, env_spec } = request.into_inner();
-        let result = self.mount_runtime(root_pid, env_spec).await;
+        let MountRequest {
+            root_pid,
+            env_spec,
+            storage,
+        } = request.into_inner();
+        let result = self.mount_runtime(root_pid, env_spec, storage).await;
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         match result {
             Ok(runtime) => {

@@ -46,6 +46,8 @@ pub enum MountError {
     Spec(#[from] SpecError),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("storage {0:?} is not an absolute path")]
+    RelativeStorage(String),
     #[error("cannot read the layers of {spec:?}: {error}")]
     Build { spec: String, error: std::io::Error },
 }
