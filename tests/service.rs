@@ -196,7 +196,10 @@ fn a_dead_fuse_mount_from_a_killed_service_is_cleaned_up() {
     assert!(env.is_mounted(), "kill -9 leaves the mount behind");
     let err = std::fs::metadata(&env.mountpoint).unwrap_err();
     assert!(
-        matches!(err.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)),
+        matches!(
+            err.raw_os_error(),
+            Some(libc::ENOTCONN | libc::ECONNABORTED)
+        ),
         "a dead mount: {err}"
     );
 

@@ -184,7 +184,10 @@ pub fn force_unmount(path: &Path) -> io::Result<()> {
 /// A dead FUSE mount answers every access with ENOTCONN, or ECONNABORTED when
 /// the kernel aborted the connection as its server died (both seen here).
 pub fn is_stale_mount_error(err: &io::Error) -> bool {
-    matches!(err.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED))
+    matches!(
+        err.raw_os_error(),
+        Some(libc::ENOTCONN | libc::ECONNABORTED)
+    )
 }
 
 /// Whether some filesystem is mounted exactly at `path` (from `/proc/self/mountinfo`).
