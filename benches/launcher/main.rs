@@ -239,6 +239,68 @@ impl Bench {
         );
     }
 
+    /// Where a cold start's time goes, from the JSON logs (ours only: the baseline logs nothing).
+    fn cold_start_phases(&mut self) {
+        let lines = |prefix: &str| -> Vec<Value> {
+            let mut out = Vec::new();
+            for entry in std::fs::read_dir(&self.paths.log_dir).unwrap().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&format!("{prefix}.2")) {
+                    let text = std::fs::read_to_string(entry.path()).unwrap();
+                    out.extend(
+                        text.lines()
+                            .filter_map(|l| serde_json::from_str::<Value>(l).ok()),
+                    );
+                }
+            }
+            out
+        };
+        let launcher = lines("spfs");
+        let service = lines("spfs-fuse-macos");
+        let mut phases = serde_json::Map::new();
+        let mut text = Vec::new();
+        let started: Vec<&Value> = launcher
+            .iter()
+            .filter(|l| l["event"] == "launcher.ensure" && l["outcome"] == "started")
+            .collect();
+        for field in [
+            "probe_ms",
+            "lock_wait_ms",
+            "spawn_ms",
+            "readiness_wait_ms",
+            "confirm_ms",
+        ] {
+            let values: Vec<f64> = started.iter().filter_map(|l| l[field].as_f64()).collect();
+            let median = summarize(&values).median;
+            phases.insert(field.into(), json!(median));
+            text.push(format!("{} {median:.2}", field.trim_end_matches("_ms")));
+        }
+        for (event, field) in [
+            ("service.listening", "elapsed_ms"),
+            ("service.fuse_mounted", "elapsed_ms"),
+            ("service.ready", "startup_ms"),
+        ] {
+            let values: Vec<f64> = service
+                .iter()
+                .filter(|l| l["event"] == event)
+                .filter_map(|l| l[field].as_f64())
+                .collect();
+            if !values.is_empty() {
+                let median = summarize(&values).median;
+                phases.insert(format!("{event}.{field}"), json!(median));
+                text.push(format!("{event} {median:.2}"));
+            }
+        }
+        self.table.push(format!(
+            "| cold start phases, ours, medians (ms) | {} | | |",
+            text.join(", ")
+        ));
+        self.results.insert(
+            "cold start phases (ours, from the JSON logs)".into(),
+            Value::Object(phases),
+        );
+    }
+
     fn warm_check(&mut self, rounds: usize, per_round: usize) {
         let mut samples = [Vec::new(), Vec::new()];
         self.runtime
@@ -431,6 +493,7 @@ fn main() {
 
     eprintln!("cold start ...");
     bench.cold_start(scale(30));
+    bench.cold_start_phases();
     eprintln!("warm check ...");
     bench.warm_check(scale(10), 200);
     for launchers in [4, 16, 64] {
