@@ -17,6 +17,8 @@ pub struct Config {
     pub start_timeout: Duration,
     /// Explicit service binary (`SPFS_FUSE_SERVICE_BIN`); else beside `spfs`, then PATH.
     pub service_bin: Option<PathBuf>,
+    /// Passed to a service this launcher starts (`SPFS_SERVICE_IDLE_TIMEOUT`); off by default.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Config {
@@ -31,6 +33,14 @@ impl Config {
             }
             _ => DEFAULT_START_TIMEOUT,
         };
+        let idle_timeout = match std::env::var("SPFS_SERVICE_IDLE_TIMEOUT") {
+            Ok(text) if !text.trim().is_empty() => Some(parse_duration(&text).map_err(|problem| {
+                Error::Config(format!(
+                    "SPFS_SERVICE_IDLE_TIMEOUT={text:?} is not a duration ({problem}); use seconds such as 600, or 500ms, or unset it to keep the service running"
+                ))
+            })?),
+            _ => None,
+        };
         let service_bin = std::env::var_os("SPFS_FUSE_SERVICE_BIN")
             .filter(|v| !v.is_empty())
             .map(PathBuf::from);
@@ -38,6 +48,7 @@ impl Config {
             paths: Paths::from_env()?,
             start_timeout,
             service_bin,
+            idle_timeout,
         })
     }
 }

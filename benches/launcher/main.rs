@@ -19,7 +19,6 @@ use serde_json::{json, Value};
 use spfs::client::{self, ControlClient};
 use spfs::launcher::probe::{probe, Probe};
 use spfs::paths::Paths;
-use spfs::proto::MountRequest;
 use spfs::Config;
 use stats::summarize;
 
@@ -47,6 +46,7 @@ fn config(paths: &Paths) -> Config {
         paths: paths.clone(),
         start_timeout: Duration::from_secs(10),
         service_bin: Some(PathBuf::from(SERVICE_BIN)),
+        idle_timeout: None,
     }
 }
 
@@ -219,7 +219,7 @@ impl Bench {
                 samples[i].push(ms(started.elapsed()));
                 let serving = matches!(
                     self.runtime.block_on(probe(&paths.socket())),
-                    Probe::Serving(_)
+                    Probe::Serving(..)
                 );
                 if kind == Kind::Baseline && !serving {
                     baseline_unready += 1;
@@ -437,25 +437,35 @@ impl Bench {
             kib / 1024.0
         };
         let idle = rss();
+        // Each runtime's root gives itself a runtime, as a script would, then waits.
+        let script = r#""$0" mount --root-process $$ base+app >/dev/null && exec sleep 120"#;
         let mut sleepers: Vec<_> = (0..runtimes)
-            .map(|_| Command::new("sleep").arg("120").spawn().unwrap())
+            .map(|_| {
+                let mut cmd = Command::new("sh");
+                cmd.args(["-c", script, SERVICE_BIN]);
+                env_for(&mut cmd, &self.paths);
+                cmd.spawn().unwrap()
+            })
             .collect();
+        let wanted = runtimes;
+        let deadline = Instant::now() + Duration::from_secs(30);
         let socket = self.paths.socket();
-        let storage = self.paths.storage.to_string_lossy().into_owned();
-        let pids: Vec<i64> = sleepers.iter().map(|c| c.id() as i64).collect();
-        self.runtime.block_on(async {
-            let mut control = ControlClient::new(client::connect(&socket).await.unwrap());
-            for pid in pids {
+        while Instant::now() < deadline {
+            let count = self.runtime.block_on(async {
+                let mut control = ControlClient::new(client::connect(&socket).await.unwrap());
                 control
-                    .mount(MountRequest {
-                        root_pid: pid,
-                        env_spec: "base+app".into(),
-                        storage: storage.clone(),
-                    })
+                    .status(spfs::proto::StatusRequest {})
                     .await
-                    .unwrap();
+                    .unwrap()
+                    .into_inner()
+                    .runtimes
+                    .len()
+            });
+            if count >= wanted {
+                break;
             }
-        });
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let busy = rss();
         for child in &mut sleepers {
             let _ = child.kill();

@@ -27,6 +27,9 @@ enum Command {
         /// Ask the running service to stop, and wait until it has gone
         #[arg(long, conflicts_with = "mountpoint")]
         stop: bool,
+        /// Stop after this long with no active runtime and no request: seconds (`600`, `2.5`) or `500ms`
+        #[arg(long, value_name = "DURATION", value_parser = parse_idle)]
+        idle_timeout: Option<std::time::Duration>,
     },
     /// Show REF's layers to a process tree (default: the calling process)
     Mount {
@@ -38,6 +41,10 @@ enum Command {
     },
 }
 
+fn parse_idle(text: &str) -> Result<std::time::Duration, String> {
+    spfs::config::parse_duration(text)
+}
+
 fn main() -> ExitCode {
     // Before any thread exists: this reads and clears an environment variable.
     let notifier = ReadyNotifier::from_env();
@@ -45,7 +52,11 @@ fn main() -> ExitCode {
         Command::Service { stop: true, .. } => {
             spfs::commands::stop("spfs-fuse-macos service --stop")
         }
-        Command::Service { mountpoint, .. } => spfs::commands::serve(mountpoint, notifier),
+        Command::Service {
+            mountpoint,
+            idle_timeout,
+            ..
+        } => spfs::commands::serve(mountpoint, idle_timeout, notifier),
         Command::Mount {
             root_process,
             reference,

@@ -85,9 +85,35 @@ pub fn mount(root_process: Option<i32>, reference: &str) -> ExitCode {
 }
 
 async fn ensure_and_mount(config: &Config, pid: i32, reference: &str) -> Result<()> {
-    let running = ensure_service_running(config).await?;
+    // A service may stop (idle timeout, `spfs service stop`) between our probe
+    // and our Mount; then the next ensure starts a fresh one.
+    let mut attempt = 1;
+    loop {
+        let running = ensure_service_running(config).await?;
+        match mount_once(config, running.channel, pid, reference).await {
+            Err(status) if status.code() == tonic::Code::Unavailable && attempt < 3 => {
+                tracing::info!(
+                    event = "launcher.retry",
+                    attempt,
+                    reason = "the service stopped before Mount",
+                    "starting the service again"
+                );
+                attempt += 1;
+            }
+            Err(status) => return Err(Error::rpc(format!("cannot mount {reference:?}"), status)),
+            Ok(()) => return Ok(()),
+        }
+    }
+}
+
+async fn mount_once(
+    config: &Config,
+    channel: tonic::transport::Channel,
+    pid: i32,
+    reference: &str,
+) -> std::result::Result<(), tonic::Status> {
     let started = Instant::now();
-    let response = ControlClient::new(running.channel)
+    let response = ControlClient::new(channel)
         .mount(MountRequest {
             root_pid: pid.into(),
             env_spec: reference.to_owned(),
@@ -115,7 +141,7 @@ async fn ensure_and_mount(config: &Config, pid: i32, reference: &str) -> Result<
                 elapsed_ms,
                 "the service refused the mount"
             );
-            Err(Error::rpc(format!("cannot mount {reference:?}"), status))
+            Err(status)
         }
     }
 }

@@ -2,10 +2,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use serde_json::json;
 
 use super::{client_runtime, launcher_setup, report};
@@ -15,18 +13,19 @@ use crate::error::{Error, Result};
 use crate::launcher::probe::{probe, Probe};
 use crate::launcher::{ensure_service_running, EnsureOutcome};
 use crate::paths::Paths;
-use crate::proto::{ShutdownRequest, StatusRequest, StatusResponse};
-use crate::service::pidfile;
+use crate::proto::{StatusRequest, StatusResponse};
 use crate::service::readiness::ReadyNotifier;
 use crate::telemetry::{self, Program};
 
 /// Exit status of `status` when no service runs (as LSB init scripts use).
 const EXIT_NOT_RUNNING: u8 = 3;
-/// How long `stop` waits for the service to exit: drain, unmount, cleanup.
-const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// `spfs-fuse-macos service [MOUNTPOINT]`: run the service in this process.
-pub fn serve(mountpoint: Option<PathBuf>, notifier: Option<ReadyNotifier>) -> ExitCode {
+pub fn serve(
+    mountpoint: Option<PathBuf>,
+    idle_timeout: Option<std::time::Duration>,
+    notifier: Option<ReadyNotifier>,
+) -> ExitCode {
     let fail = |message: String| {
         eprintln!("spfs-fuse-macos: {message}");
         ExitCode::FAILURE
@@ -52,7 +51,7 @@ pub fn serve(mountpoint: Option<PathBuf>, notifier: Option<ReadyNotifier>) -> Ex
         Ok(runtime) => runtime,
         Err(err) => return fail(format!("cannot start the async runtime: {err}")),
     };
-    runtime.block_on(crate::service::run(paths, notifier))
+    runtime.block_on(crate::service::run(paths, idle_timeout, notifier))
 }
 
 /// `spfs service start`
@@ -93,7 +92,7 @@ pub fn status(as_json: bool) -> ExitCode {
     let socket = config.paths.socket();
     let result = client_runtime().block_on(async {
         match probe(&socket).await {
-            Probe::Serving(channel) => Ok(Some((true, fetch_status(&channel).await?))),
+            Probe::Serving(channel, _) => Ok(Some((true, fetch_status(&channel).await?))),
             Probe::NotServing(channel) => Ok(Some((false, fetch_status(&channel).await?))),
             Probe::Absent { .. } => Ok(None),
             Probe::Foreign(detail) => Err(Error::ForeignListener {
@@ -200,7 +199,7 @@ pub fn stop(tool: &str) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    match client_runtime().block_on(stop_service(&config.paths)) {
+    match client_runtime().block_on(crate::launcher::stop_service(&config.paths)) {
         Ok(Some(pid)) => {
             println!("stopped the spfs service (pid {pid})");
             ExitCode::SUCCESS
@@ -211,46 +210,4 @@ pub fn stop(tool: &str) -> ExitCode {
         }
         Err(err) => report(tool, &err),
     }
-}
-
-/// Returns the pid of the stopped service, or `None` if none was running.
-async fn stop_service(paths: &Paths) -> Result<Option<i32>> {
-    let pidfile = paths.pidfile();
-    let pid_in_file = pidfile::read_pid(&pidfile).filter(|_| pidfile::is_held(&pidfile));
-    let mut asked = false;
-    let mut pid = pid_in_file;
-    if let Probe::Serving(channel) | Probe::NotServing(channel) = probe(&paths.socket()).await {
-        if let Ok(status) = fetch_status(&channel).await {
-            pid = Some(status.pid as i32);
-        }
-        asked = ControlClient::new(channel)
-            .shutdown(ShutdownRequest {})
-            .await
-            .is_ok();
-    }
-    let Some(pid) = pid else {
-        return Ok(None);
-    };
-    if !asked {
-        // Alive but not answering on the socket: SIGTERM runs the same shutdown.
-        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-    }
-    tracing::info!(
-        event = "launcher.stop_requested",
-        service_pid = pid,
-        via_rpc = asked,
-        "asked the service to stop"
-    );
-    let started = Instant::now();
-    while pidfile::is_held(&pidfile) {
-        if started.elapsed() > STOP_TIMEOUT {
-            return Err(Error::Config(format!(
-                "the service (pid {pid}) did not stop within {}s; see {} and end it with `kill -9 {pid}`",
-                STOP_TIMEOUT.as_secs(),
-                paths.service_log().display()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(Some(pid))
 }

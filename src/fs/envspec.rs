@@ -24,16 +24,12 @@ pub enum SpecError {
     TooMany { spec: String, count: usize },
     #[error("no layer named {part:?} in the store {store} (see `spfs layers`)")]
     UnknownLayer { part: String, store: PathBuf },
-    #[error("layer {part:?} does not exist ({path})")]
-    Missing { part: String, path: PathBuf },
+    #[error("layer {part:?} does not exist")]
+    Missing { part: String },
     #[error("layer {part:?} is not a directory ({path})")]
-    NotADirectory { part: String, path: PathBuf },
-    #[error("layer {part:?} cannot be read ({path}): {error}")]
-    Unreadable {
-        part: String,
-        path: PathBuf,
-        error: String,
-    },
+    NotADirectory { part: String, path: String },
+    #[error("layer {part:?} cannot be read: {error}")]
+    Unreadable { part: String, error: String },
 }
 
 /// Checks the syntax and returns the parts bottom to top, without touching the disk.
@@ -58,12 +54,12 @@ pub fn parse(spec: &str) -> Result<Vec<&str>, SpecError> {
         let path = Path::new(part);
         if path.components().any(|c| c == Component::ParentDir) {
             return Err(SpecError::DotDot {
-                part: (*part).into(),
+                part: shorten(part),
             });
         }
         if !path.is_absolute() && (part.contains('/') || *part == ".") {
             return Err(SpecError::Relative {
-                part: (*part).into(),
+                part: shorten(part),
             });
         }
     }
@@ -76,6 +72,8 @@ pub fn resolve(spec: &str, store: &Path) -> Result<Vec<PathBuf>, SpecError> {
         .into_iter()
         .map(|part| {
             let named = !part.starts_with('/');
+            // Messages quote the part; a huge one is cut so the error stays one screen.
+            let quoted = shorten(part);
             let path = if named {
                 store.join(part)
             } else {
@@ -84,22 +82,20 @@ pub fn resolve(spec: &str, store: &Path) -> Result<Vec<PathBuf>, SpecError> {
             match std::fs::metadata(&path) {
                 Ok(meta) if meta.is_dir() => Ok(path),
                 Ok(_) => Err(SpecError::NotADirectory {
-                    part: part.into(),
-                    path,
+                    part: quoted,
+                    path: shorten(&path.display().to_string()),
                 }),
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound && named => {
                     Err(SpecError::UnknownLayer {
-                        part: part.into(),
+                        part: quoted,
                         store: store.to_owned(),
                     })
                 }
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => Err(SpecError::Missing {
-                    part: part.into(),
-                    path,
-                }),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    Err(SpecError::Missing { part: quoted })
+                }
                 Err(err) => Err(SpecError::Unreadable {
-                    part: part.into(),
-                    path,
+                    part: quoted,
                     error: err.to_string(),
                 }),
             }
@@ -177,5 +173,64 @@ mod tests {
             resolve("base", store.path()).unwrap(),
             vec![store.path().join("base")]
         );
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The regression corpus in tests/corpus/envspec.txt.
+    #[test]
+    fn corpus() {
+        let text = include_str!("../../tests/corpus/envspec.txt");
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let (spec, expected) = line.split_once('\t').expect("spec<TAB>expected");
+            let spec = if spec == "<empty>" { "" } else { spec };
+            match (parse(spec), expected.split_once(' ')) {
+                (Ok(parts), Some(("ok", n))) => assert_eq!(parts.len().to_string(), n, "{spec:?}"),
+                (Err(err), Some(("err", text))) => {
+                    assert!(err.to_string().contains(text), "{spec:?}: {err}")
+                }
+                (got, _) => panic!("{spec:?}: expected {expected}, got {got:?}"),
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+        /// Any string: no panic; an accepted spec splits back into itself; an
+        /// error message stays one screen.
+        #[test]
+        fn parse_never_panics_and_round_trips(spec in "[a-z+/.é -]{0,40}|\\PC{0,60}") {
+            match parse(&spec) {
+                Ok(parts) => {
+                    if spec.is_empty() || spec == "-" {
+                        prop_assert!(parts.is_empty());
+                    } else {
+                        prop_assert_eq!(parts.join("+"), spec.clone());
+                        prop_assert!(parts.iter().all(|p| !p.is_empty()));
+                        prop_assert!(parts.iter().all(|p| !p.split('/').any(|c| c == "..")));
+                    }
+                }
+                Err(err) => prop_assert!(err.to_string().len() < 600),
+            }
+        }
+
+        /// Many layers: refused past the limit with the count named.
+        #[test]
+        fn layer_count_is_bounded(count in 1usize..2500) {
+            let spec = vec!["l"; count].join("+");
+            match parse(&spec) {
+                Ok(parts) => prop_assert!(parts.len() == count && count <= MAX_LAYERS),
+                Err(SpecError::TooMany { count: c, .. }) => prop_assert!(c == count && count > MAX_LAYERS),
+                Err(other) => prop_assert!(false, "unexpected {}", other),
+            }
+        }
     }
 }

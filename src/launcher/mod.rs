@@ -19,6 +19,9 @@
 mod lock;
 pub mod probe;
 pub mod spawn;
+mod stop;
+
+pub use stop::stop_service;
 
 use std::time::{Duration, Instant};
 
@@ -129,11 +132,14 @@ async fn ensure(
     // 1. probe
     let first = logged_probe(config, 1, phases).await;
     match first {
-        Probe::Serving(channel) => {
-            return Ok(Running {
-                channel,
-                outcome: EnsureOutcome::AlreadyRunning,
-            })
+        Probe::Serving(channel, version) => {
+            if !replace_other_version(config, &channel, version.as_deref()).await? {
+                return Ok(Running {
+                    channel,
+                    outcome: EnsureOutcome::AlreadyRunning,
+                });
+            }
+            // Stopped: start ours below, like any cold start.
         }
         Probe::Foreign(detail) => return Err(Error::ForeignListener { socket, detail }),
         Probe::Unreachable(err) => {
@@ -164,7 +170,7 @@ async fn ensure(
     let mut attempt = 2;
     loop {
         match logged_probe(config, attempt, phases).await {
-            Probe::Serving(channel) => {
+            Probe::Serving(channel, _) => {
                 return Ok(Running {
                     channel,
                     outcome: EnsureOutcome::StartedByOther,
@@ -261,7 +267,7 @@ async fn ensure(
         let confirmed = timeout_at(deadline, probe(&socket)).await;
         phases.confirm = ms_since(confirm_started);
         return match confirmed {
-            Ok(Probe::Serving(channel)) => Ok(Running {
+            Ok(Probe::Serving(channel, _)) => Ok(Running {
                 channel,
                 outcome: EnsureOutcome::Started,
             }),
@@ -276,6 +282,49 @@ async fn ensure(
             Err(_) => Err(timeout("confirm")),
         };
     }
+}
+
+/// After an upgrade the running service may be another version. Without active
+/// runtimes it is stopped (true: start a new one); with runtimes it is kept
+/// and the user is told, once, how to switch when convenient.
+async fn replace_other_version(
+    config: &Config,
+    channel: &Channel,
+    service_version: Option<&str>,
+) -> Result<bool> {
+    let ours = crate::service::VERSION;
+    if service_version == Some(ours) {
+        return Ok(false);
+    }
+    let service_version = service_version.unwrap_or("unknown");
+    let status = crate::client::ControlClient::new(channel.clone())
+        .status(crate::proto::StatusRequest {})
+        .await
+        .map_err(|s| Error::rpc("Status of the running service failed", s))?
+        .into_inner();
+    if status.runtimes.is_empty() {
+        tracing::info!(
+            event = "launcher.version_restart",
+            service_version,
+            launcher_version = ours,
+            service_pid = status.pid,
+            "restarting a service of another version (no active runtimes)"
+        );
+        stop_service(&config.paths).await?;
+        return Ok(true);
+    }
+    tracing::warn!(
+        event = "launcher.version_mismatch",
+        service_version,
+        launcher_version = ours,
+        active_runtimes = status.runtimes.len(),
+        "keeping a service of another version while it has active runtimes"
+    );
+    eprintln!(
+        "spfs: warning: the running service is version {service_version} and this spfs is {ours}; it has {} active runtime(s), so it keeps running. Run `spfs service stop` when convenient to switch.",
+        status.runtimes.len()
+    );
+    Ok(false)
 }
 
 fn retry(attempt: &mut u32, reason: &str) {

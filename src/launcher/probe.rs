@@ -11,6 +11,7 @@ use tonic_health::pb::HealthCheckRequest;
 
 use crate::client::{self, HealthClient};
 use crate::proto::VFS_SERVICE_NAME;
+use crate::service::guard::VERSION_HEADER;
 
 /// Deadline for one probe (connect plus Check). A healthy service answers in
 /// well under a millisecond; this only bounds how long a hung peer can stall us.
@@ -18,8 +19,9 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 #[derive(Debug)]
 pub enum Probe {
-    /// Answered SERVING; the channel is ready for control calls.
-    Serving(Channel),
+    /// Answered SERVING; the channel is ready for control calls. The service's
+    /// version comes from the `spfs-service-version` response header.
+    Serving(Channel, Option<String>),
     /// A service is there but still starting or already stopping.
     NotServing(Channel),
     /// Nobody is listening; `stale_socket` when a socket file is left behind.
@@ -34,7 +36,7 @@ impl Probe {
     /// Short name for logs.
     pub fn name(&self) -> &'static str {
         match self {
-            Probe::Serving(_) => "serving",
+            Probe::Serving(..) => "serving",
             Probe::NotServing(_) => "not_serving",
             Probe::Absent {
                 stale_socket: false,
@@ -66,8 +68,8 @@ async fn probe_inner(socket: &Path) -> Probe {
             }
         }
     };
-    match check(&channel).await {
-        Ok(ServingStatus::Serving) => Probe::Serving(channel),
+    match check_with_version(&channel).await {
+        Ok((ServingStatus::Serving, version)) => Probe::Serving(channel, version),
         Ok(_) => Probe::NotServing(channel),
         Err(status) if status.code() == tonic::Code::NotFound => Probe::Foreign(format!(
             "it speaks grpc.health.v1 but does not serve {VFS_SERVICE_NAME}"
@@ -80,14 +82,24 @@ async fn probe_inner(socket: &Path) -> Probe {
     }
 }
 
-/// One health Check of the control API on an open channel.
-pub async fn check(channel: &Channel) -> Result<ServingStatus, tonic::Status> {
+/// One health Check of the control API on an open channel, and the version
+/// header the service sends with every response.
+async fn check_with_version(
+    channel: &Channel,
+) -> Result<(ServingStatus, Option<String>), tonic::Status> {
     let response = HealthClient::new(channel.clone())
         .check(HealthCheckRequest {
             service: VFS_SERVICE_NAME.into(),
         })
         .await?;
-    Ok(ServingStatus::try_from(response.into_inner().status).unwrap_or(ServingStatus::Unknown))
+    let version = response
+        .metadata()
+        .get(VERSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let status =
+        ServingStatus::try_from(response.into_inner().status).unwrap_or(ServingStatus::Unknown);
+    Ok((status, version))
 }
 
 /// Waits, on the health `Watch` stream, until the service is SERVING.

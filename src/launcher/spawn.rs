@@ -131,11 +131,15 @@ pub fn spawn(binary: &Path, config: &Config) -> Result<Starting> {
             .map_err(|_| Error::Config("a path or variable contains a NUL byte".into()))
     };
     let program = cstring(binary.as_os_str().as_bytes())?;
-    let argv = [
+    let mut argv = vec![
         program.clone(),
         cstring(b"service")?,
         cstring(paths.mountpoint.as_os_str().as_bytes())?,
     ];
+    if let Some(idle) = config.idle_timeout {
+        argv.push(cstring(b"--idle-timeout")?);
+        argv.push(cstring(format!("{}ms", idle.as_millis()).as_bytes())?);
+    }
     let mut env: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os()
         .filter(|(k, _)| {
             !matches!(

@@ -60,6 +60,12 @@ pub fn process_info(pid: i32) -> io::Result<super::ProcInfo> {
     })
 }
 
+/// The user a process runs as (its effective uid, the owner of `/proc/PID`).
+pub fn process_uid(pid: i32) -> io::Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(format!("/proc/{pid}"))?.uid())
+}
+
 /// The process a thread belongs to (its thread group id).
 pub fn process_of_thread(tid: i32) -> io::Result<i32> {
     let status = std::fs::read_to_string(format!("/proc/{tid}/status"))?;

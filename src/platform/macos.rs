@@ -63,6 +63,11 @@ pub fn process_info(pid: i32) -> io::Result<super::ProcInfo> {
     })
 }
 
+/// The user a process runs as.
+pub fn process_uid(pid: i32) -> io::Result<u32> {
+    Ok(bsd_info(pid)?.pbi_uid)
+}
+
 /// macFUSE reports the calling process's pid, not a thread id.
 pub fn process_of_thread(pid: i32) -> io::Result<i32> {
     Ok(pid)

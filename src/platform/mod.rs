@@ -48,10 +48,15 @@ fn home_dir() -> crate::error::Result<PathBuf> {
 
 /// True when `pid` is this process or one of its ancestors.
 pub fn is_self_or_ancestor(pid: i32) -> bool {
-    let mut current = std::process::id() as i32;
+    is_same_or_ancestor(pid, std::process::id() as i32)
+}
+
+/// True when `candidate` is `of` itself or one of its ancestors.
+pub fn is_same_or_ancestor(candidate: i32, of: i32) -> bool {
+    let mut current = of;
     // A parent chain longer than this means something odd; stop rather than loop.
     for _ in 0..4096 {
-        if current == pid {
+        if current == candidate {
             return true;
         }
         match parent_pid(current) {

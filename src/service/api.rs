@@ -7,8 +7,10 @@ use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
+use super::guard::Caller;
 use super::runtimes::{self, checked_pid, MountError, Runtimes};
 use super::shutdown::Shutdown;
+use crate::platform;
 use crate::proto::vfs_service_server::VfsService;
 use crate::proto::{
     MountRequest, MountResponse, ShutdownRequest, ShutdownResponse, StatusRequest, StatusResponse,
@@ -41,19 +43,49 @@ impl From<MountError> for Status {
         match err {
             MountError::Watch(..) | MountError::Internal(_) => Status::internal(err.to_string()),
             MountError::Build { .. } => Status::failed_precondition(err.to_string()),
+            MountError::NotAnAncestor { .. }
+            | MountError::OtherUser { .. }
+            | MountError::UnknownCaller => Status::permission_denied(err.to_string()),
             _ => Status::invalid_argument(err.to_string()),
         }
     }
 }
 
+/// A runtime may only be given to the caller's own process tree: the root pid
+/// must be the caller or an ancestor, and (unless the caller is root) run as
+/// the caller's user.
+fn authorize(caller: Option<Caller>, root: i32) -> Result<(), MountError> {
+    let caller = caller.ok_or(MountError::UnknownCaller)?;
+    let caller_pid = caller.pid.ok_or(MountError::UnknownCaller)?;
+    if !platform::is_same_or_ancestor(root, caller_pid) {
+        return Err(MountError::NotAnAncestor {
+            root,
+            caller: caller_pid,
+        });
+    }
+    if caller.uid != 0 {
+        let owner = platform::process_uid(root).map_err(|_| MountError::NoSuchProcess(root))?;
+        if owner != caller.uid {
+            return Err(MountError::OtherUser {
+                root,
+                owner,
+                caller: caller.uid,
+            });
+        }
+    }
+    Ok(())
+}
+
 impl Api {
     async fn mount_runtime(
         &self,
+        caller: Option<Caller>,
         root_pid: i64,
         env_spec: String,
         storage: String,
     ) -> Result<crate::proto::Runtime, MountError> {
         let pid = checked_pid(root_pid)?;
+        authorize(caller, pid)?;
         let storage = match storage.as_str() {
             "" => self.storage.clone(),
             path if std::path::Path::new(path).is_absolute() => path.into(),
@@ -82,12 +114,15 @@ impl VfsService for Api {
                 "the service is shutting down; retry to start a new one",
             ));
         }
+        let caller = request.extensions().get::<Caller>().copied();
         let MountRequest {
             root_pid,
             env_spec,
             storage,
         } = request.into_inner();
-        let result = self.mount_runtime(root_pid, env_spec, storage).await;
+        let result = self
+            .mount_runtime(caller, root_pid, env_spec, storage)
+            .await;
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         match result {
             Ok(runtime) => {

@@ -11,6 +11,7 @@
 //! pidfile removed.
 
 mod api;
+pub mod guard;
 pub mod pidfile;
 pub mod readiness;
 mod runtimes;
@@ -34,12 +35,26 @@ use crate::platform;
 use crate::proto::vfs_service_server::VfsServiceServer;
 use crate::proto::VFS_SERVICE_NAME;
 use api::{Api, Identity};
+use guard::{GuardLayer, GuardState};
 use pidfile::{PidFile, PidFileError};
 use readiness::ReadyNotifier;
 use runtimes::Runtimes;
 use shutdown::Shutdown;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The version this service reports: [`VERSION`], unless
+/// `SPFS_TEST_SERVICE_VERSION` is set. That variable exists so tests can stand
+/// up a service of "another version" and exercise upgrade handling.
+pub fn reported_version() -> &'static str {
+    static REPORTED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    REPORTED.get_or_init(|| {
+        std::env::var("SPFS_TEST_SERVICE_VERSION")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| VERSION.to_owned())
+    })
+}
 
 /// How long in-flight requests (and health Watch streams) get once shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -61,6 +76,7 @@ fn fail(reason: &'static str, message: impl Into<String>) -> StartupError {
 /// A started service, holding everything that must be undone at shutdown.
 struct Started {
     pidfile: PidFile,
+    guard: Arc<GuardState>,
     health: HealthReporter,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     fuse: FuseMount,
@@ -70,11 +86,15 @@ struct Started {
 }
 
 /// Runs the service until it is told to stop. Reports readiness on `notifier`.
-pub async fn run(paths: Paths, notifier: Option<ReadyNotifier>) -> ExitCode {
+pub async fn run(
+    paths: Paths,
+    idle_timeout: Option<Duration>,
+    notifier: Option<ReadyNotifier>,
+) -> ExitCode {
     let started_at = Instant::now();
     tracing::info!(
         event = "service.starting",
-        version = VERSION,
+        version = reported_version(),
         mountpoint = %paths.mountpoint.display(),
         socket = %paths.socket().display(),
         "starting"
@@ -109,6 +129,9 @@ pub async fn run(paths: Paths, notifier: Option<ReadyNotifier>) -> ExitCode {
             paths.socket().display(),
             std::process::id()
         ),
+    }
+    if let Some(timeout) = idle_timeout {
+        watch_idle(timeout, &started);
     }
     stop(started, &paths).await;
     ExitCode::SUCCESS
@@ -177,7 +200,7 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
     let api = Api {
         identity: Identity {
             pid: std::process::id().into(),
-            version: VERSION.into(),
+            version: reported_version().into(),
             start_time_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs() as i64)
@@ -191,9 +214,11 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
         shutdown: shutdown.clone(),
         stopping: Arc::clone(&stopping),
     };
+    let guard = GuardState::new();
     let server_stop = shutdown.clone();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
+            .layer(GuardLayer(Arc::clone(&guard)))
             .add_service(health_service)
             .add_service(VfsServiceServer::new(api))
             .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
@@ -241,6 +266,7 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
         .await;
     Ok(Started {
         pidfile,
+        guard,
         health,
         server,
         fuse,
@@ -250,10 +276,33 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
     })
 }
 
+/// Stops the service once it has had no runtime and no request for `timeout`.
+fn watch_idle(timeout: Duration, started: &Started) {
+    let guard = Arc::clone(&started.guard);
+    let runtimes = Arc::clone(&started.runtimes);
+    let shutdown = started.shutdown.clone();
+    let tick = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(tick).await;
+            if runtimes.len() == 0 && guard.idle_for() >= timeout {
+                tracing::info!(
+                    event = "service.idle",
+                    idle_timeout_ms = timeout.as_millis() as u64,
+                    "no runtime and no request for the idle timeout"
+                );
+                shutdown.trigger("idle");
+                return;
+            }
+        }
+    });
+}
+
 /// Waits for a stop request, then takes everything down in order.
 async fn stop(started: Started, paths: &Paths) {
     let Started {
         pidfile,
+        guard: _,
         health,
         server,
         fuse,

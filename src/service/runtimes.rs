@@ -48,6 +48,14 @@ pub enum MountError {
     Internal(String),
     #[error("storage {0:?} is not an absolute path")]
     RelativeStorage(String),
+    #[error(
+        "root_pid {root} is neither the calling process (pid {caller}) nor one of its ancestors"
+    )]
+    NotAnAncestor { root: i32, caller: i32 },
+    #[error("root_pid {root} belongs to uid {owner}, not to you (uid {caller})")]
+    OtherUser { root: i32, owner: u32, caller: u32 },
+    #[error("the caller's process id is unknown, so root_pid cannot be checked")]
+    UnknownCaller,
     #[error("cannot read the layers of {spec:?}: {error}")]
     Build { spec: String, error: std::io::Error },
 }

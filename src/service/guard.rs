@@ -1,0 +1,138 @@
+//! What every request passes through before its handler: the peer check
+//! (only our own uid and root get in, by the socket's peer credentials:
+//! `SO_PEERCRED` on Linux, `getpeereid`/`LOCAL_PEERPID` on macOS), the caller's
+//! identity for handlers, the last-activity time for the idle timeout, and the
+//! `spfs-service-version` header on every response, so a launcher learns the
+//! version from its health probe without another call.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tonic::body::Body;
+use tonic::codegen::http;
+use tonic::transport::server::UdsConnectInfo;
+
+/// Header carrying the service's version on every response.
+pub const VERSION_HEADER: &str = "spfs-service-version";
+
+/// Who is calling, for handlers (`Mount` checks the root pid against it).
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub pid: Option<i32>,
+}
+
+/// Shared by all connections.
+pub struct GuardState {
+    owner: u32,
+    started: Instant,
+    /// Milliseconds since `started` of the latest request.
+    last_request_ms: AtomicU64,
+}
+
+impl GuardState {
+    pub fn new() -> Arc<GuardState> {
+        Arc::new(GuardState {
+            owner: nix::unistd::geteuid().as_raw(),
+            started: Instant::now(),
+            last_request_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// Time since the last request (or since start).
+    pub fn idle_for(&self) -> std::time::Duration {
+        let last = std::time::Duration::from_millis(self.last_request_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+
+    fn touch(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last_request_ms.fetch_max(now, Ordering::Relaxed);
+    }
+
+    fn allowed(&self, uid: u32) -> bool {
+        uid == self.owner || uid == 0
+    }
+}
+
+#[derive(Clone)]
+pub struct GuardLayer(pub Arc<GuardState>);
+
+impl<S> tower::Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+
+    fn layer(&self, inner: S) -> Guard<S> {
+        Guard {
+            inner,
+            state: Arc::clone(&self.0),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Guard<S> {
+    inner: S,
+    state: Arc<GuardState>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for Guard<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        self.state.touch();
+        let cred = request
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|info| info.peer_cred);
+        let caller = cred.map(|c| Caller {
+            uid: c.uid(),
+            pid: c.pid(),
+        });
+        match caller {
+            Some(caller) if self.state.allowed(caller.uid) => {
+                request.extensions_mut().insert(caller);
+            }
+            _ => {
+                tracing::warn!(
+                    event = "service.denied",
+                    uid = caller.map(|c| i64::from(c.uid)).unwrap_or(-1),
+                    peer_pid = caller.and_then(|c| c.pid).unwrap_or(0),
+                    path = request.uri().path(),
+                    "refused a request from another user"
+                );
+                let status = tonic::Status::permission_denied(
+                    "this spfs service belongs to another user; start your own with `spfs service start`",
+                );
+                return Box::pin(async move { Ok(with_version(status.into_http())) });
+            }
+        }
+        // The ready inner service handles this call; a fresh clone takes its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move { inner.call(request).await.map(with_version) })
+    }
+}
+
+fn with_version(mut response: http::Response<Body>) -> http::Response<Body> {
+    if let Ok(version) = http::HeaderValue::from_str(super::reported_version()) {
+        response.headers_mut().insert(VERSION_HEADER, version);
+    }
+    response
+}

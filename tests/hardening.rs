@@ -1,0 +1,408 @@
+//! Hardening: other users kept out, faults survived, bad input refused,
+//! upgrades and idle stops handled.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use spfs::client::{self, ControlClient};
+use spfs::proto::{MountRequest, StatusRequest, UnmountRequest};
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+async fn control(env: &TestEnv) -> ControlClient {
+    ControlClient::new(client::connect(&env.socket()).await.unwrap())
+}
+
+fn mount_request(pid: i64, spec: &str) -> MountRequest {
+    MountRequest {
+        root_pid: pid,
+        env_spec: spec.into(),
+        storage: String::new(),
+    }
+}
+
+/// Not a test on its own: the client half of the cross-user test, run as
+/// another uid. It does nothing unless SPFS_TEST_PEER_SOCKET is set.
+#[test]
+fn peer_client_helper() {
+    let Some(socket) = std::env::var_os("SPFS_TEST_PEER_SOCKET") else {
+        return;
+    };
+    block_on(async {
+        let channel = client::connect(std::path::Path::new(&socket))
+            .await
+            .unwrap();
+        let status = ControlClient::new(channel.clone())
+            .status(StatusRequest {})
+            .await;
+        println!("status: {:?}", status.map(drop).map_err(|s| s.code()));
+        let health = tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await;
+        println!("health: {:?}", health.map(drop).map_err(|s| s.code()));
+    });
+}
+
+#[test]
+fn another_user_is_refused_even_when_the_socket_is_reachable() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run a client as another uid");
+        return;
+    }
+    let env = TestEnv::new();
+    run_ok(&mut env.spfs(&["service", "start"]));
+    // Take away the file-permission barrier, so the peer check alone must hold.
+    run_ok(
+        env.command("chmod")
+            .args(["711", env.runtime_dir.to_str().unwrap()]),
+    );
+    run_ok(
+        env.command("chmod")
+            .args(["666", env.socket().to_str().unwrap()]),
+    );
+    let output = run_ok(
+        env.command("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "peer_client_helper",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("SPFS_TEST_PEER_SOCKET", env.socket()),
+    );
+    let text = stdout(&output);
+    assert!(text.contains("status: Err(PermissionDenied)"), "{text}");
+    assert!(text.contains("health: Err(PermissionDenied)"), "{text}");
+    let denied = env.service_events("service.denied");
+    assert!(!denied.is_empty());
+    assert!(denied.iter().all(|d| d["uid"] == 65534), "{denied:?}");
+    // Restore for the harness's own clean-up and checks.
+    run_ok(
+        env.command("chmod")
+            .args(["700", env.runtime_dir.to_str().unwrap()]),
+    );
+}
+
+#[test]
+fn mount_refuses_a_process_outside_the_callers_tree_and_bad_fields() {
+    let env = TestEnv::new();
+    run_ok(&mut env.spfs(&["service", "start"]));
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    env.track(sleeper.id() as i32);
+    let sleeper_pid = i64::from(sleeper.id());
+    let me = i64::from(std::process::id());
+    block_on(async {
+        let mut control = control(&env).await;
+        let err = control
+            .mount(mount_request(sleeper_pid, "base"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        assert!(
+            err.message().contains("nor one of its ancestors"),
+            "{}",
+            err.message()
+        );
+
+        for (pid, spec, code, text) in [
+            (0, "base", tonic::Code::InvalidArgument, "positive"),
+            (-1, "base", tonic::Code::InvalidArgument, "positive"),
+            (
+                i64::from(i32::MAX) + 1,
+                "base",
+                tonic::Code::InvalidArgument,
+                "positive",
+            ),
+            (
+                4_194_000,
+                "base",
+                tonic::Code::PermissionDenied,
+                "ancestors",
+            ),
+            (
+                me,
+                &"x".repeat(70_000),
+                tonic::Code::InvalidArgument,
+                "at most 65536",
+            ),
+            (
+                me,
+                &vec!["base"; 1001].join("+"),
+                tonic::Code::InvalidArgument,
+                "at most 1000",
+            ),
+            (
+                me,
+                &format!("/{}", "deep/".repeat(900)),
+                tonic::Code::InvalidArgument,
+                "File name too long",
+            ),
+            (me, "base++app", tonic::Code::InvalidArgument, "position 2"),
+        ] {
+            let started = Instant::now();
+            let err = control.mount(mount_request(pid, spec)).await.unwrap_err();
+            assert_eq!(
+                err.code(),
+                code,
+                "{pid} {}: {}",
+                &spec[..spec.len().min(40)],
+                err.message()
+            );
+            assert!(err.message().contains(text), "{}", err.message());
+            assert!(
+                err.message().len() < 1000,
+                "one screen: {}",
+                err.message().len()
+            );
+            assert!(started.elapsed() < Duration::from_secs(2));
+        }
+        // Still healthy afterwards.
+        control.mount(mount_request(me, "base")).await.unwrap();
+        control
+            .unmount(UnmountRequest { root_pid: me })
+            .await
+            .unwrap();
+    });
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+}
+
+#[test]
+fn kill_9_with_active_runtimes_is_recovered_by_the_next_run() {
+    let env = TestEnv::new();
+    let mut runtime = env
+        .spfs(&["run", "base", "--", "sleep", "30"])
+        .spawn()
+        .unwrap();
+    env.track(runtime.id() as i32);
+    assert!(env.wait_for(Duration::from_secs(10), || {
+        env.service_pid().is_some() && !env.service_events("service.mount").is_empty()
+    }));
+    let pid = env.service_pid().unwrap();
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    assert!(env.wait_for(Duration::from_secs(5), || !is_alive(pid)));
+
+    let output = run_ok(&mut env.spfs(&["run", "-", "--", "echo", "recovered"]));
+    assert_eq!(stdout(&output), "recovered\n");
+    assert_ne!(env.service_pid(), Some(pid));
+    assert_eq!(env.service_events("service.stale_mount_cleaned").len(), 1);
+    assert_eq!(
+        env.launcher_events("launcher.stale_socket_removed").len(),
+        1
+    );
+    let _ = runtime.kill();
+    let _ = runtime.wait();
+}
+
+#[test]
+fn kill_9_during_startup_is_recovered_by_the_next_run() {
+    let env = TestEnv::new();
+    let first = env
+        .spfs(&["run", "-", "--", "true"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill the service the moment it holds its pidfile, before or while it mounts.
+    let started = Instant::now();
+    let mut killed = None;
+    while started.elapsed() < Duration::from_secs(10) && killed.is_none() {
+        if let Some(pid) = env.service_pid() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            killed = Some(pid);
+        }
+    }
+    let killed = killed.expect("a service started");
+    let _ = first.wait_with_output().unwrap();
+    assert!(env.wait_for(Duration::from_secs(5), || !is_alive(killed)));
+
+    let output = run_ok(&mut env.spfs(&["run", "-", "--", "echo", "recovered"]));
+    assert_eq!(stdout(&output), "recovered\n");
+    assert!(env.service_pid().is_some_and(|p| p != killed));
+}
+
+#[test]
+fn a_launcher_killed_while_holding_the_spawn_lock_does_not_block_the_next() {
+    let env = TestEnv::new();
+    let fake_pid = env.root.path().join("fake.pid");
+    let fake = env.root.path().join("fake-service");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\necho $$ > {}\nexec sleep 60\n",
+            fake_pid.display()
+        ),
+    )
+    .unwrap();
+    run_ok(env.command("chmod").args(["755", fake.to_str().unwrap()]));
+    let mut stuck = env
+        .spfs(&["run", "-", "--", "true"])
+        .env("SPFS_FUSE_SERVICE_BIN", &fake)
+        .env("SPFS_SERVICE_START_TIMEOUT", "60")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(env.wait_for(Duration::from_secs(10), || fake_pid.exists()));
+    env.track(
+        std::fs::read_to_string(&fake_pid)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap(),
+    );
+    assert_eq!(env.launcher_events("launcher.lock_acquired").len(), 1);
+    kill(Pid::from_raw(stuck.id() as i32), Signal::SIGKILL).unwrap();
+    let _ = stuck.wait();
+
+    let started = Instant::now();
+    let output = run_ok(&mut env.spfs(&["run", "-", "--", "echo", "not blocked"]));
+    assert_eq!(stdout(&output), "not blocked\n");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn another_version_is_restarted_when_idle_and_kept_with_a_warning_when_busy() {
+    let env = TestEnv::new();
+    run_ok(
+        env.spfs(&["service", "start"])
+            .env("SPFS_TEST_SERVICE_VERSION", "0.0.1-old"),
+    );
+    let old = env.service_pid().unwrap();
+    assert_eq!(status_json(&env)["version"], "0.0.1-old");
+
+    // No runtime: the launcher replaces it.
+    let output = run_ok(&mut env.spfs(&["run", "-", "--", "echo", "upgraded"]));
+    assert_eq!(stdout(&output), "upgraded\n");
+    let new = env.service_pid().unwrap();
+    assert_ne!(new, old);
+    assert_eq!(status_json(&env)["version"], env!("CARGO_PKG_VERSION"));
+    let restarted = env.launcher_events("launcher.version_restart");
+    assert_eq!(restarted.len(), 1);
+    assert_eq!(restarted[0]["service_version"], "0.0.1-old");
+
+    // With a runtime active: kept, one warning with the remedy.
+    run_ok(&mut env.spfs(&["service", "stop"]));
+    run_ok(
+        env.spfs(&["service", "start"])
+            .env("SPFS_TEST_SERVICE_VERSION", "0.0.1-old"),
+    );
+    let old = env.service_pid().unwrap();
+    let me = i64::from(std::process::id());
+    block_on(async {
+        control(&env)
+            .await
+            .mount(mount_request(me, "base"))
+            .await
+            .unwrap()
+    });
+    let output = run_ok(&mut env.spfs(&["run", "-", "--", "echo", "kept"]));
+    assert_eq!(stdout(&output), "kept\n");
+    assert_eq!(env.service_pid(), Some(old));
+    let err = stderr(&output);
+    assert_eq!(err.matches("warning").count(), 1, "{err}");
+    assert!(err.contains("spfs service stop"), "{err}");
+    assert_eq!(env.launcher_events("launcher.version_mismatch").len(), 1);
+    block_on(async {
+        control(&env)
+            .await
+            .unmount(UnmountRequest { root_pid: me })
+            .await
+            .unwrap()
+    });
+}
+
+#[test]
+fn the_idle_timeout_stops_an_unused_service_and_racing_launchers_still_work() {
+    let env = TestEnv::new();
+    let idle = |cmd: &mut std::process::Command| {
+        cmd.env("SPFS_SERVICE_IDLE_TIMEOUT", "300ms");
+    };
+    // A runtime keeps it alive past the timeout.
+    let mut cmd = env.spfs(&["run", "-", "--", "sleep", "1"]);
+    idle(&mut cmd);
+    let started = Instant::now();
+    run_ok(&mut cmd);
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(
+        env.service_events("service.idle").is_empty(),
+        "not idle while a runtime ran"
+    );
+    let pid = env
+        .service_pid()
+        .expect("still running right after the runtime ended");
+    assert!(
+        env.wait_for(Duration::from_secs(5), || !is_alive(pid)),
+        "stopped when idle"
+    );
+    assert_eq!(
+        env.service_events("service.shutdown").last().unwrap()["reason"],
+        "idle"
+    );
+    assert!(!env.is_mounted());
+
+    // Launchers arriving around the moment it stops still get a service.
+    for delay_ms in [250u64, 280, 300, 320, 350, 0] {
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let mut cmd = env.spfs(&["run", "-", "--", "echo", "ok"]);
+        idle(&mut cmd);
+        let output = run_ok(&mut cmd);
+        assert_eq!(stdout(&output), "ok\n");
+    }
+}
+
+#[test]
+fn sigterm_with_a_busy_runtime_stops_within_bounds_and_leaves_nothing() {
+    let env = TestEnv::new();
+    std::fs::create_dir_all(env.storage.join("base/etc")).unwrap();
+    let script = format!("cd {}/etc && sleep 30", env.mountpoint.display());
+    let mut busy = env
+        .spfs(&["run", "base", "--", "sh", "-c", &script])
+        .spawn()
+        .unwrap();
+    env.track(busy.id() as i32);
+    assert!(env.wait_for(Duration::from_secs(10), || !env
+        .service_events("service.mount")
+        .is_empty()));
+    std::thread::sleep(Duration::from_millis(100));
+    let pid = env.service_pid().unwrap();
+    let started = Instant::now();
+    kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+    assert!(env.wait_for(Duration::from_secs(10), || !is_alive(pid)));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!env.socket().exists());
+    assert!(!env.pidfile().exists());
+    assert!(
+        !env.is_mounted(),
+        "unmounted (lazily) although a process sits in it"
+    );
+    let shutdown = &env.service_events("service.shutdown")[0];
+    assert_eq!(shutdown["reason"], "SIGTERM");
+    assert_eq!(shutdown["active_runtimes"], 1);
+    let _ = busy.kill();
+    let _ = busy.wait();
+}
