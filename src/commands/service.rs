@@ -45,6 +45,8 @@ pub fn serve(
     telemetry::init(Program::Service, &paths.log_dir);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Blocking threads (view builds, FUSE mount) are needed in bursts only.
+        .thread_keep_alive(std::time::Duration::from_secs(2))
         .enable_all()
         .build()
     {
