@@ -406,3 +406,50 @@ fn sigterm_with_a_busy_runtime_stops_within_bounds_and_leaves_nothing() {
     let _ = busy.kill();
     let _ = busy.wait();
 }
+
+/// Mount's fields as raw bytes, to send what our own client never would.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawMount {
+    #[prost(int64, tag = "1")]
+    root_pid: i64,
+    #[prost(bytes = "vec", tag = "2")]
+    env_spec: Vec<u8>,
+}
+
+#[test]
+fn a_non_utf8_env_spec_gets_an_error_and_the_service_carries_on() {
+    let env = TestEnv::new();
+    run_ok(&mut env.spfs(&["service", "start"]));
+    let me = i64::from(std::process::id());
+    block_on(async {
+        let channel = client::connect(&env.socket()).await.unwrap();
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        let codec = tonic_prost::ProstCodec::<RawMount, spfs::proto::MountResponse>::default();
+        let path =
+            tonic::codegen::http::uri::PathAndQuery::from_static("/spfs.vfs.v1.VfsService/Mount");
+        let request = RawMount {
+            root_pid: me,
+            env_spec: vec![b'b', 0xff, 0xfe, b'+', 0xc3],
+        };
+        let started = Instant::now();
+        let err = grpc
+            .unary(tonic::Request::new(request), path, codec)
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_ne!(err.code(), tonic::Code::Ok);
+        assert!(
+            err.message().contains("UTF-8"),
+            "{:?}: {}",
+            err.code(),
+            err.message()
+        );
+        // The service is unharmed.
+        let status = ControlClient::new(channel)
+            .status(StatusRequest {})
+            .await
+            .unwrap();
+        assert!(status.into_inner().runtimes.is_empty());
+    });
+}
