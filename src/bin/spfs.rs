@@ -34,6 +34,8 @@ enum Command {
     },
     /// List the layers in the store (SPFS_STORAGE)
     Layers,
+    /// Check FUSE, the service binary, runtime dir, mountpoint, service health and the last start
+    Doctor,
     /// Control the background service
     Service {
         #[command(subcommand)]
@@ -53,6 +55,21 @@ enum ServiceAction {
         #[arg(long)]
         json: bool,
     },
+    /// Show the service's log (or the launcher's) as readable lines
+    Logs {
+        /// Keep printing new lines, across daily rotation
+        #[arg(short, long)]
+        follow: bool,
+        /// How many of the last lines to show
+        #[arg(short = 'n', long = "lines", default_value_t = 20)]
+        lines: usize,
+        /// Print the raw JSON lines
+        #[arg(long)]
+        json: bool,
+        /// The launcher's log instead of the service's
+        #[arg(long)]
+        launcher: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -60,10 +77,22 @@ fn main() -> ExitCode {
         Command::Run { reference, command } => spfs::commands::run(&reference, &command),
         Command::Shell { reference } => spfs::commands::shell(&reference),
         Command::Layers => spfs::commands::layers(),
+        Command::Doctor => spfs::commands::doctor(),
         Command::Service { action } => match action {
             ServiceAction::Start => spfs::commands::start(),
             ServiceAction::Stop => spfs::commands::stop("spfs service stop"),
             ServiceAction::Status { json } => spfs::commands::status(json),
+            ServiceAction::Logs {
+                follow,
+                lines,
+                json,
+                launcher,
+            } => spfs::commands::logs(spfs::commands::LogsOptions {
+                follow,
+                lines,
+                json,
+                launcher,
+            }),
         },
     }
 }

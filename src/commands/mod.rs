@@ -1,11 +1,15 @@
 //! What each subcommand of `spfs` and `spfs-fuse-macos` does. The binaries
 //! only parse arguments and call these.
 
+mod doctor;
 mod layers;
+mod logs;
 mod run;
 mod service;
 
+pub use doctor::doctor;
 pub use layers::layers;
+pub use logs::{logs, LogsOptions};
 pub use run::{mount, run, shell};
 pub use service::{serve, start, status, stop};
 

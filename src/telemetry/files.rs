@@ -101,7 +101,7 @@ impl DailyLog {
 }
 
 /// Exactly `PREFIX.YYYY-MM-DD.log`.
-fn is_dated_file(name: &str, prefix: &str) -> bool {
+pub fn is_dated_file(name: &str, prefix: &str) -> bool {
     let Some(rest) = name
         .strip_prefix(prefix)
         .and_then(|r| r.strip_prefix('.'))

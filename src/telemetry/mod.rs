@@ -8,6 +8,7 @@
 
 mod files;
 mod json;
+pub mod reader;
 
 use std::path::Path;
 

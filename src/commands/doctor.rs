@@ -1,0 +1,264 @@
+//! `spfs doctor`: every check a support engineer would run first, each with a
+//! pass/fail line and the fix. Exit status 0 only when all pass.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use super::client_runtime;
+use crate::config::Config;
+use crate::launcher::probe::{probe, Probe};
+use crate::launcher::spawn::find_service_binary;
+use crate::paths::{self, LAUNCHER_LOG_PREFIX};
+use crate::platform;
+use crate::service::VERSION;
+use crate::telemetry::reader;
+
+struct Check {
+    name: &'static str,
+    passed: bool,
+    detail: String,
+    fix: Option<String>,
+}
+
+fn pass(name: &'static str, detail: impl Into<String>) -> Check {
+    Check {
+        name,
+        passed: true,
+        detail: detail.into(),
+        fix: None,
+    }
+}
+
+fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+    Check {
+        name,
+        passed: false,
+        detail: detail.into(),
+        fix: Some(fix.into()),
+    }
+}
+
+pub fn doctor() -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(err) => {
+            println!("[FAIL] settings: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let checks = vec![
+        check_fuse(),
+        check_binary(&config),
+        check_runtime_dir(&config),
+        check_mountpoint(&config),
+        client_runtime().block_on(check_service(&config)),
+        check_last_failure(&config),
+    ];
+    let mut all_passed = true;
+    for check in &checks {
+        let mark = if check.passed { "[ok]  " } else { "[FAIL]" };
+        println!("{mark} {}: {}", check.name, check.detail);
+        if let Some(fix) = &check.fix {
+            println!("       fix: {fix}");
+        }
+        all_passed &= check.passed;
+    }
+    if all_passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn check_fuse() -> Check {
+    match platform::check_fuse_available() {
+        Ok(()) => pass("FUSE", "available"),
+        Err(message) => {
+            let (what, fix) = message
+                .split_once(". ")
+                .unwrap_or((&message, "see docs/troubleshooting.md"));
+            fail("FUSE", what, fix)
+        }
+    }
+}
+
+fn check_binary(config: &Config) -> Check {
+    let name = "service binary";
+    let binary = match find_service_binary(config) {
+        Ok(binary) => binary,
+        Err(err) => {
+            let text = err.to_string();
+            let (what, fix) = text.split_once("\n  fix: ").unwrap_or((&text, ""));
+            return fail(name, what, fix);
+        }
+    };
+    let output = std::process::Command::new(&binary)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output();
+    let version = output
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .and_then(|text| text.rsplit(' ').next().map(str::to_owned));
+    match version {
+        Some(v) if v == VERSION => pass(name, format!("{} (version {v})", binary.display())),
+        Some(v) => fail(
+            name,
+            format!(
+                "{} is version {v}, this spfs is {VERSION}",
+                binary.display()
+            ),
+            "install spfs and spfs-fuse-macos from the same release",
+        ),
+        None => fail(
+            name,
+            format!("{} does not run (`--version` failed)", binary.display()),
+            "reinstall it, or point SPFS_FUSE_SERVICE_BIN at a working binary",
+        ),
+    }
+}
+
+fn check_runtime_dir(config: &Config) -> Check {
+    let name = "runtime dir";
+    let dir = &config.paths.runtime_dir;
+    if !dir.exists() {
+        return pass(
+            name,
+            format!("{} (created with mode 0700 on first use)", dir.display()),
+        );
+    }
+    match paths::check_runtime_dir(dir) {
+        Ok(()) => pass(
+            name,
+            format!("{} (yours, not writable by others)", dir.display()),
+        ),
+        Err(crate::Error::UnsafeRuntimeDir { problem, fix, .. }) => {
+            fail(name, format!("{}: {problem}", dir.display()), fix)
+        }
+        Err(err) => fail(
+            name,
+            err.to_string(),
+            "set SPFS_RUNTIME_DIR to a directory of your own",
+        ),
+    }
+}
+
+fn check_mountpoint(config: &Config) -> Check {
+    let name = "mountpoint";
+    let path = config.paths.mountpoint.clone();
+    // A hung FUSE server would block a stat forever: ask on a thread, wait briefly.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let probe_path = path.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::metadata(&probe_path));
+    });
+    match rx.recv_timeout(Duration::from_secs(2)) {
+        Err(_) => fail(
+            name,
+            format!("{} did not answer within 2 s (a hung service?)", path.display()),
+            "spfs service stop; if that hangs, kill -9 the service pid from `spfs service status`",
+        ),
+        Ok(Ok(meta)) if meta.is_dir() => pass(name, format!("{} is a directory", path.display())),
+        Ok(Ok(_)) => fail(
+            name,
+            format!("{} is not a directory", path.display()),
+            "remove it, or set SPFS_MOUNTPOINT to a directory",
+        ),
+        Ok(Err(err)) if platform::is_stale_mount_error(&err) => fail(
+            name,
+            format!("{} is a dead FUSE mount left by a killed service ({err})", path.display()),
+            "the next `spfs run` cleans it up; or by hand: `umount -l` (Linux), `umount -f` (macOS)",
+        ),
+        Ok(Err(err)) if err.kind() == std::io::ErrorKind::NotFound => {
+            let parent_writable = path
+                .parent()
+                .is_some_and(|p| nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok());
+            if parent_writable {
+                pass(name, format!("{} (created on first use)", path.display()))
+            } else {
+                fail(
+                    name,
+                    format!("{} does not exist and cannot be created", path.display()),
+                    format!("sudo mkdir -p {0} && sudo chown $(id -un) {0}", path.display()),
+                )
+            }
+        }
+        Ok(Err(err)) => fail(name, format!("{}: {err}", path.display()), "see docs/troubleshooting.md"),
+    }
+}
+
+async fn check_service(config: &Config) -> Check {
+    let name = "service";
+    let socket = config.paths.socket();
+    match probe(&socket).await {
+        Probe::Serving(_, version) => {
+            let version = version.unwrap_or_else(|| "unknown".into());
+            if version == VERSION {
+                pass(
+                    name,
+                    format!("SERVING on {} (version {version})", socket.display()),
+                )
+            } else {
+                fail(
+                    name,
+                    format!(
+                        "SERVING on {} but version {version}, this spfs is {VERSION}",
+                        socket.display()
+                    ),
+                    "spfs service stop (the next spfs run starts the new version)",
+                )
+            }
+        }
+        Probe::NotServing(_) => fail(
+            name,
+            format!("NOT_SERVING on {}", socket.display()),
+            "wait a moment; if it stays so: spfs service stop, then read `spfs service logs`",
+        ),
+        Probe::Absent { .. } => fail(
+            name,
+            format!("not running (no service on {})", socket.display()),
+            "it starts with the next `spfs run`, or now with `spfs service start`",
+        ),
+        Probe::Foreign(detail) => fail(
+            name,
+            format!(
+                "something foreign listens on {} ({detail})",
+                socket.display()
+            ),
+            "stop the program that owns that socket, or set SPFS_RUNTIME_DIR elsewhere",
+        ),
+        Probe::Unreachable(err) => fail(
+            name,
+            format!("cannot connect to {}: {err}", socket.display()),
+            "check the runtime dir's permissions",
+        ),
+    }
+}
+
+fn check_last_failure(config: &Config) -> Check {
+    let name = "last start";
+    let log_dir = &config.paths.log_dir;
+    let last = reader::last_event(
+        log_dir,
+        LAUNCHER_LOG_PREFIX,
+        &["launcher.start_failed", "launcher.ensure"],
+    );
+    match last {
+        None => pass(name, "no start recorded in the launcher log"),
+        Some(line) if line["event"] == "launcher.ensure" => pass(
+            name,
+            format!("succeeded at {} ({})", line["timestamp"].as_str().unwrap_or("?"), line["outcome"].as_str().unwrap_or("?")),
+        ),
+        Some(line) => fail(
+            name,
+            format!(
+                "failed at {}: reason {}: {}",
+                line["timestamp"].as_str().unwrap_or("?"),
+                line["reason"].as_str().unwrap_or("?"),
+                line["error"].as_str().unwrap_or("?").replace('\n', " ")
+            ),
+            "the reason's row in docs/troubleshooting.md; `spfs service logs --launcher` has the phases",
+        ),
+    }
+}
