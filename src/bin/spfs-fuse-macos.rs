@@ -48,7 +48,7 @@ fn parse_idle(text: &str) -> Result<std::time::Duration, String> {
 fn main() -> ExitCode {
     // Before any thread exists: this reads and clears an environment variable.
     let notifier = ReadyNotifier::from_env();
-    match Cli::parse().command {
+    let code = match Cli::parse().command {
         Command::Service { stop: true, .. } => {
             spfs::commands::stop("spfs-fuse-macos service --stop")
         }
@@ -61,5 +61,7 @@ fn main() -> ExitCode {
             root_process,
             reference,
         } => spfs::commands::mount(root_process, &reference),
-    }
+    };
+    spfs::telemetry::flush();
+    code
 }

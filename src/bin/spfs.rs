@@ -73,7 +73,7 @@ enum ServiceAction {
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    let code = match Cli::parse().command {
         Command::Run { reference, command } => spfs::commands::run(&reference, &command),
         Command::Shell { reference } => spfs::commands::shell(&reference),
         Command::Layers => spfs::commands::layers(),
@@ -94,5 +94,7 @@ fn main() -> ExitCode {
                 launcher,
             }),
         },
-    }
+    };
+    spfs::telemetry::flush();
+    code
 }

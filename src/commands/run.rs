@@ -48,6 +48,8 @@ fn run_in_env(tool: &str, reference: &str, program: &OsString, args: &[OsString]
         command = %program.to_string_lossy(),
         "running the command"
     );
+    // Spans and metrics go out now: exec ends this process image.
+    crate::telemetry::flush();
     // Only returns on failure; the runtime then ends with this process.
     let err = std::process::Command::new(program).args(args).exec();
     eprintln!(
@@ -114,11 +116,11 @@ async fn mount_once(
 ) -> std::result::Result<(), tonic::Status> {
     let started = Instant::now();
     let response = ControlClient::new(channel)
-        .mount(MountRequest {
+        .mount(crate::telemetry::otel::traced(MountRequest {
             root_pid: pid.into(),
             env_spec: reference.to_owned(),
             storage: config.paths.storage.to_string_lossy().into_owned(),
-        })
+        }))
         .await;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     match response {

@@ -188,7 +188,7 @@ fn print_status(serving: bool, s: &StatusResponse) {
 
 async fn fetch_status(channel: &tonic::transport::Channel) -> Result<StatusResponse> {
     ControlClient::new(channel.clone())
-        .status(StatusRequest {})
+        .status(crate::telemetry::otel::traced(StatusRequest {}))
         .await
         .map(|r| r.into_inner())
         .map_err(|s| Error::rpc("Status failed", s))

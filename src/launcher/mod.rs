@@ -27,9 +27,12 @@ use std::time::{Duration, Instant};
 
 use tokio::time::timeout_at;
 use tonic::transport::Channel;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::telemetry::metrics::{attr, metrics};
+use crate::telemetry::otel::traced;
 use lock::SpawnLock;
 use probe::{probe, Probe};
 use spawn::Outcome;
@@ -81,8 +84,24 @@ pub async fn ensure_service_running(config: &Config) -> Result<Running> {
     let started = Instant::now();
     let deadline = tokio::time::Instant::from_std(started + config.start_timeout);
     let mut phases = Phases::default();
-    let result = ensure(config, deadline, &mut phases).await;
+    let span = tracing::info_span!("ensure_service_running");
+    let result = ensure(config, deadline, &mut phases)
+        .instrument(span.clone())
+        .await;
+    let _in_span = span.enter();
     let elapsed_ms = ms_since(started);
+    let metrics = metrics();
+    match &result {
+        Ok(running) => metrics
+            .ensure_duration
+            .record(elapsed_ms, &attr("outcome", running.outcome.as_str())),
+        Err(err) => {
+            metrics
+                .ensure_duration
+                .record(elapsed_ms, &attr("outcome", "failed"));
+            metrics.start_failures.add(1, &attr("reason", err.reason()));
+        }
+    }
     match &result {
         Ok(running) => tracing::info!(
             event = "launcher.ensure",
@@ -155,7 +174,10 @@ async fn ensure(
     let lock_started = Instant::now();
     let lock_path = paths.spawn_lock();
     let lock = tokio::task::spawn_blocking(move || SpawnLock::acquire(&lock_path));
-    let _lock = match timeout_at(deadline, lock).await {
+    let _lock = match timeout_at(deadline, lock)
+        .instrument(tracing::info_span!("lock_wait"))
+        .await
+    {
         Ok(joined) => joined.map_err(|e| Error::io("spawn lock", std::io::Error::other(e)))??,
         Err(_) => return Err(timeout("lock_wait")),
     };
@@ -229,7 +251,9 @@ async fn ensure(
         // 4. spawn
         let spawn_started = Instant::now();
         let binary = spawn::find_service_binary(config)?;
-        let starting = spawn::spawn(&binary, config)?;
+        // Inside the span, so the service's startup span can join this trace.
+        let starting = tracing::info_span!("spawn").in_scope(|| spawn::spawn(&binary, config))?;
+        metrics().spawns.add(1, &[]);
         phases.spawn += ms_since(spawn_started);
         tracing::info!(
             event = "launcher.spawn",
@@ -241,7 +265,10 @@ async fn ensure(
 
         // 5. readiness_wait
         let wait_started = Instant::now();
-        let outcome = match timeout_at(deadline, starting.wait()).await {
+        let outcome = match timeout_at(deadline, starting.wait())
+            .instrument(tracing::info_span!("readiness_wait"))
+            .await
+        {
             Ok(outcome) => outcome,
             Err(_) => return Err(timeout("readiness_wait")),
         };
@@ -264,7 +291,9 @@ async fn ensure(
 
         // 6. confirm
         let confirm_started = Instant::now();
-        let confirmed = timeout_at(deadline, probe(&socket)).await;
+        let confirmed = timeout_at(deadline, probe(&socket))
+            .instrument(tracing::info_span!("confirm"))
+            .await;
         phases.confirm = ms_since(confirm_started);
         return match confirmed {
             Ok(Probe::Serving(channel, _)) => Ok(Running {
@@ -298,7 +327,7 @@ async fn replace_other_version(
     }
     let service_version = service_version.unwrap_or("unknown");
     let status = crate::client::ControlClient::new(channel.clone())
-        .status(crate::proto::StatusRequest {})
+        .status(traced(crate::proto::StatusRequest {}))
         .await
         .map_err(|s| Error::rpc("Status of the running service failed", s))?
         .into_inner();
@@ -339,7 +368,9 @@ fn retry(attempt: &mut u32, reason: &str) {
 
 async fn logged_probe(config: &Config, attempt: u32, phases: &mut Phases) -> Probe {
     let started = Instant::now();
-    let result = probe(&config.paths.socket()).await;
+    let result = probe(&config.paths.socket())
+        .instrument(tracing::info_span!("probe", attempt))
+        .await;
     let elapsed_ms = ms_since(started);
     phases.probe += elapsed_ms;
     tracing::info!(

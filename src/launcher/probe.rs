@@ -88,9 +88,9 @@ async fn check_with_version(
     channel: &Channel,
 ) -> Result<(ServingStatus, Option<String>), tonic::Status> {
     let response = HealthClient::new(channel.clone())
-        .check(HealthCheckRequest {
+        .check(crate::telemetry::otel::traced(HealthCheckRequest {
             service: VFS_SERVICE_NAME.into(),
-        })
+        }))
         .await?;
     let version = response
         .metadata()

@@ -150,6 +150,8 @@ pub fn spawn(binary: &Path, config: &Config) -> Result<Starting> {
                         | "SPFS_LOG_DIR"
                         | "SPFS_MOUNTPOINT"
                         | "SPFS_STORAGE"
+                        | "TRACEPARENT"
+                        | "TRACESTATE"
                 )
             )
         })
@@ -171,6 +173,10 @@ pub fn spawn(binary: &Path, config: &Config) -> Result<Starting> {
         READY_FD_VAR.as_bytes().to_vec(),
         ready_fd.to_string().into_bytes(),
     ));
+    // The OpenTelemetry environment carrier: the service's startup joins our trace.
+    for (key, value) in crate::telemetry::otel::current_trace_headers() {
+        env.push((key.to_uppercase().into_bytes(), value.into_bytes()));
+    }
     let envp: Vec<CString> = env
         .into_iter()
         .map(|(k, v)| cstring(&[k.as_slice(), b"=", v.as_slice()].concat()))

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::paths::Paths;
 use crate::proto::{ShutdownRequest, StatusRequest};
 use crate::service::pidfile;
+use crate::telemetry::otel::traced;
 
 /// How long to wait for the service to exit: drain, unmount, cleanup.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -26,13 +27,13 @@ pub async fn stop_service(paths: &Paths) -> Result<Option<i32>> {
     let mut pid = pid_in_file;
     if let Probe::Serving(channel, _) | Probe::NotServing(channel) = probe(&paths.socket()).await {
         if let Ok(status) = ControlClient::new(channel.clone())
-            .status(StatusRequest {})
+            .status(traced(StatusRequest {}))
             .await
         {
             pid = Some(status.into_inner().pid as i32);
         }
         asked = ControlClient::new(channel)
-            .shutdown(ShutdownRequest {})
+            .shutdown(traced(ShutdownRequest {}))
             .await
             .is_ok();
     }

@@ -124,6 +124,11 @@ impl VfsService for Api {
             .mount_runtime(caller, root_pid, env_spec, storage)
             .await;
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let outcome = if result.is_ok() { "ok" } else { "refused" };
+        crate::telemetry::metrics::metrics().mount_duration.record(
+            elapsed_ms,
+            &crate::telemetry::metrics::attr("result", outcome),
+        );
         match result {
             Ok(runtime) => {
                 tracing::info!(

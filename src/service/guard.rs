@@ -15,6 +15,8 @@ use std::time::Instant;
 use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::transport::server::UdsConnectInfo;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Header carrying the service's version on every response.
 pub const VERSION_HEADER: &str = "spfs-service-version";
@@ -123,10 +125,16 @@ where
                 return Box::pin(async move { Ok(with_version(status.into_http())) });
             }
         }
+        // The handler's span joins the caller's trace (traceparent metadata).
+        let span = tracing::info_span!("rpc", rpc.method = request.uri().path());
+        let _ = span.set_parent(crate::telemetry::otel::context_from_headers(
+            request.headers(),
+        ));
         // The ready inner service handles this call; a fresh clone takes its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move { inner.call(request).await.map(with_version) })
+        let call = span.in_scope(|| inner.call(request));
+        Box::pin(async move { call.await.map(with_version) }.instrument(span))
     }
 }
 

@@ -27,6 +27,8 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::fs::router::Router;
 use crate::fs::{self, FuseMount, Prepared};
@@ -34,6 +36,7 @@ use crate::paths::Paths;
 use crate::platform;
 use crate::proto::vfs_service_server::VfsServiceServer;
 use crate::proto::VFS_SERVICE_NAME;
+use crate::telemetry::metrics::metrics;
 use api::{Api, Identity};
 use guard::{GuardLayer, GuardState};
 use pidfile::{PidFile, PidFileError};
@@ -99,7 +102,15 @@ pub async fn run(
         socket = %paths.socket().display(),
         "starting"
     );
-    let started = match start(&paths, started_at).await {
+    // Joins the trace of the launcher that spawned us (TRACEPARENT), if any.
+    let startup_span = tracing::info_span!("service.startup");
+    if let Some(parent) = crate::telemetry::otel::context_from_env() {
+        let _ = startup_span.set_parent(parent);
+    }
+    let started = match start(&paths, started_at)
+        .instrument(startup_span.clone())
+        .await
+    {
         Ok(started) => started,
         Err(err) => {
             tracing::error!(
@@ -116,11 +127,13 @@ pub async fn run(
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(
-        event = "service.ready",
-        startup_ms = ms_since(started_at),
-        "serving"
-    );
+    let startup_ms = ms_since(started_at);
+    startup_span.in_scope(|| {
+        tracing::info!(event = "service.ready", startup_ms, "serving");
+    });
+    drop(startup_span);
+    metrics().startup_duration.record(startup_ms, &[]);
+    metrics().health.record(1, &[]);
     match notifier {
         Some(notifier) => notifier.ready(),
         None => eprintln!(
@@ -174,6 +187,7 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
     // We hold the pidfile, so any socket file here is left from a dead service.
     let socket = paths.socket();
     let _ = std::fs::remove_file(&socket);
+    let bind_span = tracing::info_span!("bind").entered();
     let listener = UnixListener::bind(&socket).map_err(|e| {
         fail(
             "bind",
@@ -181,6 +195,7 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
         )
     })?;
     let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600));
+    drop(bind_span);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -235,6 +250,7 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
     let mount_started = Instant::now();
     let mountpoint = paths.mountpoint.clone();
     let fuse = tokio::task::spawn_blocking(move || fs::mount(&mountpoint, router))
+        .instrument(tracing::info_span!("fuse_mount"))
         .await
         .map_err(|e| fail("mount_failed", format!("FUSE mount task failed: {e}")))?
         .map_err(|e| {
@@ -260,10 +276,14 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
         "FUSE filesystem mounted"
     );
 
-    health.set_service_status("", ServingStatus::Serving).await;
-    health
-        .set_service_status(VFS_SERVICE_NAME, ServingStatus::Serving)
-        .await;
+    async {
+        health.set_service_status("", ServingStatus::Serving).await;
+        health
+            .set_service_status(VFS_SERVICE_NAME, ServingStatus::Serving)
+            .await;
+    }
+    .instrument(tracing::info_span!("serving"))
+    .await;
     Ok(Started {
         pidfile,
         guard,
@@ -313,6 +333,7 @@ async fn stop(started: Started, paths: &Paths) {
     let reason = shutdown.triggered().await;
     let stop_started = Instant::now();
     stopping.store(true, Ordering::SeqCst);
+    metrics().health.record(0, &[]);
     health
         .set_service_status(VFS_SERVICE_NAME, ServingStatus::NotServing)
         .await;

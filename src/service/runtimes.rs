@@ -140,6 +140,9 @@ impl Runtimes {
         if let Some(old) = replaced {
             old.exit_watch.abort();
         }
+        crate::telemetry::metrics::metrics()
+            .active_runtimes
+            .record(self.len() as u64, &[]);
         Ok(runtime)
     }
 
@@ -156,6 +159,9 @@ impl Runtimes {
             }
         }?;
         removed.exit_watch.abort();
+        crate::telemetry::metrics::metrics()
+            .active_runtimes
+            .record(self.len() as u64, &[]);
         tracing::info!(
             event = "service.unmount",
             root_pid = pid,

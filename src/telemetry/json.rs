@@ -54,6 +54,10 @@ where
             .unwrap_or_else(|| Value::String(String::new()));
         line.insert("message".into(), message);
         line.extend(fields.0);
+        if let Some((trace_id, span_id)) = super::otel::current_ids() {
+            line.insert("trace_id".into(), Value::String(trace_id));
+            line.insert("span_id".into(), Value::String(span_id));
+        }
         let text = serde_json::to_string(&Value::Object(line)).map_err(|_| fmt::Error)?;
         writeln!(writer, "{text}")
     }

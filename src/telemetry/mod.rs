@@ -8,6 +8,8 @@
 
 mod files;
 mod json;
+pub mod metrics;
+pub mod otel;
 pub mod reader;
 
 use std::path::Path;
@@ -20,7 +22,8 @@ pub use files::{current_file_name, DailyLog, KEEP_DAYS};
 
 /// Our events at info; libraries only when something is wrong. fuser reports
 /// every request the filesystem does not implement at warn, so only its errors.
-pub const DEFAULT_FILTER: &str = "info,fuser=error,h2=warn,hyper=warn,tower=warn";
+pub const DEFAULT_FILTER: &str =
+    "info,fuser=error,h2=warn,hyper=warn,tower=warn,opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off";
 
 /// Which program is logging; picks the file name prefix.
 #[derive(Debug, Clone, Copy)]
@@ -38,7 +41,11 @@ impl Program {
     }
 }
 
-/// Installs the global subscriber writing JSON lines into `log_dir`.
+/// The exporters started by [`init`], flushed by [`flush`].
+static OTEL: std::sync::Mutex<Option<otel::Otel>> = std::sync::Mutex::new(None);
+
+/// Installs the global subscriber writing JSON lines into `log_dir`, and, when
+/// an OTLP endpoint is configured, the OpenTelemetry exporters (see [`otel`]).
 ///
 /// Level filter: `SPFS_LOG` (an `EnvFilter` directive), default [`DEFAULT_FILTER`].
 /// If the log dir cannot be used, says so once on stderr and logs nowhere:
@@ -46,21 +53,46 @@ impl Program {
 pub fn init(program: Program, log_dir: &Path) {
     let filter =
         EnvFilter::try_from_env("SPFS_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    match DailyLog::open(log_dir, program.prefix()) {
-        Ok(writer) => {
-            let layer = tracing_subscriber::fmt::layer()
+    let json = match DailyLog::open(log_dir, program.prefix()) {
+        Ok(writer) => Some(
+            tracing_subscriber::fmt::layer()
                 .event_format(json::JsonLines)
-                .with_writer(writer);
-            let _ = tracing_subscriber::registry()
-                .with(filter)
-                .with(layer)
-                .try_init();
-        }
+                .with_writer(writer),
+        ),
         Err(err) => {
             eprintln!(
                 "spfs: warning: not logging, cannot open log dir {}: {err}; set SPFS_LOG_DIR to a writable directory",
                 log_dir.display()
             );
+            None
         }
+    };
+    let tracing_layer = if otel::enabled() {
+        match otel::start(program) {
+            Ok((exporters, tracer)) => {
+                *OTEL.lock().unwrap_or_else(|p| p.into_inner()) = Some(exporters);
+                Some(tracing_opentelemetry::layer().with_tracer(tracer))
+            }
+            Err(err) => {
+                eprintln!("spfs: warning: OpenTelemetry is configured but could not start: {err}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(json)
+        .with(tracing_layer)
+        .try_init();
+}
+
+/// Flushes and stops the exporters, bounded by the export timeout. Call it
+/// before `exec` and before exiting; a no-op when OpenTelemetry is off.
+pub fn flush() {
+    let exporters = OTEL.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(exporters) = exporters {
+        exporters.shutdown();
     }
 }
