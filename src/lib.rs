@@ -11,7 +11,8 @@
 //! - [`fs`]: the FUSE filesystem and mounting it safely.
 //! - [`client`]: gRPC channels over the unix socket.
 //! - [`commands`]: what the two binaries do for each subcommand.
-//! - [`telemetry`]: JSON-lines log files with daily rotation.
+//! - [`telemetry`]: JSON-lines log files with daily rotation, reading them
+//!   back, and OpenTelemetry traces and metrics (off unless configured).
 //! - [`platform`]: Linux and macOS process facts, exit watching, FUSE checks.
 //! - [`paths`], [`config`], [`error`]: where things live, settings, user-facing errors.
 //! - [`proto`]: code generated from `proto/spfs/vfs/v1/vfs.proto`.

@@ -8,6 +8,8 @@ use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use tracing::Instrument;
+
 use super::{client_runtime, launcher_setup, report};
 use crate::client::ControlClient;
 use crate::config::Config;
@@ -39,8 +41,13 @@ fn run_in_env(tool: &str, reference: &str, program: &OsString, args: &[OsString]
         Err(code) => return code,
     };
     let pid = std::process::id() as i32;
-    let mounted = client_runtime().block_on(ensure_and_mount(&config, pid, reference));
+    // One trace per command: the start (if any) and the Mount call are its children.
+    let span = tracing::info_span!("spfs.run", env_spec = reference);
+    let mounted = client_runtime()
+        .block_on(ensure_and_mount(&config, pid, reference).instrument(span.clone()));
+    drop(span);
     if let Err(err) = mounted {
+        crate::telemetry::flush();
         return report(tool, &err);
     }
     tracing::info!(
