@@ -362,6 +362,9 @@ async fn stop(started: Started, paths: &Paths) {
         elapsed_ms = ms_since(stop_started),
         "stopped"
     );
+    // Spans and metrics out before the pidfile goes: once it is free, anyone
+    // may take this to mean the process has finished.
+    crate::telemetry::flush();
     pidfile.remove();
 }
 

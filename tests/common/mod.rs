@@ -181,13 +181,14 @@ impl TestEnv {
         check()
     }
 
-    /// Stops the service with SIGTERM (SIGKILL if it hangs) and waits for it.
+    /// Stops the service with SIGTERM (SIGKILL if it hangs) and waits until
+    /// the process is gone, not only its pidfile.
     pub fn stop_service(&self) {
         if let Some(pid) = self.service_pid() {
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-            if !self.wait_for(Duration::from_secs(10), || self.service_pid().is_none()) {
+            if !self.wait_for(Duration::from_secs(10), || !is_alive(pid)) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                self.wait_for(Duration::from_secs(5), || self.service_pid().is_none());
+                self.wait_for(Duration::from_secs(5), || !is_alive(pid));
             }
         }
     }
