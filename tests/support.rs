@@ -70,9 +70,33 @@ fn logs_shows_the_last_events_readably_and_follows_new_ones() {
             Err(_) => break false,
         }
     };
+    assert!(found, "the new mount was not followed; saw {seen:?}");
+
+    // Rotation: the symlink moves to a new day's file; the follower moves too.
+    let next_day = env.log_dir.join("spfs-fuse-macos.2099-01-01.log");
+    std::fs::write(&next_day, "").unwrap();
+    let link = env.log_dir.join("spfs-fuse-macos.log");
+    let temp = env.log_dir.join("link.tmp");
+    std::os::unix::fs::symlink("spfs-fuse-macos.2099-01-01.log", &temp).unwrap();
+    std::fs::rename(&temp, &link).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let rotated = r#"{"timestamp":"2099-01-01T00:00:00.000000000Z","level":"info","pid":1,"event":"service.ready","message":"after rotation","startup_ms":1.0}"#;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&next_day)
+        .unwrap();
+    std::io::Write::write_all(&mut file, format!("{rotated}\n").as_bytes()).unwrap();
+    let found = loop {
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(line) if line.contains("after rotation") => break true,
+            Ok(_) => {}
+            Err(_) => break false,
+        }
+    };
     let _ = follower.kill();
     let _ = follower.wait();
-    assert!(found, "the new mount was not followed; saw {seen:?}");
+    assert!(found, "the follower did not move to the new file");
+    std::fs::remove_file(&next_day).unwrap();
 }
 
 fn doctor(env: &TestEnv, configure: impl FnOnce(&mut std::process::Command)) -> (bool, String) {

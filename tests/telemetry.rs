@@ -249,6 +249,32 @@ fn a_dead_collector_does_not_hold_the_command_or_change_its_status() {
         elapsed < Duration::from_millis(1000 + 2000),
         "took {elapsed:?}"
     );
+    // OpenTelemetry's own complaints about the dead collector stay out of our logs.
+    let lines = env
+        .log_lines("spfs")
+        .into_iter()
+        .chain(env.log_lines("spfs-fuse-macos"));
+    for line in lines {
+        let event = line["event"].as_str().unwrap();
+        assert!(
+            event.starts_with("launcher.") || event.starts_with("service."),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn otel_sdk_disabled_turns_export_off_even_with_an_endpoint() {
+    let (received, addr, _collector) = start_collector();
+    let env = TestEnv::new();
+    let mut cmd = env.spfs(&["run", "base", "--", "true"]);
+    otel_env(&mut cmd, &format!("http://{addr}"));
+    cmd.env("OTEL_SDK_DISABLED", "true");
+    run_ok(&mut cmd);
+    run_ok(&mut env.spfs(&["service", "stop"]));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(received.spans.lock().unwrap().is_empty());
+    assert!(received.metrics.lock().unwrap().is_empty());
 }
 
 #[test]
