@@ -9,7 +9,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use spfs::client::{self, ControlClient};
 use spfs::proto::UnmountRequest;
 
 /// Writes `files` (path, content) into layer `name` of the env's store.
@@ -252,18 +251,13 @@ fn open_files_keep_reading_after_unmount() {
     let mut pid_line = String::new();
     out.read_line(&mut pid_line).unwrap();
     let pid: i64 = pid_line.trim().parse().unwrap();
-    let socket = env.socket();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let mut control = ControlClient::new(client::connect(&socket).await.unwrap());
-            control
-                .unmount(UnmountRequest { root_pid: pid })
-                .await
-                .unwrap();
-        });
+    block_on(async {
+        let mut control = control(&env).await;
+        control
+            .unmount(UnmountRequest { root_pid: pid })
+            .await
+            .unwrap();
+    });
     std::fs::OpenOptions::new()
         .write(true)
         .open(&gate)

@@ -12,18 +12,6 @@ use nix::unistd::Pid;
 use spfs::client::{self, ControlClient};
 use spfs::proto::{MountRequest, StatusRequest, UnmountRequest};
 
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(future)
-}
-
-async fn control(env: &TestEnv) -> ControlClient {
-    ControlClient::new(client::connect(&env.socket()).await.unwrap())
-}
-
 fn mount_request(pid: i64, spec: &str) -> MountRequest {
     MountRequest {
         root_pid: pid,

@@ -7,7 +7,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use spfs::client::{self, ControlClient};
 use spfs::proto::{MountRequest, StatusRequest, UnmountRequest};
 
 fn runtime_pids(status: &serde_json::Value) -> Vec<i64> {
@@ -46,57 +45,52 @@ fn unmount_drops_a_runtime_before_its_process_exits() {
     run_ok(&mut env.spfs(&["service", "start"]));
     // The caller may give a runtime to itself: this test process is the root.
     let pid = i64::from(std::process::id());
-    let socket = env.socket();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let mut control = ControlClient::new(client::connect(&socket).await.unwrap());
-            control
-                .mount(MountRequest {
-                    root_pid: pid,
-                    env_spec: "base".into(),
-                    // Empty: names resolve in the store the service started with.
-                    storage: String::new(),
-                })
-                .await
-                .unwrap();
-            let listed = control.status(StatusRequest {}).await.unwrap().into_inner();
-            assert_eq!(listed.runtimes.len(), 1);
-            assert_eq!(listed.runtimes[0].root_pid, pid);
-            control
-                .unmount(UnmountRequest { root_pid: pid })
-                .await
-                .unwrap();
-            let listed = control.status(StatusRequest {}).await.unwrap().into_inner();
-            assert!(listed.runtimes.is_empty());
-            let again = control
-                .unmount(UnmountRequest { root_pid: pid })
-                .await
-                .unwrap_err();
-            assert_eq!(again.code(), tonic::Code::NotFound);
-            let bad = control
-                .mount(MountRequest {
-                    root_pid: -5,
-                    env_spec: "base".into(),
-                    storage: String::new(),
-                })
-                .await
-                .unwrap_err();
-            assert_eq!(bad.code(), tonic::Code::InvalidArgument);
-            assert!(bad.message().contains("positive"), "{}", bad.message());
-            let relative = control
-                .mount(MountRequest {
-                    root_pid: pid,
-                    env_spec: "base".into(),
-                    storage: "layers".into(),
-                })
-                .await
-                .unwrap_err();
-            assert_eq!(relative.code(), tonic::Code::InvalidArgument);
-            assert!(relative.message().contains("not an absolute path"));
-        });
+    block_on(async {
+        let mut control = control(&env).await;
+        control
+            .mount(MountRequest {
+                root_pid: pid,
+                env_spec: "base".into(),
+                // Empty: names resolve in the store the service started with.
+                storage: String::new(),
+            })
+            .await
+            .unwrap();
+        let listed = control.status(StatusRequest {}).await.unwrap().into_inner();
+        assert_eq!(listed.runtimes.len(), 1);
+        assert_eq!(listed.runtimes[0].root_pid, pid);
+        control
+            .unmount(UnmountRequest { root_pid: pid })
+            .await
+            .unwrap();
+        let listed = control.status(StatusRequest {}).await.unwrap().into_inner();
+        assert!(listed.runtimes.is_empty());
+        let again = control
+            .unmount(UnmountRequest { root_pid: pid })
+            .await
+            .unwrap_err();
+        assert_eq!(again.code(), tonic::Code::NotFound);
+        let bad = control
+            .mount(MountRequest {
+                root_pid: -5,
+                env_spec: "base".into(),
+                storage: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+        assert!(bad.message().contains("positive"), "{}", bad.message());
+        let relative = control
+            .mount(MountRequest {
+                root_pid: pid,
+                env_spec: "base".into(),
+                storage: "layers".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(relative.code(), tonic::Code::InvalidArgument);
+        assert!(relative.message().contains("not an absolute path"));
+    });
     assert_eq!(
         env.service_events("service.unmount")[0]["reason"],
         "request"

@@ -246,6 +246,20 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     output
 }
 
+/// Runs a future on a fresh single-thread runtime (for gRPC calls from tests).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+/// A control-API client on the env's socket.
+pub async fn control(env: &TestEnv) -> spfs::client::ControlClient {
+    spfs::client::ControlClient::new(spfs::client::connect(&env.socket()).await.unwrap())
+}
+
 /// A real service status, from `spfs service status --json`.
 pub fn status_json(env: &TestEnv) -> Value {
     let output = env.spfs(&["service", "status", "--json"]).output().unwrap();
