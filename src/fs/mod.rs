@@ -49,12 +49,16 @@ pub struct SpfsFs {
     root: FileAttr,
     handles: Mutex<HashMap<u64, Handle>>,
     next_handle: AtomicU64,
+    /// Where file reads run; inline when there is no tokio runtime.
+    blocking: Option<tokio::runtime::Handle>,
 }
 
 impl SpfsFs {
     pub fn new(router: Arc<Router>) -> SpfsFs {
         SpfsFs {
             router,
+            // The service's runtime, when mounted from inside it.
+            blocking: tokio::runtime::Handle::try_current().ok(),
             root: view::empty_root_attr(),
             handles: Mutex::default(),
             next_handle: AtomicU64::new(1),
@@ -80,6 +84,21 @@ impl SpfsFs {
         }
         Ok((view, node))
     }
+}
+
+/// `size` bytes at `offset` (fewer at end of file), or the error, as the reply.
+fn read_into_reply(file: &File, offset: u64, size: u32, reply: ReplyData) {
+    let mut buffer = vec![0u8; size as usize];
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match file.read_at(&mut buffer[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return reply.error(Errno::from(err)),
+        }
+    }
+    reply.data(&buffer[..filled]);
 }
 
 fn attr_with_ino(view: &View, node: u32) -> FileAttr {
@@ -170,17 +189,15 @@ impl Filesystem for SpfsFs {
             Some(Handle::File { file, .. }) => Arc::clone(file),
             _ => return reply.error(Errno::EBADF),
         };
-        let mut buffer = vec![0u8; size as usize];
-        let mut filled = 0;
-        while filled < buffer.len() {
-            match file.read_at(&mut buffer[filled..], offset + filled as u64) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => return reply.error(Errno::from(err)),
+        // Reads of layer files go to the blocking pool: a slow layer (a network
+        // filesystem, a spun-down disk) then never holds a FUSE worker that
+        // other processes' lookups are waiting for.
+        match &self.blocking {
+            Some(pool) => {
+                pool.spawn_blocking(move || read_into_reply(&file, offset, size, reply));
             }
+            None => read_into_reply(&file, offset, size, reply),
         }
-        reply.data(&buffer[..filled]);
     }
 
     fn release(
