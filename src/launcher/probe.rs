@@ -48,38 +48,71 @@ impl Probe {
     }
 }
 
+/// A connection the peer dropped says little: a service killed a moment ago
+/// (its listener still queued our connect) looks like this. Probe once more.
+const VANISHED_RETRY: Duration = Duration::from_millis(20);
+
 pub async fn probe(socket: &Path) -> Probe {
-    match tokio::time::timeout(PROBE_TIMEOUT, probe_inner(socket)).await {
+    match probe_once(socket).await {
+        Err(_vanished) => {
+            tokio::time::sleep(VANISHED_RETRY).await;
+            probe_once(socket).await.unwrap_or_else(|detail| {
+                Probe::Foreign(format!(
+                    "it accepted and then dropped the connection twice: {detail}"
+                ))
+            })
+        }
         Ok(probe) => probe,
-        Err(_) => Probe::Foreign(format!("no answer within {} ms", PROBE_TIMEOUT.as_millis())),
     }
 }
 
-async fn probe_inner(socket: &Path) -> Probe {
+/// One probe; `Err` when the peer dropped the connection without an answer.
+async fn probe_once(socket: &Path) -> Result<Probe, String> {
+    match tokio::time::timeout(PROBE_TIMEOUT, probe_inner(socket)).await {
+        Ok(probe) => probe,
+        Err(_) => Ok(Probe::Foreign(format!(
+            "no answer within {} ms",
+            PROBE_TIMEOUT.as_millis()
+        ))),
+    }
+}
+
+async fn probe_inner(socket: &Path) -> Result<Probe, String> {
     let channel = match client::connect(socket).await {
         Ok(channel) => channel,
         Err(err) => {
-            return match err.raw_os_error() {
+            return Ok(match err.raw_os_error() {
                 Some(libc::ENOENT) => Probe::Absent {
                     stale_socket: false,
                 },
                 Some(libc::ECONNREFUSED) => Probe::Absent { stale_socket: true },
+                // Connected, then the HTTP/2 setup failed: the peer went away.
+                None => return Err(err.to_string()),
                 _ => Probe::Unreachable(err),
-            }
+            });
         }
     };
-    match check_with_version(&channel).await {
+    Ok(match check_with_version(&channel).await {
         Ok((ServingStatus::Serving, version)) => Probe::Serving(channel, version),
         Ok(_) => Probe::NotServing(channel),
         Err(status) if status.code() == tonic::Code::NotFound => Probe::Foreign(format!(
             "it speaks grpc.health.v1 but does not serve {VFS_SERVICE_NAME}"
         )),
+        // Transport failures: the connection went away before any answer.
+        Err(status)
+            if matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::Unknown
+            ) =>
+        {
+            return Err(format!("{:?}: {}", status.code(), status.message()))
+        }
         Err(status) => Probe::Foreign(format!(
             "Check failed: {:?}: {}",
             status.code(),
             status.message()
         )),
-    }
+    })
 }
 
 /// One health Check of the control API on an open channel, and the version

@@ -216,13 +216,20 @@ pub fn is_mounted(path: &Path) -> bool {
     text.lines().any(|l| l.split(' ').nth(4) == Some(&*path))
 }
 
+/// Alive: exists and is not a zombie. A killed multithreaded process shows its
+/// leader as a zombie while other threads still tear down (and hold its fds),
+/// so it counts as alive until its last thread is gone.
 pub fn is_alive(pid: i32) -> bool {
-    kill(Pid::from_raw(pid), None).is_ok()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-            s.rsplit(')')
-                .next()
-                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-        })
+    if kill(Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    let zombie_leader = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+    });
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+    !zombie_leader || threads > 1
 }
 
 pub fn stdout(output: &Output) -> String {
