@@ -218,8 +218,14 @@ fn after_the_command_exits_its_route_is_gone() {
             .unwrap()
             .is_empty())
     );
-    let ended = env.service_events("service.unmount");
-    assert_eq!(ended[0]["live_views"], 0, "its view was freed");
+    // Freed once the kernel has also released the command's open files.
+    assert!(
+        env.wait_for(Duration::from_secs(5), || env
+            .service_events("service.view_freed")
+            .len()
+            == 1),
+        "its view was freed"
+    );
     let listing = run_ok(env.command("ls").arg("-A").arg(&env.mountpoint));
     assert_eq!(
         stdout(&listing),
@@ -274,6 +280,13 @@ fn open_files_keep_reading_after_unmount() {
     let ended = env.service_events("service.unmount");
     assert_eq!(ended[0]["reason"], "request");
     assert_eq!(ended[0]["live_views"], 1, "the open file held its view");
+    assert!(
+        env.wait_for(Duration::from_secs(5), || env
+            .service_events("service.view_freed")
+            .len()
+            == 1),
+        "freed once the file was closed"
+    );
 }
 
 #[test]

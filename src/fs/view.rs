@@ -83,6 +83,19 @@ impl View {
     }
 }
 
+impl Drop for View {
+    fn drop(&mut self) {
+        // The last route or open handle let go of it.
+        tracing::info!(
+            event = "service.view_freed",
+            view_id = self.id,
+            env_spec = self.spec.as_str(),
+            nodes = self.nodes.len() as u64,
+            "view freed"
+        );
+    }
+}
+
 /// Merges directories `sources` (bottom to top) into a new node; returns its index.
 fn build_dir(sources: &[(PathBuf, Metadata)], nodes: &mut Vec<Node>) -> u32 {
     let index = nodes.len() as u32;
