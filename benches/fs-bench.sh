@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Filesystem benchmark: a 1 GiB file and a tree of 10,000 small files, read
-# natively and through spfs. Prints a table and writes benches/fs-results.json.
+# natively and through spfs. Prints a table and writes target/bench-results/fs.json.
 # Usage: benches/fs-bench.sh [WORKDIR]   (needs ~1.1 GiB free in WORKDIR; root drops caches)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -70,6 +70,7 @@ for name, native, spfs, better in rows:
     print(f"| {name} | {native:.3f} | {spfs:.3f} | {ratio:.2f} |")
     results.append({"measure": name, "native": native, "spfs": spfs, "ratio": ratio, "better": better})
 print(f"\nentries walked: native {nt['entries']}, spfs {st['entries']}; caches dropped: {nb['caches_dropped']}")
+os.makedirs("target/bench-results", exist_ok=True)
 json.dump({"machine": {"cores": os.cpu_count(), "kernel": platform.release()}, "results": results},
-          open("benches/fs-results.json", "w"), indent=2)
+          open("target/bench-results/fs.json", "w"), indent=2)
 PY
