@@ -120,8 +120,8 @@ pub fn spawn(binary: &Path, config: &Config) -> Result<Starting> {
         .write(true)
         .open("/dev/null")
         .map_err(|e| spawn_err("cannot open /dev/null", e))?;
-    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| spawn_err("cannot create the readiness pipe", e.into()))?;
+    let (read_end, write_end) = crate::platform::cloexec_pipe()
+        .map_err(|e| spawn_err("cannot create the readiness pipe", e))?;
     let ready_fd = write_end.as_raw_fd();
 
     // Everything the children need is allocated before fork: after it, only

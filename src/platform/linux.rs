@@ -107,6 +107,11 @@ impl ExitWatch {
     }
 }
 
+/// A pipe whose ends are both close-on-exec from the start.
+pub fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
 /// Marks every fd from 3 up, except `keep`, close-on-exec.
 /// Async-signal-safe: called between fork and exec.
 pub fn mark_fds_cloexec_except(keep: RawFd) {

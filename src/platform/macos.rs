@@ -110,6 +110,20 @@ impl ExitWatch {
     }
 }
 
+/// A pipe whose ends are both close-on-exec. macOS has no `pipe2`: set the
+/// flag right after `pipe` (the launcher does not fork concurrently).
+pub fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (read, write) = nix::unistd::pipe().map_err(io::Error::from)?;
+    for fd in [&read, &write] {
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .map_err(io::Error::from)?;
+    }
+    Ok((read, write))
+}
+
 /// Marks every fd from 3 up, except `keep`, close-on-exec.
 /// Async-signal-safe: called between fork and exec.
 pub fn mark_fds_cloexec_except(keep: RawFd) {
