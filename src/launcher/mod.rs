@@ -92,41 +92,42 @@ pub async fn ensure_service_running(config: &Config) -> Result<Running> {
     let elapsed_ms = ms_since(started);
     let metrics = metrics();
     match &result {
-        Ok(running) => metrics
-            .ensure_duration
-            .record(elapsed_ms, &attr("outcome", running.outcome.as_str())),
+        Ok(running) => {
+            let outcome = running.outcome.as_str();
+            metrics
+                .ensure_duration
+                .record(elapsed_ms, &attr("outcome", outcome));
+            tracing::info!(
+                event = "launcher.ensure",
+                outcome,
+                elapsed_ms,
+                probe_ms = phases.probe,
+                lock_wait_ms = phases.lock_wait,
+                spawn_ms = phases.spawn,
+                readiness_wait_ms = phases.readiness_wait,
+                confirm_ms = phases.confirm,
+                "service is serving"
+            );
+        }
         Err(err) => {
             metrics
                 .ensure_duration
                 .record(elapsed_ms, &attr("outcome", "failed"));
             metrics.start_failures.add(1, &attr("reason", err.reason()));
+            tracing::error!(
+                event = "launcher.start_failed",
+                reason = err.reason(),
+                error = %err,
+                elapsed_ms,
+                probe_ms = phases.probe,
+                lock_wait_ms = phases.lock_wait,
+                spawn_ms = phases.spawn,
+                readiness_wait_ms = phases.readiness_wait,
+                confirm_ms = phases.confirm,
+                socket = %config.paths.socket().display(),
+                "could not get a serving service"
+            );
         }
-    }
-    match &result {
-        Ok(running) => tracing::info!(
-            event = "launcher.ensure",
-            outcome = running.outcome.as_str(),
-            elapsed_ms,
-            probe_ms = phases.probe,
-            lock_wait_ms = phases.lock_wait,
-            spawn_ms = phases.spawn,
-            readiness_wait_ms = phases.readiness_wait,
-            confirm_ms = phases.confirm,
-            "service is serving"
-        ),
-        Err(err) => tracing::error!(
-            event = "launcher.start_failed",
-            reason = err.reason(),
-            error = %err,
-            elapsed_ms,
-            probe_ms = phases.probe,
-            lock_wait_ms = phases.lock_wait,
-            spawn_ms = phases.spawn,
-            readiness_wait_ms = phases.readiness_wait,
-            confirm_ms = phases.confirm,
-            socket = %config.paths.socket().display(),
-            "could not get a serving service"
-        ),
     }
     result
 }
