@@ -97,14 +97,7 @@ pub fn status(as_json: bool) -> ExitCode {
             Probe::Serving(channel, _) => Ok(Some((true, fetch_status(&channel).await?))),
             Probe::NotServing(channel) => Ok(Some((false, fetch_status(&channel).await?))),
             Probe::Absent { .. } => Ok(None),
-            Probe::Foreign(detail) => Err(Error::ForeignListener {
-                socket: socket.clone(),
-                detail,
-            }),
-            Probe::Unreachable(err) => Err(Error::io(
-                format!("cannot connect to {}", socket.display()),
-                err,
-            )),
+            refused => Err(refused.refusal(&socket)),
         }
     });
     match result {

@@ -161,14 +161,10 @@ async fn ensure(
             }
             // Stopped: start ours below, like any cold start.
         }
-        Probe::Foreign(detail) => return Err(Error::ForeignListener { socket, detail }),
-        Probe::Unreachable(err) => {
-            return Err(Error::io(
-                format!("cannot connect to {}", socket.display()),
-                err,
-            ))
-        }
         Probe::NotServing(_) | Probe::Absent { .. } => {}
+        refused @ (Probe::Foreign(_) | Probe::Unreachable(_)) => {
+            return Err(refused.refusal(&socket))
+        }
     }
 
     // 2. lock_wait
@@ -199,13 +195,6 @@ async fn ensure(
                     outcome: EnsureOutcome::StartedByOther,
                 })
             }
-            Probe::Foreign(detail) => return Err(Error::ForeignListener { socket, detail }),
-            Probe::Unreachable(err) => {
-                return Err(Error::io(
-                    format!("cannot connect to {}", socket.display()),
-                    err,
-                ))
-            }
             Probe::NotServing(channel) => {
                 // Started by hand and still coming up, or shutting down.
                 let wait_started = Instant::now();
@@ -227,6 +216,9 @@ async fn ensure(
                         continue;
                     }
                 }
+            }
+            refused @ (Probe::Foreign(_) | Probe::Unreachable(_)) => {
+                return Err(refused.refusal(&socket))
             }
             Probe::Absent { stale_socket } => {
                 if stale_socket {

@@ -10,6 +10,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::HealthCheckRequest;
 
 use crate::client::{self, HealthClient};
+use crate::error::Error;
 use crate::proto::VFS_SERVICE_NAME;
 use crate::service::guard::VERSION_HEADER;
 
@@ -44,6 +45,26 @@ impl Probe {
             Probe::Absent { stale_socket: true } => "stale_socket",
             Probe::Foreign(_) => "foreign",
             Probe::Unreachable(_) => "unreachable",
+        }
+    }
+
+    /// The error to report for a socket that must not be used: something
+    /// foreign on it, or no way to connect. Other results are not errors and
+    /// only reach here by mistake; they are reported as unexpected.
+    pub fn refusal(self, socket: &Path) -> Error {
+        match self {
+            Probe::Foreign(detail) => Error::ForeignListener {
+                socket: socket.to_owned(),
+                detail,
+            },
+            Probe::Unreachable(err) => {
+                Error::io(format!("cannot connect to {}", socket.display()), err)
+            }
+            other => Error::Config(format!(
+                "unexpected probe result {} on {}",
+                other.name(),
+                socket.display()
+            )),
         }
     }
 }
