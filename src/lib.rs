@@ -14,6 +14,8 @@
 //! - [`telemetry`]: JSON-lines log files with daily rotation, reading them
 //!   back, and OpenTelemetry traces and metrics (off unless configured).
 //! - [`platform`]: Linux and macOS process facts, exit watching, FUSE checks.
+//! - [`storage`]: spfs repositories, byte-compatible with spfs 0.44: digests,
+//!   the object graph and its encodings, tags, the filesystem repository.
 //! - [`paths`], [`config`], [`error`]: where things live, settings, user-facing errors.
 //! - [`proto`]: code generated from `proto/spfs/vfs/v1/vfs.proto`.
 
@@ -27,6 +29,7 @@ pub mod paths;
 pub mod platform;
 pub mod proto;
 pub mod service;
+pub mod storage;
 pub mod telemetry;
 
 pub use config::Config;

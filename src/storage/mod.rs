@@ -1,0 +1,54 @@
+//! spfs repositories, byte-compatible with spfs 0.44.
+//!
+//! - [`encoding`]: digests (SHA-256, base32), partial digests, the hasher and
+//!   the primitives of the legacy binary encoding.
+//! - [`graph`]: the object graph (Platform, Layer, Manifest, Blob), its
+//!   header, legacy and FlatBuffers encodings, and digests.
+//! - [`tag`]: tag specs (`org/name~N`) and the records of `.tag` stream files.
+//! - [`fs`]: [`FsRepository`], a repository on a local filesystem: objects,
+//!   payloads and tags.
+//! - [`error`]: [`StorageError`].
+
+pub mod encoding;
+pub mod error;
+pub mod fs;
+pub mod graph;
+pub mod tag;
+
+pub use encoding::{Digest, Hasher, PartialDigest};
+pub use error::StorageError;
+pub use fs::FsRepository;
+pub use graph::{DigestStrategy, EncodingFormat, Header, Object, ObjectKind};
+pub use tag::{Tag, TagSpec};
+
+/// Paths of the fixture repositories made by the real spfs 0.44.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use std::path::PathBuf;
+
+    pub const REPOS: [&str; 3] = ["repo-a", "repo-legacy", "repo-mask"];
+
+    pub fn path(rel: &str) -> PathBuf {
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/spfs")).join(rel)
+    }
+
+    /// Every object file of a fixture repository: (digest text, bytes).
+    pub fn objects(repo: &str) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        let base = path(repo).join("objects");
+        for folder in std::fs::read_dir(&base).unwrap() {
+            let folder = folder.unwrap();
+            let prefix = folder.file_name().into_string().unwrap();
+            for file in std::fs::read_dir(folder.path()).unwrap() {
+                let file = file.unwrap();
+                let name = file.file_name().into_string().unwrap();
+                out.push((
+                    format!("{prefix}{name}"),
+                    std::fs::read(file.path()).unwrap(),
+                ));
+            }
+        }
+        out.sort();
+        out
+    }
+}
