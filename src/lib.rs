@@ -16,6 +16,8 @@
 //! - [`platform`]: Linux and macOS process facts, exit watching, FUSE checks.
 //! - [`storage`]: spfs repositories, byte-compatible with spfs 0.44: digests,
 //!   the object graph and its encodings, tags, the filesystem repository.
+//! - [`tracking`]: in-memory manifests (merging layers, masks) and committing
+//!   a directory as a layer.
 //! - [`paths`], [`config`], [`error`]: where things live, settings, user-facing errors.
 //! - [`proto`]: code generated from `proto/spfs/vfs/v1/vfs.proto`.
 
@@ -31,6 +33,7 @@ pub mod proto;
 pub mod service;
 pub mod storage;
 pub mod telemetry;
+pub mod tracking;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -1,0 +1,284 @@
+//! Committing a directory on disk as a layer, exactly as spfs 0.44 does so
+//! the digests match: every file and symlink target becomes a payload plus
+//! its Blob object, the tree becomes a Manifest, and a Layer points at it.
+//!
+//! The walk never follows symlinks. A symlink is a Blob entry (`S_IFLNK`
+//! mode) whose payload is its target; a 0/0 character device (an overlayfs
+//! whiteout) is a Mask; any other special file is refused, naming it.
+//! Payloads are written by a few threads at once; mtimes, owners and
+//! xattrs are not part of spfs digests and are not recorded.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+
+use super::manifest::{Entry, Manifest};
+use crate::storage::encoding::Digest;
+use crate::storage::error::StorageError;
+use crate::storage::graph::{Blob, EntryKind, Layer, Object, Platform};
+use crate::storage::FsRepository;
+
+/// Files up to this size are read whole and hashed before anything is
+/// written, so a payload already stored costs no write.
+const SMALL_FILE: u64 = 4 << 20;
+
+/// Progress of a commit, passed to the caller's callback.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Files and symlinks stored so far.
+    pub files: u64,
+    /// Bytes of them so far.
+    pub bytes: u64,
+    /// Files and symlinks found by the walk.
+    pub total_files: u64,
+    /// Bytes of them.
+    pub total_bytes: u64,
+}
+
+enum Job {
+    File { path: PathBuf },
+    Link { target: Vec<u8> },
+}
+
+struct Found {
+    job: Job,
+    /// Names from the committed root down to the entry.
+    at: Vec<String>,
+    size: u64,
+}
+
+/// Commit `dir` as a new layer in `repo`; returns (layer, manifest) digests.
+pub fn commit_dir(
+    repo: &FsRepository,
+    dir: &Path,
+    progress: &mut dyn FnMut(CommitStats),
+) -> Result<(Digest, Digest), StorageError> {
+    let meta = std::fs::metadata(dir).map_err(|e| StorageError::io("read", dir, e))?;
+    let mut root = Entry::dir(meta.mode());
+    let mut found = Vec::new();
+    scan(dir, &mut root, &mut Vec::new(), &mut found)?;
+
+    let mut stats = CommitStats {
+        total_files: found.len() as u64,
+        total_bytes: found.iter().map(|f| f.size).sum(),
+        ..CommitStats::default()
+    };
+    progress(stats);
+    let results = store_all(repo, &found, &mut stats, progress)?;
+
+    for (item, (digest, size)) in found.iter().zip(results) {
+        let mut entry = &mut root;
+        for name in &item.at {
+            let Some(next) = entry.entries.get_mut(name) else {
+                unreachable_entry();
+                break;
+            };
+            entry = next;
+        }
+        entry.object = digest;
+        entry.size = size;
+    }
+
+    let manifest = Manifest::new(root).to_graph();
+    let manifest_digest = repo.write_object(&Object::Manifest(manifest))?;
+    let layer = Layer {
+        manifest: Some(manifest_digest),
+        annotations: Vec::new(),
+    };
+    let layer_digest = repo.write_object(&Object::Layer(layer))?;
+    Ok((layer_digest, manifest_digest))
+}
+
+/// The walk put every found item into the tree, so this is never reached.
+fn unreachable_entry() {
+    debug_assert!(false, "a committed entry vanished from the tree");
+}
+
+/// Commit a stack of existing layers (or platforms), bottom first.
+pub fn commit_platform(
+    repo: &FsRepository,
+    layers_bottom_up: &[Digest],
+) -> Result<Digest, StorageError> {
+    for layer in layers_bottom_up {
+        if !repo.has_object(layer) {
+            return Err(StorageError::UnknownObject(*layer));
+        }
+    }
+    repo.write_object(&Object::Platform(Platform {
+        layers: layers_bottom_up.to_vec(),
+    }))
+}
+
+fn scan(
+    dir: &Path,
+    into: &mut Entry,
+    at: &mut Vec<String>,
+    found: &mut Vec<Found>,
+) -> Result<(), StorageError> {
+    let read = std::fs::read_dir(dir).map_err(|e| StorageError::io("list", dir, e))?;
+    for item in read {
+        let item = item.map_err(|e| StorageError::io("list", dir, e))?;
+        let path = item.path();
+        let name = item
+            .file_name()
+            .to_str()
+            .map(str::to_string)
+            .ok_or_else(|| StorageError::Unsupported {
+                path: path.clone(),
+                reason: "its name is not UTF-8, which spfs cannot record".into(),
+                fix: "rename it",
+            })?;
+        let meta =
+            std::fs::symlink_metadata(&path).map_err(|e| StorageError::io("stat", &path, e))?;
+        let kind = meta.file_type();
+        let mut entry = Entry {
+            kind: EntryKind::Blob,
+            object: Digest::NULL,
+            mode: meta.mode(),
+            size: meta.size(),
+            entries: BTreeMap::new(),
+        };
+        at.push(name.clone());
+        if kind.is_dir() {
+            entry.kind = EntryKind::Tree;
+            entry.size = 0;
+            scan(&path, &mut entry, at, found)?;
+        } else if kind.is_symlink() {
+            let target = std::fs::read_link(&path)
+                .map_err(|e| StorageError::io("read the link", &path, e))?;
+            let target = target.as_os_str().as_bytes().to_vec();
+            if std::str::from_utf8(&target).is_err() {
+                return Err(StorageError::Unsupported {
+                    path,
+                    reason: "the symlink's target is not UTF-8".into(),
+                    fix: "point the link at a UTF-8 path",
+                });
+            }
+            let size = target.len() as u64;
+            found.push(Found {
+                job: Job::Link { target },
+                at: at.clone(),
+                size,
+            });
+        } else if kind.is_file() {
+            found.push(Found {
+                job: Job::File { path },
+                at: at.clone(),
+                size: meta.size(),
+            });
+        } else if kind.is_char_device() && meta.rdev() == 0 {
+            entry.kind = EntryKind::Mask;
+            entry.size = 0;
+        } else {
+            return Err(StorageError::Unsupported {
+                path,
+                reason: "it is a device, socket or fifo; a layer holds only files, folders, symlinks and 0/0 character devices (deletions)".into(),
+                fix: "remove it from the folder before committing",
+            });
+        }
+        at.pop();
+        into.entries.insert(name, entry);
+    }
+    Ok(())
+}
+
+/// Store every found payload, a few at a time; results in `found` order.
+fn store_all(
+    repo: &FsRepository,
+    found: &[Found],
+    stats: &mut CommitStats,
+    progress: &mut dyn FnMut(CommitStats),
+) -> Result<Vec<(Digest, u64)>, StorageError> {
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 8)
+        .min(found.len().max(1));
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let mut results: Vec<Option<(Digest, u64)>> = vec![None; found.len()];
+    let (tx, rx) = mpsc::channel::<(usize, Result<(Digest, u64), StorageError>)>();
+    let mut first_error = None;
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            let tx = tx.clone();
+            let (next, stop) = (&next, &stop);
+            scope.spawn(move || loop {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = found.get(i) else { break };
+                let result = store_one(repo, &item.job);
+                if result.is_err() {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                if tx.send((i, result)).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        for (i, result) in rx {
+            match result {
+                Ok((digest, size)) => {
+                    results[i] = Some((digest, size));
+                    stats.files += 1;
+                    stats.bytes += size;
+                    if stats.files % 256 == 0 || stats.files == stats.total_files {
+                        progress(*stats);
+                    }
+                }
+                Err(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+    });
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    results
+        .into_iter()
+        .zip(found)
+        .map(|(r, f)| {
+            r.ok_or_else(|| StorageError::Unsupported {
+                path: PathBuf::from(f.at.join("/")),
+                reason: "it was not stored (a worker stopped early)".into(),
+                fix: "commit again",
+            })
+        })
+        .collect()
+}
+
+fn store_one(repo: &FsRepository, job: &Job) -> Result<(Digest, u64), StorageError> {
+    match job {
+        Job::Link { target } => Ok((repo.write_blob_bytes(target)?, target.len() as u64)),
+        Job::File { path } => {
+            let mut file =
+                std::fs::File::open(path).map_err(|e| StorageError::io("open", path, e))?;
+            let len = file
+                .metadata()
+                .map_err(|e| StorageError::io("stat", path, e))?
+                .len();
+            if len <= SMALL_FILE {
+                let mut bytes = Vec::with_capacity(len as usize);
+                file.read_to_end(&mut bytes)
+                    .map_err(|e| StorageError::io("read", path, e))?;
+                Ok((repo.write_blob_bytes(&bytes)?, bytes.len() as u64))
+            } else {
+                let (payload, size) = repo.write_payload(&mut file)?;
+                repo.write_object(&Object::Blob(Blob { payload, size }))?;
+                Ok((payload, size))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,254 @@
+//! [`Manifest`]: a directory tree in memory, keyed by name at each level.
+//!
+//! It is built from a stored [`graph::Manifest`] (its trees unpacked by
+//! digest, bounded in depth and size so a corrupt manifest cannot loop or
+//! exhaust memory), turned back into one exactly as spfs 0.44 orders it,
+//! and merged layer over layer as spfs does: directories merge, anything
+//! else replaces, and a mask replaces what is below and stays as a mask.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::storage::encoding::Digest;
+use crate::storage::error::StorageError;
+use crate::storage::graph::{self, EntryKind, Tree};
+
+/// Deepest directory nesting accepted from a stored manifest.
+pub const MAX_DEPTH: usize = 1024;
+/// Most entries a stored manifest may unpack to (shared subtrees count
+/// once per place they appear).
+pub const MAX_ENTRIES: usize = 50_000_000;
+
+/// The mode of the root directory (spfs uses an open directory).
+const ROOT_MODE: u32 = 0o040777;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    root: Entry,
+}
+
+/// One file, directory, symlink or mask.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: EntryKind,
+    /// A blob's payload digest; NULL for directories and masks.
+    pub object: Digest,
+    /// Full `st_mode`, file type bits included.
+    pub mode: u32,
+    pub size: u64,
+    /// Children of a directory, by name.
+    pub entries: BTreeMap<String, Entry>,
+}
+
+impl Entry {
+    /// An empty directory with the given mode.
+    pub fn dir(mode: u32) -> Entry {
+        Entry {
+            kind: EntryKind::Tree,
+            object: Digest::NULL,
+            mode,
+            size: 0,
+            entries: BTreeMap::new(),
+        }
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.kind == EntryKind::Tree
+    }
+
+    pub fn is_mask(&self) -> bool {
+        self.kind == EntryKind::Mask
+    }
+
+    pub fn is_symlink(&self) -> bool {
+        self.mode & 0o170000 == 0o120000
+    }
+
+    /// Merge `top` over this entry, as spfs does.
+    pub fn update(&mut self, top: &Entry) {
+        self.kind = top.kind;
+        self.object = top.object;
+        self.mode = top.mode;
+        if !self.is_dir() {
+            self.size = top.size;
+            self.entries.clear();
+            return;
+        }
+        for (name, node) in &top.entries {
+            if node.is_mask() {
+                self.entries.remove(name);
+            }
+            match self.entries.get_mut(name) {
+                Some(existing) => existing.update(node),
+                None => {
+                    self.entries.insert(name.clone(), node.clone());
+                }
+            }
+        }
+        self.size = top.size;
+    }
+}
+
+impl Default for Manifest {
+    fn default() -> Self {
+        Manifest {
+            root: Entry::dir(ROOT_MODE),
+        }
+    }
+}
+
+impl Manifest {
+    /// A manifest with the given root directory.
+    pub fn new(root: Entry) -> Manifest {
+        Manifest { root }
+    }
+
+    pub fn root(&self) -> &Entry {
+        &self.root
+    }
+
+    pub fn root_mut(&mut self) -> &mut Entry {
+        &mut self.root
+    }
+
+    /// Unpack a stored manifest. A tree entry whose tree is missing, a
+    /// cycle, nesting deeper than [`MAX_DEPTH`] or more than [`MAX_ENTRIES`]
+    /// entries is an [`StorageError::InvalidObject`] (add the file name with
+    /// [`StorageError::in_file`] to make it `Corrupt`).
+    pub fn from_graph(m: &graph::Manifest) -> Result<Manifest, StorageError> {
+        let Some(root) = m.trees.first() else {
+            return Ok(Manifest::default());
+        };
+        let by_digest: HashMap<Digest, &Tree> = m.trees.iter().map(|t| (t.digest(), t)).collect();
+        let mut unpack = Unpack {
+            by_digest,
+            on_path: HashSet::new(),
+            count: 0,
+        };
+        let mut entry = Entry::dir(ROOT_MODE);
+        unpack.tree(root, &mut entry, 0)?;
+        Ok(Manifest { root: entry })
+    }
+
+    /// The stored form, as spfs 0.44 builds it: each tree's entries with
+    /// directories first then the rest, each group by name; the trees
+    /// listed root first, then depth-first in that entry order, each
+    /// distinct tree once.
+    pub fn to_graph(&self) -> graph::Manifest {
+        graph::Manifest {
+            trees: build_trees(&self.root)
+                .into_iter()
+                .map(|(_, t)| t)
+                .collect(),
+        }
+    }
+
+    /// Merge `top` over this manifest.
+    pub fn update(&mut self, top: &Manifest) {
+        self.root.update(&top.root);
+    }
+
+    /// The entry at a slash-separated path (`""` or `"/"` is the root).
+    /// Masks are returned as they are; callers decide to hide them.
+    pub fn get(&self, path: &str) -> Option<&Entry> {
+        let mut entry = &self.root;
+        for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+            if !entry.is_dir() {
+                return None;
+            }
+            entry = entry.entries.get(part)?;
+        }
+        Some(entry)
+    }
+}
+
+struct Unpack<'m> {
+    by_digest: HashMap<Digest, &'m Tree>,
+    on_path: HashSet<Digest>,
+    count: usize,
+}
+
+impl Unpack<'_> {
+    fn tree(&mut self, tree: &Tree, into: &mut Entry, depth: usize) -> Result<(), StorageError> {
+        if depth > MAX_DEPTH {
+            return Err(StorageError::InvalidObject(format!(
+                "manifest nests directories deeper than {MAX_DEPTH}"
+            )));
+        }
+        for e in &tree.entries {
+            self.count += 1;
+            if self.count > MAX_ENTRIES {
+                return Err(StorageError::InvalidObject(format!(
+                    "manifest unpacks to more than {MAX_ENTRIES} entries"
+                )));
+            }
+            if e.name.is_empty() || e.name.contains('/') || e.name == "." || e.name == ".." {
+                return Err(StorageError::InvalidObject(format!(
+                    "manifest holds an entry named {:?}, which is not a file name",
+                    e.name
+                )));
+            }
+            let mut child = Entry {
+                kind: e.kind,
+                object: e.object,
+                mode: e.mode,
+                size: e.size,
+                entries: BTreeMap::new(),
+            };
+            if e.kind == EntryKind::Tree {
+                child.object = Digest::NULL;
+                let sub = *self.by_digest.get(&e.object).ok_or_else(|| {
+                    StorageError::InvalidObject(format!(
+                        "manifest entry {:?} refers to tree {} that the manifest does not hold",
+                        e.name, e.object
+                    ))
+                })?;
+                if !self.on_path.insert(e.object) {
+                    return Err(StorageError::InvalidObject(format!(
+                        "manifest tree {} contains itself",
+                        e.object
+                    )));
+                }
+                self.tree(sub, &mut child, depth + 1)?;
+                self.on_path.remove(&e.object);
+            }
+            into.entries.insert(e.name.clone(), child);
+        }
+        Ok(())
+    }
+}
+
+/// [this tree, its subtrees depth-first...], each distinct tree once, with
+/// their digests.
+fn build_trees(dir: &Entry) -> Vec<(Digest, Tree)> {
+    let mut children: Vec<(&String, &Entry)> = dir.entries.iter().collect();
+    // directories first, then everything else; by name within each group
+    children.sort_by(|a, b| b.1.is_dir().cmp(&a.1.is_dir()).then_with(|| a.0.cmp(b.0)));
+    let mut entries = Vec::with_capacity(children.len());
+    let mut subs: Vec<Vec<(Digest, Tree)>> = Vec::new();
+    for (name, child) in children {
+        let object = if child.is_dir() {
+            let sub = build_trees(child);
+            let digest = sub[0].0;
+            subs.push(sub);
+            digest
+        } else {
+            child.object
+        };
+        entries.push(graph::Entry {
+            kind: child.kind,
+            object,
+            mode: child.mode,
+            size: if child.is_dir() { 0 } else { child.size },
+            name: name.clone(),
+        });
+    }
+    let tree = Tree { entries };
+    let mut seen = HashSet::new();
+    std::iter::once((tree.digest(), tree))
+        .chain(subs.into_iter().flatten())
+        .filter(|(digest, _)| seen.insert(*digest))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,132 @@
+use super::*;
+use crate::storage::fixtures;
+use crate::storage::graph::Object;
+use crate::storage::{FsRepository, TagSpec};
+
+fn manifest_of(repo: &FsRepository, tag: &str) -> graph::Manifest {
+    let layer = repo
+        .resolve_tag(&TagSpec::parse(tag).unwrap())
+        .unwrap()
+        .target;
+    let Object::Layer(layer) = repo.read_object(&layer).unwrap() else {
+        panic!("{tag}")
+    };
+    let Object::Manifest(m) = repo.read_object(&layer.manifest.unwrap()).unwrap() else {
+        panic!("{tag}")
+    };
+    m
+}
+
+#[test]
+fn fixture_manifests_unpack_and_pack_to_the_same_trees() {
+    for (repo, tags) in [
+        ("repo-a", &["test/base~1", "test/base", "test/app"][..]),
+        ("repo-mask", &["test/base", "test/mask"][..]),
+        ("repo-legacy", &["test/base", "test/app"][..]),
+    ] {
+        let repo = FsRepository::open(&fixtures::path(repo)).unwrap();
+        for tag in tags {
+            let stored = manifest_of(&repo, tag);
+            let unpacked = Manifest::from_graph(&stored).unwrap();
+            let packed = unpacked.to_graph();
+            // same trees in the same order; entries may be ordered differently
+            // in legacy files (sorted by name), which does not change digests
+            assert_eq!(packed.trees.len(), stored.trees.len(), "{tag}");
+            for (a, b) in packed.trees.iter().zip(&stored.trees) {
+                assert_eq!(a.digest(), b.digest(), "{tag}");
+            }
+            assert_eq!(
+                Object::Manifest(packed.clone()).digest(crate::storage::DigestStrategy::Legacy),
+                Object::Manifest(stored.clone()).digest(crate::storage::DigestStrategy::Legacy)
+            );
+        }
+    }
+}
+
+#[test]
+fn merging_layers_masks_and_overrides() {
+    let repo = FsRepository::open(&fixtures::path("repo-mask")).unwrap();
+    let mut merged = Manifest::from_graph(&manifest_of(&repo, "test/base")).unwrap();
+    assert!(merged
+        .get("gone")
+        .is_some_and(|e| e.kind == EntryKind::Blob));
+    assert!(merged.get("/a/b/c/deep.txt").is_some());
+    assert!(merged.get("link-to-hello").unwrap().is_symlink());
+    assert!(merged.get("a/conf.ini/x").is_none());
+    let top = Manifest::from_graph(&manifest_of(&repo, "test/mask")).unwrap();
+    merged.update(&top);
+    let gone = merged.get("gone").unwrap();
+    assert!(gone.is_mask(), "a mask stays in the merged tree");
+    assert_eq!((gone.mode, gone.object), (0o020644, Digest::NULL));
+    assert!(merged.get("added.txt").is_some());
+    assert!(merged.get("hello.txt").is_some());
+    assert!(merged.get("empty").unwrap().is_dir());
+
+    let repo = FsRepository::open(&fixtures::path("repo-a")).unwrap();
+    let mut merged = Manifest::from_graph(&manifest_of(&repo, "test/base~1")).unwrap();
+    let base_hello = merged.get("hello.txt").unwrap().object;
+    merged.update(&Manifest::from_graph(&manifest_of(&repo, "test/app")).unwrap());
+    let hello = merged.get("hello.txt").unwrap();
+    assert_ne!(hello.object, base_hello, "the top layer's file wins");
+    assert_eq!(hello.size, 19);
+    assert!(merged.get("newfile.txt").is_some() && merged.get("random.bin").is_some());
+}
+
+#[test]
+fn directories_merge_and_files_replace_directories() {
+    let file = |size| Entry {
+        kind: EntryKind::Blob,
+        object: Digest::of(b"x"),
+        mode: 0o100644,
+        size,
+        entries: BTreeMap::new(),
+    };
+    let mut bottom = Manifest::default();
+    let mut d = Entry::dir(0o040755);
+    d.entries.insert("one".into(), file(1));
+    bottom.root_mut().entries.insert("d".into(), d.clone());
+    bottom.root_mut().entries.insert("x".into(), d);
+    let mut top = Manifest::default();
+    let mut d2 = Entry::dir(0o040700);
+    d2.entries.insert("two".into(), file(2));
+    top.root_mut().entries.insert("d".into(), d2);
+    top.root_mut().entries.insert("x".into(), file(3));
+    bottom.update(&top);
+    assert_eq!(bottom.get("d").unwrap().mode, 0o040700);
+    assert!(bottom.get("d/one").is_some() && bottom.get("d/two").is_some());
+    assert_eq!(bottom.get("x").unwrap().size, 3);
+    assert!(bottom.get("x/one").is_none());
+}
+
+#[test]
+fn corrupt_manifests_are_errors_not_panics() {
+    let missing = graph::Manifest {
+        trees: vec![Tree {
+            entries: vec![graph::Entry {
+                kind: EntryKind::Tree,
+                object: Digest::of(b"nowhere"),
+                mode: 0o040755,
+                size: 0,
+                name: "d".into(),
+            }],
+        }],
+    };
+    let err = Manifest::from_graph(&missing).unwrap_err();
+    assert!(err.to_string().contains("does not hold"), "{err}");
+    let bad_name = graph::Manifest {
+        trees: vec![Tree {
+            entries: vec![graph::Entry {
+                kind: EntryKind::Blob,
+                object: Digest::EMPTY,
+                mode: 0o100644,
+                size: 0,
+                name: "../escape".into(),
+            }],
+        }],
+    };
+    assert!(Manifest::from_graph(&bad_name).is_err());
+    assert_eq!(
+        Manifest::from_graph(&graph::Manifest::default()).unwrap(),
+        Manifest::default()
+    );
+}
