@@ -22,7 +22,7 @@ pub enum StorageError {
     NotARepository { path: PathBuf, reason: String },
 
     /// The repository was written by an spfs whose format we do not read.
-    #[error("repository {} has format version {found} ({}), but this tool reads version {supported}.x.\n  fix: use an spfs of version {found}, or migrate the repository", path.display(), path.join("VERSION").display())]
+    #[error("repository {} has format version {found} (in {}), but this tool reads format 0.x and writes {supported}.\n  fix: use the spfs that wrote version {found}, or point the storage root at another repository", path.display(), path.join("VERSION").display())]
     IncompatibleVersion {
         path: PathBuf,
         found: String,

@@ -47,6 +47,22 @@ impl FsRepository {
                 ),
             ));
         }
+        if let Object::Blob(blob) = &object {
+            // A blob's digest does not cover its size: check it against the
+            // payload when this repository has it.
+            if let Ok(meta) = std::fs::metadata(self.payload_path(digest)) {
+                if meta.len() != blob.size {
+                    return Err(StorageError::corrupt(
+                        &path,
+                        format!(
+                            "it says the payload has {} bytes, but it has {}",
+                            blob.size,
+                            meta.len()
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(object)
     }
 

@@ -242,3 +242,252 @@ fn ls_tags_lists_streams_and_folders() {
         .collect();
     assert_eq!(all, vec!["test/app", "test/base", "test/stack"]);
 }
+
+fn copy_repo(name: &str) -> (tempfile::TempDir, FsRepository) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join(name);
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(fixtures::path(name))
+        .arg(&dest)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let repo = FsRepository::open(&dest).unwrap();
+    (tmp, repo)
+}
+
+fn new_repo() -> (tempfile::TempDir, FsRepository) {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = FsRepository::create(&tmp.path().join("a/b/repo")).unwrap();
+    (tmp, repo)
+}
+
+#[test]
+fn a_flipped_byte_is_corrupt_naming_the_file() {
+    let (_tmp, repo) = copy_repo("repo-a");
+    let all: Vec<Digest> = repo.iter_objects().map(Result::unwrap).collect();
+    for digest in all {
+        let path = repo.object_path(&digest);
+        let good = std::fs::read(&path).unwrap();
+        let original = repo.read_object(&digest).unwrap();
+        let mut detected = 0;
+        for at in 0..good.len() {
+            let mut bad = good.clone();
+            bad[at] ^= 0x40;
+            std::fs::write(&path, &bad).unwrap();
+            match repo.read_object(&digest) {
+                Err(err) => {
+                    assert!(
+                        matches!(err, StorageError::Corrupt { .. }),
+                        "{digest} @{at}: {err}"
+                    );
+                    assert!(err.to_string().contains(&digest.to_base32()[2..]), "{err}");
+                    detected += 1;
+                }
+                // a flip in FlatBuffers padding leaves the object intact
+                Ok(object) => assert_eq!(object, original, "{digest} @{at}: undetected change"),
+            }
+        }
+        assert!(
+            detected > good.len() / 2,
+            "{digest}: {detected} of {}",
+            good.len()
+        );
+        for len in 0..good.len() {
+            std::fs::write(&path, &good[..len]).unwrap();
+            match repo.read_object(&digest) {
+                Err(err) => assert!(
+                    matches!(err, StorageError::Corrupt { .. }),
+                    "{digest} len {len}: {err}"
+                ),
+                // only trailing FlatBuffers padding can go unnoticed
+                Ok(object) => {
+                    assert_eq!(object, original, "{digest} len {len}");
+                    assert!(good[len..].iter().all(|b| *b == 0), "{digest} len {len}");
+                }
+            }
+        }
+        std::fs::write(&path, &good).unwrap();
+        repo.read_object(&digest).unwrap();
+    }
+}
+
+#[test]
+fn versions_other_majors_are_refused_and_missing_is_current() {
+    let (tmp, repo) = new_repo();
+    assert_eq!(
+        std::fs::read_to_string(repo.root().join("VERSION")).unwrap(),
+        "0.44.0"
+    );
+    for sub in ["objects", "payloads", "tags"] {
+        assert!(repo.root().join(sub).is_dir());
+    }
+    std::fs::write(repo.root().join("VERSION"), "1.0.0").unwrap();
+    let err = FsRepository::open(repo.root()).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("1.0.0") && text.contains("0.44.0"), "{text}");
+    assert!(
+        FsRepository::create(repo.root()).is_err(),
+        "create does not overwrite"
+    );
+    std::fs::write(repo.root().join("VERSION"), "0.45.2\n").unwrap();
+    FsRepository::open(repo.root()).unwrap();
+    std::fs::remove_file(repo.root().join("VERSION")).unwrap();
+    FsRepository::open(repo.root()).unwrap();
+    std::fs::write(repo.root().join("VERSION"), "banana").unwrap();
+    assert!(matches!(
+        FsRepository::open(repo.root()),
+        Err(StorageError::Corrupt { .. })
+    ));
+    let missing = tmp.path().join("nothing");
+    assert!(matches!(
+        FsRepository::open(&missing),
+        Err(StorageError::NotARepository { .. })
+    ));
+}
+
+#[test]
+fn writes_are_deduplicated_and_read_back() {
+    let (_tmp, repo) = new_repo();
+    let data = b"some file contents".to_vec();
+    let (digest, size) = repo.write_payload(&mut &data[..]).unwrap();
+    assert_eq!((digest, size), (Digest::of(&data), data.len() as u64));
+    assert_eq!(repo.write_payload(&mut &data[..]).unwrap(), (digest, size));
+    let blob = repo.write_blob(&mut &data[..]).unwrap();
+    assert_eq!(blob, digest);
+    assert_eq!(
+        repo.read_object(&blob).unwrap(),
+        Object::Blob(crate::storage::graph::Blob {
+            payload: digest,
+            size
+        })
+    );
+    assert_eq!(repo.write_blob_bytes(&data).unwrap(), digest);
+    let payloads: Vec<Digest> = repo.iter_payloads().map(Result::unwrap).collect();
+    assert_eq!(payloads, vec![digest]);
+    // nothing left behind in the work folders
+    for work in ["objects/work", "payloads/work"] {
+        let left = std::fs::read_dir(repo.root().join(work)).unwrap().count();
+        assert_eq!(left, 0, "{work}");
+    }
+    let layer = Object::Layer(crate::storage::graph::Layer {
+        manifest: Some(digest),
+        annotations: vec![crate::storage::graph::Annotation {
+            key: "note".into(),
+            value: crate::storage::graph::AnnotationValue::String("hi".into()),
+        }],
+    });
+    let d = repo.write_object(&layer).unwrap();
+    assert_eq!(repo.read_object(&d).unwrap(), layer);
+}
+
+#[test]
+fn pushing_tags_builds_a_stream() {
+    let (_tmp, repo) = new_repo();
+    let spec = TagSpec::parse("org/sub/name").unwrap();
+    let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+    let first = repo.push_tag(&spec, &a).unwrap();
+    assert_eq!(first.parent, Digest::NULL);
+    assert!(first.user.contains('@'));
+    assert_eq!(
+        repo.push_tag(&spec, &a).unwrap(),
+        first,
+        "same target: no new version"
+    );
+    let second = repo.push_tag(&spec, &b).unwrap();
+    assert_eq!(second.parent, first.digest());
+    let stream = repo.tag_stream(&spec).unwrap();
+    assert_eq!(
+        stream.iter().map(|t| t.target).collect::<Vec<_>>(),
+        vec![b, a]
+    );
+    assert_eq!(repo.resolve_tag(&spec).unwrap().target, b);
+    assert_eq!(repo.resolve_tag(&spec.with_version(1)).unwrap().target, a);
+    assert_eq!(repo.ls_tags("org").unwrap(), vec!["sub/"]);
+    assert_eq!(repo.ls_tags("org/sub").unwrap(), vec!["name"]);
+
+    repo.remove_tag(&first).unwrap();
+    let stream = repo.tag_stream(&spec).unwrap();
+    assert_eq!(stream.len(), 1);
+    assert_eq!(stream[0].target, b);
+    assert!(matches!(
+        repo.remove_tag(&first),
+        Err(StorageError::UnknownTag { .. })
+    ));
+
+    repo.push_tag(&TagSpec::parse("org/other").unwrap(), &a)
+        .unwrap();
+    repo.remove_tag_stream(&spec).unwrap();
+    assert!(matches!(
+        repo.tag_stream(&spec),
+        Err(StorageError::UnknownTag { .. })
+    ));
+    assert!(
+        !repo.root().join("tags/org/sub").exists(),
+        "empty folders go"
+    );
+    assert!(
+        repo.root().join("tags/org").is_dir(),
+        "a folder with a tag stays"
+    );
+    assert!(matches!(
+        repo.remove_tag_stream(&spec),
+        Err(StorageError::UnknownTag { .. })
+    ));
+    // no lock or temp files left
+    let names: Vec<String> = std::fs::read_dir(repo.root().join("tags/org"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, vec!["other.tag"]);
+}
+
+#[test]
+fn concurrent_pushes_all_land() {
+    let (_tmp, repo) = new_repo();
+    let spec = TagSpec::parse("race/tag").unwrap();
+    std::thread::scope(|s| {
+        for i in 0..8u8 {
+            let (repo, spec) = (&repo, &spec);
+            s.spawn(move || repo.push_tag(spec, &Digest::of(&[i])).unwrap());
+        }
+    });
+    let stream = repo.tag_stream(&spec).unwrap();
+    assert_eq!(stream.len(), 8);
+    let mut targets: Vec<Digest> = stream.iter().map(|t| t.target).collect();
+    targets.sort();
+    let mut want: Vec<Digest> = (0..8u8).map(|i| Digest::of(&[i])).collect();
+    want.sort();
+    assert_eq!(targets, want);
+    // each version's parent is a version pushed before it
+    let digests: Vec<Digest> = stream.iter().map(|t| t.digest()).collect();
+    for tag in &stream[..7] {
+        assert!(digests.contains(&tag.parent), "{tag:?}");
+    }
+}
+
+#[test]
+fn a_stale_lock_times_out_with_advice() {
+    let (_tmp, repo) = new_repo();
+    let spec = TagSpec::parse("locked").unwrap();
+    repo.push_tag(&spec, &Digest::EMPTY).unwrap();
+    std::fs::write(repo.root().join("tags/locked.tag.lock"), "").unwrap();
+    let err = repo.push_tag(&spec, &Digest::NULL).unwrap_err();
+    assert!(matches!(err, StorageError::TagLocked { .. }), "{err}");
+    assert!(err.to_string().contains("locked.tag.lock"), "{err}");
+}
+
+#[test]
+fn a_corrupt_tag_file_is_named() {
+    let (_tmp, repo) = copy_repo("repo-a");
+    let path = repo.root().join("tags/test/base.tag");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.truncate(bytes.len() - 3);
+    std::fs::write(&path, &bytes).unwrap();
+    let err = repo
+        .resolve_tag(&TagSpec::parse("test/base").unwrap())
+        .unwrap_err();
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("base.tag"), "{err}");
+}

@@ -229,8 +229,16 @@ pub fn decode_body(body: &[u8]) -> Result<Object, StorageError> {
     };
     let any = flatbuffers::root_with_opts::<FbAnyObject>(&opts, body)
         .map_err(|e| StorageError::InvalidObject(format!("invalid FlatBuffer: {e}")))?;
+    // The verifier checks the union's value only for known types, so the
+    // type is checked before the value is followed.
+    let object_type = any.object_type();
+    if !(OBJECT_PLATFORM..=OBJECT_BLOB).contains(&object_type) {
+        return Err(StorageError::InvalidObject(format!(
+            "unknown object type {object_type} in the FlatBuffer union (expected 1..4)"
+        )));
+    }
     let table = any.object().ok_or_else(|| missing("AnyObject.object"))?;
-    match any.object_type() {
+    match object_type {
         OBJECT_PLATFORM => {
             let t = FbPlatform(table);
             let layers = unsafe {
@@ -293,6 +301,12 @@ fn decode_annotation(a: FbAnnotation<'_>) -> Result<Annotation, StorageError> {
         .ok_or_else(|| missing("Annotation.key"))?
         .to_string();
     let data_type = unsafe { a.0.get::<u8>(vt::ANNOTATION_DATA_TYPE, Some(0)) }.unwrap_or(0);
+    // only follow the union's value once its type is known (and so verified)
+    if data_type != ANNOTATION_STRING && data_type != ANNOTATION_DIGEST {
+        return Err(StorageError::InvalidObject(format!(
+            "unknown annotation value type {data_type} for key {key:?}"
+        )));
+    }
     let data = unsafe {
         a.0.get::<ForwardsUOffset<Table<'_>>>(vt::ANNOTATION_DATA, None)
     }
