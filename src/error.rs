@@ -79,6 +79,18 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// spfs's own configuration cannot be used.
+    #[error(transparent)]
+    SpfsConfig(#[from] crate::storage::config::ConfigError),
+
+    /// A repository could not be read or written.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::error::StorageError),
+
+    /// A ref that does not parse or resolve.
+    #[error(transparent)]
+    Spec(#[from] crate::tracking::env_spec::SpecError),
+
     #[error("{context}: {}", status.message())]
     Rpc {
         context: String,
@@ -122,6 +134,9 @@ impl Error {
             Error::ServiceFailed { reason, .. } => reason,
             Error::ServiceDied { .. } => "service_died",
             Error::Io { .. } => "io",
+            Error::SpfsConfig(_) => "spfs_config",
+            Error::Storage(_) => "storage",
+            Error::Spec(_) => "env_spec",
             Error::Rpc { .. } => "rpc",
         }
     }

@@ -22,7 +22,6 @@ pub struct Paths {
     pub runtime_dir: PathBuf,
     pub log_dir: PathBuf,
     pub mountpoint: PathBuf,
-    pub storage: PathBuf,
 }
 
 impl Paths {
@@ -48,7 +47,6 @@ impl Paths {
             runtime_dir: pick("SPFS_RUNTIME_DIR", platform::default_runtime_dir)?,
             log_dir: pick("SPFS_LOG_DIR", platform::default_log_dir)?,
             mountpoint: pick("SPFS_MOUNTPOINT", || Ok(PathBuf::from("/spfs")))?,
-            storage: pick("SPFS_STORAGE", platform::default_storage_dir)?,
         })
     }
 

@@ -11,10 +11,10 @@ use std::time::Duration;
 use common::*;
 use spfs::proto::UnmountRequest;
 
-/// Writes `files` (path, content) into layer `name` of the env's store.
+/// Writes `files` (path, content) into layer directory `name`.
 fn layer(env: &TestEnv, name: &str, files: &[(&str, &str)]) {
     for (path, content) in files {
-        let full = env.storage.join(name).join(path);
+        let full = env.layers.join(name).join(path);
         std::fs::create_dir_all(full.parent().unwrap()).unwrap();
         std::fs::write(full, content).unwrap();
     }
@@ -31,6 +31,7 @@ fn base_and_app(env: &TestEnv) {
         "app",
         &[("etc/version", "app\n"), ("share/app.txt", "app data\n")],
     );
+    env.tag_layers();
 }
 
 fn mnt(env: &TestEnv, rel: &str) -> String {
@@ -111,9 +112,8 @@ fn grandchildren_and_threads_of_other_processes_see_the_runtime() {
     assert_eq!(stdout(&output), "app\napp\n");
 }
 
-/// `find` output describing names, types, modes, sizes, owners, mtimes and link targets.
-fn describe_tree(env: &TestEnv, dir: &Path, inside: Option<&str>) -> String {
-    let format = "%P|%y|%m|%s|%U|%G|%T@|%l\\n";
+/// `find` output describing the tree under `dir`, one line per entry.
+fn describe_tree(env: &TestEnv, dir: &Path, inside: Option<&str>, format: &str) -> String {
     let find = format!(
         "cd {} && find . -mindepth 1 -printf '{format}' | sort",
         dir.display()
@@ -125,12 +125,17 @@ fn describe_tree(env: &TestEnv, dir: &Path, inside: Option<&str>) -> String {
     stdout(&output)
 }
 
+/// Names, types, modes, sizes, owners, mtimes and link targets.
+const ON_DISK: &str = "%P|%y|%m|%s|%U|%G|%T@|%l\\n";
+/// What an spfs layer records: names, types, modes and link targets.
+const IN_MANIFEST: &str = "%P|%y|%m|%l\\n";
+
 #[test]
 fn listings_and_metadata_match_the_merged_layers() {
     let env = TestEnv::new();
     base_and_app(&env);
-    let base = env.storage.join("base");
-    let app = env.storage.join("app");
+    let base = env.layers.join("base");
+    let app = env.layers.join("app");
     std::fs::create_dir_all(base.join("bin")).unwrap();
     std::fs::write(base.join("bin/tool"), "#!/bin/sh\necho tool\n").unwrap();
     run_ok(
@@ -147,6 +152,7 @@ fn listings_and_metadata_match_the_merged_layers() {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     std::fs::write(base.join("big.bin"), &big).unwrap();
+    env.tag_layers();
 
     // The expected merge, built natively: base, then app copied over it.
     let merged = env.root.path().join("merged");
@@ -160,23 +166,55 @@ fn listings_and_metadata_match_the_merged_layers() {
         merged.to_str().unwrap(),
     ]));
 
-    let expected = describe_tree(&env, &merged, None);
-    let seen = describe_tree(&env, &env.mountpoint, Some("base+app"));
+    // Directory layers show the disk as it is; committed layers show what
+    // spfs records, with every file's size.
+    let dirs = format!("{}+{}", base.display(), app.display());
+    let expected = describe_tree(&env, &merged, None, ON_DISK);
     assert!(expected.lines().count() >= 9, "{expected}");
-    assert_eq!(seen, expected);
+    assert_eq!(
+        describe_tree(&env, &env.mountpoint, Some(&dirs), ON_DISK),
+        expected
+    );
+    let expected = describe_tree(&env, &merged, None, IN_MANIFEST);
+    assert_eq!(
+        describe_tree(&env, &env.mountpoint, Some("base+app"), IN_MANIFEST),
+        expected
+    );
+    let sizes = "%P|%s\\n";
+    let file_sizes = |spec: Option<&str>, dir: &Path| {
+        let find = format!(
+            "cd {} && find . -mindepth 1 ! -type d -printf '{sizes}' | sort",
+            dir.display()
+        );
+        let output = match spec {
+            Some(spec) => run_ok(&mut env.spfs(&["run", spec, "--", "sh", "-c", &find])),
+            None => run_ok(env.command("sh").args(["-c", &find])),
+        };
+        stdout(&output)
+    };
+    assert_eq!(
+        file_sizes(Some("base+app"), &env.mountpoint),
+        file_sizes(None, &merged)
+    );
 
     let checks = format!(
-        "sha256sum < {big} && readlink {link} && stat -c '%F %a %s' {tool} {link} && ls -la {etc} | tail -n +2 | awk '$NF != \"..\" {{print $1, $NF}}'",
+        "sha256sum < {big} && readlink {link} && stat -c '%F %a %s' {tool} {link} && ls -la {etc} | tail -n +2 | awk '$NF != \"..\" {{print $1, $NF}}' && du -k {big}",
         big = mnt(&env, "big.bin"),
         link = mnt(&env, "share/version-link"),
         tool = mnt(&env, "bin/tool"),
         etc = mnt(&env, "etc"),
     );
     let native = checks.replace(env.mountpoint.to_str().unwrap(), merged.to_str().unwrap());
-    let inside = run_ok(&mut env.spfs(&["run", "base+app", "--", "sh", "-c", &checks]));
-    let outside = run_ok(env.command("sh").args(["-c", &native]));
-    assert_eq!(stdout(&inside), stdout(&outside));
-    assert!(stdout(&inside).contains("../etc/version"));
+    let outside = stdout(&run_ok(env.command("sh").args(["-c", &native])));
+    for spec in ["base+app", dirs.as_str()] {
+        let inside = run_ok(&mut env.spfs(&["run", spec, "--", "sh", "-c", &checks]));
+        assert_eq!(
+            stdout(&inside).replace(env.mountpoint.to_str().unwrap(), ""),
+            outside.replace(merged.to_str().unwrap(), ""),
+            "{spec}"
+        );
+    }
+    assert!(outside.contains("../etc/version"));
 }
 
 #[test]
@@ -293,17 +331,17 @@ fn open_files_keep_reading_after_unmount() {
 fn bad_refs_are_refused_with_the_bad_part_named_and_nothing_runs() {
     let env = TestEnv::new();
     base_and_app(&env);
-    std::fs::write(env.storage.join("plainfile"), "not a layer").unwrap();
+    let plainfile = env.root.path().join("plainfile");
+    std::fs::write(&plainfile, "not a layer").unwrap();
     let marker = env.root.path().join("ran");
     let cases = [
-        ("base++app", "empty layer name at position 2"),
-        ("+", "empty layer name at position 1"),
-        ("etc/version", "\"etc/version\" is a relative path"),
-        ("..", "contains '..'"),
+        ("base++app", "empty item at position 2"),
+        ("+", "empty item at position 1"),
         ("base+/tmp/../etc", "contains '..'"),
-        ("base+nosuchlayer", "no layer named \"nosuchlayer\""),
-        ("plainfile", "\"plainfile\" is not a directory"),
+        ("base+nosuchtag", "nosuchtag"),
+        (plainfile.to_str().unwrap(), "is not a directory"),
         ("/no/such/dir", "\"/no/such/dir\" does not exist"),
+        ("bad tag!", "\"bad tag!\""),
     ];
     for (spec, expected) in cases {
         let output = env
@@ -318,7 +356,7 @@ fn bad_refs_are_refused_with_the_bad_part_named_and_nothing_runs() {
         );
         assert!(!marker.exists(), "{spec}: the command ran");
     }
-    let listed = run_ok(&mut env.spfs(&["layers"]));
+    let listed = run_ok(&mut env.spfs(&["tags"]));
     assert_eq!(stdout(&listed), "app\nbase\n");
 }
 
@@ -342,16 +380,29 @@ fn an_absolute_directory_is_a_layer_too() {
 }
 
 #[test]
-fn layer_names_resolve_in_the_callers_store() {
+fn tags_resolve_in_the_callers_repository() {
     let env = TestEnv::new();
     base_and_app(&env);
     run_ok(&mut env.spfs(&["service", "start"]));
-    let other_store = env.root.path().join("other-store");
-    std::fs::create_dir_all(other_store.join("base/etc")).unwrap();
-    std::fs::write(other_store.join("base/etc/version"), "other base\n").unwrap();
+    let other_repo = env.root.path().join("other-repo");
+    let other_layer = env.root.path().join("other-layer");
+    std::fs::create_dir_all(other_layer.join("etc")).unwrap();
+    std::fs::write(other_layer.join("etc/version"), "other base\n").unwrap();
+    run_ok(
+        env.spfs(&[
+            "commit",
+            "--path",
+            other_layer.to_str().unwrap(),
+            "-t",
+            "base",
+        ])
+        .env("SPFS_STORAGE_ROOT", &other_repo),
+    );
     let output = run_ok(
         env.spfs(&["run", "base", "--", "cat", &mnt(&env, "etc/version")])
-            .env("SPFS_STORAGE", &other_store),
+            .env("SPFS_STORAGE_ROOT", &other_repo),
     );
     assert_eq!(stdout(&output), "other base\n");
+    let output = run_ok(&mut env.spfs(&["run", "base", "--", "cat", &mnt(&env, "etc/version")]));
+    assert_eq!(stdout(&output), "base\n");
 }

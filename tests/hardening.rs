@@ -12,11 +12,11 @@ use nix::unistd::Pid;
 use spfs::client::{self, ControlClient};
 use spfs::proto::{MountRequest, StatusRequest, UnmountRequest};
 
-fn mount_request(pid: i64, spec: &str) -> MountRequest {
+fn mount_request(env: &TestEnv, pid: i64, spec: &str) -> MountRequest {
     MountRequest {
         root_pid: pid,
         env_spec: spec.into(),
-        storage: String::new(),
+        repositories: vec![env.repo.to_string_lossy().into_owned()],
     }
 }
 
@@ -100,7 +100,7 @@ fn mount_refuses_a_process_outside_the_callers_tree_and_bad_fields() {
     block_on(async {
         let mut control = control(&env).await;
         let err = control
-            .mount(mount_request(sleeper_pid, "base"))
+            .mount(mount_request(&env, sleeper_pid, "base"))
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
@@ -146,7 +146,10 @@ fn mount_refuses_a_process_outside_the_callers_tree_and_bad_fields() {
             (me, "base++app", tonic::Code::InvalidArgument, "position 2"),
         ] {
             let started = Instant::now();
-            let err = control.mount(mount_request(pid, spec)).await.unwrap_err();
+            let err = control
+                .mount(mount_request(&env, pid, spec))
+                .await
+                .unwrap_err();
             assert_eq!(
                 err.code(),
                 code,
@@ -163,7 +166,10 @@ fn mount_refuses_a_process_outside_the_callers_tree_and_bad_fields() {
             assert!(started.elapsed() < Duration::from_secs(2));
         }
         // Still healthy afterwards.
-        control.mount(mount_request(me, "base")).await.unwrap();
+        control
+            .mount(mount_request(&env, me, "base"))
+            .await
+            .unwrap();
         control
             .unmount(UnmountRequest { root_pid: me })
             .await
@@ -300,7 +306,7 @@ fn another_version_is_restarted_when_idle_and_kept_with_a_warning_when_busy() {
     block_on(async {
         control(&env)
             .await
-            .mount(mount_request(me, "base"))
+            .mount(mount_request(&env, me, "base"))
             .await
             .unwrap()
     });
@@ -362,7 +368,8 @@ fn the_idle_timeout_stops_an_unused_service_and_racing_launchers_still_work() {
 #[test]
 fn sigterm_with_a_busy_runtime_stops_within_bounds_and_leaves_nothing() {
     let env = TestEnv::new();
-    std::fs::create_dir_all(env.storage.join("base/etc")).unwrap();
+    std::fs::create_dir_all(env.layers.join("base/etc")).unwrap();
+    env.tag_layers();
     let script = format!("cd {}/etc && sleep 30", env.mountpoint.display());
     let mut busy = env
         .spfs(&["run", "base", "--", "sh", "-c", &script])

@@ -51,8 +51,7 @@ fn unmount_drops_a_runtime_before_its_process_exits() {
             .mount(MountRequest {
                 root_pid: pid,
                 env_spec: "base".into(),
-                // Empty: names resolve in the store the service started with.
-                storage: String::new(),
+                repositories: vec![env.repo.to_string_lossy().into_owned()],
             })
             .await
             .unwrap();
@@ -74,7 +73,7 @@ fn unmount_drops_a_runtime_before_its_process_exits() {
             .mount(MountRequest {
                 root_pid: -5,
                 env_spec: "base".into(),
-                storage: String::new(),
+                repositories: vec![],
             })
             .await
             .unwrap_err();
@@ -84,7 +83,7 @@ fn unmount_drops_a_runtime_before_its_process_exits() {
             .mount(MountRequest {
                 root_pid: pid,
                 env_spec: "base".into(),
-                storage: "layers".into(),
+                repositories: vec!["repo".into()],
             })
             .await
             .unwrap_err();

@@ -72,8 +72,9 @@ fn many_runs_leave_the_service_as_they_found_it() {
     let full = std::env::var("SPFS_SOAK").as_deref() == Ok("full");
     let (sequential, rounds) = if full { (1000, 50) } else { (200, 5) };
     let env = TestEnv::new();
-    std::fs::create_dir_all(env.storage.join("base/etc")).unwrap();
-    std::fs::write(env.storage.join("base/etc/version"), "base\n").unwrap();
+    std::fs::create_dir_all(env.layers.join("base/etc")).unwrap();
+    std::fs::write(env.layers.join("base/etc/version"), "base\n").unwrap();
+    env.tag_layers();
 
     for _ in 0..50 {
         run_one(&env, "base+app");

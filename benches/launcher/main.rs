@@ -24,7 +24,13 @@ use stats::summarize;
 
 const SERVICE_BIN: &str = env!("CARGO_BIN_EXE_spfs-fuse-macos");
 const SPFS_BIN: &str = env!("CARGO_BIN_EXE_spfs");
-const LAYERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/layers");
+/// The example layers, as absolute directory refs (no repository needed).
+const BASE_APP: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/examples/layers/base+",
+    env!("CARGO_MANIFEST_DIR"),
+    "/examples/layers/app"
+);
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Kind {
@@ -54,7 +60,6 @@ fn env_for(cmd: &mut Command, paths: &Paths) {
     cmd.env("SPFS_RUNTIME_DIR", &paths.runtime_dir)
         .env("SPFS_LOG_DIR", &paths.log_dir)
         .env("SPFS_MOUNTPOINT", &paths.mountpoint)
-        .env("SPFS_STORAGE", &paths.storage)
         .env("SPFS_FUSE_SERVICE_BIN", SERVICE_BIN);
 }
 
@@ -160,7 +165,6 @@ impl Bench {
             runtime_dir: base.join("run"),
             log_dir: base.join("log"),
             mountpoint: base.join("mnt"),
-            storage: PathBuf::from(LAYERS),
         };
         paths.ensure_runtime_dir().unwrap();
         // The baseline's service inherits our environment, as in the plan: point
@@ -168,7 +172,6 @@ impl Bench {
         std::env::set_var("SPFS_RUNTIME_DIR", &paths.runtime_dir);
         std::env::set_var("SPFS_LOG_DIR", &paths.log_dir);
         std::env::set_var("SPFS_MOUNTPOINT", &paths.mountpoint);
-        std::env::set_var("SPFS_STORAGE", &paths.storage);
         Bench {
             _root: root,
             paths,
@@ -400,7 +403,7 @@ impl Bench {
         let mut plain = Vec::new();
         for _ in 0..pairs {
             let mut cmd = Command::new(SPFS_BIN);
-            cmd.args(["run", "base+app", "--", "true"]);
+            cmd.args(["run", BASE_APP, "--", "true"]);
             env_for(&mut cmd, &self.paths);
             let started = Instant::now();
             assert!(cmd.status().unwrap().success());
@@ -438,11 +441,11 @@ impl Bench {
         };
         let idle = rss();
         // Each runtime's root gives itself a runtime, as a script would, then waits.
-        let script = r#""$0" mount --root-process $$ base+app >/dev/null && exec sleep 120"#;
+        let script = r#""$0" mount --root-process $$ "$1" >/dev/null && exec sleep 120"#;
         let mut sleepers: Vec<_> = (0..runtimes)
             .map(|_| {
                 let mut cmd = Command::new("sh");
-                cmd.args(["-c", script, SERVICE_BIN]);
+                cmd.args(["-c", script, SERVICE_BIN, BASE_APP]);
                 env_for(&mut cmd, &self.paths);
                 cmd.spawn().unwrap()
             })

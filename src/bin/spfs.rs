@@ -3,7 +3,11 @@
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use spfs::commands::{CommitOptions, CommitSource, DigestStyle};
+use spfs::storage::graph::ObjectKind;
 
 #[derive(Parser)]
 #[command(
@@ -20,7 +24,8 @@ struct Cli {
 enum Command {
     /// Run CMD with REF's layers at /spfs (starts the service if needed)
     Run {
-        /// Layers to show, bottom to top: `base+app`, or `-` for none
+        /// What to show, bottom to top: tags, digests or absolute directories
+        /// joined by `+` (`base+app`), or `-` for none
         #[arg(value_name = "REF")]
         reference: String,
         /// The command and its arguments, after `--`
@@ -32,8 +37,144 @@ enum Command {
         #[arg(value_name = "REF")]
         reference: String,
     },
-    /// List the layers in the store (SPFS_STORAGE)
-    Layers,
+    /// Commit a directory as a layer (--path) or a stack of refs as a platform (--ref)
+    Commit {
+        /// `layer` or `platform`: commit the changes of the runtime you are in
+        #[arg(value_parser = ["layer", "platform"], required_unless_present_any = ["path", "reference"], conflicts_with_all = ["path", "reference"])]
+        kind: Option<String>,
+        /// Tag the result (repeatable)
+        #[arg(short, long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
+        /// Commit this directory as one layer
+        #[arg(long, conflicts_with = "reference")]
+        path: Option<PathBuf>,
+        /// Make a platform of these refs, bottom to top (`base+app`)
+        #[arg(long = "ref", value_name = "REF")]
+        reference: Option<String>,
+        /// Commit even when there is nothing to commit
+        #[arg(long)]
+        allow_empty: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Tag an object
+    Tag {
+        /// What to tag: a tag or a (partial) digest
+        #[arg(value_name = "TARGET_REF")]
+        target: String,
+        /// The tags to add
+        #[arg(required = true, value_name = "TAG")]
+        tags: Vec<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Remove one version of a tag (TAG~N or --latest), or all of them (--all)
+    Untag {
+        #[arg(value_name = "TAG")]
+        tag: String,
+        /// Remove the newest version
+        #[arg(long)]
+        latest: bool,
+        /// Remove every version
+        #[arg(short, long)]
+        all: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show the versions of a tag, newest first
+    Log {
+        #[arg(value_name = "TAG")]
+        tag: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List every tag
+    Tags {
+        /// Show the full digest each tag points to
+        #[arg(long)]
+        target: bool,
+        /// Show the short digest each tag points to
+        #[arg(long)]
+        short: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List the tags and tag folders under PATH
+    #[command(name = "ls-tags", visible_alias = "list-tags")]
+    LsTags {
+        #[arg(default_value = "/")]
+        path: String,
+        /// List every tag below PATH
+        #[arg(long)]
+        recursive: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List the layers in the repository
+    Layers {
+        #[command(flatten)]
+        style: Style,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List the platforms in the repository
+    Platforms {
+        #[command(flatten)]
+        style: Style,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Describe objects: a layer's manifest, a platform's stack, ...
+    Info {
+        #[arg(value_name = "REF")]
+        references: Vec<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List a directory of a ref
+    #[command(visible_aliases = ["list-dir", "list"])]
+    Ls {
+        #[arg(value_name = "REF")]
+        reference: String,
+        #[arg(default_value = "/spfs")]
+        path: String,
+        /// Long listing: mode and size
+        #[arg(short, long)]
+        long: bool,
+        /// Everything below PATH
+        #[arg(short = 'R', long)]
+        recursive: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Write a blob, or a file of a ref, to stdout
+    #[command(visible_aliases = ["read-file", "cat", "cat-file"])]
+    Read {
+        #[arg(value_name = "REF")]
+        reference: String,
+        path: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Store stdin (or a file) as a blob
+    #[command(visible_alias = "write-file")]
+    Write {
+        #[arg(short, long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
+        /// Read this file instead of stdin
+        #[arg(short, long)]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Check the repository: every object intact, nothing referred to missing
+    Check {
+        /// Check only these refs and what they refer to
+        #[arg(value_name = "REF")]
+        references: Vec<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Check FUSE, the service binary, runtime dir, mountpoint, service health and the last start
     Doctor,
     /// Control the background service
@@ -41,6 +182,24 @@ enum Command {
         #[command(subcommand)]
         action: ServiceAction,
     },
+}
+
+/// `-r/--remote NAME`: a configured remote instead of the local repository.
+#[derive(Args)]
+struct Remote {
+    /// Use this configured remote instead of the local repository
+    #[arg(short = 'r', long = "remote", value_name = "REMOTE")]
+    name: Option<String>,
+}
+
+#[derive(Args)]
+struct Style {
+    /// Show short digests
+    #[arg(long)]
+    short: bool,
+    /// Show short digests and the tags that point to them
+    #[arg(long)]
+    tags: bool,
 }
 
 #[derive(Subcommand)]
@@ -76,7 +235,85 @@ fn main() -> ExitCode {
     let code = match Cli::parse().command {
         Command::Run { reference, command } => spfs::commands::run(&reference, &command),
         Command::Shell { reference } => spfs::commands::shell(&reference),
-        Command::Layers => spfs::commands::layers(),
+        Command::Commit {
+            kind,
+            tags,
+            path,
+            reference,
+            allow_empty,
+            remote,
+        } => {
+            let source = match (&path, &reference, &kind) {
+                (Some(path), _, _) => CommitSource::Path(path),
+                (_, Some(reference), _) => CommitSource::Ref(reference),
+                (_, _, kind) => CommitSource::Runtime(kind.as_deref().unwrap_or("layer")),
+            };
+            spfs::commands::commit(CommitOptions {
+                source,
+                tags: &tags,
+                allow_empty,
+                remote: remote.name.as_deref(),
+            })
+        }
+        Command::Tag {
+            target,
+            tags,
+            remote,
+        } => spfs::commands::tag(&target, &tags, remote.name.as_deref()),
+        Command::Untag {
+            tag,
+            latest,
+            all,
+            remote,
+        } => spfs::commands::untag(&tag, latest, all, remote.name.as_deref()),
+        Command::Log { tag, remote } => spfs::commands::log(&tag, remote.name.as_deref()),
+        Command::Tags {
+            target,
+            short,
+            remote,
+        } => spfs::commands::tags(target, short, remote.name.as_deref()),
+        Command::LsTags {
+            path,
+            recursive,
+            remote,
+        } => spfs::commands::ls_tags(&path, recursive, remote.name.as_deref()),
+        Command::Layers { style, remote } => spfs::commands::list_objects(
+            ObjectKind::Layer,
+            DigestStyle {
+                short: style.short,
+                tags: style.tags,
+            },
+            remote.name.as_deref(),
+        ),
+        Command::Platforms { style, remote } => spfs::commands::list_objects(
+            ObjectKind::Platform,
+            DigestStyle {
+                short: style.short,
+                tags: style.tags,
+            },
+            remote.name.as_deref(),
+        ),
+        Command::Info { references, remote } => {
+            spfs::commands::info(&references, remote.name.as_deref())
+        }
+        Command::Ls {
+            reference,
+            path,
+            long,
+            recursive,
+            remote,
+        } => spfs::commands::ls(&reference, &path, long, recursive, remote.name.as_deref()),
+        Command::Read {
+            reference,
+            path,
+            remote,
+        } => spfs::commands::read(&reference, path.as_deref(), remote.name.as_deref()),
+        Command::Write { tags, file, remote } => {
+            spfs::commands::write(&tags, file.as_deref(), remote.name.as_deref())
+        }
+        Command::Check { references, remote } => {
+            spfs::commands::check(&references, remote.name.as_deref())
+        }
         Command::Doctor => spfs::commands::doctor(),
         Command::Service { action } => match action {
             ServiceAction::Start => spfs::commands::start(),

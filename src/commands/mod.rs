@@ -1,17 +1,24 @@
 //! What each subcommand of `spfs` and `spfs-fuse-macos` does. The binaries
 //! only parse arguments and call these.
 
+mod check;
+mod commit;
 mod doctor;
-mod layers;
+mod inspect;
 mod logs;
+mod repo;
 mod run;
 mod service;
+mod tags;
 
+pub use check::check;
+pub use commit::{commit, write, CommitOptions, CommitSource};
 pub use doctor::doctor;
-pub use layers::layers;
+pub use inspect::{info, list_objects, ls, read, DigestStyle};
 pub use logs::{logs, LogsOptions};
 pub use run::{mount, run, shell};
 pub use service::{serve, start, status, stop};
+pub use tags::{log, ls_tags, tag, tags, untag};
 
 use std::process::ExitCode;
 

@@ -17,6 +17,8 @@ use crate::error::{Error, Result};
 use crate::launcher::ensure_service_running;
 use crate::platform;
 use crate::proto::MountRequest;
+use crate::storage::config::SpfsConfig;
+use crate::tracking::env_spec;
 
 /// `spfs run REF -- CMD...`
 pub fn run(reference: &str, command: &[OsString]) -> ExitCode {
@@ -40,11 +42,16 @@ fn run_in_env(tool: &str, reference: &str, program: &OsString, args: &[OsString]
         Ok(config) => config,
         Err(code) => return code,
     };
+    let repositories = match repositories_for(reference) {
+        Ok(repositories) => repositories,
+        Err(err) => return report(tool, &err),
+    };
     let pid = std::process::id() as i32;
     // One trace per command: the start (if any) and the Mount call are its children.
     let span = tracing::info_span!("spfs.run", env_spec = reference);
-    let mounted = client_runtime()
-        .block_on(ensure_and_mount(&config, pid, reference).instrument(span.clone()));
+    let mounted = client_runtime().block_on(
+        ensure_and_mount(&config, pid, reference, &repositories).instrument(span.clone()),
+    );
     drop(span);
     if let Err(err) = mounted {
         crate::telemetry::flush();
@@ -84,7 +91,11 @@ pub fn mount(root_process: Option<i32>, reference: &str) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    match client_runtime().block_on(ensure_and_mount(&config, pid, reference)) {
+    let repositories = match repositories_for(reference) {
+        Ok(repositories) => repositories,
+        Err(err) => return report(tool, &err),
+    };
+    match client_runtime().block_on(ensure_and_mount(&config, pid, reference, &repositories)) {
         Ok(()) => {
             println!("mounted {reference:?} for process {pid}");
             ExitCode::SUCCESS
@@ -93,13 +104,29 @@ pub fn mount(root_process: Option<i32>, reference: &str) -> ExitCode {
     }
 }
 
-async fn ensure_and_mount(config: &Config, pid: i32, reference: &str) -> Result<()> {
+/// Checks the ref's syntax (so a typo never starts a service) and reads the
+/// caller's spfs configuration: the repositories the ref means, local first.
+fn repositories_for(reference: &str) -> Result<Vec<String>> {
+    env_spec::parse(reference)?;
+    let roots = SpfsConfig::load()?.runtime_repositories()?;
+    Ok(roots
+        .into_iter()
+        .map(|root| root.to_string_lossy().into_owned())
+        .collect())
+}
+
+async fn ensure_and_mount(
+    config: &Config,
+    pid: i32,
+    reference: &str,
+    repositories: &[String],
+) -> Result<()> {
     // A service may stop (idle timeout, `spfs service stop`) between our probe
     // and our Mount; then the next ensure starts a fresh one.
     let mut attempt = 1;
     loop {
         let running = ensure_service_running(config).await?;
-        match mount_once(config, running.channel, pid, reference).await {
+        match mount_once(running.channel, pid, reference, repositories).await {
             Err(status) if status.code() == tonic::Code::Unavailable && attempt < 3 => {
                 tracing::info!(
                     event = "launcher.retry",
@@ -116,17 +143,17 @@ async fn ensure_and_mount(config: &Config, pid: i32, reference: &str) -> Result<
 }
 
 async fn mount_once(
-    config: &Config,
     channel: tonic::transport::Channel,
     pid: i32,
     reference: &str,
+    repositories: &[String],
 ) -> std::result::Result<(), tonic::Status> {
     let started = Instant::now();
     let response = ControlClient::new(channel)
         .mount(crate::telemetry::otel::traced(MountRequest {
             root_pid: pid.into(),
             env_spec: reference.to_owned(),
-            storage: config.paths.storage.to_string_lossy().into_owned(),
+            repositories: repositories.to_vec(),
         }))
         .await;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;

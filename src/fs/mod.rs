@@ -6,7 +6,6 @@
 //! The filesystem is read-only (writes fail with EROFS in the kernel) and
 //! never touches its own mountpoint.
 
-pub mod envspec;
 pub mod router;
 pub mod view;
 
@@ -14,7 +13,6 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -140,9 +138,9 @@ impl Filesystem for SpfsFs {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         match self.resolve(ino) {
-            Ok((view, node)) => match &view.node(node).expect("resolved").content {
-                Content::Symlink(target) => reply.data(target.as_os_str().as_bytes()),
-                _ => reply.error(Errno::EINVAL),
+            Ok((view, node)) => match view.read_link(node) {
+                Ok(target) => reply.data(&target),
+                Err(err) => reply.error(Errno::from(err)),
             },
             Err(errno) => reply.error(errno),
         }
@@ -156,12 +154,7 @@ impl Filesystem for SpfsFs {
             Ok(found) => found,
             Err(errno) => return reply.error(errno),
         };
-        let path = match &view.node(node).expect("resolved").content {
-            Content::File(path) => path.clone(),
-            Content::Dir(_) => return reply.error(Errno::EISDIR),
-            _ => return reply.error(Errno::EINVAL),
-        };
-        match File::open(&path) {
+        match view.open(node) {
             Ok(file) => {
                 let fh = self.add_handle(Handle::File {
                     _view: view,

@@ -1,24 +1,36 @@
 //! Views: the immutable merged tree of one env spec, built once at `Mount`.
 //!
-//! Directories present in several layers are merged; a file, symlink or
-//! other non-directory comes from the top-most layer that has the path, and
-//! hides whatever lies below it (a directory above a file hides the file).
-//! Attributes (type, mode, owner, size, times, symlink targets) are those on
-//! disk. Nodes are numbered by their index; index 0 is the view's root.
+//! Layers are spfs manifests (from a repository) or directories on disk.
+//! Directories present in several layers are merged; anything else comes from
+//! the top-most layer that has the path and hides whatever lies below it (a
+//! directory above a file hides the file); a mask (an spfs deletion) hides
+//! the path and everything below it. Nodes are numbered by their index; index
+//! 0 is the view's root. Building reads manifests only: file contents stay in
+//! the repositories' payload files and are opened on first use.
 
-use std::collections::BTreeMap;
-use std::ffi::OsString;
-use std::fs::Metadata;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{OsStr, OsString};
+use std::fs::{File, Metadata};
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{FileAttr, FileType, INodeNo};
+
+use crate::storage::encoding::Digest;
+use crate::storage::graph::{self, EntryKind};
+use crate::storage::proxy::ProxyRepository;
+use crate::tracking::env_spec::Layer;
 
 pub struct View {
     pub id: u64,
     pub spec: String,
     nodes: Vec<Node>,
+    /// Where payloads are read from, in order.
+    repos: Arc<ProxyRepository>,
 }
 
 pub struct Node {
@@ -29,30 +41,73 @@ pub struct Node {
 pub enum Content {
     /// Children sorted by name: (name, node index).
     Dir(Vec<(OsString, u32)>),
-    /// The file in its layer, opened for reads.
+    /// A file of a directory layer, opened for reads.
     File(PathBuf),
+    /// A symlink of a directory layer.
     Symlink(PathBuf),
+    /// A file of a manifest layer: its payload.
+    Payload(Digest),
+    /// A symlink of a manifest layer: its target is the payload.
+    LinkPayload(Digest),
     /// FIFOs, sockets, devices: attributes only.
     Special,
 }
 
+/// The longest symlink target read from a payload.
+const MAX_LINK_TARGET: u64 = 4096;
+
 impl View {
-    /// Builds the merged tree of `layers` (bottom to top). Blocking I/O.
-    pub fn build(id: u64, spec: String, layers: &[PathBuf]) -> std::io::Result<View> {
-        let mut nodes = Vec::new();
-        if layers.is_empty() {
-            nodes.push(Node {
+    /// Builds the merged tree of `layers` (bottom to top). Blocking I/O for
+    /// directory layers only; manifest layers are already in memory.
+    pub fn build(
+        id: u64,
+        spec: String,
+        layers: &[Layer],
+        repos: Arc<ProxyRepository>,
+    ) -> std::io::Result<View> {
+        let owner = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        let indexes: Vec<Option<TreeIndex>> = layers
+            .iter()
+            .map(|layer| match layer {
+                Layer::Manifest { manifest, .. } => Some(TreeIndex::new(manifest)),
+                Layer::Dir(_) => None,
+            })
+            .collect();
+        let mut roots = Vec::with_capacity(layers.len());
+        for (layer, index) in layers.iter().zip(&indexes) {
+            match (layer, index) {
+                (Layer::Dir(path), _) => {
+                    roots.push(Source::Disk(path.clone(), std::fs::metadata(path)?))
+                }
+                (Layer::Manifest { .. }, Some(index)) => {
+                    if let Some(root) = index.root() {
+                        roots.push(Source::Tree(index, root, 0o040755))
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut builder = Builder {
+            nodes: Vec::new(),
+            owner,
+        };
+        if roots.is_empty() {
+            builder.nodes.push(Node {
                 attr: empty_root_attr(),
                 content: Content::Dir(Vec::new()),
             });
         } else {
-            let roots: Vec<(PathBuf, Metadata)> = layers
-                .iter()
-                .map(|p| std::fs::metadata(p).map(|m| (p.clone(), m)))
-                .collect::<std::io::Result<_>>()?;
-            build_dir(&roots, &mut nodes);
+            builder.dir(&roots);
         }
-        Ok(View { id, spec, nodes })
+        Ok(View {
+            id,
+            spec,
+            nodes: builder.nodes,
+            repos,
+        })
     }
 
     pub fn node(&self, index: u32) -> Option<&Node> {
@@ -72,7 +127,7 @@ impl View {
     }
 
     /// The child `name` of directory `dir`, as a node index.
-    pub fn child(&self, dir: u32, name: &std::ffi::OsStr) -> Option<u32> {
+    pub fn child(&self, dir: u32, name: &OsStr) -> Option<u32> {
         match &self.node(dir)?.content {
             Content::Dir(children) => children
                 .binary_search_by(|(n, _)| n.as_os_str().cmp(name))
@@ -80,6 +135,64 @@ impl View {
                 .map(|i| children[i].1),
             _ => None,
         }
+    }
+
+    /// Opens the file behind a file node for reading. Payloads are opened
+    /// without following symlinks and without blocking (a FIFO put in a
+    /// payload's place never hangs us), and must still be a regular file of
+    /// the size the manifest records; anything else is an I/O error.
+    pub fn open(&self, node: u32) -> std::io::Result<File> {
+        let node = self
+            .node(node)
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ESTALE))?;
+        match &node.content {
+            Content::File(path) => File::open(path),
+            Content::Payload(digest) => self.open_payload(digest, Some(node.attr.size)),
+            Content::Dir(_) => Err(std::io::Error::from_raw_os_error(libc::EISDIR)),
+            _ => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
+        }
+    }
+
+    /// The target of a symlink node.
+    pub fn read_link(&self, node: u32) -> std::io::Result<Vec<u8>> {
+        let node = self
+            .node(node)
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ESTALE))?;
+        match &node.content {
+            Content::Symlink(target) => Ok(target.as_os_str().as_bytes().to_vec()),
+            Content::LinkPayload(digest) => {
+                let file = self.open_payload(digest, Some(node.attr.size))?;
+                let mut target = Vec::new();
+                file.take(MAX_LINK_TARGET).read_to_end(&mut target)?;
+                Ok(target)
+            }
+            _ => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
+        }
+    }
+
+    fn open_payload(&self, digest: &Digest, size: Option<u64>) -> std::io::Result<File> {
+        for path in self.repos.payload_paths(digest) {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+                .open(&path);
+            let file = match file {
+                Ok(file) => file,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => {
+                    tracing::warn!(event = "service.payload_unreadable", digest = %digest, path = %path.display(), error = %err, "cannot open a payload");
+                    return Err(std::io::Error::from_raw_os_error(libc::EIO));
+                }
+            };
+            let meta = file.metadata()?;
+            if !meta.is_file() || size.is_some_and(|s| s != meta.len()) {
+                tracing::warn!(event = "service.payload_unreadable", digest = %digest, path = %path.display(), error = "not a regular file of the recorded size", "refused a payload");
+                return Err(std::io::Error::from_raw_os_error(libc::EIO));
+            }
+            return Ok(file);
+        }
+        tracing::warn!(event = "service.payload_missing", digest = %digest, view_id = self.id, "a payload is in no repository; run `spfs check`");
+        Err(std::io::Error::from_raw_os_error(libc::EIO))
     }
 }
 
@@ -96,73 +209,216 @@ impl Drop for View {
     }
 }
 
-/// Merges directories `sources` (bottom to top) into a new node; returns its index.
-fn build_dir(sources: &[(PathBuf, Metadata)], nodes: &mut Vec<Node>) -> u32 {
-    let index = nodes.len() as u32;
-    let (_, top_meta) = sources.last().expect("at least one source");
-    nodes.push(Node {
-        attr: attr_of(top_meta),
-        content: Content::Dir(Vec::new()),
-    });
-    // name -> every layer's entry for it, bottom to top.
-    let mut entries: BTreeMap<OsString, Vec<(PathBuf, Metadata)>> = BTreeMap::new();
-    for (dir, _) in sources {
-        // An unreadable directory shows as empty, as it would natively.
-        let Ok(listing) = std::fs::read_dir(dir) else {
-            continue;
+/// A manifest's trees by digest, so a tree entry finds its child tree.
+struct TreeIndex<'a> {
+    manifest: &'a graph::Manifest,
+    by_digest: HashMap<Digest, usize>,
+}
+
+impl<'a> TreeIndex<'a> {
+    fn new(manifest: &'a graph::Manifest) -> TreeIndex<'a> {
+        let by_digest = manifest
+            .trees
+            .iter()
+            .enumerate()
+            .skip(1)
+            .map(|(i, tree)| (tree.digest(), i))
+            .collect();
+        TreeIndex {
+            manifest,
+            by_digest,
+        }
+    }
+
+    fn root(&self) -> Option<&'a graph::Tree> {
+        self.manifest.trees.first()
+    }
+
+    fn tree(&self, digest: &Digest) -> Option<&'a graph::Tree> {
+        self.by_digest.get(digest).map(|&i| &self.manifest.trees[i])
+    }
+}
+
+/// One layer's directory at some path.
+enum Source<'a> {
+    /// A manifest tree, with the directory's mode.
+    Tree(&'a TreeIndex<'a>, &'a graph::Tree, u32),
+    Disk(PathBuf, Metadata),
+}
+
+/// One layer's entry for a name.
+enum Candidate<'a> {
+    Entry(&'a TreeIndex<'a>, &'a graph::Entry),
+    Disk(PathBuf, Metadata),
+}
+
+impl Candidate<'_> {
+    fn is_dir(&self) -> bool {
+        match self {
+            Candidate::Entry(_, entry) => entry.kind == EntryKind::Tree,
+            Candidate::Disk(_, meta) => meta.is_dir(),
+        }
+    }
+
+    fn is_mask(&self) -> bool {
+        matches!(self, Candidate::Entry(_, entry) if entry.kind == EntryKind::Mask)
+    }
+}
+
+struct Builder {
+    nodes: Vec<Node>,
+    owner: (u32, u32),
+}
+
+impl Builder {
+    /// Merges directories `sources` (bottom to top) into a new node; returns its index.
+    fn dir(&mut self, sources: &[Source]) -> u32 {
+        let index = self.nodes.len() as u32;
+        let attr = match sources.last().expect("at least one source") {
+            Source::Tree(_, tree, mode) => {
+                self.entry_attr(*mode, tree.entries.len() as u64, FileType::Directory)
+            }
+            Source::Disk(_, meta) => attr_of(meta),
         };
-        for entry in listing.flatten() {
-            let path = entry.path();
-            if let Ok(meta) = std::fs::symlink_metadata(&path) {
-                entries
-                    .entry(entry.file_name())
-                    .or_default()
-                    .push((path, meta));
+        self.nodes.push(Node {
+            attr,
+            content: Content::Dir(Vec::new()),
+        });
+        // name -> every layer's entry for it, bottom to top.
+        let mut entries: BTreeMap<OsString, Vec<Candidate>> = BTreeMap::new();
+        for source in sources {
+            match source {
+                Source::Tree(index, tree, _) => {
+                    for entry in &tree.entries {
+                        entries
+                            .entry(OsString::from(&entry.name))
+                            .or_default()
+                            .push(Candidate::Entry(index, entry));
+                    }
+                }
+                Source::Disk(dir, _) => {
+                    // An unreadable directory shows as empty, as it would natively.
+                    let Ok(listing) = std::fs::read_dir(dir) else {
+                        continue;
+                    };
+                    for entry in listing.flatten() {
+                        let path = entry.path();
+                        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                            entries
+                                .entry(entry.file_name())
+                                .or_default()
+                                .push(Candidate::Disk(path, meta));
+                        }
+                    }
+                }
+            }
+        }
+        let mut children = Vec::with_capacity(entries.len());
+        for (name, mut candidates) in entries {
+            // The top-most entry decides: a mask hides the name; a directory
+            // merges with the directories directly beneath it, down to the
+            // first non-directory or mask.
+            let top = candidates.last().expect("non-empty");
+            if top.is_mask() {
+                continue;
+            }
+            let child = if top.is_dir() {
+                let below = candidates.iter().rev().take_while(|c| c.is_dir()).count();
+                let merged: Vec<Source> = candidates
+                    .drain(candidates.len() - below..)
+                    .filter_map(|c| match c {
+                        Candidate::Entry(index, entry) => index
+                            .tree(&entry.object)
+                            .map(|tree| Source::Tree(index, tree, entry.mode)),
+                        Candidate::Disk(path, meta) => Some(Source::Disk(path, meta)),
+                    })
+                    .collect();
+                if merged.is_empty() {
+                    // A tree entry whose tree is not in its manifest: show it empty.
+                    let attr = self.entry_attr(0o040755, 0, FileType::Directory);
+                    self.push(attr, Content::Dir(Vec::new()))
+                } else {
+                    self.dir(&merged)
+                }
+            } else {
+                let top = candidates.pop().expect("non-empty");
+                self.leaf(top)
+            };
+            children.push((name, child));
+        }
+        self.nodes[index as usize].content = Content::Dir(children);
+        index
+    }
+
+    fn push(&mut self, attr: FileAttr, content: Content) -> u32 {
+        self.nodes.push(Node { attr, content });
+        (self.nodes.len() - 1) as u32
+    }
+
+    fn leaf(&mut self, candidate: Candidate) -> u32 {
+        match candidate {
+            Candidate::Entry(_, entry) => {
+                let kind = kind_of_mode(entry.mode);
+                let content = match kind {
+                    FileType::RegularFile => Content::Payload(entry.object),
+                    FileType::Symlink => Content::LinkPayload(entry.object),
+                    _ => Content::Special,
+                };
+                let attr = self.entry_attr(entry.mode, entry.size, kind);
+                self.push(attr, content)
+            }
+            Candidate::Disk(path, meta) => {
+                let kind = meta.file_type();
+                let content = if kind.is_symlink() {
+                    match std::fs::read_link(&path) {
+                        Ok(target) => Content::Symlink(target),
+                        Err(_) => Content::Special,
+                    }
+                } else if kind.is_file() {
+                    Content::File(path)
+                } else {
+                    Content::Special
+                };
+                self.push(attr_of(&meta), content)
             }
         }
     }
-    let mut children = Vec::with_capacity(entries.len());
-    for (name, candidates) in entries {
-        // The top-most entry decides; a directory merges with the directories
-        // directly beneath it, down to the first non-directory.
-        let merged: Vec<(PathBuf, Metadata)> = candidates
-            .iter()
-            .rev()
-            .take_while(|(_, m)| m.is_dir())
-            .cloned()
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        let child = if merged.is_empty() {
-            let (path, meta) = candidates.into_iter().next_back().expect("non-empty");
-            leaf(path, &meta, nodes)
-        } else {
-            build_dir(&merged, nodes)
-        };
-        children.push((name, child));
+
+    /// Attributes of a manifest entry: its mode and size, owned by the user
+    /// the service runs as (as spfs renders files for its user), with blocks
+    /// that match the size so `du` adds up, and fixed times so build tools
+    /// see the same file as unchanged from one runtime to the next.
+    fn entry_attr(&self, mode: u32, size: u64, kind: FileType) -> FileAttr {
+        FileAttr {
+            ino: INodeNo(0),
+            size,
+            blocks: size.div_ceil(512),
+            atime: UNIX_EPOCH,
+            mtime: UNIX_EPOCH,
+            ctime: UNIX_EPOCH,
+            crtime: UNIX_EPOCH,
+            kind,
+            perm: (mode & 0o7777) as u16,
+            nlink: if kind == FileType::Directory { 2 } else { 1 },
+            uid: self.owner.0,
+            gid: self.owner.1,
+            rdev: 0,
+            flags: 0,
+            blksize: 4096,
+        }
     }
-    nodes[index as usize].content = Content::Dir(children);
-    index
 }
 
-fn leaf(path: PathBuf, meta: &Metadata, nodes: &mut Vec<Node>) -> u32 {
-    let kind = meta.file_type();
-    let content = if kind.is_symlink() {
-        match std::fs::read_link(&path) {
-            Ok(target) => Content::Symlink(target),
-            Err(_) => Content::Special,
-        }
-    } else if kind.is_file() {
-        Content::File(path)
-    } else {
-        Content::Special
-    };
-    nodes.push(Node {
-        attr: attr_of(meta),
-        content,
-    });
-    (nodes.len() - 1) as u32
+fn kind_of_mode(mode: u32) -> FileType {
+    match mode & libc::S_IFMT as u32 {
+        m if m == libc::S_IFDIR as u32 => FileType::Directory,
+        m if m == libc::S_IFLNK as u32 => FileType::Symlink,
+        m if m == libc::S_IFIFO as u32 => FileType::NamedPipe,
+        m if m == libc::S_IFSOCK as u32 => FileType::Socket,
+        m if m == libc::S_IFBLK as u32 => FileType::BlockDevice,
+        m if m == libc::S_IFCHR as u32 => FileType::CharDevice,
+        _ => FileType::RegularFile,
+    }
 }
 
 fn time(seconds: i64, nanos: i64) -> SystemTime {
@@ -232,45 +488,5 @@ pub fn empty_root_attr() -> FileAttr {
         rdev: 0,
         flags: 0,
         blksize: 4096,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::symlink;
-    use std::path::Path;
-
-    #[test]
-    fn upper_layers_win_and_directories_merge() {
-        let tmp = tempfile::tempdir().unwrap();
-        let base = tmp.path().join("base");
-        let app = tmp.path().join("app");
-        std::fs::create_dir_all(base.join("etc")).unwrap();
-        std::fs::create_dir_all(app.join("etc")).unwrap();
-        std::fs::write(base.join("etc/version"), "base").unwrap();
-        std::fs::write(app.join("etc/version"), "app").unwrap();
-        std::fs::write(base.join("etc/only-base"), "").unwrap();
-        std::fs::create_dir_all(base.join("shadowed")).unwrap();
-        std::fs::write(base.join("shadowed/inside"), "").unwrap();
-        std::fs::write(app.join("shadowed"), "now a file").unwrap();
-        symlink("etc/version", app.join("link")).unwrap();
-
-        let view = View::build(1, "base+app".into(), &[base.clone(), app.clone()]).unwrap();
-        let etc = view.child(0, "etc".as_ref()).unwrap();
-        let version = view.child(etc, "version".as_ref()).unwrap();
-        assert!(
-            matches!(&view.node(version).unwrap().content, Content::File(p) if p == &app.join("etc/version"))
-        );
-        assert!(view.child(etc, "only-base".as_ref()).is_some());
-        let shadowed = view.child(0, "shadowed".as_ref()).unwrap();
-        assert!(matches!(
-            view.node(shadowed).unwrap().content,
-            Content::File(_)
-        ));
-        let link = view.child(0, "link".as_ref()).unwrap();
-        assert!(
-            matches!(&view.node(link).unwrap().content, Content::Symlink(t) if t == Path::new("etc/version"))
-        );
     }
 }

@@ -149,7 +149,6 @@ pub fn spawn(binary: &Path, config: &Config) -> Result<Starting> {
                         | "SPFS_RUNTIME_DIR"
                         | "SPFS_LOG_DIR"
                         | "SPFS_MOUNTPOINT"
-                        | "SPFS_STORAGE"
                         | "TRACEPARENT"
                         | "TRACESTATE"
                 )
@@ -162,7 +161,6 @@ pub fn spawn(binary: &Path, config: &Config) -> Result<Starting> {
         ("SPFS_RUNTIME_DIR", &paths.runtime_dir),
         ("SPFS_LOG_DIR", &paths.log_dir),
         ("SPFS_MOUNTPOINT", &paths.mountpoint),
-        ("SPFS_STORAGE", &paths.storage),
     ] {
         env.push((
             key.as_bytes().to_vec(),

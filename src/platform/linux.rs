@@ -28,12 +28,21 @@ pub fn default_log_dir() -> Result<PathBuf> {
     Ok(state.join("spfs/logs"))
 }
 
-pub fn default_storage_dir() -> Result<PathBuf> {
+/// spfs's default local repository: `dirs::data_local_dir()/spfs`, as spfs has it.
+pub fn default_repository_root() -> Result<PathBuf> {
     let data = match std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
         Some(dir) => PathBuf::from(dir),
         None => home_dir()?.join(".local/share"),
     };
-    Ok(data.join("spfs/layers"))
+    Ok(data.join("spfs"))
+}
+
+/// Where the user's spfs configuration lives (`<this>/spfs/spfs.*`).
+pub fn user_config_dir() -> Result<PathBuf> {
+    match std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+        Some(dir) => Ok(PathBuf::from(dir)),
+        None => Ok(home_dir()?.join(".config")),
+    }
 }
 
 /// Parent and start time of a process, from one read of `/proc/PID/stat`.

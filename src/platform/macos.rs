@@ -29,8 +29,14 @@ pub fn default_log_dir() -> Result<PathBuf> {
     Ok(home_dir()?.join("Library/Logs/spfs"))
 }
 
-pub fn default_storage_dir() -> Result<PathBuf> {
-    Ok(home_dir()?.join("Library/Application Support/spfs/layers"))
+/// spfs's default local repository: `dirs::data_local_dir()/spfs`, as spfs has it.
+pub fn default_repository_root() -> Result<PathBuf> {
+    Ok(home_dir()?.join("Library/Application Support/spfs"))
+}
+
+/// Where the user's spfs configuration lives (`<this>/spfs/spfs.*`): `dirs::config_local_dir()`.
+pub fn user_config_dir() -> Result<PathBuf> {
+    Ok(home_dir()?.join("Library/Application Support"))
 }
 
 fn bsd_info(pid: i32) -> io::Result<libc::proc_bsdinfo> {

@@ -41,7 +41,7 @@ fn home_dir() -> crate::error::Result<PathBuf> {
     match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
         Some(home) => Ok(PathBuf::from(home)),
         None => Err(crate::error::Error::Config(
-            "HOME is not set; set HOME, or set SPFS_LOG_DIR and SPFS_STORAGE".into(),
+            "HOME is not set; set HOME, or set SPFS_LOG_DIR and SPFS_STORAGE_ROOT".into(),
         )),
     }
 }

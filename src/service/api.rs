@@ -16,6 +16,7 @@ use crate::proto::{
     MountRequest, MountResponse, ShutdownRequest, ShutdownResponse, StatusRequest, StatusResponse,
     UnmountRequest, UnmountResponse,
 };
+use crate::tracking::env_spec::SpecError;
 
 /// What `Status` reports about the service itself.
 #[derive(Clone, Debug)]
@@ -30,8 +31,6 @@ pub struct Identity {
 
 pub struct Api {
     pub identity: Identity,
-    /// The layer store names in env specs refer to.
-    pub storage: std::path::PathBuf,
     pub runtimes: Arc<Runtimes>,
     pub shutdown: Shutdown,
     /// Set when shutdown begins; new mounts are refused from then on.
@@ -42,7 +41,10 @@ impl From<MountError> for Status {
     fn from(err: MountError) -> Status {
         match err {
             MountError::Watch(..) | MountError::Internal(_) => Status::internal(err.to_string()),
-            MountError::Build { .. } => Status::failed_precondition(err.to_string()),
+            MountError::Build { .. } | MountError::Repository(_) => {
+                Status::failed_precondition(err.to_string())
+            }
+            MountError::Spec(SpecError::Unknown { .. }) => Status::not_found(err.to_string()),
             MountError::NotAnAncestor { .. }
             | MountError::OtherUser { .. }
             | MountError::UnknownCaller => Status::permission_denied(err.to_string()),
@@ -82,22 +84,25 @@ impl Api {
         caller: Option<Caller>,
         root_pid: i64,
         env_spec: String,
-        storage: String,
+        repositories: Vec<String>,
     ) -> Result<crate::proto::Runtime, MountError> {
         let pid = checked_pid(root_pid)?;
         authorize(caller, pid)?;
-        let storage = match storage.as_str() {
-            "" => self.storage.clone(),
-            path if std::path::Path::new(path).is_absolute() => path.into(),
-            _ => return Err(MountError::RelativeStorage(storage)),
-        };
+        let repositories = repositories
+            .into_iter()
+            .map(|root| match std::path::Path::new(&root).is_absolute() {
+                true => Ok(std::path::PathBuf::from(root)),
+                false => Err(MountError::RelativeRepository(root)),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let watch = runtimes::watch(pid)?;
         let router = std::sync::Arc::clone(self.runtimes.router());
         // Reading the layers is blocking I/O; keep it off the async workers.
-        let view =
-            tokio::task::spawn_blocking(move || runtimes::build_view(&router, &storage, env_spec))
-                .await
-                .map_err(|e| MountError::Internal(e.to_string()))??;
+        let view = tokio::task::spawn_blocking(move || {
+            runtimes::build_view(&router, &repositories, env_spec)
+        })
+        .await
+        .map_err(|e| MountError::Internal(e.to_string()))??;
         self.runtimes.mount(pid, watch, view)
     }
 }
@@ -118,10 +123,10 @@ impl VfsService for Api {
         let MountRequest {
             root_pid,
             env_spec,
-            storage,
+            repositories,
         } = request.into_inner();
         let result = self
-            .mount_runtime(caller, root_pid, env_spec, storage)
+            .mount_runtime(caller, root_pid, env_spec, repositories)
             .await;
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         let outcome = if result.is_ok() { "ok" } else { "refused" };

@@ -224,7 +224,6 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
             socket: socket.display().to_string(),
             log_file: paths.service_log().display().to_string(),
         },
-        storage: paths.storage.clone(),
         runtimes: Arc::clone(&runtimes),
         shutdown: shutdown.clone(),
         stopping: Arc::clone(&stopping),

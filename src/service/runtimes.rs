@@ -10,11 +10,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::task::AbortHandle;
 
-use crate::fs::envspec::{self, SpecError};
 use crate::fs::router::Router;
 use crate::fs::view::View;
 use crate::platform::{self, ExitWatch};
 use crate::proto::Runtime;
+use crate::storage::error::StorageError;
+use crate::storage::proxy::ProxyRepository;
+use crate::tracking::env_spec::{self, SpecError};
 
 /// Longest env spec accepted; far beyond any real stack of layer names.
 pub const MAX_ENV_SPEC_BYTES: usize = 64 * 1024;
@@ -46,8 +48,10 @@ pub enum MountError {
     Spec(#[from] SpecError),
     #[error("internal error: {0}")]
     Internal(String),
-    #[error("storage {0:?} is not an absolute path")]
-    RelativeStorage(String),
+    #[error("repository {0:?} is not an absolute path")]
+    RelativeRepository(String),
+    #[error("{0}")]
+    Repository(StorageError),
     #[error(
         "root_pid {root} is neither the calling process (pid {caller}) nor one of its ancestors"
     )]
@@ -68,18 +72,26 @@ pub fn watch(pid: i32) -> Result<ExitWatch, MountError> {
     })
 }
 
-/// Resolves `spec` in `store` and builds its view. Blocking I/O.
+/// Opens `repositories` (local first), resolves `spec` in them and builds
+/// its view. Blocking I/O: reads platform, layer and manifest objects.
 pub fn build_view(
     router: &Router,
-    store: &std::path::Path,
+    repositories: &[std::path::PathBuf],
     spec: String,
 ) -> Result<View, MountError> {
     if spec.len() > MAX_ENV_SPEC_BYTES {
         return Err(MountError::SpecTooLong(spec.len()));
     }
-    let layers = envspec::resolve(&spec, store)?;
-    View::build(router.next_view_id(), spec.clone(), &layers)
-        .map_err(|error| MountError::Build { spec, error })
+    // Syntax first: a bad spec is named before any repository is opened.
+    env_spec::parse(&spec)?;
+    let repos = Arc::new(ProxyRepository::open(repositories).map_err(MountError::Repository)?);
+    let layers = env_spec::resolve(&spec, &repos)?;
+    View::build(router.next_view_id(), spec.clone(), &layers, repos).map_err(|error| {
+        MountError::Build {
+            spec: env_spec::shorten(&spec),
+            error,
+        }
+    })
 }
 
 /// A pid from the wire: positive and within `pid_t`.

@@ -7,12 +7,17 @@
 //! - [`tag`]: tag specs (`org/name~N`) and the records of `.tag` stream files.
 //! - [`fs`]: [`FsRepository`], a repository on a local filesystem: objects,
 //!   payloads and tags.
+//! - [`proxy`]: the local repository and the secondary ones as one, in order.
+//! - [`config`]: spfs's configuration: where the local repository is, the
+//!   remotes, and which of them a runtime reads through.
 //! - [`error`]: [`StorageError`].
 
+pub mod config;
 pub mod encoding;
 pub mod error;
 pub mod fs;
 pub mod graph;
+pub mod proxy;
 pub mod tag;
 
 pub use encoding::{Digest, Hasher, PartialDigest};

@@ -5,8 +5,11 @@
 //!   so digests match the real tool); merging layers, masks included.
 //! - [`commit`]: committing a directory on disk as a layer, and a stack of
 //!   layers as a platform.
+//! - [`env_spec`]: refs (`base+app`, tags, digests, directories) resolved to
+//!   the stack of layers a runtime shows.
 
 pub mod commit;
+pub mod env_spec;
 pub mod manifest;
 
 pub use commit::{commit_dir, commit_platform, CommitStats};

@@ -1,5 +1,5 @@
-//! Test harness: an isolated SPFS environment (runtime dir, log dir, mountpoint
-//! and storage in a temp dir) driving the real binaries. Dropping it stops any
+//! Test harness: an isolated SPFS environment (runtime dir, log dir, mountpoint,
+//! spfs repository and config dir in a temp dir) driving the real binaries. Dropping it stops any
 //! service it started, kills helper processes and detaches a leftover mount,
 //! also when the test failed.
 
@@ -22,7 +22,10 @@ pub struct TestEnv {
     pub runtime_dir: PathBuf,
     pub log_dir: PathBuf,
     pub mountpoint: PathBuf,
-    pub storage: PathBuf,
+    /// Directories to commit as layers ([`TestEnv::tag_layers`]).
+    pub layers: PathBuf,
+    /// The local spfs repository (`SPFS_STORAGE_ROOT`).
+    pub repo: PathBuf,
     /// Extra processes a test started (fake services, sleepers) to kill at the end.
     pub helpers: std::sync::Mutex<Vec<i32>>,
 }
@@ -38,15 +41,41 @@ impl TestEnv {
             runtime_dir: base.join("run"),
             log_dir: base.join("log"),
             mountpoint: base.join("mnt"),
-            storage: base.join("layers"),
+            layers: base.join("layers"),
+            repo: base.join("repo"),
             root,
             helpers: Default::default(),
         };
-        // Two (empty) layers, so the refs `base`, `app` and `base+app` resolve.
+        // Two (empty) layers, tagged so the refs `base`, `app` and `base+app` resolve.
         for layer in ["base", "app"] {
-            std::fs::create_dir_all(env.storage.join(layer)).unwrap();
+            std::fs::create_dir_all(env.layers.join(layer)).unwrap();
         }
+        env.tag_layers();
         env
+    }
+
+    /// Commits every directory in `layers/` with `spfs commit --path`, tagged
+    /// with its name, so a ref naming it shows its current contents.
+    pub fn tag_layers(&self) {
+        for entry in std::fs::read_dir(&self.layers).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+                run_ok(&mut self.spfs(&[
+                    "commit",
+                    "--allow-empty",
+                    "--path",
+                    path.to_str().unwrap(),
+                    "-t",
+                    &name,
+                ]));
+            }
+        }
+    }
+
+    /// Path of a file in a layer directory.
+    pub fn layer_file(&self, layer: &str, path: &str) -> PathBuf {
+        self.layers.join(layer).join(path)
     }
 
     /// A command for one of our binaries (or anything) with this env's variables.
@@ -61,7 +90,9 @@ impl TestEnv {
         cmd.env("SPFS_RUNTIME_DIR", &self.runtime_dir)
             .env("SPFS_LOG_DIR", &self.log_dir)
             .env("SPFS_MOUNTPOINT", &self.mountpoint)
-            .env("SPFS_STORAGE", &self.storage)
+            .env("SPFS_STORAGE_ROOT", &self.repo)
+            // No spfs config of the machine's user may leak into a test.
+            .env("XDG_CONFIG_HOME", self.root.path().join("config"))
             .stdin(Stdio::null());
         cmd
     }

@@ -1,0 +1,344 @@
+//! `spfs layers`, `platforms`, `info`, `ls` and `read`: looking at what a
+//! repository holds, with spfs's flags and output.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use super::repo::{self, Out};
+use crate::error::{Error, Result};
+use crate::storage::encoding::Digest;
+use crate::storage::graph::{AnnotationValue, EntryKind, Header, Object, ObjectKind, HEADER_SIZE};
+use crate::storage::proxy::ProxyRepository;
+use crate::tracking::env_spec::{self, Layer};
+use crate::tracking::manifest::{Entry, Manifest};
+
+/// How `layers` and `platforms` print a digest.
+#[derive(Clone, Copy)]
+pub struct DigestStyle {
+    pub short: bool,
+    pub tags: bool,
+}
+
+/// `spfs layers` / `spfs platforms`: every object of that kind, one per line.
+pub fn list_objects(kind: ObjectKind, style: DigestStyle, remote: Option<&str>) -> ExitCode {
+    let tool = match kind {
+        ObjectKind::Layer => "spfs layers",
+        _ => "spfs platforms",
+    };
+    repo::run(tool, || {
+        let repos = repo::readable(remote)?;
+        let aliases = if style.tags {
+            tag_aliases(&repos)?
+        } else {
+            BTreeMap::new()
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        let mut out = Out::new();
+        for repo in repos.repositories() {
+            for digest in repo.iter_objects() {
+                let digest = digest?;
+                if !seen.insert(digest) || object_kind(repo, &digest) != Some(kind) {
+                    continue;
+                }
+                out.line(format_digest(&digest, style, &aliases))?;
+            }
+        }
+        out.finish()?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// The kind of an object from its 17-byte header, without decoding the rest.
+fn object_kind(repo: &crate::storage::fs::FsRepository, digest: &Digest) -> Option<ObjectKind> {
+    use std::io::Read;
+    let path = repo.object_path(digest);
+    let mut header = [0u8; HEADER_SIZE];
+    std::fs::File::open(path)
+        .ok()?
+        .read_exact(&mut header)
+        .ok()?;
+    Header::parse(&header).ok().map(|h| h.kind)
+}
+
+/// Every tag's newest target, as `digest -> [tag, ...]`.
+fn tag_aliases(repos: &ProxyRepository) -> Result<BTreeMap<Digest, Vec<String>>> {
+    let mut aliases: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
+    for repo in repos.repositories() {
+        for spec in repo.iter_tag_streams() {
+            let spec = spec?;
+            let tag = repo.resolve_tag(&spec)?;
+            aliases
+                .entry(tag.target)
+                .or_default()
+                .push(spec.to_string());
+        }
+    }
+    Ok(aliases)
+}
+
+fn format_digest(
+    digest: &Digest,
+    style: DigestStyle,
+    aliases: &BTreeMap<Digest, Vec<String>>,
+) -> String {
+    let text = digest.to_base32();
+    if !style.short && !style.tags {
+        return text;
+    }
+    let mut parts = vec![text[..8].to_owned()];
+    if style.tags {
+        parts.extend(aliases.get(digest).into_iter().flatten().cloned());
+    }
+    parts.join(" -> ")
+}
+
+/// `spfs info REF...`: what each ref is; layers show their manifest,
+/// platforms their stack (top first).
+pub fn info(references: &[String], remote: Option<&str>) -> ExitCode {
+    repo::run("spfs info", || {
+        if references.is_empty() {
+            return Err(Error::Config(
+                "no active runtime: give one or more REFs (tags or digests) to describe".into(),
+            ));
+        }
+        let repos = repo::readable(remote)?;
+        let mut out = Out::new();
+        for (index, reference) in references.iter().enumerate() {
+            let digest = repo::resolve_digest(&repos, reference)?;
+            let object = repos.read_object(&digest)?;
+            if index > 0 {
+                out.line("")?;
+            }
+            out.line(format_args!("{digest}:"))?;
+            match object {
+                Object::Layer(layer) => {
+                    out.line("layer:")?;
+                    out.line(format_args!(" refs: {digest}"))?;
+                    match layer.manifest {
+                        Some(manifest) => out.line(format_args!(" manifest: {manifest}"))?,
+                        None => out.line(" manifest: None")?,
+                    }
+                    if layer.annotations.is_empty() {
+                        out.line(" annotations: none")?;
+                    } else {
+                        out.line(" annotations:")?;
+                        for annotation in &layer.annotations {
+                            out.line(format_args!("  key: {}", annotation.key))?;
+                            match &annotation.value {
+                                AnnotationValue::String(text) => {
+                                    out.line(format_args!("  value: {text}"))?
+                                }
+                                AnnotationValue::Blob(digest) => {
+                                    out.line(format_args!("  value: {digest}"))?
+                                }
+                            }
+                        }
+                    }
+                }
+                Object::Platform(platform) => {
+                    out.line("platform:")?;
+                    out.line(format_args!(" refs: {digest}"))?;
+                    out.line("stack (top-down):")?;
+                    for layer in platform.layers.iter().rev() {
+                        out.line(format_args!("  - {layer}"))?;
+                    }
+                }
+                Object::Manifest(manifest) => {
+                    out.line("manifest:")?;
+                    let manifest = Manifest::from_graph(&manifest)?;
+                    let mut shown = 0;
+                    walk(manifest.root(), "", &mut |path, entry| {
+                        shown += 1;
+                        if shown <= 10 {
+                            out.line(format_args!(
+                                " {:06o} {} {} /spfs{path}",
+                                entry.mode,
+                                entry.kind.as_text(),
+                                entry.object
+                            ))
+                        } else {
+                            Ok(())
+                        }
+                    })?;
+                    if shown > 10 {
+                        out.line("   ...[truncated]")?;
+                    }
+                }
+                Object::Blob(blob) => {
+                    out.line(" blob:")?;
+                    out.line(format_args!(" digest: {}", blob.payload))?;
+                    out.line(format_args!(" size: {}", repo::format_size(blob.size)))?;
+                }
+            }
+        }
+        out.finish()?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Every entry below `dir`, depth first, with its path.
+fn walk(
+    dir: &Entry,
+    prefix: &str,
+    visit: &mut dyn FnMut(&str, &Entry) -> Result<()>,
+) -> Result<()> {
+    for (name, entry) in &dir.entries {
+        let path = format!("{prefix}/{name}");
+        visit(&path, entry)?;
+        if entry.kind == EntryKind::Tree {
+            walk(entry, &path, visit)?;
+        }
+    }
+    Ok(())
+}
+
+/// The merged manifest of a ref (`a+b` stacks too), as a runtime shows it.
+fn merged_manifest(repos: &ProxyRepository, reference: &str) -> Result<Manifest> {
+    let mut merged = Manifest::default();
+    for layer in env_spec::resolve(reference, repos)? {
+        match layer {
+            Layer::Manifest { manifest, .. } => merged.update(&Manifest::from_graph(&manifest)?),
+            Layer::Dir(path) => {
+                return Err(Error::Config(format!(
+                    "{} is a directory; look at it directly (ls, cat)",
+                    path.display()
+                )))
+            }
+        }
+    }
+    Ok(merged)
+}
+
+/// `/spfs/a/b`, `/a/b` and `a/b` all name `a/b` inside the environment.
+fn inner_path(path: &str) -> &str {
+    let path = path.strip_prefix("/spfs").unwrap_or(path);
+    path.trim_matches('/')
+}
+
+fn find<'a>(manifest: &'a Manifest, path: &str) -> Option<&'a Entry> {
+    let inner = inner_path(path);
+    if inner.is_empty() {
+        return Some(manifest.root());
+    }
+    manifest.get(inner).filter(|e| e.kind != EntryKind::Mask)
+}
+
+/// `spfs ls REF [PATH] [-l] [-R]`: the names in a directory of the ref.
+pub fn ls(
+    reference: &str,
+    path: &str,
+    long: bool,
+    recursive: bool,
+    remote: Option<&str>,
+) -> ExitCode {
+    repo::run("spfs ls", || {
+        let repos = repo::readable(remote)?;
+        let manifest = merged_manifest(&repos, reference)?;
+        let Some(dir) = find(&manifest, path) else {
+            return Err(Error::Config(format!(
+                "path not found in {reference:?}: {path}"
+            )));
+        };
+        if dir.kind != EntryKind::Tree {
+            return Err(Error::Config(format!("path is not a directory: {path}")));
+        }
+        let mut out = Out::new();
+        list_dir(&mut out, dir, "", long, recursive)?;
+        out.finish()?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn list_dir(out: &mut Out, dir: &Entry, prefix: &str, long: bool, recursive: bool) -> Result<()> {
+    for (name, entry) in &dir.entries {
+        if entry.kind == EntryKind::Mask {
+            continue;
+        }
+        let slash = if entry.kind == EntryKind::Tree {
+            "/"
+        } else {
+            ""
+        };
+        let shown = format!("{prefix}{name}{slash}");
+        if long {
+            out.line(format_args!(
+                "{} {:>10} {shown}",
+                mode_string(entry.mode),
+                entry.size
+            ))?;
+        } else {
+            out.line(&shown)?;
+        }
+        if recursive && entry.kind == EntryKind::Tree {
+            list_dir(out, entry, &shown, long, recursive)?;
+        }
+    }
+    Ok(())
+}
+
+/// `drwxr-xr-x`, as `ls -l` shows a mode.
+fn mode_string(mode: u32) -> String {
+    let kind = match mode & libc::S_IFMT as u32 {
+        m if m == libc::S_IFDIR as u32 => 'd',
+        m if m == libc::S_IFLNK as u32 => 'l',
+        _ => '-',
+    };
+    let mut text = String::from(kind);
+    for shift in [6, 3, 0] {
+        let bits = (mode >> shift) & 7;
+        text.push(if bits & 4 != 0 { 'r' } else { '-' });
+        text.push(if bits & 2 != 0 { 'w' } else { '-' });
+        text.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    text
+}
+
+/// `spfs read REF [PATH]`: a blob's bytes, or a file's in the ref, to stdout.
+pub fn read(reference: &str, path: Option<&str>, remote: Option<&str>) -> ExitCode {
+    repo::run("spfs read", || {
+        let repos = repo::readable(remote)?;
+        let payload = match path {
+            None => {
+                let digest = repo::resolve_digest(&repos, reference)?;
+                match repos.read_object(&digest) {
+                    Ok(Object::Blob(blob)) => blob.payload,
+                    Ok(other) => {
+                        return Err(Error::Config(format!(
+                            "{reference} is a {}: give the PATH of a file in it to read",
+                            repo::kind_name(&other)
+                        )))
+                    }
+                    // A payload without a Blob object is still readable by digest.
+                    Err(crate::storage::error::StorageError::UnknownObject(_)) => digest,
+                    Err(err) => return Err(err.into()),
+                }
+            }
+            Some(path) => {
+                let manifest = merged_manifest(&repos, reference)?;
+                match find(&manifest, path) {
+                    Some(entry) if entry.kind == EntryKind::Blob => entry.object,
+                    Some(_) => {
+                        return Err(Error::Config(format!(
+                            "path is a directory or masked file: {path}"
+                        )))
+                    }
+                    None => return Err(Error::Config(format!("file does not exist: {path}"))),
+                }
+            }
+        };
+        let mut file = open_payload(&repos, &payload)?;
+        let mut out = Out::new();
+        out.copy(&mut file)?;
+        out.finish()?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn open_payload(repos: &ProxyRepository, digest: &Digest) -> Result<std::fs::File> {
+    for repo in repos.repositories() {
+        if repo.has_payload(digest) {
+            return Ok(repo.open_payload(digest)?);
+        }
+    }
+    Err(crate::storage::error::StorageError::UnknownPayload(*digest).into())
+}

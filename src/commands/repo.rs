@@ -1,0 +1,212 @@
+//! What the repository commands share: opening the repositories the user's
+//! spfs configuration names, writing to stdout so that a closed pipe ends the
+//! command the way it ends other Unix tools, a progress line on a terminal,
+//! and one runner that turns a command's `Result` into its exit status.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::storage::config::SpfsConfig;
+use crate::storage::encoding::Digest;
+use crate::storage::fs::FsRepository;
+use crate::storage::graph::Object;
+use crate::storage::proxy::ProxyRepository;
+use crate::storage::tag::TagSpec;
+use crate::tracking::env_spec::{self, Item, SpecError};
+
+/// Runs a repository command: its error goes to stderr as `TOOL: error: ...`
+/// with exit status 1; a closed stdout ends it as SIGPIPE ends `cat`.
+pub fn run(tool: &str, command: impl FnOnce() -> Result<ExitCode>) -> ExitCode {
+    match command() {
+        Ok(code) => code,
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
+            die_of_broken_pipe()
+        }
+        Err(err) => {
+            eprintln!("{tool}: error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The reader went away (`spfs layers | head -1`): end quietly, with the
+/// status a shell shows for a tool killed by SIGPIPE.
+fn die_of_broken_pipe() -> ExitCode {
+    crate::telemetry::flush();
+    // SAFETY: restoring the default action and raising the signal in our own
+    // process; nothing else runs on this thread in between.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+    }
+    ExitCode::from(141)
+}
+
+/// stdout for a command's results; write errors become [`Error::Io`].
+pub struct Out(std::io::BufWriter<std::io::StdoutLock<'static>>);
+
+impl Out {
+    pub fn new() -> Out {
+        Out(std::io::BufWriter::new(std::io::stdout().lock()))
+    }
+
+    pub fn line(&mut self, text: impl std::fmt::Display) -> Result<()> {
+        writeln!(self.0, "{text}").map_err(|e| Error::io("cannot write to stdout", e))
+    }
+
+    pub fn copy(&mut self, reader: &mut dyn std::io::Read) -> Result<u64> {
+        std::io::copy(reader, &mut self.0).map_err(|e| Error::io("cannot write to stdout", e))
+    }
+
+    pub fn finish(mut self) -> Result<()> {
+        self.0
+            .flush()
+            .map_err(|e| Error::io("cannot write to stdout", e))
+    }
+}
+
+impl Default for Out {
+    fn default() -> Self {
+        Out::new()
+    }
+}
+
+/// The repository a write goes to: `--remote NAME`, else the local one
+/// (created if it does not exist yet, as spfs does).
+pub fn writable(remote: Option<&str>) -> Result<FsRepository> {
+    let config = SpfsConfig::load()?;
+    match remote {
+        Some(name) => Ok(FsRepository::open(config.remote_root(name)?)?),
+        None => Ok(FsRepository::create(&config.local_root)?),
+    }
+}
+
+/// The repositories a read looks in: `--remote NAME` alone, else the local
+/// one and then the secondary repositories, as a runtime reads them.
+pub fn readable(remote: Option<&str>) -> Result<ProxyRepository> {
+    let config = SpfsConfig::load()?;
+    match remote {
+        Some(name) => Ok(ProxyRepository::from_repositories(vec![
+            FsRepository::open(config.remote_root(name)?)?,
+        ])),
+        None => Ok(ProxyRepository::open(&config.runtime_repositories()?)?),
+    }
+}
+
+/// One ref item (a digest, partial digest or tag; no `+`) as an object digest.
+pub fn resolve_digest(repos: &ProxyRepository, reference: &str) -> Result<Digest> {
+    let items = env_spec::parse(reference)?;
+    let [(part, item)] = items.as_slice() else {
+        return Err(Error::Config(format!(
+            "{:?} is not a single reference; give one tag or digest (no '+')",
+            env_spec::shorten(reference)
+        )));
+    };
+    let unknown = || {
+        Error::Spec(SpecError::Unknown {
+            part: part.clone(),
+            repos: repos
+                .roots()
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    };
+    match item {
+        Item::Digest(digest) => Ok(*digest),
+        Item::Tag(tag) => Ok(repos.resolve_tag(tag)?.target),
+        Item::Partial(partial, tag) => {
+            let found = repos.find_digests(partial)?;
+            match (found.as_slice(), tag) {
+                ([one], _) => Ok(*one),
+                ([], Some(tag)) => Ok(repos.resolve_tag(tag)?.target),
+                ([], None) => Err(unknown()),
+                (many, _) => Err(Error::Spec(SpecError::Ambiguous {
+                    part: part.clone(),
+                    candidates: many.iter().map(|d| d.to_base32()).collect(),
+                })),
+            }
+        }
+        Item::Dir(_) => Err(Error::Config(format!(
+            "{part:?} is a directory; this command takes a tag or a digest"
+        ))),
+    }
+}
+
+/// Parses a tag given on the command line.
+pub fn tag_spec(text: &str) -> Result<TagSpec> {
+    Ok(TagSpec::parse(text)?)
+}
+
+/// `layer`, `platform`, `manifest` or `blob`.
+pub fn kind_name(object: &Object) -> &'static str {
+    object.kind().name()
+}
+
+/// A line of progress on stderr while long work runs, only on a terminal,
+/// redrawn at most ten times a second and erased at the end.
+pub struct Progress {
+    enabled: bool,
+    last: Option<Instant>,
+    drawn: bool,
+}
+
+impl Progress {
+    pub fn new() -> Progress {
+        Progress {
+            enabled: std::io::stderr().is_terminal(),
+            last: None,
+            drawn: false,
+        }
+    }
+
+    pub fn update(&mut self, text: impl FnOnce() -> String) {
+        if !self.enabled {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < Duration::from_millis(100))
+        {
+            return;
+        }
+        self.last = Some(now);
+        self.drawn = true;
+        eprint!("\r\x1b[2K{}", text());
+    }
+
+    pub fn clear(&mut self) {
+        if self.drawn {
+            eprint!("\r\x1b[2K");
+            self.drawn = false;
+        }
+    }
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress::new()
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+/// `1.5 Ki`, as spfs prints sizes.
+pub fn format_size(bytes: u64) -> String {
+    let units = ["B", "Ki", "Mi", "Gi", "Ti", "Pi"];
+    let mut size = bytes as f64;
+    let mut unit = 0;
+    while size >= 1024.0 && unit < units.len() - 1 {
+        size /= 1024.0;
+        unit += 1;
+    }
+    format!("{size:3.1} {}", units[unit])
+}

@@ -1,0 +1,418 @@
+//! spfs's own configuration, read the way spfs 0.44 reads it, for what this
+//! project needs of it: where the local repository is, which remotes exist
+//! and which of them a runtime reads through (`filesystem.secondary_repositories`).
+//!
+//! Sources, the later wins: `/etc/spfs.conf` (ini), `/etc/spfs.{toml,yaml,json,ini}`,
+//! the user's `<config dir>/spfs/spfs.conf` (ini) and `spfs/spfs.{toml,...}`, then
+//! the environment: `SPFS_` with `__` between keys (`SPFS_STORAGE__ROOT`), or the
+//! older single `_` (`SPFS_STORAGE_ROOT`, `SPFS_REMOTE_origin_ADDRESS`). The files
+//! are parsed by the `config` crate, as spfs does; only the keys below are read,
+//! so this project's own `SPFS_*` variables never collide with them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::platform;
+
+/// What went wrong reading the configuration; each message names the source and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the spfs configuration: {0}; fix or remove the file it names")]
+    Read(String),
+    #[error("the spfs configuration has {key} = {value:?}, which is not an absolute path; set it to an absolute path (or ~/...)")]
+    RelativePath { key: String, value: String },
+    #[error("not supported: remote {name:?} is {address:?}; only filesystem repositories (a path or a file: URL) can be used here")]
+    UnsupportedRemote { name: String, address: String },
+    #[error("remote {name:?} has no address; set remote.{name}.address (e.g. SPFS_REMOTE_{name}_ADDRESS=file:///path/to/repo)")]
+    NoAddress { name: String },
+    #[error("unknown remote {0:?}; configure it as remote.{0}.address")]
+    UnknownRemote(String),
+    #[error("cannot find your home directory (HOME is not set); set HOME or SPFS_STORAGE_ROOT")]
+    NoHome,
+}
+
+/// The parts of spfs's configuration this project uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpfsConfig {
+    /// `storage.root`: the local repository.
+    pub local_root: PathBuf,
+    /// `remote.<name>`: every configured remote, by name.
+    pub remotes: BTreeMap<String, Remote>,
+    /// `filesystem.secondary_repositories`: remotes a runtime reads through, in order.
+    pub secondary: Vec<String>,
+}
+
+/// A configured remote repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Remote {
+    /// A filesystem repository at this absolute path.
+    Fs(PathBuf),
+    /// Any other kind (`http`, `grpc`, `tar`, ...): named, but not usable here.
+    Unsupported(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Raw {
+    storage: RawStorage,
+    remote: BTreeMap<String, RawRemote>,
+    filesystem: RawFilesystem,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawStorage {
+    root: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawRemote {
+    address: Option<String>,
+    scheme: Option<String>,
+    path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawFilesystem {
+    secondary_repositories: Option<StringOrList>,
+}
+
+/// A list from toml/yaml/json, or a comma-separated string from ini or the environment.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum StringOrList {
+    List(Vec<String>),
+    Text(String),
+}
+
+/// Where configuration comes from; [`Sources::system`] is what spfs reads.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// File stems, lowest priority first; each is read as `STEM.conf` (ini) and
+    /// `STEM.{toml,yaml,json,ini}` when present.
+    pub file_stems: Vec<PathBuf>,
+    /// Environment variables (`SPFS_*` are used).
+    pub env: HashMap<String, String>,
+}
+
+impl Sources {
+    /// `/etc/spfs`, the user's `spfs/spfs`, and this process's environment.
+    pub fn system() -> Sources {
+        let mut file_stems = vec![PathBuf::from("/etc/spfs")];
+        if let Ok(dir) = platform::user_config_dir() {
+            file_stems.push(dir.join("spfs").join("spfs"));
+        }
+        Sources {
+            file_stems,
+            env: std::env::vars().collect(),
+        }
+    }
+}
+
+impl SpfsConfig {
+    /// Reads the configuration as spfs does.
+    pub fn load() -> Result<SpfsConfig, ConfigError> {
+        SpfsConfig::load_from(&Sources::system())
+    }
+
+    pub fn load_from(sources: &Sources) -> Result<SpfsConfig, ConfigError> {
+        use config::{Environment, File, FileFormat};
+        let mut builder = config::Config::builder();
+        for stem in &sources.file_stems {
+            let conf = PathBuf::from(format!("{}.conf", stem.display()));
+            builder = builder
+                .add_source(File::new(&conf.to_string_lossy(), FileFormat::Ini).required(false))
+                .add_source(File::with_name(&stem.to_string_lossy()).required(false));
+        }
+        let (old_style, new_style) = split_env(&sources.env);
+        builder = builder
+            .add_source(
+                Environment::with_prefix("SPFS")
+                    .separator("_")
+                    .source(Some(old_style.into_iter().collect())),
+            )
+            .add_source(
+                Environment::with_prefix("SPFS")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .source(Some(new_style.into_iter().collect())),
+            );
+        let raw: Raw = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Read(e.to_string()))?;
+        SpfsConfig::from_raw(raw)
+    }
+
+    fn from_raw(raw: Raw) -> Result<SpfsConfig, ConfigError> {
+        let local_root = match raw.storage.root.filter(|r| !r.trim().is_empty()) {
+            Some(root) => absolute("storage.root", &root)?,
+            None => platform::default_repository_root().map_err(|_| ConfigError::NoHome)?,
+        };
+        let mut remotes = BTreeMap::new();
+        for (name, remote) in raw.remote {
+            let parsed = match (remote.scheme.as_deref(), remote.address, remote.path) {
+                (Some("fs"), _, Some(path)) => {
+                    Remote::Fs(absolute(&format!("remote.{name}.path"), &path)?)
+                }
+                (Some(scheme), _, _) if scheme != "fs" => Remote::Unsupported(scheme.to_owned()),
+                (_, Some(address), _) => parse_address(&name, &address)?,
+                _ => return Err(ConfigError::NoAddress { name }),
+            };
+            remotes.insert(name, parsed);
+        }
+        let secondary = match raw.filesystem.secondary_repositories {
+            None => vec!["origin".to_owned()],
+            Some(StringOrList::List(list)) => list,
+            Some(StringOrList::Text(text)) => text
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        };
+        Ok(SpfsConfig {
+            local_root,
+            remotes,
+            secondary,
+        })
+    }
+
+    /// The filesystem path of remote `name`, or why it cannot be used.
+    pub fn remote_root(&self, name: &str) -> Result<&Path, ConfigError> {
+        match self.remotes.get(name) {
+            Some(Remote::Fs(path)) => Ok(path),
+            Some(Remote::Unsupported(address)) => Err(ConfigError::UnsupportedRemote {
+                name: name.to_owned(),
+                address: address.clone(),
+            }),
+            None => Err(ConfigError::UnknownRemote(name.to_owned())),
+        }
+    }
+
+    /// The repositories a runtime reads through, in order: the local one, then
+    /// each configured secondary repository. A secondary name with no remote
+    /// configured is skipped (spfs's default names `origin`, which most
+    /// machines do not define); one of an unsupported kind is an error.
+    pub fn runtime_repositories(&self) -> Result<Vec<PathBuf>, ConfigError> {
+        let mut roots = vec![self.local_root.clone()];
+        for name in &self.secondary {
+            match self.remote_root(name) {
+                Ok(path) => {
+                    if !roots.iter().any(|r| r == path) {
+                        roots.push(path.to_owned())
+                    }
+                }
+                Err(ConfigError::UnknownRemote(_)) => continue,
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(roots)
+    }
+}
+
+/// Splits `SPFS_*` variables of the sections read here into the older
+/// single-`_` style and the `__` style, so neither misreads the other.
+fn split_env(env: &HashMap<String, String>) -> (Vec<(String, String)>, Vec<(String, String)>) {
+    const SECTIONS: [&str; 3] = ["STORAGE", "REMOTE", "FILESYSTEM"];
+    let mut old_style = Vec::new();
+    let mut new_style = Vec::new();
+    for (key, value) in env {
+        let Some(rest) = key.strip_prefix("SPFS_") else {
+            continue;
+        };
+        if let Some((section, _)) = rest.split_once("__") {
+            if SECTIONS.contains(&section) {
+                new_style.push((key.clone(), value.clone()));
+            }
+        } else if let Some((section, _)) = rest.split_once('_') {
+            // FILESYSTEM keys contain '_' themselves: only the `__` style can name them.
+            if section == "STORAGE" || section == "REMOTE" {
+                old_style.push((key.clone(), value.clone()));
+            }
+        }
+    }
+    (old_style, new_style)
+}
+
+/// `file:///p`, `file:/p` or a plain absolute path: a filesystem repository.
+fn parse_address(name: &str, address: &str) -> Result<Remote, ConfigError> {
+    let key = format!("remote.{name}.address");
+    if let Some(rest) = address.strip_prefix("file:") {
+        // file:///p has an empty authority; file://localhost/p names this machine.
+        let path = rest
+            .strip_prefix("//localhost")
+            .or_else(|| rest.strip_prefix("//"))
+            .unwrap_or(rest);
+        let path = path.split(['?', '#']).next().unwrap_or(path);
+        return Ok(Remote::Fs(absolute(&key, path)?));
+    }
+    if address.starts_with('/') || address.starts_with("~/") {
+        return Ok(Remote::Fs(absolute(&key, address)?));
+    }
+    Ok(Remote::Unsupported(address.to_owned()))
+}
+
+fn absolute(key: &str, value: &str) -> Result<PathBuf, ConfigError> {
+    let path = match value.strip_prefix("~/") {
+        Some(rest) => std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(|home| PathBuf::from(home).join(rest))
+            .ok_or(ConfigError::NoHome)?,
+        None => PathBuf::from(value),
+    };
+    if path.is_absolute() {
+        Ok(path)
+    } else {
+        Err(ConfigError::RelativePath {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources(dir: &Path, env: &[(&str, &str)]) -> Sources {
+        Sources {
+            file_stems: vec![dir.join("etc/spfs"), dir.join("user/spfs")],
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn ini_then_toml_then_environment_later_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        std::fs::create_dir_all(dir.path().join("user")).unwrap();
+        std::fs::write(
+            dir.path().join("etc/spfs.conf"),
+            "[storage]\nroot = /etc-root\n\n[remote.origin]\naddress = file:///srv/origin\n",
+        )
+        .unwrap();
+        let config = SpfsConfig::load_from(&sources(dir.path(), &[])).unwrap();
+        assert_eq!(config.local_root, Path::new("/etc-root"));
+        assert_eq!(
+            config.remotes["origin"],
+            Remote::Fs(PathBuf::from("/srv/origin"))
+        );
+        assert_eq!(config.secondary, vec!["origin"]);
+        assert_eq!(
+            config.runtime_repositories().unwrap(),
+            vec![PathBuf::from("/etc-root"), PathBuf::from("/srv/origin")]
+        );
+
+        std::fs::write(
+            dir.path().join("user/spfs.toml"),
+            "[storage]\nroot = \"/user-root\"\n[filesystem]\nsecondary_repositories = [\"origin\", \"other\"]\n[remote.other]\naddress = \"/srv/other\"\n",
+        )
+        .unwrap();
+        let config = SpfsConfig::load_from(&sources(dir.path(), &[])).unwrap();
+        assert_eq!(config.local_root, Path::new("/user-root"));
+        assert_eq!(
+            config.runtime_repositories().unwrap(),
+            vec![
+                PathBuf::from("/user-root"),
+                PathBuf::from("/srv/origin"),
+                PathBuf::from("/srv/other")
+            ]
+        );
+
+        let config = SpfsConfig::load_from(&sources(
+            dir.path(),
+            &[
+                ("SPFS_STORAGE_ROOT", "/old-style"),
+                ("SPFS_REMOTE_origin_ADDRESS", "file:/env/origin"),
+                ("SPFS_FILESYSTEM__SECONDARY_REPOSITORIES", "other"),
+                // Ours, not spfs's: must not disturb the parse.
+                ("SPFS_RUNTIME_DIR", "/run/x"),
+                ("SPFS_STORAGE", "/legacy/layers"),
+            ],
+        ))
+        .unwrap();
+        assert_eq!(config.local_root, Path::new("/old-style"));
+        assert_eq!(
+            config.remotes["origin"],
+            Remote::Fs(PathBuf::from("/env/origin"))
+        );
+        assert_eq!(config.secondary, vec!["other"]);
+
+        let config = SpfsConfig::load_from(&sources(
+            dir.path(),
+            &[("SPFS_STORAGE__ROOT", "/new-style")],
+        ))
+        .unwrap();
+        assert_eq!(config.local_root, Path::new("/new-style"));
+    }
+
+    #[test]
+    fn yaml_and_json_are_read_too() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        std::fs::write(
+            dir.path().join("etc/spfs.yaml"),
+            "storage:\n  root: /yaml\n",
+        )
+        .unwrap();
+        let config = SpfsConfig::load_from(&sources(dir.path(), &[])).unwrap();
+        assert_eq!(config.local_root, Path::new("/yaml"));
+        std::fs::remove_file(dir.path().join("etc/spfs.yaml")).unwrap();
+        std::fs::write(
+            dir.path().join("etc/spfs.json"),
+            r#"{"storage": {"root": "/json"}}"#,
+        )
+        .unwrap();
+        let config = SpfsConfig::load_from(&sources(dir.path(), &[])).unwrap();
+        assert_eq!(config.local_root, Path::new("/json"));
+    }
+
+    #[test]
+    fn unsupported_remotes_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SpfsConfig::load_from(&sources(
+            dir.path(),
+            &[("SPFS_REMOTE_origin_ADDRESS", "http://spfs.example/")],
+        ))
+        .unwrap();
+        let err = config.runtime_repositories().unwrap_err().to_string();
+        assert!(err.starts_with("not supported: remote \"origin\""), "{err}");
+        assert!(err.contains("http://spfs.example/"), "{err}");
+
+        let err = SpfsConfig::load_from(&sources(dir.path(), &[("SPFS_STORAGE_ROOT", "rel/dir")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("storage.root") && err.contains("rel/dir"),
+            "{err}"
+        );
+
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join("etc/spfs.toml"), "[storage\nroot=").unwrap();
+        let err = SpfsConfig::load_from(&sources(dir.path(), &[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("spfs.toml"), "{err}");
+    }
+
+    #[test]
+    fn default_secondary_origin_may_be_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SpfsConfig::load_from(&sources(
+            dir.path(),
+            &[("SPFS_STORAGE_ROOT", "/only-local")],
+        ))
+        .unwrap();
+        assert_eq!(
+            config.runtime_repositories().unwrap(),
+            vec![PathBuf::from("/only-local")]
+        );
+    }
+}

@@ -1,0 +1,262 @@
+//! Env specs: what `spfs run REF` shows, resolved to a stack of layers.
+//!
+//! `a+b+c` stacks items bottom to top (the later wins where paths collide);
+//! `-` or an empty string is the empty environment. Each item is, as in spfs,
+//! a full digest, a unique partial digest, or a tag (`org/name`, `~N` for an
+//! older version); an absolute directory path is also a layer (development,
+//! tests). Platforms expand recursively into their layers, and the first
+//! occurrence of a layer wins. Every error names the item that is wrong.
+
+use std::collections::HashSet;
+use std::path::{Component, Path, PathBuf};
+
+use crate::storage::encoding::{Digest, PartialDigest};
+use crate::storage::error::StorageError;
+use crate::storage::graph::{Manifest, Object};
+use crate::storage::proxy::ProxyRepository;
+use crate::storage::tag::TagSpec;
+
+/// More layers than any real environment; bounds the work one `Mount` can ask for.
+pub const MAX_LAYERS: usize = 1000;
+/// Platforms nest at most this deep (a deeper chain is a cycle or an attack).
+pub const MAX_PLATFORM_DEPTH: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("empty item at position {position} of {spec:?}; items are joined by single '+'")]
+    EmptyPart { spec: String, position: usize },
+    #[error("{part:?} contains '..'; give the layer's real absolute path")]
+    DotDot { part: String },
+    #[error("{spec:?} has {count} items; at most {MAX_LAYERS} are allowed")]
+    TooMany { spec: String, count: usize },
+    #[error("{part:?} is neither a digest nor a valid tag: {reason}")]
+    BadItem { part: String, reason: String },
+    #[error("unknown reference {part:?}: no such tag or object in {repos} (see `spfs tags`, `spfs layers`)")]
+    Unknown { part: String, repos: String },
+    #[error("ambiguous reference {part:?}: it is the start of {} digests: {}; give more characters", candidates.len(), candidates.join(", "))]
+    Ambiguous {
+        part: String,
+        candidates: Vec<String>,
+    },
+    #[error("{part:?} names a blob (a file's contents), not a layer or platform")]
+    IsBlob { part: String },
+    #[error("{part:?}: platforms nest deeper than {MAX_PLATFORM_DEPTH} levels (a cycle?)")]
+    TooDeep { part: String },
+    #[error("{part:?} expands to more than {MAX_LAYERS} layers")]
+    TooManyLayers { part: String },
+    #[error("layer {part:?} does not exist")]
+    Missing { part: String },
+    #[error("layer {part:?} is not a directory")]
+    NotADirectory { part: String },
+    #[error("layer {part:?} cannot be read: {error}")]
+    Unreadable { part: String, error: String },
+    #[error("{part:?}: {error}")]
+    Storage { part: String, error: StorageError },
+}
+
+/// One item of a spec, after its syntax was checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    Digest(Digest),
+    /// Could be a partial digest; when no object starts with it, it is a tag.
+    Partial(PartialDigest, Option<TagSpec>),
+    Tag(TagSpec),
+    Dir(PathBuf),
+}
+
+/// A layer of a resolved stack, bottom to top.
+#[derive(Debug, Clone)]
+pub enum Layer {
+    /// A layer (or bare manifest) object: its manifest, already read and verified.
+    Manifest { digest: Digest, manifest: Manifest },
+    /// A directory on disk, shown as it is.
+    Dir(PathBuf),
+}
+
+/// Checks the syntax and returns the items bottom to top, without touching the disk.
+pub fn parse(spec: &str) -> Result<Vec<(String, Item)>, SpecError> {
+    if spec.is_empty() || spec == "-" {
+        return Ok(Vec::new());
+    }
+    let parts: Vec<&str> = spec.split('+').collect();
+    if parts.len() > MAX_LAYERS {
+        return Err(SpecError::TooMany {
+            spec: shorten(spec),
+            count: parts.len(),
+        });
+    }
+    let mut items = Vec::with_capacity(parts.len());
+    for (index, part) in parts.iter().enumerate() {
+        if part.is_empty() {
+            return Err(SpecError::EmptyPart {
+                spec: shorten(spec),
+                position: index + 1,
+            });
+        }
+        items.push((shorten(part), parse_item(part)?));
+    }
+    Ok(items)
+}
+
+fn parse_item(part: &str) -> Result<Item, SpecError> {
+    if part.starts_with('/') {
+        let path = Path::new(part);
+        if path.components().any(|c| c == Component::ParentDir) {
+            return Err(SpecError::DotDot {
+                part: shorten(part),
+            });
+        }
+        return Ok(Item::Dir(path.to_owned()));
+    }
+    if let Ok(digest) = Digest::parse(part) {
+        return Ok(Item::Digest(digest));
+    }
+    let tag = TagSpec::parse(part);
+    match PartialDigest::parse(part) {
+        Ok(partial) => Ok(Item::Partial(partial, tag.ok())),
+        Err(_) => match tag {
+            Ok(tag) => Ok(Item::Tag(tag)),
+            Err(err) => Err(SpecError::BadItem {
+                part: shorten(part),
+                reason: err.to_string(),
+            }),
+        },
+    }
+}
+
+/// Parses `spec` and resolves it in `repos` to layers, bottom to top.
+/// Reads (and verifies) platform, layer and manifest objects; no payloads.
+pub fn resolve(spec: &str, repos: &ProxyRepository) -> Result<Vec<Layer>, SpecError> {
+    let mut layers = Vec::new();
+    let mut seen = HashSet::new();
+    for (part, item) in parse(spec)? {
+        let storage = |error| SpecError::Storage {
+            part: part.clone(),
+            error,
+        };
+        let digest = match item {
+            Item::Dir(path) => {
+                check_dir(&part, &path)?;
+                layers.push(Layer::Dir(path));
+                continue;
+            }
+            Item::Digest(digest) => digest,
+            Item::Tag(tag) => repos.resolve_tag(&tag).map_err(storage)?.target,
+            Item::Partial(partial, tag) => {
+                let found = repos.find_digests(&partial).map_err(storage)?;
+                match (found.as_slice(), tag) {
+                    ([one], _) => *one,
+                    ([], Some(tag)) => repos.resolve_tag(&tag).map_err(storage)?.target,
+                    ([], None) => {
+                        return Err(SpecError::Unknown {
+                            part,
+                            repos: describe(repos),
+                        })
+                    }
+                    (many, _) => {
+                        return Err(SpecError::Ambiguous {
+                            part,
+                            candidates: many.iter().map(|d| d.to_base32()).collect(),
+                        })
+                    }
+                }
+            }
+        };
+        expand(&part, digest, repos, 0, &mut seen, &mut layers)?;
+    }
+    Ok(layers)
+}
+
+/// Adds the layers of `digest` (a layer, a manifest or a platform) in order.
+fn expand(
+    part: &str,
+    digest: Digest,
+    repos: &ProxyRepository,
+    depth: usize,
+    seen: &mut HashSet<Digest>,
+    layers: &mut Vec<Layer>,
+) -> Result<(), SpecError> {
+    if depth > MAX_PLATFORM_DEPTH {
+        return Err(SpecError::TooDeep { part: part.into() });
+    }
+    let storage = |error| SpecError::Storage {
+        part: part.into(),
+        error,
+    };
+    let object = repos.read_object(&digest).map_err(|err| match err {
+        StorageError::UnknownObject(_) if depth == 0 => SpecError::Unknown {
+            part: part.into(),
+            repos: describe(repos),
+        },
+        err => storage(err),
+    })?;
+    match object {
+        Object::Platform(platform) => {
+            for layer in platform.layers {
+                expand(part, layer, repos, depth + 1, seen, layers)?;
+            }
+        }
+        // The first occurrence of a layer wins; later duplicates add nothing.
+        _ if !seen.insert(digest) => {}
+        Object::Layer(layer) => {
+            let manifest =
+                match layer.manifest {
+                    Some(manifest) => match repos.read_object(&manifest).map_err(storage)? {
+                        Object::Manifest(manifest) => manifest,
+                        _ => return Err(storage(StorageError::corrupt(
+                            manifest.to_base32(),
+                            format!(
+                                "layer {digest} names it as its manifest, but it is not a manifest"
+                            ),
+                        ))),
+                    },
+                    None => Manifest::default(),
+                };
+            layers.push(Layer::Manifest { digest, manifest });
+        }
+        Object::Manifest(manifest) => layers.push(Layer::Manifest { digest, manifest }),
+        Object::Blob(_) => return Err(SpecError::IsBlob { part: part.into() }),
+    }
+    if layers.len() > MAX_LAYERS {
+        return Err(SpecError::TooManyLayers { part: part.into() });
+    }
+    Ok(())
+}
+
+fn check_dir(part: &str, path: &Path) -> Result<(), SpecError> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(SpecError::NotADirectory { part: part.into() }),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            Err(SpecError::Missing { part: part.into() })
+        }
+        Err(err) => Err(SpecError::Unreadable {
+            part: part.into(),
+            error: err.to_string(),
+        }),
+    }
+}
+
+fn describe(repos: &ProxyRepository) -> String {
+    let roots = repos.roots();
+    if roots.is_empty() {
+        return "the local repository (which does not exist yet)".into();
+    }
+    roots
+        .iter()
+        .map(|r| r.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Long items are cut in messages so an error stays one screen.
+pub fn shorten(text: &str) -> String {
+    if text.len() <= 200 {
+        return text.to_owned();
+    }
+    let mut end = 200;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
