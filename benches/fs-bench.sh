@@ -7,11 +7,11 @@ cd "$(dirname "$0")/.."
 work=${1:-/tmp/spfs-fs-bench}
 cargo build --release -q
 spfs=$PWD/target/release/spfs
-export SPFS_RUNTIME_DIR=$work/run SPFS_LOG_DIR=$work/log SPFS_MOUNTPOINT=$work/mnt SPFS_STORAGE=$work/layers
-mkdir -p "$SPFS_STORAGE"
+export SPFS_RUNTIME_DIR=$work/run SPFS_LOG_DIR=$work/log SPFS_MOUNTPOINT=$work/mnt SPFS_STORAGE_ROOT=$work/repo
+mkdir -p "$work/layers"
 
-big=$SPFS_STORAGE/big
-tree=$SPFS_STORAGE/tree
+big=$work/layers/big
+tree=$work/layers/tree
 if [ ! -f "$big/data/one-gib.bin" ]; then
     mkdir -p "$big/data"
     head -c 1073741824 /dev/urandom > "$big/data/one-gib.bin"
@@ -45,6 +45,10 @@ drop=""
 probe() { python3 benches/fs_probe.py "$@"; }
 native_big=$(probe "$big" data/one-gib.bin data/one-gib.bin data/one-gib.bin $drop)
 native_tree=$(probe "$tree" top.txt top.txt "$deep_rel" $drop)
+# The layers are read from an spfs repository, as users have them (a commit
+# of data already stored only re-hashes it).
+"$spfs" commit --path "$big" -t big >/dev/null 2>&1
+"$spfs" commit --path "$tree" -t tree >/dev/null 2>&1
 # Not a timing: starts the service so the runs below are warm starts.
 "$spfs" service start >/dev/null
 spfs_big=$("$spfs" run big+tree -- python3 benches/fs_probe.py "$SPFS_MOUNTPOINT" data/one-gib.bin top.txt "$deep_rel" $drop)

@@ -77,10 +77,12 @@ fn commit_path(remote: Option<&str>, dir: &Path, allow_empty: bool) -> Result<Di
     let (layer, _manifest) = commit_dir(&repo, dir, &mut |stats: CommitStats| {
         progress.update(|| {
             format!(
-                "committing {}: {} files, {}",
+                "committing {}: {}/{} files, {}/{}",
                 dir.display(),
                 stats.files,
-                repo::format_size(stats.bytes)
+                stats.total_files,
+                repo::format_size(stats.bytes),
+                repo::format_size(stats.total_bytes)
             )
         })
     })?;

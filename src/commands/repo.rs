@@ -14,7 +14,7 @@ use crate::storage::fs::FsRepository;
 use crate::storage::graph::Object;
 use crate::storage::proxy::ProxyRepository;
 use crate::storage::tag::TagSpec;
-use crate::tracking::env_spec::{self, Item, SpecError};
+use crate::tracking::env_spec;
 
 /// Runs a repository command: its error goes to stderr as `TOOL: error: ...`
 /// with exit status 1; a closed stdout ends it as SIGPIPE ends `cat`.
@@ -104,36 +104,7 @@ pub fn resolve_digest(repos: &ProxyRepository, reference: &str) -> Result<Digest
             env_spec::shorten(reference)
         )));
     };
-    let unknown = || {
-        Error::Spec(SpecError::Unknown {
-            part: part.clone(),
-            repos: repos
-                .roots()
-                .iter()
-                .map(|r| r.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
-    };
-    match item {
-        Item::Digest(digest) => Ok(*digest),
-        Item::Tag(tag) => Ok(repos.resolve_tag(tag)?.target),
-        Item::Partial(partial, tag) => {
-            let found = repos.find_digests(partial)?;
-            match (found.as_slice(), tag) {
-                ([one], _) => Ok(*one),
-                ([], Some(tag)) => Ok(repos.resolve_tag(tag)?.target),
-                ([], None) => Err(unknown()),
-                (many, _) => Err(Error::Spec(SpecError::Ambiguous {
-                    part: part.clone(),
-                    candidates: many.iter().map(|d| d.to_base32()).collect(),
-                })),
-            }
-        }
-        Item::Dir(_) => Err(Error::Config(format!(
-            "{part:?} is a directory; this command takes a tag or a digest"
-        ))),
-    }
+    Ok(env_spec::item_digest(part, item, repos)?)
 }
 
 /// Parses a tag given on the command line.

@@ -133,7 +133,10 @@ mod tests {
     fn a_process_and_its_children_see_the_view_others_do_not() {
         let router = Router::default();
         let me = std::process::id() as i32;
-        let view = Arc::new(View::build(router.next_view_id(), "-".into(), &[]).unwrap());
+        let empty = Arc::new(crate::storage::proxy::ProxyRepository::from_repositories(
+            vec![],
+        ));
+        let view = Arc::new(View::build(router.next_view_id(), "-".into(), &[], empty).unwrap());
         let mut child = std::process::Command::new("sleep")
             .arg("5")
             .spawn()

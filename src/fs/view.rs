@@ -490,3 +490,104 @@ pub fn empty_root_attr() -> FileAttr {
         blksize: 4096,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::graph::{Entry, Manifest, Tree};
+
+    fn file(name: &str, content: &str) -> Entry {
+        Entry {
+            kind: EntryKind::Blob,
+            object: Digest::of(content.as_bytes()),
+            mode: 0o100644,
+            size: content.len() as u64,
+            name: name.into(),
+        }
+    }
+
+    fn dir(name: &str, tree: &Tree) -> Entry {
+        Entry {
+            kind: EntryKind::Tree,
+            object: tree.digest(),
+            mode: 0o040755,
+            size: 0,
+            name: name.into(),
+        }
+    }
+
+    fn mask(name: &str) -> Entry {
+        Entry {
+            kind: EntryKind::Mask,
+            object: Digest::NULL,
+            mode: 0o020644,
+            size: 0,
+            name: name.into(),
+        }
+    }
+
+    fn layer(trees: Vec<Tree>) -> Layer {
+        let manifest = Manifest { trees };
+        Layer::Manifest {
+            digest: Digest::of(format!("{manifest:?}").as_bytes()),
+            manifest,
+        }
+    }
+
+    #[test]
+    fn directories_merge_the_top_wins_and_masks_hide_what_is_below() {
+        let etc_base = Tree {
+            entries: vec![file("only-base", "b"), file("version", "base")],
+        };
+        let base = layer(vec![
+            Tree {
+                entries: vec![
+                    dir("etc", &etc_base),
+                    file("gone", "x"),
+                    file("shadowed", "f"),
+                ],
+            },
+            etc_base,
+        ]);
+        let etc_top = Tree {
+            entries: vec![file("version", "top!")],
+        };
+        let fresh = Tree {
+            entries: vec![file("new", "n")],
+        };
+        let top = layer(vec![
+            Tree {
+                entries: vec![dir("etc", &etc_top), mask("gone"), dir("shadowed", &fresh)],
+            },
+            etc_top,
+            fresh,
+        ]);
+        let empty = Arc::new(ProxyRepository::from_repositories(vec![]));
+        let view = View::build(1, "base+top".into(), &[base, top], empty).unwrap();
+        let etc = view.child(0, "etc".as_ref()).unwrap();
+        let version = view.child(etc, "version".as_ref()).unwrap();
+        assert_eq!(
+            view.node(version).unwrap().attr.size,
+            4,
+            "the top layer's file"
+        );
+        assert!(
+            view.child(etc, "only-base".as_ref()).is_some(),
+            "directories merge"
+        );
+        assert!(
+            view.child(0, "gone".as_ref()).is_none(),
+            "the mask hides it"
+        );
+        let shadowed = view.child(0, "shadowed".as_ref()).unwrap();
+        assert_eq!(view.node(shadowed).unwrap().attr.kind, FileType::Directory);
+        assert!(view.child(shadowed, "new".as_ref()).is_some());
+        let attr = view.node(version).unwrap().attr;
+        assert_eq!((attr.perm, attr.blocks, attr.nlink), (0o644, 1, 1));
+        // Nothing was read from disk: the file's payload is in no repository.
+        assert_eq!(
+            view.open(version).unwrap_err().raw_os_error(),
+            Some(libc::EIO)
+        );
+    }
+}

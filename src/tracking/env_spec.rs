@@ -44,6 +44,8 @@ pub enum SpecError {
     TooDeep { part: String },
     #[error("{part:?} expands to more than {MAX_LAYERS} layers")]
     TooManyLayers { part: String },
+    #[error("{part:?} is a directory; this needs a tag or a digest")]
+    NotAnObject { part: String },
     #[error("layer {part:?} does not exist")]
     Missing { part: String },
     #[error("layer {part:?} is not a directory")]
@@ -118,7 +120,8 @@ fn parse_item(part: &str) -> Result<Item, SpecError> {
             Ok(tag) => Ok(Item::Tag(tag)),
             Err(err) => Err(SpecError::BadItem {
                 part: shorten(part),
-                reason: err.to_string(),
+                // The reason quotes the item again: keep the message one screen.
+                reason: shorten(&err.to_string()),
             }),
         },
     }
@@ -130,41 +133,52 @@ pub fn resolve(spec: &str, repos: &ProxyRepository) -> Result<Vec<Layer>, SpecEr
     let mut layers = Vec::new();
     let mut seen = HashSet::new();
     for (part, item) in parse(spec)? {
-        let storage = |error| SpecError::Storage {
-            part: part.clone(),
-            error,
-        };
         let digest = match item {
             Item::Dir(path) => {
                 check_dir(&part, &path)?;
                 layers.push(Layer::Dir(path));
                 continue;
             }
-            Item::Digest(digest) => digest,
-            Item::Tag(tag) => repos.resolve_tag(&tag).map_err(storage)?.target,
-            Item::Partial(partial, tag) => {
-                let found = repos.find_digests(&partial).map_err(storage)?;
-                match (found.as_slice(), tag) {
-                    ([one], _) => *one,
-                    ([], Some(tag)) => repos.resolve_tag(&tag).map_err(storage)?.target,
-                    ([], None) => {
-                        return Err(SpecError::Unknown {
-                            part,
-                            repos: describe(repos),
-                        })
-                    }
-                    (many, _) => {
-                        return Err(SpecError::Ambiguous {
-                            part,
-                            candidates: many.iter().map(|d| d.to_base32()).collect(),
-                        })
-                    }
-                }
-            }
+            item => item_digest(&part, &item, repos)?,
         };
         expand(&part, digest, repos, 0, &mut seen, &mut layers)?;
     }
     Ok(layers)
+}
+
+/// The object an item (not a directory) names: a digest, the one object a
+/// partial digest starts, or a tag's target.
+pub fn item_digest(part: &str, item: &Item, repos: &ProxyRepository) -> Result<Digest, SpecError> {
+    let storage = |error| SpecError::Storage {
+        part: part.into(),
+        error,
+    };
+    let unknown = || SpecError::Unknown {
+        part: part.into(),
+        repos: describe(repos),
+    };
+    match item {
+        Item::Digest(digest) => Ok(*digest),
+        Item::Tag(tag) => Ok(repos.resolve_tag(tag).map_err(storage)?.target),
+        Item::Partial(partial, tag) => {
+            let found = repos.find_digests(partial).map_err(storage)?;
+            match (found.as_slice(), tag) {
+                ([one], _) => Ok(*one),
+                // Looked like a digest, but no object starts with it: a tag?
+                ([], Some(tag)) => match repos.resolve_tag(tag) {
+                    Ok(found) => Ok(found.target),
+                    Err(StorageError::UnknownTag { .. }) => Err(unknown()),
+                    Err(err) => Err(storage(err)),
+                },
+                ([], None) => Err(unknown()),
+                (many, _) => Err(SpecError::Ambiguous {
+                    part: part.into(),
+                    candidates: many.iter().map(|d| d.to_base32()).collect(),
+                }),
+            }
+        }
+        Item::Dir(_) => Err(SpecError::NotAnObject { part: part.into() }),
+    }
 }
 
 /// Adds the layers of `digest` (a layer, a manifest or a platform) in order.
@@ -199,19 +213,20 @@ fn expand(
         // The first occurrence of a layer wins; later duplicates add nothing.
         _ if !seen.insert(digest) => {}
         Object::Layer(layer) => {
-            let manifest =
-                match layer.manifest {
-                    Some(manifest) => match repos.read_object(&manifest).map_err(storage)? {
-                        Object::Manifest(manifest) => manifest,
-                        _ => return Err(storage(StorageError::corrupt(
+            let manifest = match layer.manifest {
+                Some(manifest) => match repos.read_object(&manifest).map_err(storage)? {
+                    Object::Manifest(manifest) => manifest,
+                    _ => {
+                        return Err(storage(StorageError::corrupt(
                             manifest.to_base32(),
                             format!(
                                 "layer {digest} names it as its manifest, but it is not a manifest"
                             ),
-                        ))),
-                    },
-                    None => Manifest::default(),
-                };
+                        )))
+                    }
+                },
+                None => Manifest::default(),
+            };
             layers.push(Layer::Manifest { digest, manifest });
         }
         Object::Manifest(manifest) => layers.push(Layer::Manifest { digest, manifest }),
@@ -259,4 +274,151 @@ pub fn shorten(text: &str) -> String {
         end -= 1;
     }
     format!("{}...", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_are_digests_partial_digests_tags_or_directories() {
+        let items = parse("test/base~1+J2W56GBL+/abs/dir").unwrap();
+        assert!(matches!(&items[0].1, Item::Tag(t) if t.to_string() == "test/base~1"));
+        assert!(matches!(&items[1].1, Item::Partial(_, Some(_))));
+        assert!(matches!(&items[2].1, Item::Dir(p) if p == Path::new("/abs/dir")));
+        let full = "J2W56GBLNURZPCYUYXPJEGDYNEZJJ4T76QBWVDKXHVAGWJXOVBCQ====";
+        assert!(matches!(&parse(full).unwrap()[0].1, Item::Digest(d) if d.to_base32() == full));
+        let many = vec!["x"; MAX_LAYERS + 1].join("+");
+        assert!(matches!(parse(&many), Err(SpecError::TooMany { .. })));
+    }
+
+    #[test]
+    fn a_long_item_is_cut_in_messages() {
+        let long = format!("{}!", "a".repeat(70_000));
+        let message = parse(&long).unwrap_err().to_string();
+        assert!(message.len() < 1000, "{}", message.len());
+    }
+
+    fn fixture_repos(name: &str) -> ProxyRepository {
+        let root =
+            std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/spfs"))
+                .join(name);
+        ProxyRepository::open(&[root]).unwrap()
+    }
+
+    #[test]
+    fn platforms_expand_bottom_up_and_the_first_occurrence_of_a_layer_wins() {
+        let repos = fixture_repos("repo-a");
+        let digests = |spec: &str| -> Vec<String> {
+            resolve(spec, &repos)
+                .unwrap()
+                .into_iter()
+                .map(|layer| match layer {
+                    Layer::Manifest { digest, .. } => digest.to_base32()[..8].to_owned(),
+                    Layer::Dir(path) => path.display().to_string(),
+                })
+                .collect()
+        };
+        assert_eq!(digests("test/stack"), ["J2W56GBL", "BNK4OLWR"]);
+        assert_eq!(digests("test/app+test/stack"), ["BNK4OLWR", "J2W56GBL"]);
+        assert_eq!(digests("test/base+test/base~1"), ["W4QCIP2D", "J2W56GBL"]);
+        assert_eq!(digests("-"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn unknown_ambiguous_and_blob_refs_are_errors_naming_the_item() {
+        let repos = fixture_repos("repo-a");
+        assert!(matches!(
+            resolve("test/none", &repos),
+            Err(SpecError::Storage { part, error: StorageError::UnknownTag { .. } }) if part == "test/none"
+        ));
+        assert!(
+            matches!(resolve("BN", &repos), Err(SpecError::Ambiguous { candidates, .. }) if candidates.len() == 2)
+        );
+        // Looks like a partial digest, matches no object and no tag.
+        assert!(matches!(
+            resolve("ZZZZZZZZ", &repos),
+            Err(SpecError::Unknown { .. })
+        ));
+        assert!(matches!(
+            resolve("nosuch", &repos),
+            Err(SpecError::Unknown { .. })
+        ));
+        // A payload's Blob object.
+        let blob = repos.repositories()[0]
+            .iter_objects()
+            .map(|d| d.unwrap())
+            .find(|d| matches!(repos.read_object(d), Ok(Object::Blob(_))))
+            .unwrap();
+        assert!(matches!(
+            resolve(&blob.to_base32(), &repos),
+            Err(SpecError::IsBlob { .. })
+        ));
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The regression corpus in tests/corpus/envspec.txt.
+    #[test]
+    fn corpus() {
+        let text = include_str!("../../tests/corpus/envspec.txt");
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let (spec, expected) = line.split_once('\t').expect("spec<TAB>expected");
+            let spec = if spec == "<empty>" { "" } else { spec };
+            match (parse(spec), expected.split_once(' ')) {
+                (Ok(items), Some(("ok", n))) => {
+                    assert_eq!(items.len().to_string(), n, "{spec:?}")
+                }
+                (Err(err), Some(("err", text))) => {
+                    assert!(err.to_string().contains(text), "{spec:?}: {err}")
+                }
+                (got, _) => panic!("{spec:?}: expected {expected}, got {got:?}"),
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+        /// Any string: no panic; an accepted spec has one item per `+` part;
+        /// an error message stays one screen.
+        #[test]
+        fn parse_never_panics_and_keeps_every_part(spec in "[a-zA-Z0-9+/.~é -]{0,40}|\\PC{0,60}") {
+            match parse(&spec) {
+                Ok(items) => {
+                    if spec.is_empty() || spec == "-" {
+                        prop_assert!(items.is_empty());
+                    } else {
+                        let parts: Vec<String> = items.iter().map(|(p, _)| p.clone()).collect();
+                        prop_assert_eq!(parts.join("+"), spec.clone());
+                    }
+                }
+                Err(err) => prop_assert!(err.to_string().len() < 1000),
+            }
+        }
+
+    }
+
+    proptest! {
+        // Each case parses up to 2,500 items: fewer cases cover the boundary.
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Many items: refused past the limit with the count named.
+        #[test]
+        fn item_count_is_bounded(count in 1usize..2500) {
+            let spec = vec!["l"; count].join("+");
+            match parse(&spec) {
+                Ok(items) => prop_assert!(items.len() == count && count <= MAX_LAYERS),
+                Err(SpecError::TooMany { count: c, .. }) => prop_assert!(c == count && count > MAX_LAYERS),
+                Err(other) => prop_assert!(false, "unexpected {}", other),
+            }
+        }
+    }
 }
