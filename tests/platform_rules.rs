@@ -8,6 +8,7 @@ mod common;
 
 use common::*;
 
+#[cfg(target_os = "linux")]
 fn layer_file(env: &TestEnv, layer: &str, path: &str) {
     let full = env.storage.join(layer).join(path);
     std::fs::create_dir_all(full.parent().unwrap()).unwrap();
@@ -173,4 +174,29 @@ fn allow_other_follows_spfs_allow_other() {
         stderr(&output)
     );
     assert!(!env.is_mounted());
+}
+
+/// On macOS fuser links macFUSE's libfuse into every binary; the `spfs`
+/// binary drops it (build.rs: -dead_strip_dylibs) only if nothing reachable
+/// from its main uses fuser. The Linux linker's section GC shows the same
+/// reachability: `spfs` must contain no fuser symbol, the service must.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_user_binary_contains_nothing_of_fuser() {
+    let fuser_symbols = |binary: &str| -> usize {
+        let output = std::process::Command::new("nm")
+            .args(["--demangle", binary])
+            .output()
+            .expect("nm (binutils) to read the binaries' symbols");
+        assert!(output.status.success(), "nm {binary}: {}", stderr(&output));
+        stdout(&output)
+            .lines()
+            .filter(|line| line.contains("fuser::"))
+            .count()
+    };
+    assert_eq!(fuser_symbols(SPFS), 0, "spfs reaches fuser code");
+    assert!(
+        fuser_symbols(SERVICE) > 0,
+        "the service has fuser symbols (else this test proves nothing)"
+    );
 }

@@ -280,3 +280,9 @@ pub fn mountpoint_fix(path: &Path) -> String {
 /// Start times are clock ticks since boot: they order process starts whatever
 /// the wall clock does.
 pub const START_TIMES_ORDERED: bool = true;
+
+/// Nothing to check before the launcher starts the service: the service
+/// binary starts anywhere, and checks FUSE itself.
+pub fn check_before_service_spawn() -> std::result::Result<(), String> {
+    Ok(())
+}

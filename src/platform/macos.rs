@@ -72,13 +72,144 @@ pub fn default_storage_dir() -> Result<PathBuf> {
     Ok(home_dir()?.join("Library/Application Support/spfs/layers"))
 }
 
+/// `struct kinfo_proc` of `<sys/sysctl.h>` (with `struct extern_proc` of
+/// `<sys/proc.h>`), which the libc crate does not define for Apple targets.
+/// Laid out field by field as in the SDK headers (64-bit); the size and offset
+/// assertions below hold the layout to the headers' 648 bytes, `e_ppid` at
+/// 560, and are evaluated by the macOS type check in CI.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct KinfoProc {
+    kp_proc: ExternProc,
+    kp_eproc: Eproc,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+union ProcUnion {
+    /// `p_st1`: two `struct proc *` run-queue links.
+    p_st1: [*mut libc::c_void; 2],
+    p_starttime: libc::timeval,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ExternProc {
+    p_un: ProcUnion,
+    p_vmspace: *mut libc::c_void,
+    p_sigacts: *mut libc::c_void,
+    p_flag: libc::c_int,
+    p_stat: libc::c_char,
+    p_pid: libc::pid_t,
+    p_oppid: libc::pid_t,
+    p_dupfd: libc::c_int,
+    user_stack: *mut libc::c_char,
+    exit_thread: *mut libc::c_void,
+    p_debugger: libc::c_int,
+    sigwait: libc::c_int,
+    p_estcpu: libc::c_uint,
+    p_cpticks: libc::c_int,
+    p_pctcpu: u32,
+    p_wchan: *mut libc::c_void,
+    p_wmesg: *mut libc::c_char,
+    p_swtime: libc::c_uint,
+    p_slptime: libc::c_uint,
+    p_realtimer: libc::itimerval,
+    p_rtime: libc::timeval,
+    p_uticks: u64,
+    p_sticks: u64,
+    p_iticks: u64,
+    p_traceflag: libc::c_int,
+    p_tracep: *mut libc::c_void,
+    p_siglist: libc::c_int,
+    p_textvp: *mut libc::c_void,
+    p_holdcnt: libc::c_int,
+    p_sigmask: libc::sigset_t,
+    p_sigignore: libc::sigset_t,
+    p_sigcatch: libc::sigset_t,
+    p_priority: libc::c_uchar,
+    p_usrpri: libc::c_uchar,
+    p_nice: libc::c_char,
+    p_comm: [libc::c_char; 17],
+    p_pgrp: *mut libc::c_void,
+    p_addr: *mut libc::c_void,
+    p_xstat: libc::c_ushort,
+    p_acflag: libc::c_ushort,
+    p_ru: *mut libc::c_void,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Pcred {
+    pc_lock: [libc::c_char; 72],
+    pc_ucred: *mut libc::c_void,
+    p_ruid: libc::uid_t,
+    p_svuid: libc::uid_t,
+    p_rgid: libc::gid_t,
+    p_svgid: libc::gid_t,
+    p_refcnt: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ucred {
+    cr_ref: i32,
+    cr_uid: libc::uid_t,
+    cr_ngroups: libc::c_short,
+    cr_groups: [libc::gid_t; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Vmspace {
+    dummy: i32,
+    dummy2: *mut libc::c_char,
+    dummy3: [i32; 5],
+    dummy4: [*mut libc::c_char; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Eproc {
+    e_paddr: *mut libc::c_void,
+    e_sess: *mut libc::c_void,
+    e_pcred: Pcred,
+    e_ucred: Ucred,
+    e_vm: Vmspace,
+    e_ppid: libc::pid_t,
+    e_pgid: libc::pid_t,
+    e_jobc: libc::c_short,
+    e_tdev: libc::dev_t,
+    e_tpgid: libc::pid_t,
+    e_tsess: *mut libc::c_void,
+    e_wmesg: [libc::c_char; 8],
+    e_xsize: i32,
+    e_xrssize: libc::c_short,
+    e_xccount: libc::c_short,
+    e_xswrss: libc::c_short,
+    e_flag: i32,
+    e_login: [libc::c_char; 12],
+    e_spare: [i32; 4],
+}
+
+const _: () = {
+    use std::mem::{offset_of, size_of};
+    assert!(size_of::<ExternProc>() == 296);
+    assert!(size_of::<Eproc>() == 352);
+    assert!(size_of::<KinfoProc>() == 648);
+    assert!(offset_of!(ExternProc, p_pid) == 40);
+    assert!(offset_of!(ExternProc, p_comm) == 243);
+    assert!(offset_of!(Eproc, e_ucred) == 120);
+    assert!(offset_of!(Eproc, e_ppid) == 264);
+};
+
 /// One process's `kinfo_proc` from `sysctl(CTL_KERN, KERN_PROC, KERN_PROC_PID)`.
 /// Unlike `proc_pidinfo(PROC_PIDTBSDINFO)` it has no uid check, so the service
 /// can read other users' processes (a `sudo` in a runtime's tree) without root.
-fn kinfo(pid: i32) -> io::Result<libc::kinfo_proc> {
+fn kinfo(pid: i32) -> io::Result<KinfoProc> {
     let mut mib = [libc::CTL_KERN, libc::KERN_PROC, libc::KERN_PROC_PID, pid];
-    let mut info = MaybeUninit::<libc::kinfo_proc>::zeroed();
-    let mut size = std::mem::size_of::<libc::kinfo_proc>();
+    let mut info = MaybeUninit::<KinfoProc>::zeroed();
+    let mut size = std::mem::size_of::<KinfoProc>();
     // SAFETY: mib names one process; the buffer is one kinfo_proc of `size` bytes.
     let rc = unsafe {
         libc::sysctl(
@@ -94,7 +225,7 @@ fn kinfo(pid: i32) -> io::Result<libc::kinfo_proc> {
         return Err(io::Error::last_os_error());
     }
     // No such process: success with nothing written.
-    if size != std::mem::size_of::<libc::kinfo_proc>() {
+    if size != std::mem::size_of::<KinfoProc>() {
         return Err(io::Error::new(io::ErrorKind::NotFound, "no such process"));
     }
     // SAFETY: sysctl filled the whole struct (checked above).
@@ -111,7 +242,8 @@ fn kinfo(pid: i32) -> io::Result<libc::kinfo_proc> {
 /// only using it to reject a parent that started after its child.
 pub fn process_info(pid: i32) -> io::Result<super::ProcInfo> {
     let info = kinfo(pid)?;
-    let start = info.kp_proc.p_starttime;
+    // SAFETY: for KERN_PROC_PID the kernel fills the p_starttime arm.
+    let start = unsafe { info.kp_proc.p_un.p_starttime };
     Ok(super::ProcInfo {
         ppid: info.kp_eproc.e_ppid,
         start_time: (start.tv_sec as u64)
@@ -348,9 +480,15 @@ pub fn allow_other_permitted() -> bool {
     let Ok(raw) = <[u8; 4]>::try_from(bytes.as_slice()) else {
         return false;
     };
-    let admin = nix::unistd::Gid::from_raw(u32::from_ne_bytes(raw));
-    nix::unistd::getegid() == admin
-        || nix::unistd::getgroups().is_ok_and(|groups| groups.contains(&admin))
+    let admin = u32::from_ne_bytes(raw);
+    if nix::unistd::getegid().as_raw() == admin {
+        return true;
+    }
+    // nix has no getgroups for Apple targets (it can exceed NGROUPS there).
+    let mut groups = vec![0 as libc::gid_t; 64];
+    // SAFETY: the buffer holds groups.len() gids.
+    let count = unsafe { libc::getgroups(groups.len() as libc::c_int, groups.as_mut_ptr()) };
+    count > 0 && groups[..count as usize].contains(&admin)
 }
 
 /// Mount options for macFUSE, beside the common read-only ones
@@ -408,3 +546,9 @@ pub fn mountpoint_fix(path: &Path) -> String {
 /// a process's start as wall-clock time (`p_starttime`), and reading the
 /// monotonic one (`proc_pid_rusage`) is refused for other users' processes.
 pub const START_TIMES_ORDERED: bool = false;
+
+/// The service binary links macFUSE's libfuse.2.dylib and dies in dyld
+/// without it: the launcher checks for macFUSE first, with the steps.
+pub fn check_before_service_spawn() -> std::result::Result<(), String> {
+    check_fuse_available()
+}
