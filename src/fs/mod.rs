@@ -525,3 +525,41 @@ impl FuseMount {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_other_is_the_platform_default_unless_configured() {
+        // Unset or empty: the default, and only when permitted.
+        assert_eq!(choose_allow_other(None, true, true), Ok(true));
+        assert_eq!(choose_allow_other(None, true, false), Ok(false));
+        assert_eq!(choose_allow_other(Some(""), true, true), Ok(true));
+        // macOS's default is owner-only, even for root.
+        assert_eq!(choose_allow_other(None, false, true), Ok(false));
+        // Configured: on when permitted, off always.
+        assert_eq!(choose_allow_other(Some("1"), false, true), Ok(true));
+        assert_eq!(choose_allow_other(Some("0"), true, true), Ok(false));
+        assert_eq!(choose_allow_other(Some("0"), true, false), Ok(false));
+        // Asked for without the permission, or unreadable: an error naming the fix.
+        let refused = choose_allow_other(Some("1"), false, false).unwrap_err();
+        assert!(refused.contains("unset SPFS_ALLOW_OTHER"), "{refused}");
+        let bad = choose_allow_other(Some("maybe"), true, true).unwrap_err();
+        assert!(bad.contains("is not 1 or 0"), "{bad}");
+    }
+
+    #[test]
+    fn only_the_owner_may_mount_on_a_directory() {
+        let path = Path::new("/spfs");
+        assert_eq!(check_mountpoint_owner(path, 501, 501), Ok(()));
+        let err = check_mountpoint_owner(path, 0, 501).unwrap_err();
+        assert!(
+            err.contains("owned by uid 0, not by you (uid 501)") && err.contains("To fix it: "),
+            "{err}"
+        );
+        if cfg!(target_os = "macos") {
+            assert!(err.contains("/etc/synthetic.conf"), "{err}");
+        }
+    }
+}
