@@ -4,7 +4,9 @@
 //! outside every runtime sees an empty directory. [`router`] decides which
 //! view a request is for; see `docs/architecture.md` for the whole picture.
 //! The filesystem is read-only (writes fail with EROFS in the kernel) and
-//! never touches its own mountpoint.
+//! never touches its own mountpoint. This module also owns mounting: the
+//! mountpoint checks (including that the service's user owns it), the
+//! `allow_other` choice, and waiting until the kernel shows the mount.
 
 pub mod envspec;
 pub mod router;
