@@ -10,8 +10,13 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::platform;
 
-/// Longest unix socket path every supported platform accepts (macOS: 104 bytes with the NUL).
-const MAX_SOCKET_PATH: usize = 103;
+/// Longest unix socket path this platform accepts: `sun_path` less its NUL
+/// (macOS: 104 - 1 = 103 bytes; Linux: 108 - 1 = 107).
+pub fn max_socket_path() -> usize {
+    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+    let addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_path.len() - 1
+}
 
 /// File names in the log dir; `docs/logging.md` describes them.
 pub const LAUNCHER_LOG_PREFIX: &str = "spfs";
@@ -90,16 +95,21 @@ impl Paths {
             ));
         }
         check_runtime_dir(dir)?;
-        let socket = self.socket();
-        if socket.as_os_str().len() > MAX_SOCKET_PATH {
-            return Err(Error::Config(format!(
-                "socket path {} is {} bytes, longer than the {MAX_SOCKET_PATH} a unix socket allows; set SPFS_RUNTIME_DIR to a shorter directory",
-                socket.display(),
-                socket.as_os_str().len()
-            )));
-        }
-        Ok(())
+        check_socket_path(&self.socket())
     }
+}
+
+/// A unix socket path must fit `sun_path`; a longer one fails with a clear error.
+pub fn check_socket_path(socket: &Path) -> Result<()> {
+    let len = socket.as_os_str().len();
+    let max = max_socket_path();
+    if len > max {
+        return Err(Error::Config(format!(
+            "socket path {} is {len} bytes, longer than the {max} a unix socket allows here; set SPFS_RUNTIME_DIR to a shorter directory",
+            socket.display(),
+        )));
+    }
+    Ok(())
 }
 
 /// The ownership and mode rules, separate so `spfs doctor`-style checks can reuse them.
@@ -141,4 +151,20 @@ pub fn check_runtime_dir(dir: &Path) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_path_limit_is_sun_path_less_its_nul() {
+        let expected = if cfg!(target_os = "macos") { 103 } else { 107 };
+        assert_eq!(max_socket_path(), expected);
+        let fits = PathBuf::from(format!("/{}", "a".repeat(expected - 1)));
+        assert!(check_socket_path(&fits).is_ok());
+        let too_long = PathBuf::from(format!("/{}", "a".repeat(expected)));
+        let err = check_socket_path(&too_long).unwrap_err().to_string();
+        assert!(err.contains("SPFS_RUNTIME_DIR"), "{err}");
+    }
 }

@@ -159,7 +159,16 @@ fn check_mountpoint(config: &Config) -> Check {
             format!("{} did not answer within 2 s (a hung service?)", path.display()),
             "spfs service stop; if that hangs, kill -9 the service pid from `spfs service status`",
         ),
-        Ok(Ok(meta)) if meta.is_dir() => pass(name, format!("{} is a directory", path.display())),
+        Ok(Ok(meta)) if meta.is_dir() => {
+            use std::os::unix::fs::MetadataExt;
+            match crate::fs::check_mountpoint_owner(&path, meta.uid(), nix::unistd::geteuid().as_raw()) {
+                Ok(()) => pass(name, format!("{} is a directory you own", path.display())),
+                Err(message) => {
+                    let (what, fix) = message.split_once(" To fix it: ").unwrap_or((&message, ""));
+                    fail(name, what, fix)
+                }
+            }
+        }
         Ok(Ok(_)) => fail(
             name,
             format!("{} is not a directory", path.display()),
@@ -180,7 +189,7 @@ fn check_mountpoint(config: &Config) -> Check {
                 fail(
                     name,
                     format!("{} does not exist and cannot be created", path.display()),
-                    format!("sudo mkdir -p {0} && sudo chown $(id -un) {0}", path.display()),
+                    platform::mountpoint_fix(&path),
                 )
             }
         }

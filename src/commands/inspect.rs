@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use super::repo::{self, Out};
 use crate::error::{Error, Result};
 use crate::storage::encoding::Digest;
-use crate::storage::graph::{AnnotationValue, EntryKind, Header, Object, ObjectKind, HEADER_SIZE};
+use crate::storage::graph::{
+    mode, AnnotationValue, EntryKind, Header, Object, ObjectKind, HEADER_SIZE,
+};
 use crate::storage::proxy::ProxyRepository;
 use crate::tracking::env_spec::{self, Layer};
 use crate::tracking::manifest::{Entry, Manifest};
@@ -278,9 +280,9 @@ fn list_dir(out: &mut Out, dir: &Entry, prefix: &str, long: bool, recursive: boo
 
 /// `drwxr-xr-x`, as `ls -l` shows a mode.
 fn mode_string(mode: u32) -> String {
-    let kind = match mode & libc::S_IFMT as u32 {
-        m if m == libc::S_IFDIR as u32 => 'd',
-        m if m == libc::S_IFLNK as u32 => 'l',
+    let kind = match mode::file_type(mode) {
+        mode::DIRECTORY => 'd',
+        mode::SYMLINK => 'l',
         _ => '-',
     };
     let mut text = String::from(kind);

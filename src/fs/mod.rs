@@ -4,7 +4,9 @@
 //! outside every runtime sees an empty directory. [`router`] decides which
 //! view a request is for; see `docs/architecture.md` for the whole picture.
 //! The filesystem is read-only (writes fail with EROFS in the kernel) and
-//! never touches its own mountpoint.
+//! never touches its own mountpoint. This module also owns mounting: the
+//! mountpoint checks (including that the service's user owns it), the
+//! `allow_other` choice, and waiting until the kernel shows the mount.
 
 pub mod router;
 pub mod view;
@@ -13,7 +15,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,15 +40,43 @@ const VIEW_TTL: Duration = Duration::from_secs(3600);
 
 /// What an open file or directory handle holds; it keeps its view alive.
 enum Handle {
-    File { _view: Arc<View>, file: Arc<File> },
-    Dir { view: Option<Arc<View>>, node: u32 },
+    File {
+        _view: Arc<View>,
+        file: Arc<File>,
+    },
+    Dir {
+        view: Option<Arc<View>>,
+        node: u32,
+    },
+    /// The mount root: its listing is chosen per `readdir` request, because
+    /// macFUSE shares one open root handle between processes.
+    Root,
+}
+
+/// Open handles by number; shared with `open`s running on the blocking pool.
+#[derive(Default)]
+struct Handles {
+    table: Mutex<HashMap<u64, Handle>>,
+    next: AtomicU64,
+}
+
+impl Handles {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Handle>> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, handle: Handle) -> FileHandle {
+        // Handle numbers start at 1.
+        let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        self.lock().insert(fh, handle);
+        FileHandle(fh)
+    }
 }
 
 pub struct SpfsFs {
     router: Arc<Router>,
     root: FileAttr,
-    handles: Mutex<HashMap<u64, Handle>>,
-    next_handle: AtomicU64,
+    handles: Arc<Handles>,
     /// Where file reads run; inline when there is no tokio runtime.
     blocking: Option<tokio::runtime::Handle>,
 }
@@ -58,19 +88,16 @@ impl SpfsFs {
             // The service's runtime, when mounted from inside it.
             blocking: tokio::runtime::Handle::try_current().ok(),
             root: view::empty_root_attr(),
-            handles: Mutex::default(),
-            next_handle: AtomicU64::new(1),
+            handles: Arc::default(),
         }
     }
 
     fn handles(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Handle>> {
-        self.handles.lock().unwrap_or_else(|p| p.into_inner())
+        self.handles.lock()
     }
 
     fn add_handle(&self, handle: Handle) -> FileHandle {
-        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.handles().insert(fh, handle);
-        FileHandle(fh)
+        self.handles.add(handle)
     }
 
     /// The view and node an inode below the root names.
@@ -97,6 +124,21 @@ fn read_into_reply(file: &File, offset: u64, size: u32, reply: ReplyData) {
         }
     }
     reply.data(&buffer[..filled]);
+}
+
+/// Opens a layer file and replies with a new handle for it.
+fn open_into_reply(handles: &Handles, view: Arc<View>, node: u32, reply: ReplyOpen) {
+    match view.open(node) {
+        Ok(file) => {
+            let fh = handles.add(Handle::File {
+                _view: view,
+                file: Arc::new(file),
+            });
+            // Views never change, so the page cache stays valid across opens.
+            reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
+        }
+        Err(err) => reply.error(Errno::from(err)),
+    }
 }
 
 fn attr_with_ino(view: &View, node: u32) -> FileAttr {
@@ -154,16 +196,15 @@ impl Filesystem for SpfsFs {
             Ok(found) => found,
             Err(errno) => return reply.error(errno),
         };
-        match view.open(node) {
-            Ok(file) => {
-                let fh = self.add_handle(Handle::File {
-                    _view: view,
-                    file: Arc::new(file),
-                });
-                // Views never change, so the page cache stays valid across opens.
-                reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
+        // Opening a payload may block (a network filesystem, a spun-down
+        // disk) like a read does: off the FUSE thread, which on macOS is the
+        // only one and serves every process's lookups.
+        match &self.blocking {
+            Some(pool) => {
+                let handles = Arc::clone(&self.handles);
+                pool.spawn_blocking(move || open_into_reply(&handles, view, node, reply));
             }
-            Err(err) => reply.error(Errno::from(err)),
+            None => open_into_reply(&self.handles, view, node, reply),
         }
     }
 
@@ -207,11 +248,11 @@ impl Filesystem for SpfsFs {
         reply.ok();
     }
 
-    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         if ino == INodeNo::ROOT {
-            // The root's listing is per process: route now, and never cache it.
-            let view = self.router.view_for_caller(req.pid());
-            let fh = self.add_handle(Handle::Dir { view, node: 0 });
+            // The root's listing is per process and chosen in each readdir
+            // (by that request's pid): never cache it.
+            let fh = self.add_handle(Handle::Root);
             return reply.opened(fh, FopenFlags::empty());
         }
         match self.resolve(ino) {
@@ -234,15 +275,23 @@ impl Filesystem for SpfsFs {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let (view, node) = match self.handles().get(&fh.0) {
-            Some(Handle::Dir { view, node }) => (view.clone(), *node),
+        let found = match self.handles().get(&fh.0) {
+            Some(Handle::Dir { view, node }) => Some((view.clone(), *node)),
+            Some(Handle::Root) => None,
             _ => return reply.error(Errno::EBADF),
+        };
+        // The root's view comes from whoever asks now, not from whoever
+        // opened the handle: the macOS kernel reuses one open root handle for
+        // every process.
+        let (view, node) = match found {
+            Some(found) => found,
+            None => (self.router.view_for_caller(req.pid()), 0),
         };
         let mut entries: Vec<(INodeNo, FileType, &OsStr)> = vec![
             (ino, FileType::Directory, OsStr::new(".")),
@@ -293,7 +342,9 @@ pub enum Prepared {
 pub fn prepare_mountpoint(path: &Path) -> Result<Prepared, String> {
     let mut prepared = Prepared::Ready;
     match std::fs::metadata(path) {
-        Ok(meta) if meta.is_dir() => {}
+        Ok(meta) if meta.is_dir() => {
+            check_mountpoint_owner(path, meta.uid(), nix::unistd::geteuid().as_raw())?
+        }
         Ok(_) => {
             return Err(format!(
             "mountpoint {} is not a directory; remove it, or set SPFS_MOUNTPOINT to a directory",
@@ -314,9 +365,9 @@ pub fn prepare_mountpoint(path: &Path) -> Result<Prepared, String> {
         Err(err) if err.kind() == io::ErrorKind::NotFound => {
             std::fs::create_dir_all(path).map_err(|e| {
                 format!(
-                    "mountpoint {} does not exist and cannot be created ({e}); create it with `sudo mkdir -p {p} && sudo chown $(id -un) {p}`, or set SPFS_MOUNTPOINT",
+                    "mountpoint {} does not exist and cannot be created ({e}); to fix it: {}",
                     path.display(),
-                    p = path.display()
+                    platform::mountpoint_fix(path)
                 )
             })?;
             return Ok(Prepared::Created);
@@ -335,24 +386,99 @@ pub fn prepare_mountpoint(path: &Path) -> Result<Prepared, String> {
     }
 }
 
+/// Refuses a mountpoint (after symlinks) that the service's user does not
+/// own: macOS lets a non-root user mount only on a directory they own, and on
+/// every platform a mount over someone else's directory would hide it from them.
+pub fn check_mountpoint_owner(path: &Path, owner: u32, me: u32) -> Result<(), String> {
+    if owner == me {
+        return Ok(());
+    }
+    Err(format!(
+        "mountpoint {} is owned by uid {owner}, not by you (uid {me}); the service mounts only on a directory you own. To fix it: {}",
+        path.display(),
+        platform::mountpoint_fix(path)
+    ))
+}
+
+/// Whether to serve other users' processes (`allow_other`): `SPFS_ALLOW_OTHER`
+/// when set (`1`/`0`), else the platform's default (Linux: when permitted;
+/// macOS: no). Asked for but not permitted is an error that says why.
+pub fn choose_allow_other(
+    configured: Option<&str>,
+    by_default: bool,
+    permitted: bool,
+) -> Result<bool, String> {
+    let wanted = match configured.map(str::trim) {
+        None | Some("") => return Ok(by_default && permitted),
+        Some("1" | "true" | "yes") => true,
+        Some("0" | "false" | "no") => false,
+        Some(other) => {
+            return Err(format!(
+                "SPFS_ALLOW_OTHER={other:?} is not 1 or 0; set it to 1 (serve other users too) or 0 (only you), or unset it"
+            ))
+        }
+    };
+    if wanted && !permitted {
+        let why = if cfg!(target_os = "macos") {
+            "macFUSE allows it only for root and members of its admin group (`sysctl vfs.generic.macfuse.tunables.admin_group`)"
+        } else {
+            "it needs root, or `user_allow_other` in /etc/fuse.conf"
+        };
+        return Err(format!(
+            "SPFS_ALLOW_OTHER=1 but this user may not mount with allow_other: {why}; unset SPFS_ALLOW_OTHER or get that permission"
+        ));
+    }
+    Ok(wanted)
+}
+
+/// How long the kernel may take to show a finished mount (macFUSE mounts
+/// asynchronously; on Linux it is already there when the mount call returns).
+pub const MOUNT_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits until the kernel's mount table shows a FUSE filesystem at
+/// `canonical`, or the deadline passes.
+fn wait_until_mounted(canonical: &Path, timeout: Duration) -> io::Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        if platform::is_fuse_mounted_at(canonical)? {
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the mount did not appear at {} within {} s{}",
+                    canonical.display(),
+                    timeout.as_secs_f64(),
+                    platform::mount_failure_hint()
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The live FUSE mount; `unmount` it on shutdown.
 pub struct FuseMount {
     session: BackgroundSession,
     mountpoint: PathBuf,
 }
 
-/// Mounts the filesystem at `path` and serves it on background threads.
-pub fn mount(path: &Path, router: Arc<Router>) -> io::Result<FuseMount> {
+/// Mounts the filesystem at `path`, serves it on background threads, and
+/// returns once the kernel shows the mount (within [`MOUNT_READY_TIMEOUT`]).
+pub fn mount(path: &Path, router: Arc<Router>, allow_other: bool) -> io::Result<FuseMount> {
+    // The mount table names the resolved path (`/spfs` may be a symlink).
+    let canonical = path.canonicalize()?;
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::RO,
         MountOption::NoDev,
         MountOption::NoSuid,
         MountOption::FSName("spfs".into()),
-        MountOption::Subtype("spfs".into()),
         // The kernel checks mode bits against the attributes we report.
         MountOption::DefaultPermissions,
     ];
+    config.mount_options.extend(platform::mount_options());
     // Several workers, so one slow layer read does not hold up other requests;
     // one per core measured fastest here (docs/performance.md). fuser runs
     // several workers only on Linux.
@@ -361,20 +487,28 @@ pub fn mount(path: &Path, router: Arc<Router>) -> io::Result<FuseMount> {
         config.n_threads = Some(cores.clamp(2, 8));
         config.clone_fd = true;
     }
-    config.acl = if platform::allow_other_permitted() {
+    config.acl = if allow_other {
         SessionACL::All
     } else {
         SessionACL::Owner
     };
-    let session = fuser::Session::new(SpfsFs::new(router), path, &config)?.spawn()?;
-    Ok(FuseMount {
+    let session = fuser::Session::new(SpfsFs::new(router), &canonical, &config)
+        .map_err(|e| io::Error::new(e.kind(), format!("{e}{}", platform::mount_failure_hint())))?
+        .spawn()?;
+    let mount = FuseMount {
         session,
-        mountpoint: path.to_owned(),
-    })
+        mountpoint: canonical.clone(),
+    };
+    if let Err(err) = wait_until_mounted(&canonical, MOUNT_READY_TIMEOUT) {
+        let _ = mount.unmount();
+        return Err(err);
+    }
+    Ok(mount)
 }
 
 impl FuseMount {
-    /// Unmounts; if the mount is busy, detaches it lazily instead.
+    /// Unmounts; if the mount is busy, detaches it lazily instead (Linux) or
+    /// forces it (macOS has no lazy unmount).
     pub fn unmount(self) -> io::Result<()> {
         let FuseMount {
             session,
@@ -383,6 +517,44 @@ impl FuseMount {
         match session.umount_and_join() {
             Ok(()) => Ok(()),
             Err(_) => platform::force_unmount(&mountpoint),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_other_is_the_platform_default_unless_configured() {
+        // Unset or empty: the default, and only when permitted.
+        assert_eq!(choose_allow_other(None, true, true), Ok(true));
+        assert_eq!(choose_allow_other(None, true, false), Ok(false));
+        assert_eq!(choose_allow_other(Some(""), true, true), Ok(true));
+        // macOS's default is owner-only, even for root.
+        assert_eq!(choose_allow_other(None, false, true), Ok(false));
+        // Configured: on when permitted, off always.
+        assert_eq!(choose_allow_other(Some("1"), false, true), Ok(true));
+        assert_eq!(choose_allow_other(Some("0"), true, true), Ok(false));
+        assert_eq!(choose_allow_other(Some("0"), true, false), Ok(false));
+        // Asked for without the permission, or unreadable: an error naming the fix.
+        let refused = choose_allow_other(Some("1"), false, false).unwrap_err();
+        assert!(refused.contains("unset SPFS_ALLOW_OTHER"), "{refused}");
+        let bad = choose_allow_other(Some("maybe"), true, true).unwrap_err();
+        assert!(bad.contains("is not 1 or 0"), "{bad}");
+    }
+
+    #[test]
+    fn only_the_owner_may_mount_on_a_directory() {
+        let path = Path::new("/spfs");
+        assert_eq!(check_mountpoint_owner(path, 501, 501), Ok(()));
+        let err = check_mountpoint_owner(path, 0, 501).unwrap_err();
+        assert!(
+            err.contains("owned by uid 0, not by you (uid 501)") && err.contains("To fix it: "),
+            "{err}"
+        );
+        if cfg!(target_os = "macos") {
+            assert!(err.contains("/etc/synthetic.conf"), "{err}");
         }
     }
 }

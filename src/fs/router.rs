@@ -87,8 +87,9 @@ impl Router {
                 return None;
             }
             let parent = platform::process_info(info.ppid).ok()?;
-            // A parent younger than its child is a reused pid: the chain is broken.
-            if parent.start_time > info.start_time {
+            // A parent younger than its child is a reused pid: the chain is
+            // broken. Only where start times are clock-independent (not macOS).
+            if platform::START_TIMES_ORDERED && parent.start_time > info.start_time {
                 return None;
             }
             pid = info.ppid;

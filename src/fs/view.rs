@@ -410,13 +410,13 @@ impl Builder {
 }
 
 fn kind_of_mode(mode: u32) -> FileType {
-    match mode & libc::S_IFMT as u32 {
-        m if m == libc::S_IFDIR as u32 => FileType::Directory,
-        m if m == libc::S_IFLNK as u32 => FileType::Symlink,
-        m if m == libc::S_IFIFO as u32 => FileType::NamedPipe,
-        m if m == libc::S_IFSOCK as u32 => FileType::Socket,
-        m if m == libc::S_IFBLK as u32 => FileType::BlockDevice,
-        m if m == libc::S_IFCHR as u32 => FileType::CharDevice,
+    match graph::mode::file_type(mode) {
+        graph::mode::DIRECTORY => FileType::Directory,
+        graph::mode::SYMLINK => FileType::Symlink,
+        graph::mode::FIFO => FileType::NamedPipe,
+        graph::mode::SOCKET => FileType::Socket,
+        graph::mode::BLOCK_DEVICE => FileType::BlockDevice,
+        graph::mode::CHAR_DEVICE => FileType::CharDevice,
         _ => FileType::RegularFile,
     }
 }

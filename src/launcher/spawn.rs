@@ -97,6 +97,13 @@ struct PipeLine {
 /// Forks the nanny, which forks and execs `binary service MOUNTPOINT`.
 pub fn spawn(binary: &Path, config: &Config) -> Result<Starting> {
     let paths = &config.paths;
+    // macOS: the service binary cannot even start without macFUSE's library;
+    // say what to install instead of showing dyld's error.
+    crate::platform::check_before_service_spawn().map_err(|message| Error::ServiceFailed {
+        reason: "fuse_unavailable".into(),
+        message,
+        stderr_tail: String::new(),
+    })?;
     let spawn_err = |what: &str, err: std::io::Error| {
         Error::io(format!("cannot start the service: {what}"), err)
     };

@@ -249,3 +249,49 @@ pub fn allow_other_permitted() -> bool {
         || std::fs::read_to_string("/etc/fuse.conf")
             .is_ok_and(|conf| conf.lines().any(|line| line.trim() == "user_allow_other"))
 }
+
+/// Whether a FUSE filesystem is mounted at `canonical` (an already resolved
+/// path), from `/proc/self/mountinfo`: its type after the ` - ` separator is
+/// `fuse` or `fuse.SUBTYPE`.
+pub fn is_fuse_mounted_at(canonical: &Path) -> io::Result<bool> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(info.lines().any(|line| {
+        let mount_point = line.split(' ').nth(4).map(unescape_mountinfo);
+        let fs_type = line
+            .split_once(" - ")
+            .and_then(|(_, rest)| rest.split(' ').next());
+        mount_point.is_some_and(|m| Path::new(&m) == canonical)
+            && fs_type.is_some_and(|t| t == "fuse" || t.starts_with("fuse."))
+    }))
+}
+
+/// The kernel FUSE mount has no extra requirement to explain.
+pub fn mount_failure_hint() -> String {
+    String::new()
+}
+
+/// Linux serves other users (and root) when `allow_other` is permitted, as before.
+pub const ALLOW_OTHER_BY_DEFAULT: bool = true;
+
+/// Mount options beside the common read-only ones: the type shows as `fuse.spfs`.
+pub fn mount_options() -> Vec<fuser::MountOption> {
+    vec![fuser::MountOption::Subtype("spfs".into())]
+}
+
+/// How to make `path` usable as the mountpoint when it is not the user's.
+pub fn mountpoint_fix(path: &Path) -> String {
+    format!(
+        "`sudo mkdir -p {0} && sudo chown $(id -un) {0}`, or set SPFS_MOUNTPOINT to a directory you own",
+        path.display()
+    )
+}
+
+/// Start times are clock ticks since boot: they order process starts whatever
+/// the wall clock does.
+pub const START_TIMES_ORDERED: bool = true;
+
+/// Nothing to check before the launcher starts the service: the service
+/// binary starts anywhere, and checks FUSE itself.
+pub fn check_before_service_spawn() -> std::result::Result<(), String> {
+    Ok(())
+}

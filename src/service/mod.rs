@@ -4,9 +4,11 @@
 //!
 //! Startup, in order (each failure has a `reason` the launcher shows):
 //! runtime dir check, pidfile lock (`already_running`), FUSE available
-//! (`fuse_unavailable`), mountpoint ready (`mountpoint`), socket bound with
-//! health NOT_SERVING (`bind`), FUSE mounted (`mount_failed`), then SERVING
-//! and the readiness line. Shutdown reverses it: NOT_SERVING at once, new
+//! (`fuse_unavailable`), mountpoint ready and owned (`mountpoint`), mount
+//! options allowed (`mount_options`), socket bound with health NOT_SERVING
+//! (`bind`), FUSE mounted and shown in the kernel's mount table
+//! (`mount_failed`; macFUSE mounts asynchronously), then SERVING and the
+//! readiness line. Shutdown reverses it: NOT_SERVING at once, new
 //! mounts refused, requests drained (bounded), FUSE unmounted, socket and
 //! pidfile removed.
 
@@ -183,6 +185,12 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
         ),
         Prepared::Ready => {}
     }
+    let allow_other = fs::choose_allow_other(
+        std::env::var("SPFS_ALLOW_OTHER").ok().as_deref(),
+        platform::ALLOW_OTHER_BY_DEFAULT,
+        platform::allow_other_permitted(),
+    )
+    .map_err(|m| fail("mount_options", m))?;
 
     // We hold the pidfile, so any socket file here is left from a dead service.
     let socket = paths.socket();
@@ -248,7 +256,7 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
 
     let mount_started = Instant::now();
     let mountpoint = paths.mountpoint.clone();
-    let fuse = tokio::task::spawn_blocking(move || fs::mount(&mountpoint, router))
+    let fuse = tokio::task::spawn_blocking(move || fs::mount(&mountpoint, router, allow_other))
         .instrument(tracing::info_span!("fuse_mount"))
         .await
         .map_err(|e| fail("mount_failed", format!("FUSE mount task failed: {e}")))?

@@ -214,9 +214,12 @@ impl SpfsConfig {
     }
 }
 
+/// Environment variables, as (name, value).
+type Vars = Vec<(String, String)>;
+
 /// Splits `SPFS_*` variables of the sections read here into the older
 /// single-`_` style and the `__` style, so neither misreads the other.
-fn split_env(env: &HashMap<String, String>) -> (Vec<(String, String)>, Vec<(String, String)>) {
+fn split_env(env: &HashMap<String, String>) -> (Vars, Vars) {
     const SECTIONS: [&str; 3] = ["STORAGE", "REMOTE", "FILESYSTEM"];
     let mut old_style = Vec::new();
     let mut new_style = Vec::new();

@@ -2,6 +2,10 @@
 //! spfs repository and config dir in a temp dir) driving the real binaries. Dropping it stops any
 //! service it started, kills helper processes and detaches a leftover mount,
 //! also when the test failed.
+//!
+//! Platform differences (the mount table, telling a zombie from a live
+//! process) sit in the `os` module below, behind `cfg` like `src/platform/`.
+//! The suite runs on Linux; on macOS it is type-checked and linted only.
 
 #![allow(dead_code)]
 
@@ -36,7 +40,8 @@ impl TestEnv {
             .prefix("spfs-t")
             .tempdir_in("/tmp")
             .expect("temp dir");
-        let base = root.path().to_owned();
+        // The kernel's mount table names resolved paths (macOS: /tmp -> /private/tmp).
+        let base = root.path().canonicalize().expect("temp dir path");
         let env = TestEnv {
             runtime_dir: base.join("run"),
             log_dir: base.join("log"),
@@ -236,31 +241,65 @@ impl Drop for TestEnv {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
         if self.is_mounted() {
-            let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+            // Detaches (Linux) or forces (macOS) even a busy or dead mount.
+            let _ = spfs::platform::force_unmount(&self.mountpoint);
         }
     }
 }
 
-pub fn is_mounted(path: &Path) -> bool {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let path = path.to_string_lossy();
-    text.lines().any(|l| l.split(' ').nth(4) == Some(&*path))
+pub use os::{is_alive, is_mounted};
+
+#[cfg(target_os = "linux")]
+mod os {
+    use super::*;
+
+    /// Whether anything is mounted at `path`, from `/proc/self/mountinfo`
+    /// (never touching the path itself, which may be a dead mount).
+    pub fn is_mounted(path: &Path) -> bool {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let path = path.to_string_lossy();
+        text.lines().any(|l| l.split(' ').nth(4) == Some(&*path))
+    }
+
+    /// Alive: exists and is not a zombie. A killed multithreaded process shows its
+    /// leader as a zombie while other threads still tear down (and hold its fds),
+    /// so it counts as alive until its last thread is gone.
+    pub fn is_alive(pid: i32) -> bool {
+        if kill(Pid::from_raw(pid), None).is_err() {
+            return false;
+        }
+        let zombie_leader = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        });
+        let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+        !zombie_leader || threads > 1
+    }
 }
 
-/// Alive: exists and is not a zombie. A killed multithreaded process shows its
-/// leader as a zombie while other threads still tear down (and hold its fds),
-/// so it counts as alive until its last thread is gone.
-pub fn is_alive(pid: i32) -> bool {
-    if kill(Pid::from_raw(pid), None).is_err() {
-        return false;
+#[cfg(target_os = "macos")]
+mod os {
+    use super::*;
+
+    /// Whether a FUSE filesystem is mounted at `path`, from the kernel's mount
+    /// table (`getfsstat(MNT_NOWAIT)`; never touching the path itself).
+    pub fn is_mounted(path: &Path) -> bool {
+        spfs::platform::is_fuse_mounted_at(path).unwrap_or(false)
     }
-    let zombie_leader = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-    });
-    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
-    !zombie_leader || threads > 1
+
+    /// Alive: exists and is not a zombie (`ps` shows state `Z`).
+    pub fn is_alive(pid: i32) -> bool {
+        if kill(Pid::from_raw(pid), None).is_err() {
+            return false;
+        }
+        let state = Command::new("ps")
+            .args(["-o", "stat=", "-p", &pid.to_string()])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        !state.starts_with('Z')
+    }
 }
 
 pub fn stdout(output: &Output) -> String {

@@ -9,6 +9,7 @@
 pub mod flatbuf;
 mod flatbuf_write;
 pub mod legacy;
+pub mod mode;
 
 use super::encoding::{Digest, Hasher};
 use super::error::StorageError;
