@@ -545,6 +545,18 @@ mod tests {
     }
 
     #[test]
+    fn waiting_for_a_mount_that_never_appears_ends_at_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let canonical = dir.path().canonicalize().unwrap();
+        let started = std::time::Instant::now();
+        let err = wait_until_mounted(&canonical, Duration::from_millis(100)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("did not appear"), "{err}");
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
     fn only_the_owner_may_mount_on_a_directory() {
         let path = Path::new("/spfs");
         assert_eq!(check_mountpoint_owner(path, 501, 501), Ok(()));

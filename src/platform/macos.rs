@@ -30,8 +30,10 @@ const MACFUSE_VERSION_SYSCTL: &str = "vfs.generic.macfuse.version.number";
 /// The group whose members may use `allow_other` (default: admin, gid 80).
 const MACFUSE_ADMIN_GROUP_SYSCTL: &str = "vfs.generic.macfuse.tunables.admin_group";
 
+/// How to install macFUSE.
+const INSTALL_STEP: &str = "install macFUSE (`brew install --cask macfuse`, or the installer from https://macfuse.github.io), then";
 /// How to get macFUSE's kernel extension approved and loaded.
-const KEXT_STEPS: &str = "install macFUSE (`brew install --cask macfuse`, or the installer from https://macfuse.github.io); on Apple Silicon first allow kernel extensions: shut down, hold the power button to enter Recovery, Utilities > Startup Security Utility, choose Reduced Security and allow user management of kernel extensions from identified developers; then open System Settings > Privacy & Security, click Allow for the developer \"Benjamin Fleischer\", and restart. See docs/macos.md";
+const KEXT_STEPS: &str = "on Apple Silicon first allow kernel extensions: shut down, hold the power button to enter Recovery, Utilities > Startup Security Utility, choose Reduced Security and allow user management of kernel extensions from identified developers; then open System Settings > Privacy & Security, click Allow for the developer \"Benjamin Fleischer\", and restart. See docs/macos.md";
 
 /// The per-user cache directory macOS provides (`confstr(_CS_DARWIN_USER_CACHE_DIR)`,
 /// `/var/folders/../C/`): unlike `$TMPDIR` (`../T/`) it is not swept of files
@@ -339,7 +341,7 @@ pub fn mark_fds_cloexec_except(keep: RawFd) {
 pub fn check_fuse_available() -> std::result::Result<(), String> {
     if !Path::new(MACFUSE_BUNDLE).exists() {
         return Err(format!(
-            "FUSE is not available: macFUSE is not installed ({MACFUSE_BUNDLE} is missing). To fix it: {KEXT_STEPS}"
+            "FUSE is not available: macFUSE is not installed ({MACFUSE_BUNDLE} is missing). To fix it: {INSTALL_STEP} {KEXT_STEPS}"
         ));
     }
     if kext_loaded() {
