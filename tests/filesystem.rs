@@ -315,7 +315,7 @@ fn open_files_keep_reading_after_unmount() {
         rest, "base\n0\n",
         "the open file still reads; the root is empty now"
     );
-    let ended = env.service_events("service.unmount");
+    let ended = env.service_events("service.runtime_ended");
     assert_eq!(ended[0]["reason"], "request");
     assert_eq!(ended[0]["live_views"], 1, "the open file held its view");
     assert!(

@@ -17,6 +17,7 @@ fn mount_request(env: &TestEnv, pid: i64, spec: &str) -> MountRequest {
         root_pid: pid,
         env_spec: spec.into(),
         repositories: vec![env.repo.to_string_lossy().into_owned()],
+        name: String::new(),
     }
 }
 

@@ -34,8 +34,8 @@ fn a_runtime_is_listed_while_its_command_runs_and_dropped_when_it_exits() {
             .is_empty()),
         "the runtime is dropped once the command has exited"
     );
-    let ended = env.service_events("service.unmount");
-    assert_eq!(ended[0]["reason"], "exited");
+    let ended = env.service_events("service.runtime_ended");
+    assert_eq!(ended[0]["reason"], "last_process_exited");
     assert_eq!(ended[0]["root_pid"], pid);
 }
 
@@ -52,6 +52,7 @@ fn unmount_drops_a_runtime_before_its_process_exits() {
                 root_pid: pid,
                 env_spec: "base".into(),
                 repositories: vec![env.repo.to_string_lossy().into_owned()],
+                name: String::new(),
             })
             .await
             .unwrap();
@@ -74,6 +75,7 @@ fn unmount_drops_a_runtime_before_its_process_exits() {
                 root_pid: -5,
                 env_spec: "base".into(),
                 repositories: vec![],
+                name: String::new(),
             })
             .await
             .unwrap_err();
@@ -84,6 +86,7 @@ fn unmount_drops_a_runtime_before_its_process_exits() {
                 root_pid: pid,
                 env_spec: "base".into(),
                 repositories: vec!["repo".into()],
+                name: String::new(),
             })
             .await
             .unwrap_err();
@@ -91,7 +94,7 @@ fn unmount_drops_a_runtime_before_its_process_exits() {
         assert!(relative.message().contains("not an absolute path"));
     });
     assert_eq!(
-        env.service_events("service.unmount")[0]["reason"],
+        env.service_events("service.runtime_ended")[0]["reason"],
         "request"
     );
 }

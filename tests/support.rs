@@ -19,7 +19,7 @@ fn logs_shows_the_last_events_readably_and_follows_new_ones() {
     // The runtime ends (and is logged) after the command exits: let it settle.
     assert!(env.wait_for(Duration::from_secs(5), || {
         env.service_events("service.view_freed").len() == 1
-            && env.service_events("service.unmount").len() == 1
+            && env.service_events("service.runtime_ended").len() == 1
     }));
     let json_lines = env.log_lines("spfs-fuse-macos");
     let last_five: Vec<&serde_json::Value> = json_lines.iter().rev().take(5).rev().collect();

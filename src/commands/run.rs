@@ -47,10 +47,11 @@ fn run_in_env(tool: &str, reference: &str, program: &OsString, args: &[OsString]
         Err(err) => return report(tool, &err),
     };
     let pid = std::process::id() as i32;
+    let name = runtime_name(pid);
     // One trace per command: the start (if any) and the Mount call are its children.
     let span = tracing::info_span!("spfs.run", env_spec = reference);
     let mounted = client_runtime().block_on(
-        ensure_and_mount(&config, pid, reference, &repositories).instrument(span.clone()),
+        ensure_and_mount(&config, pid, reference, &repositories, &name).instrument(span.clone()),
     );
     drop(span);
     if let Err(err) = mounted {
@@ -64,8 +65,13 @@ fn run_in_env(tool: &str, reference: &str, program: &OsString, args: &[OsString]
     );
     // Spans and metrics go out now: exec ends this process image.
     crate::telemetry::flush();
-    // Only returns on failure; the runtime then ends with this process.
-    let err = std::process::Command::new(program).args(args).exec();
+    // Only returns on failure; the runtime then ends with this process. The
+    // name goes with the command and everything it starts, as spfs does, so
+    // a process that outlives its parents stays in the runtime.
+    let err = std::process::Command::new(program)
+        .args(args)
+        .env(crate::platform::RUNTIME_VAR, &name)
+        .exec();
     eprintln!(
         "{tool}: error: cannot run {}: {err}",
         program.to_string_lossy()
@@ -95,13 +101,21 @@ pub fn mount(root_process: Option<i32>, reference: &str) -> ExitCode {
         Ok(repositories) => repositories,
         Err(err) => return report(tool, &err),
     };
-    match client_runtime().block_on(ensure_and_mount(&config, pid, reference, &repositories)) {
+    match client_runtime().block_on(ensure_and_mount(&config, pid, reference, &repositories, "")) {
         Ok(()) => {
             println!("mounted {reference:?} for process {pid}");
             ExitCode::SUCCESS
         }
         Err(err) => report(tool, &err),
     }
+}
+
+/// A fresh runtime name: this process's pid and the time, unique on this machine.
+fn runtime_name(pid: i32) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("spfs-{pid}-{nanos:x}")
 }
 
 /// Checks the ref's syntax (so a typo never starts a service) and reads the
@@ -120,13 +134,14 @@ async fn ensure_and_mount(
     pid: i32,
     reference: &str,
     repositories: &[String],
+    name: &str,
 ) -> Result<()> {
     // A service may stop (idle timeout, `spfs service stop`) between our probe
     // and our Mount; then the next ensure starts a fresh one.
     let mut attempt = 1;
     loop {
         let running = ensure_service_running(config).await?;
-        match mount_once(running.channel, pid, reference, repositories).await {
+        match mount_once(running.channel, pid, reference, repositories, name).await {
             Err(status) if status.code() == tonic::Code::Unavailable && attempt < 3 => {
                 tracing::info!(
                     event = "launcher.retry",
@@ -147,6 +162,7 @@ async fn mount_once(
     pid: i32,
     reference: &str,
     repositories: &[String],
+    name: &str,
 ) -> std::result::Result<(), tonic::Status> {
     let started = Instant::now();
     let response = ControlClient::new(channel)
@@ -154,6 +170,7 @@ async fn mount_once(
             root_pid: pid.into(),
             env_spec: reference.to_owned(),
             repositories: repositories.to_vec(),
+            name: name.to_owned(),
         }))
         .await;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;

@@ -141,6 +141,13 @@ fn open_into_reply(handles: &Handles, view: Arc<View>, node: u32, reply: ReplyOp
     }
 }
 
+/// A lookup answer that means ENOENT, cached like an entry (inode 0).
+fn negative_entry() -> FileAttr {
+    let mut attr = view::empty_root_attr();
+    attr.ino = INodeNo(0);
+    attr
+}
+
 fn attr_with_ino(view: &View, node: u32) -> FileAttr {
     let mut attr = view.node(node).expect("resolved node").attr;
     attr.ino = encode(view.id, node);
@@ -162,6 +169,13 @@ impl Filesystem for SpfsFs {
         };
         match view.child(dir, name) {
             Some(child) => reply.entry(&ttl, &attr_with_ino(&view, child), Generation(0)),
+            // Below the root a view never changes, so "no such name" holds
+            // for as long as the directory's inode does: inode 0 with a TTL
+            // is a negative entry the kernel keeps (a build probing missing
+            // headers asks once). In the root the answer is per process.
+            None if parent != INodeNo::ROOT => {
+                reply.entry(&VIEW_TTL, &negative_entry(), Generation(0))
+            }
             None => reply.error(Errno::ENOENT),
         }
     }

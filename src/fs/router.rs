@@ -1,9 +1,24 @@
-//! Routing: which view a request sees.
+//! Routing: which view a request sees, and which processes belong to which
+//! runtime.
 //!
-//! Lookups in the mount root are routed by the caller: its thread id is mapped
-//! to its process, and the process's ancestry is walked to the nearest root
-//! pid with a route. Start times must not increase along the walk and must
-//! match the root's recorded one, so a reused pid never inherits a view.
+//! Membership works the way a mount namespace does: a process that is in a
+//! runtime stays in it for its whole life, whatever happens to its parents,
+//! and the runtime ends when its last process exits. A process joins when
+//!
+//! - `Mount` names it as the runtime's root;
+//! - it first asks for the mount root and its ancestry reaches a member (the
+//!   ancestors in between join too); or
+//! - it carries the runtime's name in its environment (`SPFS_RUNTIME`, set by
+//!   `spfs run` for the command and inherited by everything it starts, so a
+//!   daemon reparented to init before it ever looked at `/spfs` is found),
+//!   runs as the runtime's user, and started after the runtime's root.
+//!
+//! Every member's exit is watched (pidfd on Linux, kqueue on macOS), so a
+//! member's pid is never reused while it is in the table: a request from a
+//! member costs one hash lookup, no `/proc` or `sysctl` read. When the last
+//! known member exits, processes carrying the runtime's name are looked for
+//! once more before the runtime ends.
+//!
 //! Everything below the root is routed by inode number: the view id sits in
 //! the high 32 bits and the node index in the low 32 bits. View ids are never
 //! reused, so an inode number names one file of one view for the life of the
@@ -11,27 +26,90 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use fuser::INodeNo;
+use tokio::sync::mpsc;
 
 use super::view::View;
 use crate::platform;
 
-/// The walk stops after this many ancestors (deeper trees do not exist in practice).
-const MAX_ANCESTRY: usize = 1024;
+/// The walk stops after this many ancestors: far deeper than real process
+/// trees (a chain longer than this is treated as not reaching a runtime).
+const MAX_ANCESTRY: usize = 65_536;
+
+/// Identifies one runtime for the router's life (never reused).
+pub type RuntimeId = u64;
+
+/// Why a runtime ended, as the router saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// Its last process exited.
+    LastProcessExited,
+}
+
+/// What the router asks of its owner: watch members, hear about ended runtimes.
+enum Event {
+    Watch { pid: i32, start_time: u64 },
+}
 
 #[derive(Default)]
 pub struct Router {
     next_view: AtomicU64,
-    routes: RwLock<HashMap<i32, Route>>,
-    /// Every view still alive: held by a route or by open handles.
+    state: RwLock<State>,
+    /// Every view still alive: held by a runtime or by open handles.
     views: RwLock<HashMap<u64, Weak<View>>>,
+    /// Views by what they show, so runtimes of the same stack share one.
+    shared: Mutex<HashMap<StackKey, Weak<View>>>,
+    /// Exit watching; absent in unit tests (then members stay until removed).
+    watcher: Mutex<Option<mpsc::UnboundedSender<Event>>>,
+    /// Told when a runtime ends by itself.
+    ended: Mutex<Option<mpsc::UnboundedSender<(RuntimeId, EndReason)>>>,
 }
 
-struct Route {
+#[derive(Default)]
+struct State {
+    runtimes: HashMap<RuntimeId, RuntimeRoute>,
+    members: HashMap<i32, Member>,
+}
+
+/// What a runtime shows and who may join it.
+pub struct RuntimeRoute {
+    pub view: Arc<View>,
+    /// `SPFS_RUNTIME` of its processes.
+    pub name: String,
+    /// Only this user's processes join by name.
+    pub uid: u32,
+    /// The root's start time: a process started earlier cannot be a member.
+    pub root_start_time: u64,
+    members: usize,
+}
+
+impl RuntimeRoute {
+    pub fn new(view: Arc<View>, name: String, uid: u32, root_start_time: u64) -> RuntimeRoute {
+        RuntimeRoute {
+            view,
+            name,
+            uid,
+            root_start_time,
+            members: 0,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Member {
     start_time: u64,
-    view: Arc<View>,
+    runtime: RuntimeId,
+}
+
+/// What a view shows, exactly: the repositories its payloads come from and
+/// the manifests of its layers, bottom to top. Only stacks of committed
+/// layers have one (a directory layer may change on disk at any time).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct StackKey {
+    pub repositories: Vec<std::path::PathBuf>,
+    pub manifests: Vec<Option<crate::storage::encoding::Digest>>,
 }
 
 pub fn encode(view: u64, node: u32) -> INodeNo {
@@ -43,22 +121,82 @@ pub fn decode(ino: INodeNo) -> (u64, u32) {
 }
 
 impl Router {
+    /// Starts watching members' exits on the current tokio runtime; ended
+    /// runtimes are sent to `ended`.
+    pub fn start_watching(
+        self: &Arc<Self>,
+        ended: mpsc::UnboundedSender<(RuntimeId, EndReason)>,
+    ) -> tokio::task::JoinHandle<()> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        *lock(&self.watcher) = Some(tx);
+        *lock(&self.ended) = Some(ended);
+        let router = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(Event::Watch { pid, start_time }) = rx.recv().await {
+                let router = router.clone();
+                tokio::spawn(async move {
+                    let watch = platform::ExitWatch::new(pid);
+                    // The pidfd (or kqueue) now pins the process: check that it is
+                    // still the one that joined, not a reused pid.
+                    let same = platform::start_time(pid).ok() == Some(start_time);
+                    if let (Ok(watch), true) = (watch, same) {
+                        watch.exited().await;
+                    }
+                    if let Some(router) = router.upgrade() {
+                        tokio::task::spawn_blocking(move || router.member_exited(pid, start_time));
+                    }
+                });
+            }
+        })
+    }
+
     /// A fresh view id; never 0, never reused.
     pub fn next_view_id(&self) -> u64 {
         self.next_view.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Shows `view` to `pid` (whose start time is `start_time`) and its descendants.
-    pub fn add(&self, pid: i32, start_time: u64, view: Arc<View>) {
-        write(&self.views).insert(view.id, Arc::downgrade(&view));
-        write(&self.routes).insert(pid, Route { start_time, view });
+    /// Adds runtime `id`, with process `root` (started at `start_time`) as
+    /// its first member. A root that was a member of another runtime moves:
+    /// the runtime named last is the nearest.
+    pub fn add_runtime(&self, id: RuntimeId, root: i32, route: RuntimeRoute) {
+        let start_time = route.root_start_time;
+        write(&self.views).insert(route.view.id, Arc::downgrade(&route.view));
+        let mut state = write(&self.state);
+        state.runtimes.insert(id, route);
+        state.join(root, start_time, id);
+        drop(state);
+        self.watch(root, start_time);
     }
 
-    /// Drops the route of `pid`; its view lives on while handles hold it.
-    pub fn remove(&self, pid: i32) {
-        let removed = write(&self.routes).remove(&pid);
+    /// Ends runtime `id` now: its members see nothing from here on; its view
+    /// lives on while open files hold it.
+    pub fn remove_runtime(&self, id: RuntimeId) -> bool {
+        let removed = {
+            let mut state = write(&self.state);
+            state.members.retain(|_, m| m.runtime != id);
+            state.runtimes.remove(&id)
+        };
+        let found = removed.is_some();
         drop(removed);
         write(&self.views).retain(|_, view| view.strong_count() > 0);
+        self.shared_views()
+            .retain(|_, view| view.strong_count() > 0);
+        found
+    }
+
+    /// The live view of exactly this stack, if a runtime or an open file still holds one.
+    pub fn shared_view(&self, key: &StackKey) -> Option<Arc<View>> {
+        self.shared_views().get(key)?.upgrade()
+    }
+
+    /// Offers `view` to later runtimes of the same stack.
+    pub fn share(&self, key: StackKey, view: &Arc<View>) {
+        write(&self.views).insert(view.id, Arc::downgrade(view));
+        self.shared_views().insert(key, Arc::downgrade(view));
+    }
+
+    fn shared_views(&self) -> std::sync::MutexGuard<'_, HashMap<StackKey, Weak<View>>> {
+        lock(&self.shared)
     }
 
     pub fn view(&self, id: u64) -> Option<Arc<View>> {
@@ -67,39 +205,165 @@ impl Router {
 
     /// The view for the process that sent a request (by its thread id).
     pub fn view_for_caller(&self, tid: u32) -> Option<Arc<View>> {
-        let routes = read(&self.routes);
-        if routes.is_empty() {
-            return None;
+        {
+            let state = read(&self.state);
+            if state.runtimes.is_empty() {
+                return None;
+            }
+            // A live member's pid is its main thread's id and cannot have been
+            // reused (its exit is watched): the hot path reads nothing.
+            if let Some(member) = state.members.get(&(tid as i32)) {
+                return state.view_of(member.runtime);
+            }
         }
-        // FUSE gives the calling thread's id; for a main thread it is the pid.
-        let mut pid = tid as i32;
+        self.route_new_caller(tid as i32)
+    }
+
+    /// A caller not (yet) known as a member: a thread of a member, a process
+    /// whose ancestry reaches a member, or one that carries a runtime's name.
+    fn route_new_caller(&self, tid: i32) -> Option<Arc<View>> {
+        let mut pid = tid;
         let mut info = platform::process_info(pid).ok()?;
         if info.is_thread {
             pid = platform::process_of_thread(pid).ok()?;
             info = platform::process_info(pid).ok()?;
+            let state = read(&self.state);
+            if let Some(member) = state.members.get(&pid) {
+                return state.view_of(member.runtime);
+            }
         }
+        // Walk up to the nearest member, remembering the way.
+        let mut chain = vec![(pid, info.start_time)];
+        let mut found = None;
         for _ in 0..MAX_ANCESTRY {
-            if let Some(route) = routes.get(&pid) {
-                // Same pid, different process: the root exited and its pid was reused.
-                return (route.start_time == info.start_time).then(|| Arc::clone(&route.view));
+            let (current, start_time) = *chain.last().expect("non-empty");
+            {
+                let state = read(&self.state);
+                if let Some(member) = state.members.get(&current) {
+                    // Same pid, different process: the member exited a moment ago.
+                    if member.start_time == start_time {
+                        found = Some(member.runtime);
+                    }
+                    break;
+                }
             }
-            if info.ppid <= 0 || info.ppid == pid {
-                return None;
+            if info.ppid <= 0 || info.ppid == current {
+                break;
             }
-            let parent = platform::process_info(info.ppid).ok()?;
-            // A parent younger than its child is a reused pid: the chain is
-            // broken. Only where start times are clock-independent (not macOS).
-            if platform::START_TIMES_ORDERED && parent.start_time > info.start_time {
-                return None;
+            let Ok(parent) = platform::process_info(info.ppid) else {
+                break;
+            };
+            // A parent younger than its child is a reused pid: the chain is broken.
+            if platform::START_TIMES_ORDERED && parent.start_time > start_time {
+                break;
             }
-            pid = info.ppid;
+            chain.push((info.ppid, parent.start_time));
             info = parent;
         }
-        None
+        let runtime = match found {
+            Some(runtime) => runtime,
+            None => {
+                chain.truncate(1);
+                self.runtime_by_marker(pid, chain[0].1)?
+            }
+        };
+        let mut state = write(&self.state);
+        state.runtimes.get(&runtime)?;
+        let mut joined = Vec::new();
+        // Everything between the member and the caller is in the runtime too.
+        for &(member, start_time) in chain.iter().rev() {
+            if !state.members.contains_key(&member) {
+                state.join(member, start_time, runtime);
+                joined.push((member, start_time));
+            }
+        }
+        let view = state.view_of(runtime);
+        drop(state);
+        for (member, start_time) in joined {
+            self.watch(member, start_time);
+        }
+        view
     }
 
-    pub fn route_count(&self) -> usize {
-        read(&self.routes).len()
+    /// The runtime whose name `pid` carries in its environment, if it may join it.
+    fn runtime_by_marker(&self, pid: i32, start_time: u64) -> Option<RuntimeId> {
+        let name = platform::runtime_marker(pid)?;
+        let uid = platform::process_uid(pid).ok()?;
+        let state = read(&self.state);
+        state.runtimes.iter().find_map(|(id, route)| {
+            (route.name == name
+                && route.uid == uid
+                && (!platform::START_TIMES_ORDERED || start_time >= route.root_start_time))
+                .then_some(*id)
+        })
+    }
+
+    fn watch(&self, pid: i32, start_time: u64) {
+        if let Some(tx) = lock(&self.watcher).as_ref() {
+            let _ = tx.send(Event::Watch { pid, start_time });
+        }
+    }
+
+    /// A member exited. When it was its runtime's last known process, the
+    /// processes carrying the runtime's name are looked for; if none is
+    /// left, the runtime ends.
+    fn member_exited(&self, pid: i32, start_time: u64) {
+        let emptied = {
+            let mut state = write(&self.state);
+            match state.members.get(&pid) {
+                Some(member) if member.start_time == start_time => {
+                    let runtime = member.runtime;
+                    state.leave(pid);
+                    state
+                        .runtimes
+                        .get(&runtime)
+                        .filter(|r| r.members == 0)
+                        .map(|r| (runtime, r.name.clone(), r.uid, r.root_start_time))
+                }
+                _ => None,
+            }
+        };
+        let Some((runtime, name, uid, root_start)) = emptied else {
+            return;
+        };
+        let carriers: Vec<(i32, u64)> = platform::processes_with_marker(&name, uid)
+            .into_iter()
+            .filter(|(_, start)| !platform::START_TIMES_ORDERED || *start >= root_start)
+            .collect();
+        let mut joined = Vec::new();
+        {
+            let mut state = write(&self.state);
+            if !state.runtimes.contains_key(&runtime) {
+                return;
+            }
+            for (member, start) in carriers {
+                if !state.members.contains_key(&member) {
+                    state.join(member, start, runtime);
+                    joined.push((member, start));
+                }
+            }
+        }
+        if joined.is_empty() {
+            if self.remove_runtime(runtime) {
+                if let Some(tx) = lock(&self.ended).as_ref() {
+                    let _ = tx.send((runtime, EndReason::LastProcessExited));
+                }
+            }
+        } else {
+            for (member, start) in joined {
+                self.watch(member, start);
+            }
+        }
+    }
+
+    /// Runtimes live now.
+    pub fn runtime_count(&self) -> usize {
+        read(&self.state).runtimes.len()
+    }
+
+    /// Processes known to be in runtime `id`.
+    pub fn member_count(&self, id: RuntimeId) -> usize {
+        read(&self.state).runtimes.get(&id).map_or(0, |r| r.members)
     }
 
     pub fn live_views(&self) -> usize {
@@ -107,6 +371,35 @@ impl Router {
             .values()
             .filter(|v| v.strong_count() > 0)
             .count()
+    }
+}
+
+impl State {
+    fn view_of(&self, runtime: RuntimeId) -> Option<Arc<View>> {
+        self.runtimes.get(&runtime).map(|r| Arc::clone(&r.view))
+    }
+
+    /// Records `pid` as a member of `runtime`, leaving any runtime it was in.
+    fn join(&mut self, pid: i32, start_time: u64, runtime: RuntimeId) {
+        self.leave(pid);
+        if let Some(route) = self.runtimes.get_mut(&runtime) {
+            route.members += 1;
+            self.members.insert(
+                pid,
+                Member {
+                    start_time,
+                    runtime,
+                },
+            );
+        }
+    }
+
+    fn leave(&mut self, pid: i32) {
+        if let Some(old) = self.members.remove(&pid) {
+            if let Some(route) = self.runtimes.get_mut(&old.runtime) {
+                route.members = route.members.saturating_sub(1);
+            }
+        }
     }
 }
 
@@ -119,9 +412,21 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::proxy::ProxyRepository;
+
+    fn empty_view(router: &Router) -> Arc<View> {
+        let empty = Arc::new(ProxyRepository::from_repositories(vec![]));
+        Arc::new(View::build(router.next_view_id(), "-".into(), &[], empty).unwrap())
+    }
 
     #[test]
     fn inode_numbers_carry_the_view() {
@@ -134,27 +439,54 @@ mod tests {
     fn a_process_and_its_children_see_the_view_others_do_not() {
         let router = Router::default();
         let me = std::process::id() as i32;
-        let empty = Arc::new(crate::storage::proxy::ProxyRepository::from_repositories(
-            vec![],
-        ));
-        let view = Arc::new(View::build(router.next_view_id(), "-".into(), &[], empty).unwrap());
+        let view = empty_view(&router);
         let mut child = std::process::Command::new("sleep")
             .arg("5")
             .spawn()
             .unwrap();
         // Route the child's pid: we (its parent) must not see it.
         let start = platform::start_time(child.id() as i32).unwrap();
-        router.add(child.id() as i32, start, Arc::clone(&view));
+        let uid = nix::unistd::geteuid().as_raw();
+        router.add_runtime(
+            1,
+            child.id() as i32,
+            RuntimeRoute::new(Arc::clone(&view), "rt-1".into(), uid, start),
+        );
         assert!(router.view_for_caller(child.id()).is_some());
         assert!(router.view_for_caller(me as u32).is_none());
-        // A recorded start time that does not match means a reused pid.
-        router.add(child.id() as i32, start + 1, Arc::clone(&view));
+        assert_eq!(router.member_count(1), 1);
+        assert!(router.remove_runtime(1));
+        assert_eq!(router.runtime_count(), 0);
         assert!(router.view_for_caller(child.id()).is_none());
-        router.remove(child.id() as i32);
-        assert_eq!(router.route_count(), 0);
         assert_eq!(router.live_views(), 1, "our Arc still holds it");
         drop(view);
         assert_eq!(router.live_views(), 0);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn a_reused_pid_gets_no_view() {
+        let router = Router::default();
+        let view = empty_view(&router);
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let start = platform::start_time(pid).unwrap();
+        let uid = nix::unistd::geteuid().as_raw();
+        // The runtime's root was "another process with the same pid": its
+        // recorded start time differs from the live process's.
+        router.add_runtime(
+            1,
+            pid,
+            RuntimeRoute::new(Arc::clone(&view), "rt".into(), uid, start + 1),
+        );
+        // The hot path trusts a watched member; the member recorded here was
+        // never watched (no watcher in unit tests), so take the slow path.
+        write(&router.state).members.clear();
+        assert!(router.view_for_caller(pid as u32).is_none());
         let _ = child.kill();
         let _ = child.wait();
     }

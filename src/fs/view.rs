@@ -206,6 +206,8 @@ impl Drop for View {
             nodes = self.nodes.len() as u64,
             "view freed"
         );
+        drop(std::mem::take(&mut self.nodes));
+        crate::platform::release_free_memory();
     }
 }
 

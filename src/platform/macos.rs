@@ -560,3 +560,86 @@ pub const START_TIMES_ORDERED: bool = false;
 pub fn check_before_service_spawn() -> std::result::Result<(), String> {
     check_fuse_available()
 }
+
+/// Gives memory freed by a dropped view back to the system. macOS's
+/// allocator returns large freed regions on its own (madvise on free), so
+/// there is nothing to ask for here.
+pub fn release_free_memory() {}
+
+/// The runtime name `pid` carries in the environment it was started with,
+/// from `sysctl(KERN_PROCARGS2)` (allowed for our own user's processes): an
+/// `int argc`, the executable path, NUL padding, `argc` argument strings,
+/// then the environment strings.
+pub fn runtime_marker(pid: i32) -> Option<String> {
+    let mut max: libc::c_int = 0;
+    let mut size = std::mem::size_of::<libc::c_int>();
+    let mut mib = [libc::CTL_KERN, libc::KERN_ARGMAX];
+    // SAFETY: KERN_ARGMAX writes one int into `max`, whose size is in `size`.
+    let rc = unsafe {
+        libc::sysctl(
+            mib.as_mut_ptr(),
+            2,
+            (&mut max as *mut libc::c_int).cast(),
+            &mut size,
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    if rc != 0 || max <= 0 {
+        return None;
+    }
+    let mut buffer = vec![0u8; max as usize];
+    let mut size = buffer.len();
+    let mut mib = [libc::CTL_KERN, libc::KERN_PROCARGS2, pid];
+    // SAFETY: the buffer is `size` bytes; the kernel writes at most that many.
+    let rc = unsafe {
+        libc::sysctl(
+            mib.as_mut_ptr(),
+            3,
+            buffer.as_mut_ptr().cast(),
+            &mut size,
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    if rc != 0 || size < 4 {
+        return None;
+    }
+    let data = &buffer[..size];
+    let argc = i32::from_ne_bytes(data[..4].try_into().ok()?).max(0) as usize;
+    let mut rest = &data[4..];
+    // The executable path, then its NUL padding.
+    let end = rest.iter().position(|b| *b == 0)?;
+    rest = &rest[end..];
+    let start = rest.iter().position(|b| *b != 0)?;
+    rest = &rest[start..];
+    for _ in 0..argc {
+        let end = rest.iter().position(|b| *b == 0)?;
+        rest = rest.get(end + 1..)?;
+    }
+    super::marker_in_environ(rest)
+}
+
+/// Every process of `uid` that carries runtime name `name`, with its start time.
+pub fn processes_with_marker(name: &str, uid: u32) -> Vec<(i32, u64)> {
+    // SAFETY: a null buffer asks for the number of pids.
+    let count = unsafe { libc::proc_listallpids(std::ptr::null_mut(), 0) };
+    if count <= 0 {
+        return Vec::new();
+    }
+    // Room for processes started in between.
+    let mut pids = vec![0 as libc::pid_t; count as usize + 64];
+    let bytes = (pids.len() * std::mem::size_of::<libc::pid_t>()) as libc::c_int;
+    // SAFETY: the buffer holds `bytes` bytes of pid_t.
+    let filled = unsafe { libc::proc_listallpids(pids.as_mut_ptr().cast(), bytes) };
+    if filled <= 0 {
+        return Vec::new();
+    }
+    pids.truncate(filled as usize);
+    pids.into_iter()
+        .filter(|pid| *pid > 0)
+        .filter(|pid| process_uid(*pid).ok() == Some(uid))
+        .filter(|pid| runtime_marker(*pid).as_deref() == Some(name))
+        .filter_map(|pid| Some((pid, process_info(pid).ok()?.start_time)))
+        .collect()
+}

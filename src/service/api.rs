@@ -40,7 +40,8 @@ pub struct Api {
 impl From<MountError> for Status {
     fn from(err: MountError) -> Status {
         match err {
-            MountError::Watch(..) | MountError::Internal(_) => Status::internal(err.to_string()),
+            MountError::Internal(_) => Status::internal(err.to_string()),
+            MountError::NameTaken(_) => Status::already_exists(err.to_string()),
             MountError::Build { .. } | MountError::Repository(_) => {
                 Status::failed_precondition(err.to_string())
             }
@@ -85,9 +86,16 @@ impl Api {
         root_pid: i64,
         env_spec: String,
         repositories: Vec<String>,
-    ) -> Result<crate::proto::Runtime, MountError> {
+        name: String,
+    ) -> Result<(crate::proto::Runtime, runtimes::Built), MountError> {
         let pid = checked_pid(root_pid)?;
         authorize(caller, pid)?;
+        // A script's Mount may name no runtime: give it one of its own.
+        let name = match name.is_empty() {
+            true => format!("spfs-{pid}-{}", self.runtimes.router().next_view_id()),
+            false => name,
+        };
+        runtimes::check_name(&name)?;
         let repositories = repositories
             .into_iter()
             .map(|root| match std::path::Path::new(&root).is_absolute() {
@@ -95,15 +103,17 @@ impl Api {
                 false => Err(MountError::RelativeRepository(root)),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let watch = runtimes::watch(pid)?;
         let router = std::sync::Arc::clone(self.runtimes.router());
         // Reading the layers is blocking I/O; keep it off the async workers.
-        let view = tokio::task::spawn_blocking(move || {
-            runtimes::build_view(&router, &repositories, env_spec)
-        })
-        .await
-        .map_err(|e| MountError::Internal(e.to_string()))??;
-        self.runtimes.mount(pid, watch, view)
+        let spec = env_spec.clone();
+        let built =
+            tokio::task::spawn_blocking(move || runtimes::build_view(&router, &repositories, spec))
+                .await
+                .map_err(|e| MountError::Internal(e.to_string()))??;
+        let runtime = self
+            .runtimes
+            .mount(pid, name, env_spec, Arc::clone(&built.view))?;
+        Ok((runtime, built))
     }
 }
 
@@ -124,9 +134,10 @@ impl VfsService for Api {
             root_pid,
             env_spec,
             repositories,
+            name,
         } = request.into_inner();
         let result = self
-            .mount_runtime(caller, root_pid, env_spec, repositories)
+            .mount_runtime(caller, root_pid, env_spec, repositories, name)
             .await;
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         let outcome = if result.is_ok() { "ok" } else { "refused" };
@@ -135,11 +146,15 @@ impl VfsService for Api {
             &crate::telemetry::metrics::attr("result", outcome),
         );
         match result {
-            Ok(runtime) => {
+            Ok((runtime, built)) => {
                 tracing::info!(
                     event = "service.mount",
                     root_pid = runtime.root_pid,
+                    runtime = runtime.name.as_str(),
                     env_spec = runtime.env_spec.as_str(),
+                    view_id = built.view.id,
+                    view_shared = built.shared,
+                    nodes = built.view.len() as u64,
                     active_runtimes = self.runtimes.len(),
                     elapsed_ms,
                     "runtime started"
@@ -165,7 +180,7 @@ impl VfsService for Api {
         request: Request<UnmountRequest>,
     ) -> Result<Response<UnmountResponse>, Status> {
         let pid = checked_pid(request.into_inner().root_pid)?;
-        match self.runtimes.remove(pid, None, "request") {
+        match self.runtimes.remove(pid, "request") {
             Some(_) => Ok(Response::new(UnmountResponse {})),
             None => Err(Status::not_found(format!("no runtime has root_pid {pid}"))),
         }

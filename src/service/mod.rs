@@ -220,6 +220,7 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
     let stopping = Arc::new(AtomicBool::new(false));
     let router = Arc::new(Router::default());
     let runtimes = Runtimes::new(Arc::clone(&router));
+    runtimes.start();
     let api = Api {
         identity: Identity {
             pid: std::process::id().into(),

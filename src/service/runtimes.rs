@@ -1,37 +1,34 @@
-//! The runtimes table: which root process sees which env spec. A runtime is
-//! added by `Mount` and dropped by `Unmount` or, automatically, when its root
-//! process exits (pidfd on Linux, kqueue on macOS). Adding and dropping a
-//! runtime adds and drops its route in the filesystem's [`Router`].
+//! The runtimes table: which runtime (by name and root process) shows which
+//! env spec. A runtime is added by `Mount` and dropped by `Unmount` or,
+//! automatically, when its last process exits: the filesystem's [`Router`]
+//! keeps the membership (see `fs::router`) and reports runtimes that emptied.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::task::AbortHandle;
-
-use crate::fs::router::Router;
+use crate::fs::router::{EndReason, Router, RuntimeId, RuntimeRoute, StackKey};
 use crate::fs::view::View;
-use crate::platform::{self, ExitWatch};
+use crate::platform;
 use crate::proto::Runtime;
 use crate::storage::error::StorageError;
 use crate::storage::proxy::ProxyRepository;
-use crate::tracking::env_spec::{self, SpecError};
+use crate::tracking::env_spec::{self, SpecError, StackItem};
 
 /// Longest env spec accepted; far beyond any real stack of layer names.
 pub const MAX_ENV_SPEC_BYTES: usize = 64 * 1024;
 
 pub struct Runtimes {
+    /// By root pid (what `Unmount` names).
     table: Mutex<HashMap<i32, Entry>>,
-    next_generation: AtomicU64,
+    next_id: AtomicU64,
     router: Arc<Router>,
 }
 
 struct Entry {
     runtime: Runtime,
-    /// Tells this entry from a later one for the same pid.
-    generation: u64,
-    exit_watch: AbortHandle,
+    id: RuntimeId,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,8 +39,10 @@ pub enum MountError {
     NoSuchProcess(i32),
     #[error("env_spec is {0} bytes; at most {MAX_ENV_SPEC_BYTES} are accepted")]
     SpecTooLong(usize),
-    #[error("cannot watch process {0}: {1}")]
-    Watch(i32, std::io::Error),
+    #[error("a runtime named {0:?} is already running; choose another name")]
+    NameTaken(String),
+    #[error("runtime name {0:?} is not usable: use 1 to 200 letters, digits, '-', '_' or '.'")]
+    BadName(String),
     #[error("{0}")]
     Spec(#[from] SpecError),
     #[error("internal error: {0}")]
@@ -64,33 +63,76 @@ pub enum MountError {
     Build { spec: String, error: std::io::Error },
 }
 
-/// Starts watching `pid` for exit; fails at once if there is no such process.
-pub fn watch(pid: i32) -> Result<ExitWatch, MountError> {
-    ExitWatch::new(pid).map_err(|err| match err.kind() {
-        std::io::ErrorKind::NotFound => MountError::NoSuchProcess(pid),
-        _ => MountError::Watch(pid, err),
-    })
+/// A runtime name as `SPFS_RUNTIME` carries it.
+pub fn check_name(name: &str) -> Result<(), MountError> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(MountError::BadName(env_spec::shorten(name)))
+    }
+}
+
+/// A view for a Mount, and whether it is shared with other runtimes.
+pub struct Built {
+    pub view: Arc<View>,
+    /// An existing view of the same stack was reused.
+    pub shared: bool,
 }
 
 /// Opens `repositories` (local first), resolves `spec` in them and builds
-/// its view. Blocking I/O: reads platform, layer and manifest objects.
+/// its view, or reuses the live view of the same stack. Blocking I/O: reads
+/// platform and layer objects, and manifests only for a new view.
 pub fn build_view(
     router: &Router,
     repositories: &[std::path::PathBuf],
     spec: String,
-) -> Result<View, MountError> {
+) -> Result<Built, MountError> {
     if spec.len() > MAX_ENV_SPEC_BYTES {
         return Err(MountError::SpecTooLong(spec.len()));
     }
     // Syntax first: a bad spec is named before any repository is opened.
     env_spec::parse(&spec)?;
     let repos = Arc::new(ProxyRepository::open(repositories).map_err(MountError::Repository)?);
-    let layers = env_spec::resolve(&spec, &repos)?;
-    View::build(router.next_view_id(), spec.clone(), &layers, repos).map_err(|error| {
-        MountError::Build {
-            spec: env_spec::shorten(&spec),
-            error,
-        }
+    let stack = env_spec::resolve_stack(&spec, &repos)?;
+    let key = stack_key(repositories, &stack);
+    if let Some(view) = key.as_ref().and_then(|key| router.shared_view(key)) {
+        return Ok(Built { view, shared: true });
+    }
+    let layers = env_spec::load(stack, &repos)?;
+    let view =
+        View::build(router.next_view_id(), spec.clone(), &layers, repos).map_err(|error| {
+            MountError::Build {
+                spec: env_spec::shorten(&spec),
+                error,
+            }
+        })?;
+    let view = Arc::new(view);
+    if let Some(key) = key {
+        router.share(key, &view);
+    }
+    Ok(Built {
+        view,
+        shared: false,
+    })
+}
+
+/// The sharing key of a stack of committed layers; none with a directory layer.
+fn stack_key(repositories: &[std::path::PathBuf], stack: &[StackItem]) -> Option<StackKey> {
+    let manifests = stack
+        .iter()
+        .map(|item| match item {
+            StackItem::Object { manifest, .. } => Some(*manifest),
+            StackItem::Dir(_) => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(StackKey {
+        repositories: repositories.to_vec(),
+        manifests,
     })
 }
 
@@ -106,84 +148,120 @@ impl Runtimes {
     pub fn new(router: Arc<Router>) -> Arc<Runtimes> {
         Arc::new(Runtimes {
             table: Mutex::default(),
-            next_generation: AtomicU64::new(0),
+            next_id: AtomicU64::new(1),
             router,
         })
+    }
+
+    /// Starts watching runtimes' processes (on the current tokio runtime):
+    /// a runtime whose last process exits is dropped.
+    pub fn start(self: &Arc<Self>) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        self.router.start_watching(tx);
+        let table = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some((id, reason)) = rx.recv().await {
+                let Some(table) = table.upgrade() else { break };
+                let reason = match reason {
+                    EndReason::LastProcessExited => "last_process_exited",
+                };
+                table.ended(id, reason);
+            }
+        });
     }
 
     pub fn router(&self) -> &Arc<Router> {
         &self.router
     }
 
-    /// Records (or replaces) the runtime of `pid`, shows it `view`, and drops
-    /// both when `watch` sees the process exit.
+    /// Records (or replaces) the runtime whose root is `pid`, named `name`,
+    /// showing `view` to its processes.
     pub fn mount(
-        self: &Arc<Self>,
+        &self,
         pid: i32,
-        watch: ExitWatch,
-        view: View,
+        name: String,
+        env_spec: String,
+        view: Arc<View>,
     ) -> Result<Runtime, MountError> {
+        check_name(&name)?;
         let start_time = platform::start_time(pid).map_err(|_| MountError::NoSuchProcess(pid))?;
+        let uid = platform::process_uid(pid).map_err(|_| MountError::NoSuchProcess(pid))?;
         let runtime = Runtime {
             root_pid: pid.into(),
-            env_spec: view.spec.clone(),
+            env_spec,
             since_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or(0),
+            name: name.clone(),
         };
-        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        let table = Arc::clone(self);
-        let exit_watch = tokio::spawn(async move {
-            watch.exited().await;
-            table.remove(pid, Some(generation), "exited");
-        })
-        .abort_handle();
-        let entry = Entry {
-            runtime: runtime.clone(),
-            generation,
-            exit_watch,
-        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let replaced = {
             let mut table = self.lock();
-            self.router.add(pid, start_time, Arc::new(view));
-            table.insert(pid, entry)
+            if table
+                .values()
+                .any(|e| e.runtime.name == name && e.runtime.root_pid != i64::from(pid))
+            {
+                return Err(MountError::NameTaken(name));
+            }
+            let replaced = table.insert(
+                pid,
+                Entry {
+                    runtime: runtime.clone(),
+                    id,
+                },
+            );
+            self.router
+                .add_runtime(id, pid, RuntimeRoute::new(view, name, uid, start_time));
+            replaced
         };
         if let Some(old) = replaced {
-            old.exit_watch.abort();
+            self.router.remove_runtime(old.id);
+            self.log_end(&old.runtime, "replaced");
         }
-        crate::telemetry::metrics::metrics()
-            .active_runtimes
-            .record(self.len() as u64, &[]);
+        self.record_count();
         Ok(runtime)
     }
 
-    /// Drops the runtime of `pid`; `generation` limits it to one specific entry.
-    pub fn remove(&self, pid: i32, generation: Option<u64>, reason: &str) -> Option<Runtime> {
+    /// `Unmount`: ends the runtime whose root is `pid` now.
+    pub fn remove(&self, pid: i32, reason: &str) -> Option<Runtime> {
+        let removed = self.lock().remove(&pid)?;
+        self.router.remove_runtime(removed.id);
+        self.record_count();
+        self.log_end(&removed.runtime, reason);
+        Some(removed.runtime)
+    }
+
+    /// The router found runtime `id` empty and dropped its route.
+    fn ended(&self, id: RuntimeId, reason: &str) {
         let removed = {
             let mut table = self.lock();
-            match table.get(&pid) {
-                Some(entry) if generation.is_none_or(|g| g == entry.generation) => {
-                    self.router.remove(pid);
-                    table.remove(&pid)
-                }
-                _ => None,
-            }
-        }?;
-        removed.exit_watch.abort();
+            let pid = table.iter().find(|(_, e)| e.id == id).map(|(pid, _)| *pid);
+            pid.and_then(|pid| table.remove(&pid))
+        };
+        if let Some(removed) = removed {
+            self.record_count();
+            self.log_end(&removed.runtime, reason);
+        }
+    }
+
+    fn record_count(&self) {
         crate::telemetry::metrics::metrics()
             .active_runtimes
             .record(self.len() as u64, &[]);
+    }
+
+    fn log_end(&self, runtime: &Runtime, reason: &str) {
         tracing::info!(
-            event = "service.unmount",
-            root_pid = pid,
-            env_spec = removed.runtime.env_spec.as_str(),
+            event = "service.runtime_ended",
+            root_pid = runtime.root_pid,
+            runtime = runtime.name.as_str(),
+            env_spec = runtime.env_spec.as_str(),
             reason,
             active_runtimes = self.len(),
             live_views = self.router.live_views(),
             "runtime ended"
         );
-        Some(removed.runtime)
     }
 
     pub fn list(&self) -> Vec<Runtime> {

@@ -66,6 +66,19 @@ pub enum Item {
     Dir(PathBuf),
 }
 
+/// One layer of a stack as resolved from a spec, before any manifest is read.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum StackItem {
+    /// A layer or bare manifest object; `manifest` is what it shows (none:
+    /// a layer of annotations only).
+    Object {
+        digest: Digest,
+        manifest: Option<Digest>,
+    },
+    /// A directory on disk.
+    Dir(PathBuf),
+}
+
 /// A layer of a resolved stack, bottom to top.
 #[derive(Debug, Clone)]
 pub enum Layer {
@@ -130,20 +143,62 @@ fn parse_item(part: &str) -> Result<Item, SpecError> {
 /// Parses `spec` and resolves it in `repos` to layers, bottom to top.
 /// Reads (and verifies) platform, layer and manifest objects; no payloads.
 pub fn resolve(spec: &str, repos: &ProxyRepository) -> Result<Vec<Layer>, SpecError> {
-    let mut layers = Vec::new();
+    load(resolve_stack(spec, repos)?, repos)
+}
+
+/// Resolves `spec` to its stack: tags and digests to objects, platforms
+/// expanded, duplicates dropped. Reads platform and layer objects only, so
+/// it is cheap even for a huge layer; [`load`] then reads the manifests.
+pub fn resolve_stack(spec: &str, repos: &ProxyRepository) -> Result<Vec<StackItem>, SpecError> {
+    let mut stack = Vec::new();
     let mut seen = HashSet::new();
     for (part, item) in parse(spec)? {
         let digest = match item {
             Item::Dir(path) => {
                 check_dir(&part, &path)?;
-                layers.push(Layer::Dir(path));
+                stack.push(StackItem::Dir(path));
                 continue;
             }
             item => item_digest(&part, &item, repos)?,
         };
-        expand(&part, digest, repos, 0, &mut seen, &mut layers)?;
+        expand(&part, digest, repos, 0, &mut seen, &mut stack)?;
     }
-    Ok(layers)
+    Ok(stack)
+}
+
+/// Reads (and verifies) the manifest of every item of `stack`.
+pub fn load(stack: Vec<StackItem>, repos: &ProxyRepository) -> Result<Vec<Layer>, SpecError> {
+    stack
+        .into_iter()
+        .map(|item| match item {
+            StackItem::Dir(path) => Ok(Layer::Dir(path)),
+            StackItem::Object {
+                digest,
+                manifest: None,
+            } => Ok(Layer::Manifest {
+                digest,
+                manifest: Manifest::default(),
+            }),
+            StackItem::Object {
+                digest,
+                manifest: Some(manifest),
+            } => {
+                let storage = |error| SpecError::Storage {
+                    part: digest.to_base32(),
+                    error,
+                };
+                match repos.read_object(&manifest).map_err(storage)? {
+                    Object::Manifest(manifest) => Ok(Layer::Manifest { digest, manifest }),
+                    _ => Err(storage(StorageError::corrupt(
+                        manifest.to_base32(),
+                        format!(
+                            "layer {digest} names it as its manifest, but it is not a manifest"
+                        ),
+                    ))),
+                }
+            }
+        })
+        .collect()
 }
 
 /// The object an item (not a directory) names: a digest, the one object a
@@ -188,51 +243,40 @@ fn expand(
     repos: &ProxyRepository,
     depth: usize,
     seen: &mut HashSet<Digest>,
-    layers: &mut Vec<Layer>,
+    stack: &mut Vec<StackItem>,
 ) -> Result<(), SpecError> {
     if depth > MAX_PLATFORM_DEPTH {
         return Err(SpecError::TooDeep { part: part.into() });
     }
-    let storage = |error| SpecError::Storage {
-        part: part.into(),
-        error,
-    };
     let object = repos.read_object(&digest).map_err(|err| match err {
         StorageError::UnknownObject(_) if depth == 0 => SpecError::Unknown {
             part: part.into(),
             repos: describe(repos),
         },
-        err => storage(err),
+        error => SpecError::Storage {
+            part: part.into(),
+            error,
+        },
     })?;
     match object {
         Object::Platform(platform) => {
             for layer in platform.layers {
-                expand(part, layer, repos, depth + 1, seen, layers)?;
+                expand(part, layer, repos, depth + 1, seen, stack)?;
             }
         }
         // The first occurrence of a layer wins; later duplicates add nothing.
         _ if !seen.insert(digest) => {}
-        Object::Layer(layer) => {
-            let manifest = match layer.manifest {
-                Some(manifest) => match repos.read_object(&manifest).map_err(storage)? {
-                    Object::Manifest(manifest) => manifest,
-                    _ => {
-                        return Err(storage(StorageError::corrupt(
-                            manifest.to_base32(),
-                            format!(
-                                "layer {digest} names it as its manifest, but it is not a manifest"
-                            ),
-                        )))
-                    }
-                },
-                None => Manifest::default(),
-            };
-            layers.push(Layer::Manifest { digest, manifest });
-        }
-        Object::Manifest(manifest) => layers.push(Layer::Manifest { digest, manifest }),
+        Object::Layer(layer) => stack.push(StackItem::Object {
+            digest,
+            manifest: layer.manifest,
+        }),
+        Object::Manifest(_) => stack.push(StackItem::Object {
+            digest,
+            manifest: Some(digest),
+        }),
         Object::Blob(_) => return Err(SpecError::IsBlob { part: part.into() }),
     }
-    if layers.len() > MAX_LAYERS {
+    if stack.len() > MAX_LAYERS {
         return Err(SpecError::TooManyLayers { part: part.into() });
     }
     Ok(())
