@@ -39,6 +39,31 @@ def stat_latency_us(path, n=20000):
     return (time.perf_counter() - start) / n * 1e6
 
 
+def missing_latency_us(path, n=20000):
+    """A name that does not exist, asked for again and again (build tools
+    probing include paths do this)."""
+    def once():
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            pass
+    once()
+    start = time.perf_counter()
+    for _ in range(n):
+        once()
+    return (time.perf_counter() - start) / n * 1e6
+
+
+def walk_dirs_seconds(root, names):
+    start = time.perf_counter()
+    count = 0
+    for name in names:
+        count += 1
+        for _dirpath, dirnames, filenames in os.walk(os.path.join(root, name)):
+            count += len(dirnames) + len(filenames)
+    return time.perf_counter() - start, count
+
+
 def walk_seconds(root):
     start = time.perf_counter()
     count = 0
@@ -59,6 +84,11 @@ def main():
     walk_cold, entries = walk_seconds(root)
     # Warm walks take milliseconds: the median of several is far steadier than one.
     walk_warm = sorted(walk_seconds(root)[0] for _ in range(7))[3]
+    # About 2,000 entries: the first 20 of the 100 directories.
+    small = sorted(n for n in os.listdir(root) if n.startswith("d0"))[:20]
+    walk_dirs_seconds(root, small)
+    walk_small = sorted(walk_dirs_seconds(root, small)[0] for _ in range(7))[3]
+    small_entries = walk_dirs_seconds(root, small)[1]
     print(json.dumps({
         "read_first_mib_s": first,
         "read_second_mib_s": second,
@@ -66,6 +96,9 @@ def main():
         "stat_deep_us": stat_latency_us(os.path.join(root, deep)),
         "walk_cold_s": walk_cold,
         "walk_warm_s": walk_warm,
+        "walk_small_warm_s": walk_small,
+        "small_entries": small_entries,
+        "missing_us": missing_latency_us(os.path.join(root, small[0] if small else "", "nosuch")),
         "entries": entries,
         "caches_dropped": cold,
     }))

@@ -425,7 +425,16 @@ mod tests {
 
     fn empty_view(router: &Router) -> Arc<View> {
         let empty = Arc::new(ProxyRepository::from_repositories(vec![]));
-        Arc::new(View::build(router.next_view_id(), "-".into(), &[], empty).unwrap())
+        Arc::new(
+            View::build(
+                router.next_view_id(),
+                "-".into(),
+                &[],
+                empty,
+                &crate::fs::view::Budget::unlimited(),
+            )
+            .unwrap(),
+        )
     }
 
     #[test]
@@ -465,29 +474,49 @@ mod tests {
         let _ = child.wait();
     }
 
+    /// The child of a process recorded under the same pid but another start
+    /// time (the real root exited and its pid was reused) gets no view.
+    #[cfg(target_os = "linux")]
     #[test]
     fn a_reused_pid_gets_no_view() {
-        let router = Router::default();
-        let view = empty_view(&router);
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
+        let mut shell = std::process::Command::new("sh")
+            .args(["-c", "sleep 5; true"])
             .spawn()
             .unwrap();
-        let pid = child.id() as i32;
-        let start = platform::start_time(pid).unwrap();
+        let parent = shell.id() as i32;
+        let children = format!("/proc/{parent}/task/{parent}/children");
+        let mut child = None;
+        for _ in 0..500 {
+            child = std::fs::read_to_string(&children)
+                .ok()
+                .and_then(|text| text.split_whitespace().next()?.parse::<u32>().ok());
+            if child.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let child = child.expect("the shell started sleep");
+        let start = platform::start_time(parent).unwrap();
         let uid = nix::unistd::geteuid().as_raw();
-        // The runtime's root was "another process with the same pid": its
-        // recorded start time differs from the live process's.
-        router.add_runtime(
-            1,
-            pid,
-            RuntimeRoute::new(Arc::clone(&view), "rt".into(), uid, start + 1),
+        for (recorded, sees) in [(start + 1, false), (start, true)] {
+            let router = Router::default();
+            let view = empty_view(&router);
+            router.add_runtime(
+                1,
+                parent,
+                RuntimeRoute::new(view, "rt".into(), uid, recorded),
+            );
+            assert_eq!(
+                router.view_for_caller(child).is_some(),
+                sees,
+                "recorded {recorded}, real {start}"
+            );
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child as i32),
+            nix::sys::signal::Signal::SIGKILL,
         );
-        // The hot path trusts a watched member; the member recorded here was
-        // never watched (no watcher in unit tests), so take the slow path.
-        write(&router.state).members.clear();
-        assert!(router.view_for_caller(pid as u32).is_none());
-        let _ = child.kill();
-        let _ = child.wait();
+        let _ = shell.kill();
+        let _ = shell.wait();
     }
 }

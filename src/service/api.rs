@@ -32,6 +32,8 @@ pub struct Identity {
 pub struct Api {
     pub identity: Identity,
     pub runtimes: Arc<Runtimes>,
+    /// What one Mount may cost (SPFS_MOUNT_TIMEOUT, SPFS_MOUNT_MAX_ENTRIES).
+    pub mount_limits: runtimes::MountLimits,
     pub shutdown: Shutdown,
     /// Set when shutdown begins; new mounts are refused from then on.
     pub stopping: Arc<AtomicBool>,
@@ -42,6 +44,7 @@ impl From<MountError> for Status {
         match err {
             MountError::Internal(_) => Status::internal(err.to_string()),
             MountError::NameTaken(_) => Status::already_exists(err.to_string()),
+            MountError::Timeout { .. } => Status::deadline_exceeded(err.to_string()),
             MountError::Build { .. } | MountError::Repository(_) => {
                 Status::failed_precondition(err.to_string())
             }
@@ -79,6 +82,16 @@ fn authorize(caller: Option<Caller>, root: i32) -> Result<(), MountError> {
     Ok(())
 }
 
+/// Sets its flag when dropped.
+#[derive(Default)]
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 impl Api {
     async fn mount_runtime(
         &self,
@@ -106,10 +119,24 @@ impl Api {
         let router = std::sync::Arc::clone(self.runtimes.router());
         // Reading the layers is blocking I/O; keep it off the async workers.
         let spec = env_spec.clone();
-        let built =
-            tokio::task::spawn_blocking(move || runtimes::build_view(&router, &repositories, spec))
-                .await
-                .map_err(|e| MountError::Internal(e.to_string()))??;
+        // Dropped when this request is (the client went away) or finishes:
+        // either way the build need not go on.
+        let cancel = CancelOnDrop::default();
+        let budget = self.mount_limits.budget(Arc::clone(&cancel.0));
+        let build = tokio::task::spawn_blocking(move || {
+            runtimes::build_view(&router, &repositories, spec, &budget)
+        });
+        // The build checks its deadline itself; this bounds what it cannot
+        // check (a read hung on a dead filesystem).
+        let grace = std::time::Duration::from_millis(500);
+        let built = tokio::time::timeout(self.mount_limits.timeout + grace, build)
+            .await
+            .map_err(|_| MountError::Timeout {
+                spec: crate::tracking::env_spec::shorten(&env_spec),
+                seconds: self.mount_limits.timeout.as_secs_f64(),
+            })?
+            .map_err(|e| MountError::Internal(e.to_string()))??;
+        drop(cancel);
         let runtime = self
             .runtimes
             .mount(pid, name, env_spec, Arc::clone(&built.view))?;
@@ -155,6 +182,7 @@ impl VfsService for Api {
                     view_id = built.view.id,
                     view_shared = built.shared,
                     nodes = built.view.len() as u64,
+                    unreadable = built.view.unreadable,
                     active_runtimes = self.runtimes.len(),
                     elapsed_ms,
                     "runtime started"

@@ -156,6 +156,7 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
     paths
         .ensure_runtime_dir()
         .map_err(|e| fail("unsafe_runtime_dir", e.to_string()))?;
+    let mount_limits = runtimes::MountLimits::from_env().map_err(|m| fail("config", m))?;
     let pidfile = PidFile::acquire(&paths.pidfile()).map_err(|err| match err {
         PidFileError::AlreadyRunning(Some(pid)) => fail(
             "already_running",
@@ -234,6 +235,7 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
             log_file: paths.service_log().display().to_string(),
         },
         runtimes: Arc::clone(&runtimes),
+        mount_limits,
         shutdown: shutdown.clone(),
         stopping: Arc::clone(&stopping),
     };

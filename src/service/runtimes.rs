@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::fs::router::{EndReason, Router, RuntimeId, RuntimeRoute, StackKey};
-use crate::fs::view::View;
+use crate::fs::view::{Budget, BuildError, View};
 use crate::platform;
 use crate::proto::Runtime;
 use crate::storage::error::StorageError;
@@ -59,8 +59,10 @@ pub enum MountError {
     OtherUser { root: i32, owner: u32, caller: u32 },
     #[error("the caller's process id is unknown, so root_pid cannot be checked")]
     UnknownCaller,
-    #[error("cannot read the layers of {spec:?}: {error}")]
-    Build { spec: String, error: std::io::Error },
+    #[error("cannot show {spec:?}: {error}")]
+    Build { spec: String, error: BuildError },
+    #[error("Mount of {spec:?} did not finish within {seconds} s; raise SPFS_MOUNT_TIMEOUT if its layers are on a slow filesystem")]
+    Timeout { spec: String, seconds: f64 },
 }
 
 /// A runtime name as `SPFS_RUNTIME` carries it.
@@ -74,6 +76,58 @@ pub fn check_name(name: &str) -> Result<(), MountError> {
         Ok(())
     } else {
         Err(MountError::BadName(env_spec::shorten(name)))
+    }
+}
+
+/// What one `Mount` may cost, from the service's environment.
+#[derive(Clone, Copy, Debug)]
+pub struct MountLimits {
+    /// `SPFS_MOUNT_TIMEOUT` (seconds, or `500ms`); default 60 s.
+    pub timeout: std::time::Duration,
+    /// `SPFS_MOUNT_MAX_ENTRIES`; default 5,000,000.
+    pub max_entries: usize,
+}
+
+impl Default for MountLimits {
+    fn default() -> Self {
+        MountLimits {
+            timeout: std::time::Duration::from_secs(60),
+            max_entries: 5_000_000,
+        }
+    }
+}
+
+impl MountLimits {
+    /// Reads the settings; a bad value is an error naming it.
+    pub fn from_env() -> Result<MountLimits, String> {
+        let mut limits = MountLimits::default();
+        if let Some(text) = std::env::var("SPFS_MOUNT_TIMEOUT")
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+        {
+            limits.timeout = crate::config::parse_duration(&text)
+                .map_err(|problem| format!("SPFS_MOUNT_TIMEOUT={text:?} is not a duration ({problem}); use seconds such as 60, or 500ms"))?;
+        }
+        if let Some(text) = std::env::var("SPFS_MOUNT_MAX_ENTRIES")
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+        {
+            limits.max_entries = text.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                format!("SPFS_MOUNT_MAX_ENTRIES={text:?} is not a positive number of entries")
+            })?;
+        }
+        Ok(limits)
+    }
+
+    /// The budget of one build starting now.
+    pub fn budget(&self, cancelled: Arc<std::sync::atomic::AtomicBool>) -> Budget {
+        Budget {
+            deadline: std::time::Instant::now() + self.timeout,
+            max_entries: self.max_entries,
+            cancelled,
+            deadline_setting: "SPFS_MOUNT_TIMEOUT",
+            entries_setting: "SPFS_MOUNT_MAX_ENTRIES",
+        }
     }
 }
 
@@ -91,6 +145,7 @@ pub fn build_view(
     router: &Router,
     repositories: &[std::path::PathBuf],
     spec: String,
+    budget: &Budget,
 ) -> Result<Built, MountError> {
     if spec.len() > MAX_ENV_SPEC_BYTES {
         return Err(MountError::SpecTooLong(spec.len()));
@@ -104,13 +159,12 @@ pub fn build_view(
         return Ok(Built { view, shared: true });
     }
     let layers = env_spec::load(stack, &repos)?;
-    let view =
-        View::build(router.next_view_id(), spec.clone(), &layers, repos).map_err(|error| {
-            MountError::Build {
-                spec: env_spec::shorten(&spec),
-                error,
-            }
-        })?;
+    let view = View::build(router.next_view_id(), spec.clone(), &layers, repos, budget).map_err(
+        |error| MountError::Build {
+            spec: env_spec::shorten(&spec),
+            error,
+        },
+    )?;
     let view = Arc::new(view);
     if let Some(key) = key {
         router.share(key, &view);

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Side by side in one run: native, and two builds of spfs (BEFORE, AFTER), on
+# the same repository. Measures what docs/performance.md's filesystem table
+# lists: stat by absolute path, a missing name below the root, warm walks of
+# ~2,000 and 10,101 entries, the second read of 1 GiB, Mount of a
+# 100,000-entry layer for a first and a second runtime, and the service's RSS
+# idle and after six runtimes of that layer have come and gone.
+# Usage: benches/fs-compare.sh BEFORE_BIN_DIR AFTER_BIN_DIR [WORKDIR] [ROUNDS]
+#   *_BIN_DIR hold release `spfs` and `spfs-fuse-macos` (target/release).
+# Writes target/bench-results/fs-compare.json. Run as root (drops caches).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+before=$1 after=$2 work=${3:-/tmp/spfs-fs-compare} rounds=${4:-3}
+mkdir -p "$work/layers"
+export SPFS_STORAGE_ROOT=$work/repo
+big=$work/layers/big tree=$work/layers/tree huge=$work/layers/huge
+if [ ! -f "$big/data/one-gib.bin" ]; then
+    mkdir -p "$big/data"
+    head -c 1073741824 /dev/urandom > "$big/data/one-gib.bin"
+fi
+python3 - "$tree" "$huge" <<'PY'
+import os, sys
+tree, huge = sys.argv[1:3]
+if not os.path.isdir(os.path.join(tree, "d099")):
+    for d in range(100):
+        path = os.path.join(tree, "d%03d" % d)
+        os.makedirs(path, exist_ok=True)
+        for f in range(99):
+            open(os.path.join(path, "f%03d.txt" % f), "w").write("file %d/%d\n" % (d, f))
+    deep = os.path.join(tree, *["deep%02d" % i for i in range(20)])
+    os.makedirs(deep, exist_ok=True)
+    for f in range(80):
+        open(os.path.join(deep, "leaf%02d.txt" % f), "w").write("deep\n")
+    open(os.path.join(tree, "top.txt"), "w").write("top\n")
+if not os.path.isdir(os.path.join(huge, "d999")):
+    for d in range(1000):
+        path = os.path.join(huge, "d%03d" % d)
+        os.makedirs(path, exist_ok=True)
+        for f in range(99):
+            open(os.path.join(path, "f%03d.txt" % f), "w").write("%d/%d\n" % (d, f))
+PY
+for layer in big tree huge; do
+    "$after/spfs" commit --path "$work/layers/$layer" -t "bench/$layer" >/dev/null 2>&1
+done
+deep_rel=$(cd "$tree" && find . -name leaf00.txt | sed 's|^\./||')
+drop=""
+[ "$(id -u)" -eq 0 ] && drop="--drop-caches"
+results=$work/results.jsonl
+: > "$results"
+probe() { python3 benches/fs_probe.py "$@"; }
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+measure() { # NAME BIN_DIR
+    local name=$1 bin=$2
+    export SPFS_RUNTIME_DIR=$work/$name/run SPFS_LOG_DIR=$work/$name/log SPFS_MOUNTPOINT=$work/$name/mnt
+    export SPFS_FUSE_SERVICE_BIN=$bin/spfs-fuse-macos
+    rm -rf "$SPFS_LOG_DIR"
+    "$bin/spfs" service start >/dev/null
+    local pid idle
+    pid=$(cat "$SPFS_RUNTIME_DIR/service.pid")
+    idle=$(rss_kib "$pid")
+    local fs
+    fs=$("$bin/spfs" run bench/big+bench/tree -- python3 benches/fs_probe.py "$SPFS_MOUNTPOINT" data/one-gib.bin top.txt "$deep_rel" $drop)
+    # Two runtimes of the 100,000-entry layer at once, then four more in turn.
+    "$bin/spfs" run bench/huge -- sleep 2 &
+    local first=$!
+    sleep 1
+    "$bin/spfs" run bench/huge -- true
+    wait $first
+    for _ in 1 2 3 4; do "$bin/spfs" run bench/huge -- true; done
+    sleep 3
+    local after_rss
+    after_rss=$(rss_kib "$pid")
+    "$bin/spfs" service stop >/dev/null
+    python3 - "$name" "$fs" "$idle" "$after_rss" "$SPFS_LOG_DIR" >> "$results" <<'PY'
+import glob, json, os, sys
+name, fs, idle, after, log_dir = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+mounts = []
+for path in sorted(glob.glob(os.path.join(log_dir, "spfs-fuse-macos.2*.log"))):
+    for line in open(path):
+        e = json.loads(line)
+        if e.get("event") == "service.mount" and e.get("env_spec") == "bench/huge":
+            mounts.append(e["elapsed_ms"])
+fs.update({"name": name, "mount_first_ms": mounts[0], "mount_second_ms": mounts[1],
+           "rss_idle_mib": idle / 1024, "rss_after_mib": after / 1024})
+print(json.dumps(fs))
+PY
+}
+
+for round in $(seq "$rounds"); do
+    echo "round $round: native" >&2
+    native_tree=$(probe "$tree" top.txt top.txt "$deep_rel" $drop)
+    native_big=$(probe "$big" data/one-gib.bin data/one-gib.bin data/one-gib.bin $drop)
+    python3 -c 'import json,sys; t=json.loads(sys.argv[1]); b=json.loads(sys.argv[2]); t["read_second_mib_s"]=b["read_second_mib_s"]; t["name"]="native"; print(json.dumps(t))' "$native_tree" "$native_big" >> "$results"
+    for build in before after; do
+        echo "round $round: $build" >&2
+        if [ "$build" = before ]; then measure before "$before"; else measure after "$after"; fi
+    done
+done
+
+python3 - "$results" <<'PY'
+import json, os, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+def med(name, key):
+    values = [r[key] for r in rows if r["name"] == name and key in r]
+    return statistics.median(values) if values else float("nan")
+measures = [
+    ("stat, file in the root, us", "stat_root_us"),
+    ("stat, file 20 dirs deep, us", "stat_deep_us"),
+    ("missing name below the root, us", "missing_us"),
+    ("warm walk, ~2,000 entries, ms", "walk_small_warm_s"),
+    ("warm walk, 10,101 entries, ms", "walk_warm_s"),
+    ("second read of 1 GiB, MiB/s", "read_second_mib_s"),
+    ("Mount of 100,000 entries, first runtime, ms", "mount_first_ms"),
+    ("Mount of the same stack, second runtime, ms", "mount_second_ms"),
+    ("service RSS idle, MiB", "rss_idle_mib"),
+    ("service RSS after 6 runtimes of it ended, MiB", "rss_after_mib"),
+]
+print("| measure | native | before | after | before / native | after / native |")
+print("|---|---:|---:|---:|---:|---:|")
+out = []
+for label, key in measures:
+    scale = 1000 if key.endswith("_s") else 1
+    n, b, a = (med(x, key) * scale for x in ("native", "before", "after"))
+    print(f"| {label} | {n:.2f} | {b:.2f} | {a:.2f} | {b / n if n == n and n else float('nan'):.2f} | {a / n if n == n and n else float('nan'):.2f} |")
+    out.append({"measure": label, "native": n, "before": b, "after": a})
+os.makedirs("target/bench-results", exist_ok=True)
+json.dump({"rounds": rows, "medians": out}, open("target/bench-results/fs-compare.json", "w"), indent=2)
+PY
