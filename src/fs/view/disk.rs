@@ -84,11 +84,8 @@ impl DiskDir {
     /// symlink, not another directory put in its place).
     pub fn open_child(&self, name: &OsStr, expected: &FileStat) -> io::Result<DiskDir> {
         let fd = nix::fcntl::openat(&self.fd, name, DIR_FLAGS, Mode::empty())?;
-        same_file(
-            &nix::sys::stat::fstat(&fd)?,
-            expected.st_dev as u64,
-            expected.st_ino as u64,
-        )?;
+        let (dev, ino) = identity(expected);
+        same_file(&nix::sys::stat::fstat(&fd)?, dev, ino)?;
         Ok(DiskDir {
             fd,
             relative: self.relative.join(name),
@@ -105,8 +102,8 @@ impl DiskDir {
         DiskFile {
             root: self.root.to_path_buf(),
             relative: self.relative.join(name),
-            dev: stat.st_dev as u64,
-            ino: stat.st_ino as u64,
+            dev: identity(stat).0,
+            ino: identity(stat).1,
         }
     }
 
@@ -146,13 +143,19 @@ impl DiskFile {
 }
 
 fn same_file(stat: &FileStat, dev: u64, ino: u64) -> io::Result<()> {
-    if stat.st_dev as u64 == dev && stat.st_ino as u64 == ino {
+    if identity(stat) == (dev, ino) {
         Ok(())
     } else {
         Err(io::Error::other(
             "replaced since Mount (another device or inode)",
         ))
     }
+}
+
+/// Device and inode: which file this is. (`dev_t` is `i32` on macOS.)
+#[allow(clippy::unnecessary_cast)]
+fn identity(stat: &FileStat) -> (u64, u64) {
+    (stat.st_dev as u64, stat.st_ino as u64)
 }
 
 #[allow(clippy::unnecessary_cast)] // mode_t is u16 on macOS
