@@ -4,7 +4,9 @@
 # lists: stat by absolute path, a missing name below the root, warm walks of
 # ~2,000 and 10,101 entries, the second read of 1 GiB, Mount of a
 # 100,000-entry layer for a first and a second runtime, and the service's RSS
-# idle and after six runtimes of that layer have come and gone.
+# idle and after six runtimes of that layer have come and gone. AFTER runs
+# twice: as is, and with the kernel's entry cache off below the root
+# (SPFS_KERNEL_CACHE=off), which is what macFUSE with novncache costs.
 # Usage: benches/fs-compare.sh BEFORE_BIN_DIR AFTER_BIN_DIR [WORKDIR] [ROUNDS]
 #   *_BIN_DIR hold release `spfs` and `spfs-fuse-macos` (target/release).
 # Writes target/bench-results/fs-compare.json. Run as root (drops caches).
@@ -51,8 +53,9 @@ probe() { python3 benches/fs_probe.py "$@"; }
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
-measure() { # NAME BIN_DIR
+measure() { # NAME BIN_DIR [SPFS_KERNEL_CACHE]
     local name=$1 bin=$2
+    export SPFS_KERNEL_CACHE=${3:-on}
     export SPFS_RUNTIME_DIR=$work/$name/run SPFS_LOG_DIR=$work/$name/log SPFS_MOUNTPOINT=$work/$name/mnt
     export SPFS_FUSE_SERVICE_BIN=$bin/spfs-fuse-macos
     rm -rf "$SPFS_LOG_DIR"
@@ -93,9 +96,15 @@ for round in $(seq "$rounds"); do
     native_tree=$(probe "$tree" top.txt top.txt "$deep_rel" $drop)
     native_big=$(probe "$big" data/one-gib.bin data/one-gib.bin data/one-gib.bin $drop)
     python3 -c 'import json,sys; t=json.loads(sys.argv[1]); b=json.loads(sys.argv[2]); t["read_second_mib_s"]=b["read_second_mib_s"]; t["name"]="native"; print(json.dumps(t))' "$native_tree" "$native_big" >> "$results"
-    for build in before after; do
+    for build in before after nocache; do
         echo "round $round: $build" >&2
-        if [ "$build" = before ]; then measure before "$before"; else measure after "$after"; fi
+        case $build in
+            before) measure before "$before" ;;
+            after) measure after "$after" ;;
+            # Entries and attributes below the root not cached by the kernel:
+            # what macOS with novncache costs.
+            nocache) measure nocache "$after" off ;;
+        esac
     done
 done
 
@@ -117,14 +126,15 @@ measures = [
     ("service RSS idle, MiB", "rss_idle_mib"),
     ("service RSS after 6 runtimes of it ended, MiB", "rss_after_mib"),
 ]
-print("| measure | native | before | after | before / native | after / native |")
-print("|---|---:|---:|---:|---:|---:|")
+print("| measure | native | before | after | after, kernel cache off | before / native | after / native | cache off / native |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
 out = []
 for label, key in measures:
     scale = 1000 if key.endswith("_s") else 1
-    n, b, a = (med(x, key) * scale for x in ("native", "before", "after"))
-    print(f"| {label} | {n:.2f} | {b:.2f} | {a:.2f} | {b / n if n == n and n else float('nan'):.2f} | {a / n if n == n and n else float('nan'):.2f} |")
-    out.append({"measure": label, "native": n, "before": b, "after": a})
+    n, b, a, c = (med(x, key) * scale for x in ("native", "before", "after", "nocache"))
+    ratio = lambda x: x / n if n == n and n else float("nan")
+    print(f"| {label} | {n:.2f} | {b:.2f} | {a:.2f} | {c:.2f} | {ratio(b):.2f} | {ratio(a):.2f} | {ratio(c):.2f} |")
+    out.append({"measure": label, "native": n, "before": b, "after": a, "cache_off": c})
 os.makedirs("target/bench-results", exist_ok=True)
 json.dump({"rounds": rows, "medians": out}, open("target/bench-results/fs-compare.json", "w"), indent=2)
 PY

@@ -75,6 +75,8 @@ impl Handles {
 
 pub struct SpfsFs {
     router: Arc<Router>,
+    /// How long entries and attributes below the root may be cached.
+    view_ttl: Duration,
     root: FileAttr,
     handles: Arc<Handles>,
     /// Where file reads run; inline when there is no tokio runtime.
@@ -83,8 +85,15 @@ pub struct SpfsFs {
 
 impl SpfsFs {
     pub fn new(router: Arc<Router>) -> SpfsFs {
+        // For benchmarks only: what the kernel's name cache being off costs
+        // (macFUSE with `novncache` asks the service for every component).
+        let view_ttl = match std::env::var("SPFS_KERNEL_CACHE").as_deref() {
+            Ok("off") => Duration::ZERO,
+            _ => VIEW_TTL,
+        };
         SpfsFs {
             router,
+            view_ttl,
             // The service's runtime, when mounted from inside it.
             blocking: tokio::runtime::Handle::try_current().ok(),
             root: view::empty_root_attr(),
@@ -163,7 +172,7 @@ impl Filesystem for SpfsFs {
             }
         } else {
             match self.resolve(parent) {
-                Ok((view, dir)) => (view, dir, VIEW_TTL),
+                Ok((view, dir)) => (view, dir, self.view_ttl),
                 Err(errno) => return reply.error(errno),
             }
         };
@@ -174,7 +183,7 @@ impl Filesystem for SpfsFs {
             // is a negative entry the kernel keeps (a build probing missing
             // headers asks once). In the root the answer is per process.
             None if parent != INodeNo::ROOT => {
-                reply.entry(&VIEW_TTL, &negative_entry(), Generation(0))
+                reply.entry(&self.view_ttl, &negative_entry(), Generation(0))
             }
             None => reply.error(Errno::ENOENT),
         }
@@ -187,7 +196,7 @@ impl Filesystem for SpfsFs {
             return reply.attr(&MOUNT_ROOT_TTL, &self.root);
         }
         match self.resolve(ino) {
-            Ok((view, node)) => reply.attr(&VIEW_TTL, &attr_with_ino(&view, node)),
+            Ok((view, node)) => reply.attr(&self.view_ttl, &attr_with_ino(&view, node)),
             Err(errno) => reply.error(errno),
         }
     }
