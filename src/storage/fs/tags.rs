@@ -329,3 +329,6 @@ impl Drop for TagLock {
         let _ = std::fs::remove_file(&self.path);
     }
 }
+
+#[cfg(test)]
+mod tests;
