@@ -196,7 +196,7 @@ fn copy_hashing(reader: &mut dyn Read, temp: &Path) -> Result<(Digest, u64), Sto
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(StorageError::io("read the data for", temp, e)),
+            Err(e) => return Err(StorageError::io("read the data being stored into", temp, e)),
         };
         hasher.update(&buf[..n]);
         file.write_all(&buf[..n])

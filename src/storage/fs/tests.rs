@@ -349,3 +349,30 @@ fn writes_are_deduplicated_and_read_back() {
     let d = repo.write_object(&layer).unwrap();
     assert_eq!(repo.read_object(&d).unwrap(), layer);
 }
+
+#[test]
+fn batched_writes_land_on_flush_and_vanish_on_drop() {
+    let (_tmp, repo) = new_repo();
+    let mut batch = BatchWriter::new(&repo);
+    let kept = batch.write_blob_bytes(b"kept").unwrap();
+    assert!(
+        !repo.has_payload(&kept) && !repo.has_object(&kept),
+        "not before flush"
+    );
+    batch.flush().unwrap();
+    assert!(repo.has_payload(&kept) && repo.has_object(&kept));
+    assert_eq!(
+        repo.read_object(&kept).unwrap(),
+        Object::Blob(crate::storage::graph::Blob {
+            payload: kept,
+            size: 4
+        })
+    );
+    let dropped = batch.write_blob_bytes(b"dropped").unwrap();
+    drop(batch);
+    assert!(!repo.has_payload(&dropped) && !repo.has_object(&dropped));
+    for work in ["objects/work", "payloads/work"] {
+        let left = std::fs::read_dir(repo.root().join(work)).unwrap().count();
+        assert_eq!(left, 0, "{work}");
+    }
+}
