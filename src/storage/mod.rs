@@ -7,7 +7,7 @@
 //! - [`tag`]: tag specs (`org/name~N`) and the records of `.tag` stream files.
 //! - [`fs`]: [`FsRepository`], a repository on a local filesystem: objects,
 //!   payloads and tags.
-//! - [`error`]: [`StorageError`].
+//! - [`error`]: [`StorageError`], the errors of all of the above.
 
 pub mod encoding;
 pub mod error;

@@ -10,8 +10,8 @@
 //! ```
 //!
 //! Folders are created 0777 and files 0666, both before the umask, so a
-//! repository can be shared. Objects and payloads live in [`objects`], tags
-//! in [`tags`].
+//! repository can be shared. Objects and payloads live in `objects.rs`, tags
+//! in `tags.rs`, batched durable writes in [`BatchWriter`].
 
 mod batch;
 mod objects;

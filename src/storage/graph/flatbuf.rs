@@ -5,7 +5,7 @@
 //! Tree and Entry) are written here by hand on top of the `flatbuffers`
 //! runtime; no code generation. Every buffer is verified with bounded
 //! [`VerifierOptions`] before any accessor runs, then copied into the owned
-//! types of [`super`]. The writing side is in [`super::flatbuf_write`].
+//! types of [`super`]. The writing side is in `flatbuf_write.rs`.
 
 use flatbuffers::{
     Follow, ForwardsUOffset, InvalidFlatbuffer, SimpleToVerifyInSlice, Table, Vector, Verifiable,
