@@ -36,7 +36,18 @@ impl FsRepository {
                 format!("it is larger than {MAX_OBJECT_SIZE} bytes"),
             ));
         }
-        let (header, object) = Object::decode(&bytes).map_err(|e| e.in_file(&path))?;
+        self.decode_verified(digest, &path, &bytes)
+    }
+
+    /// Decode the bytes of object file `path` and check them against
+    /// `digest` (and a Blob's size against its payload, when present).
+    pub(crate) fn decode_verified(
+        &self,
+        digest: &Digest,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<Object, StorageError> {
+        let (header, object) = Object::decode(bytes).map_err(|e| e.in_file(path))?;
         let actual = object.digest(header.strategy);
         if actual != *digest {
             return Err(StorageError::corrupt(

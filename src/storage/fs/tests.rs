@@ -239,18 +239,30 @@ fn a_flipped_byte_is_corrupt_naming_the_file() {
         let path = repo.object_path(&digest);
         let good = std::fs::read(&path).unwrap();
         let original = repo.read_object(&digest).unwrap();
+        // through the files, a few places
+        for at in [0, 9, 16, 17] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x40;
+            std::fs::write(&path, &bad).unwrap();
+            let err = repo.read_object(&digest).unwrap_err();
+            assert!(
+                matches!(err, StorageError::Corrupt { .. }),
+                "{digest} @{at}: {err}"
+            );
+            assert!(err.to_string().contains(&digest.to_base32()[2..]), "{err}");
+        }
+        std::fs::write(&path, &good).unwrap();
+        // in memory, every byte and every length
         let mut detected = 0;
         for at in 0..good.len() {
             let mut bad = good.clone();
             bad[at] ^= 0x40;
-            std::fs::write(&path, &bad).unwrap();
-            match repo.read_object(&digest) {
+            match repo.decode_verified(&digest, &path, &bad) {
                 Err(err) => {
                     assert!(
                         matches!(err, StorageError::Corrupt { .. }),
                         "{digest} @{at}: {err}"
                     );
-                    assert!(err.to_string().contains(&digest.to_base32()[2..]), "{err}");
                     detected += 1;
                 }
                 // a flip in FlatBuffers padding leaves the object intact
@@ -263,8 +275,7 @@ fn a_flipped_byte_is_corrupt_naming_the_file() {
             good.len()
         );
         for len in 0..good.len() {
-            std::fs::write(&path, &good[..len]).unwrap();
-            match repo.read_object(&digest) {
+            match repo.decode_verified(&digest, &path, &good[..len]) {
                 Err(err) => assert!(
                     matches!(err, StorageError::Corrupt { .. }),
                     "{digest} len {len}: {err}"
@@ -276,7 +287,6 @@ fn a_flipped_byte_is_corrupt_naming_the_file() {
                 }
             }
         }
-        std::fs::write(&path, &good).unwrap();
         repo.read_object(&digest).unwrap();
     }
 }
