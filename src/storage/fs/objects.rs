@@ -51,7 +51,7 @@ impl FsRepository {
         let actual = object.digest(header.strategy);
         if actual != *digest {
             return Err(StorageError::corrupt(
-                &path,
+                path,
                 format!(
                     "its contents hash to {actual}, not to the digest in its name ({:?} strategy)",
                     header.strategy
@@ -64,7 +64,7 @@ impl FsRepository {
             if let Ok(meta) = std::fs::metadata(self.payload_path(digest)) {
                 if meta.len() != blob.size {
                     return Err(StorageError::corrupt(
-                        &path,
+                        path,
                         format!(
                             "it says the payload has {} bytes, but it has {}",
                             blob.size,
