@@ -9,7 +9,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use spfs::storage::FsRepository;
-use spfs::tracking::commit_dir;
+use spfs::tracking::{commit_dir, Manifest};
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -37,14 +37,30 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
     let repo = FsRepository::create(&tmp.path().join("repo")).expect("repo");
+    let mut manifest = None;
     for pass in ["new repository", "again (all stored)"] {
         let started = Instant::now();
-        let (layer, _) = commit_dir(&repo, &tree, &mut |_| {}).expect("commit");
+        let (layer, m) = commit_dir(&repo, &tree, &mut |_| {}).expect("commit");
+        manifest = Some(m);
         let secs = started.elapsed().as_secs_f64();
         println!(
             "commit, {pass}: {files} files in {secs:.2}s = {:.0} files/s, {:.1} MB/s (layer {layer})",
             files as f64 / secs,
             (files * bytes) as f64 / secs / 1e6
+        );
+    }
+    if let Some(digest) = manifest {
+        let started = Instant::now();
+        let unpacked = Manifest::read(&repo, &digest).expect("read manifest");
+        let entries = unpacked
+            .root()
+            .entries
+            .values()
+            .map(|d| d.entries.len())
+            .sum::<usize>();
+        println!(
+            "read, verify and unpack the manifest ({entries} files): {:.1} ms",
+            started.elapsed().as_secs_f64() * 1e3
         );
     }
 }
