@@ -104,7 +104,7 @@ impl StorageError {
 
     /// Attach a file name to an [`StorageError::InvalidObject`], making it
     /// [`StorageError::Corrupt`]; other errors pass through.
-    pub(crate) fn in_file(self, path: impl Into<PathBuf>) -> Self {
+    pub fn in_file(self, path: impl Into<PathBuf>) -> Self {
         match self {
             StorageError::InvalidObject(reason) => StorageError::corrupt(path, reason),
             other => other,

@@ -230,6 +230,18 @@ impl Tag {
     }
 }
 
+/// The fields `spfs info` prints for a tag, one per line.
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "tag: {}", self.path())?;
+        writeln!(f, "digest: {}", self.digest())?;
+        writeln!(f, "target: {}", self.target)?;
+        writeln!(f, "parent: {}", self.parent)?;
+        writeln!(f, "user: {}", self.user)?;
+        write!(f, "time: {}", format_time(self.time))
+    }
+}
+
 /// A tag's time as chrono's `DateTime<Utc>::to_rfc3339` prints it: the
 /// fraction has 0, 3, 6 or 9 digits, whichever is the shortest exact one,
 /// and the offset is `+00:00`.
@@ -238,9 +250,9 @@ pub fn format_time(time: OffsetDateTime) -> String {
     let nanos = t.nanosecond();
     let frac = if nanos == 0 {
         String::new()
-    } else if nanos % 1_000_000 == 0 {
+    } else if nanos.is_multiple_of(1_000_000) {
         format!(".{:03}", nanos / 1_000_000)
-    } else if nanos % 1_000 == 0 {
+    } else if nanos.is_multiple_of(1_000) {
         format!(".{:06}", nanos / 1_000)
     } else {
         format!(".{nanos:09}")

@@ -5,7 +5,8 @@
 //! The walk never follows symlinks. A symlink is a Blob entry (`S_IFLNK`
 //! mode) whose payload is its target; a 0/0 character device (an overlayfs
 //! whiteout) is a Mask; any other special file is refused, naming it.
-//! Payloads are written by a few threads at once; mtimes, owners and
+//! Payloads are written by several threads at once, small ones in batches
+//! made durable together (see [`BatchWriter`]); mtimes, owners and
 //! xattrs are not part of spfs digests and are not recorded.
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ use std::sync::mpsc;
 use super::manifest::{Entry, Manifest};
 use crate::storage::encoding::Digest;
 use crate::storage::error::StorageError;
+use crate::storage::fs::BatchWriter;
 use crate::storage::graph::{Blob, EntryKind, Layer, Object, Platform};
 use crate::storage::FsRepository;
 
@@ -71,16 +73,11 @@ pub fn commit_dir(
     let results = store_all(repo, &found, &mut stats, progress)?;
 
     for (item, (digest, size)) in found.iter().zip(results) {
-        let mut entry = &mut root;
-        for name in &item.at {
-            let Some(next) = entry.entries.get_mut(name) else {
-                unreachable_entry();
-                break;
-            };
-            entry = next;
+        // the walk inserted every found item, so the lookup always succeeds
+        if let Some(entry) = entry_at_mut(&mut root, &item.at) {
+            entry.object = digest;
+            entry.size = size;
         }
-        entry.object = digest;
-        entry.size = size;
     }
 
     let manifest = Manifest::new(root).to_graph();
@@ -93,9 +90,12 @@ pub fn commit_dir(
     Ok((layer_digest, manifest_digest))
 }
 
-/// The walk put every found item into the tree, so this is never reached.
-fn unreachable_entry() {
-    debug_assert!(false, "a committed entry vanished from the tree");
+fn entry_at_mut<'e>(root: &'e mut Entry, at: &[String]) -> Option<&'e mut Entry> {
+    let mut entry = root;
+    for name in at {
+        entry = entry.entries.get_mut(name)?;
+    }
+    Some(entry)
 }
 
 /// Commit a stack of existing layers (or platforms), bottom first.
@@ -187,49 +187,57 @@ fn scan(
 }
 
 /// Store every found payload, a few at a time; results in `found` order.
+/// Small files go through one [`BatchWriter`] per worker, flushed before
+/// the worker ends, so everything is durable when this returns `Ok`.
 fn store_all(
     repo: &FsRepository,
     found: &[Found],
     stats: &mut CommitStats,
     progress: &mut dyn FnMut(CommitStats),
 ) -> Result<Vec<(Digest, u64)>, StorageError> {
+    // The work waits on the disk more than on the CPU: more threads than
+    // cores keep more writes in flight.
     let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .clamp(2, 8)
+        .map(|n| n.get() * 8)
+        .unwrap_or(16)
+        .clamp(16, 64)
         .min(found.len().max(1));
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let mut results: Vec<Option<(Digest, u64)>> = vec![None; found.len()];
-    let (tx, rx) = mpsc::channel::<(usize, Result<(Digest, u64), StorageError>)>();
+    let (tx, rx) = mpsc::channel::<Result<(usize, Digest, u64), StorageError>>();
     let mut first_error = None;
     std::thread::scope(|scope| {
         for _ in 0..workers {
             let tx = tx.clone();
             let (next, stop) = (&next, &stop);
-            scope.spawn(move || loop {
-                if stop.load(Ordering::Relaxed) {
-                    break;
+            scope.spawn(move || {
+                let mut batch = BatchWriter::new(repo);
+                while !stop.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = found.get(i) else { break };
+                    let result = store_one(repo, &mut batch, &item.job);
+                    let failed = result.is_err();
+                    let _ = tx.send(result.map(|(digest, size)| (i, digest, size)));
+                    if failed {
+                        stop.store(true, Ordering::Relaxed);
+                        return;
+                    }
                 }
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(item) = found.get(i) else { break };
-                let result = store_one(repo, &item.job);
-                if result.is_err() {
+                if let Err(e) = batch.flush() {
                     stop.store(true, Ordering::Relaxed);
-                }
-                if tx.send((i, result)).is_err() {
-                    break;
+                    let _ = tx.send(Err(e));
                 }
             });
         }
         drop(tx);
-        for (i, result) in rx {
-            match result {
-                Ok((digest, size)) => {
+        for message in rx {
+            match message {
+                Ok((i, digest, size)) => {
                     results[i] = Some((digest, size));
                     stats.files += 1;
                     stats.bytes += size;
-                    if stats.files % 256 == 0 || stats.files == stats.total_files {
+                    if stats.files.is_multiple_of(256) || stats.files == stats.total_files {
                         progress(*stats);
                     }
                 }
@@ -256,9 +264,13 @@ fn store_all(
         .collect()
 }
 
-fn store_one(repo: &FsRepository, job: &Job) -> Result<(Digest, u64), StorageError> {
+fn store_one(
+    repo: &FsRepository,
+    batch: &mut BatchWriter<'_>,
+    job: &Job,
+) -> Result<(Digest, u64), StorageError> {
     match job {
-        Job::Link { target } => Ok((repo.write_blob_bytes(target)?, target.len() as u64)),
+        Job::Link { target } => Ok((batch.write_blob_bytes(target)?, target.len() as u64)),
         Job::File { path } => {
             let mut file =
                 std::fs::File::open(path).map_err(|e| StorageError::io("open", path, e))?;
@@ -270,7 +282,7 @@ fn store_one(repo: &FsRepository, job: &Job) -> Result<(Digest, u64), StorageErr
                 let mut bytes = Vec::with_capacity(len as usize);
                 file.read_to_end(&mut bytes)
                     .map_err(|e| StorageError::io("read", path, e))?;
-                Ok((repo.write_blob_bytes(&bytes)?, bytes.len() as u64))
+                Ok((batch.write_blob_bytes(&bytes)?, bytes.len() as u64))
             } else {
                 let (payload, size) = repo.write_payload(&mut file)?;
                 repo.write_object(&Object::Blob(Blob { payload, size }))?;

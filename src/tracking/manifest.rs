@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::storage::encoding::Digest;
 use crate::storage::error::StorageError;
-use crate::storage::graph::{self, EntryKind, Tree};
+use crate::storage::graph::{self, EntryKind, Object, Tree};
+use crate::storage::FsRepository;
 
 /// Deepest directory nesting accepted from a stored manifest.
 pub const MAX_DEPTH: usize = 1024;
@@ -127,6 +128,22 @@ impl Manifest {
         let mut entry = Entry::dir(ROOT_MODE);
         unpack.tree(root, &mut entry, 0)?;
         Ok(Manifest { root: entry })
+    }
+
+    /// Read and unpack the Manifest object `digest` of `repo` (verified);
+    /// a damaged manifest is [`StorageError::Corrupt`] naming its file.
+    pub fn read(repo: &FsRepository, digest: &Digest) -> Result<Manifest, StorageError> {
+        let path = repo.object_path(digest);
+        match repo.read_object(digest)? {
+            Object::Manifest(m) => Manifest::from_graph(&m).map_err(|e| e.in_file(&path)),
+            other => Err(StorageError::corrupt(
+                path,
+                format!(
+                    "a manifest was expected, but it holds a {}",
+                    other.kind().name()
+                ),
+            )),
+        }
     }
 
     /// The stored form, as spfs 0.44 builds it: each tree's entries with

@@ -10,11 +10,14 @@
 //! ```
 //!
 //! Folders are created 0777 and files 0666, both before the umask, so a
-//! repository can be shared. Objects and payloads live in [`objects`], tags
-//! in [`tags`].
+//! repository can be shared. Objects and payloads live in `objects.rs`, tags
+//! in `tags.rs`, batched durable writes in [`BatchWriter`].
 
+mod batch;
 mod objects;
 mod tags;
+
+pub use batch::BatchWriter;
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -194,16 +197,15 @@ pub(crate) fn write_atomic(
     target: &Path,
     bytes: &[u8],
 ) -> Result<(), StorageError> {
-    make_dirs(work_dir)?;
-    if let Some(parent) = target.parent() {
-        make_dirs(parent)?;
-    }
     let temp = temp_name(work_dir, "write");
-    write_new_file(&temp, bytes)?;
-    std::fs::rename(&temp, target).map_err(|e| {
-        let _ = std::fs::remove_file(&temp);
-        StorageError::io("rename into place", target, e)
-    })
+    match write_new_file(&temp, bytes) {
+        Err(StorageError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
+            make_dirs(work_dir)?;
+            write_new_file(&temp, bytes)?;
+        }
+        other => other?,
+    }
+    batch::rename_into_place(&temp, target)
 }
 
 #[cfg(test)]

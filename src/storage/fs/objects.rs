@@ -36,11 +36,22 @@ impl FsRepository {
                 format!("it is larger than {MAX_OBJECT_SIZE} bytes"),
             ));
         }
-        let (header, object) = Object::decode(&bytes).map_err(|e| e.in_file(&path))?;
+        self.decode_verified(digest, &path, &bytes)
+    }
+
+    /// Decode the bytes of object file `path` and check them against
+    /// `digest` (and a Blob's size against its payload, when present).
+    pub(crate) fn decode_verified(
+        &self,
+        digest: &Digest,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<Object, StorageError> {
+        let (header, object) = Object::decode(bytes).map_err(|e| e.in_file(path))?;
         let actual = object.digest(header.strategy);
         if actual != *digest {
             return Err(StorageError::corrupt(
-                &path,
+                path,
                 format!(
                     "its contents hash to {actual}, not to the digest in its name ({:?} strategy)",
                     header.strategy
@@ -53,7 +64,7 @@ impl FsRepository {
             if let Ok(meta) = std::fs::metadata(self.payload_path(digest)) {
                 if meta.len() != blob.size {
                     return Err(StorageError::corrupt(
-                        &path,
+                        path,
                         format!(
                             "it says the payload has {} bytes, but it has {}",
                             blob.size,
@@ -196,7 +207,7 @@ fn copy_hashing(reader: &mut dyn Read, temp: &Path) -> Result<(Digest, u64), Sto
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(StorageError::io("read the data for", temp, e)),
+            Err(e) => return Err(StorageError::io("read the data being stored into", temp, e)),
         };
         hasher.update(&buf[..n]);
         file.write_all(&buf[..n])

@@ -16,7 +16,11 @@ use crate::storage::error::StorageError;
 use crate::storage::tag::{self, Tag, TagSpec};
 
 /// How long a writer waits for another writer's lock.
+#[cfg(not(test))]
 const LOCK_WAIT: Duration = Duration::from_secs(5);
+/// Short in tests, which wait on a stale lock on purpose.
+#[cfg(test)]
+const LOCK_WAIT: Duration = Duration::from_millis(500);
 
 impl FsRepository {
     pub(crate) fn tag_file(&self, spec: &TagSpec) -> PathBuf {
@@ -329,3 +333,6 @@ impl Drop for TagLock {
         let _ = std::fs::remove_file(&self.path);
     }
 }
+
+#[cfg(test)]
+mod tests;

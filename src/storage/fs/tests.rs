@@ -4,15 +4,15 @@ use crate::storage::fixtures;
 use crate::storage::graph::{EntryKind, Object};
 use crate::storage::tag::TagSpec;
 
-fn d(text: &str) -> Digest {
+pub(crate) fn d(text: &str) -> Digest {
     Digest::parse(&format!("{text}====")).unwrap()
 }
 
-fn fixture_repo(name: &str) -> FsRepository {
+pub(crate) fn fixture_repo(name: &str) -> FsRepository {
     FsRepository::open(&fixtures::path(name)).unwrap()
 }
 
-fn tag(repo: &FsRepository, spec: &str) -> Digest {
+pub(crate) fn tag(repo: &FsRepository, spec: &str) -> Digest {
     repo.resolve_tag(&TagSpec::parse(spec).unwrap())
         .unwrap()
         .target
@@ -105,25 +105,6 @@ fn repo_a_tags_resolve_to_the_readme_digests() {
         .resolve_tag(&TagSpec::parse("test/nope").unwrap())
         .unwrap_err();
     assert!(matches!(err, StorageError::UnknownTag { .. }), "{err}");
-}
-
-#[test]
-fn fixture_tag_files_re_encode_to_the_same_bytes() {
-    for name in fixtures::REPOS {
-        let repo = fixture_repo(name);
-        for spec in repo.iter_tag_streams() {
-            let spec = spec.unwrap();
-            let file = repo.tag_file(&spec);
-            let bytes = std::fs::read(&file).unwrap();
-            let tags = crate::storage::tag::decode_stream(&bytes).unwrap();
-            assert_eq!(
-                crate::storage::tag::encode_stream(&tags),
-                bytes,
-                "{}",
-                file.display()
-            );
-        }
-    }
 }
 
 #[test]
@@ -230,20 +211,7 @@ fn partial_digests_find_objects() {
         .is_empty());
 }
 
-#[test]
-fn ls_tags_lists_streams_and_folders() {
-    let repo = fixture_repo("repo-a");
-    assert_eq!(repo.ls_tags("").unwrap(), vec!["test/"]);
-    assert_eq!(repo.ls_tags("test").unwrap(), vec!["app", "base", "stack"]);
-    assert_eq!(repo.ls_tags("nothing/here").unwrap(), Vec::<String>::new());
-    let all: Vec<String> = repo
-        .iter_tag_streams()
-        .map(|s| s.unwrap().to_string())
-        .collect();
-    assert_eq!(all, vec!["test/app", "test/base", "test/stack"]);
-}
-
-fn copy_repo(name: &str) -> (tempfile::TempDir, FsRepository) {
+pub(crate) fn copy_repo(name: &str) -> (tempfile::TempDir, FsRepository) {
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join(name);
     let status = std::process::Command::new("cp")
@@ -257,7 +225,7 @@ fn copy_repo(name: &str) -> (tempfile::TempDir, FsRepository) {
     (tmp, repo)
 }
 
-fn new_repo() -> (tempfile::TempDir, FsRepository) {
+pub(crate) fn new_repo() -> (tempfile::TempDir, FsRepository) {
     let tmp = tempfile::tempdir().unwrap();
     let repo = FsRepository::create(&tmp.path().join("a/b/repo")).unwrap();
     (tmp, repo)
@@ -271,18 +239,30 @@ fn a_flipped_byte_is_corrupt_naming_the_file() {
         let path = repo.object_path(&digest);
         let good = std::fs::read(&path).unwrap();
         let original = repo.read_object(&digest).unwrap();
+        // through the files, a few places
+        for at in [0, 9, 16, 17] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x40;
+            std::fs::write(&path, &bad).unwrap();
+            let err = repo.read_object(&digest).unwrap_err();
+            assert!(
+                matches!(err, StorageError::Corrupt { .. }),
+                "{digest} @{at}: {err}"
+            );
+            assert!(err.to_string().contains(&digest.to_base32()[2..]), "{err}");
+        }
+        std::fs::write(&path, &good).unwrap();
+        // in memory, every byte and every length
         let mut detected = 0;
         for at in 0..good.len() {
             let mut bad = good.clone();
             bad[at] ^= 0x40;
-            std::fs::write(&path, &bad).unwrap();
-            match repo.read_object(&digest) {
+            match repo.decode_verified(&digest, &path, &bad) {
                 Err(err) => {
                     assert!(
                         matches!(err, StorageError::Corrupt { .. }),
                         "{digest} @{at}: {err}"
                     );
-                    assert!(err.to_string().contains(&digest.to_base32()[2..]), "{err}");
                     detected += 1;
                 }
                 // a flip in FlatBuffers padding leaves the object intact
@@ -295,8 +275,7 @@ fn a_flipped_byte_is_corrupt_naming_the_file() {
             good.len()
         );
         for len in 0..good.len() {
-            std::fs::write(&path, &good[..len]).unwrap();
-            match repo.read_object(&digest) {
+            match repo.decode_verified(&digest, &path, &good[..len]) {
                 Err(err) => assert!(
                     matches!(err, StorageError::Corrupt { .. }),
                     "{digest} len {len}: {err}"
@@ -308,7 +287,6 @@ fn a_flipped_byte_is_corrupt_naming_the_file() {
                 }
             }
         }
-        std::fs::write(&path, &good).unwrap();
         repo.read_object(&digest).unwrap();
     }
 }
@@ -383,111 +361,28 @@ fn writes_are_deduplicated_and_read_back() {
 }
 
 #[test]
-fn pushing_tags_builds_a_stream() {
+fn batched_writes_land_on_flush_and_vanish_on_drop() {
     let (_tmp, repo) = new_repo();
-    let spec = TagSpec::parse("org/sub/name").unwrap();
-    let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
-    let first = repo.push_tag(&spec, &a).unwrap();
-    assert_eq!(first.parent, Digest::NULL);
-    assert!(first.user.contains('@'));
-    assert_eq!(
-        repo.push_tag(&spec, &a).unwrap(),
-        first,
-        "same target: no new version"
-    );
-    let second = repo.push_tag(&spec, &b).unwrap();
-    assert_eq!(second.parent, first.digest());
-    let stream = repo.tag_stream(&spec).unwrap();
-    assert_eq!(
-        stream.iter().map(|t| t.target).collect::<Vec<_>>(),
-        vec![b, a]
-    );
-    assert_eq!(repo.resolve_tag(&spec).unwrap().target, b);
-    assert_eq!(repo.resolve_tag(&spec.with_version(1)).unwrap().target, a);
-    assert_eq!(repo.ls_tags("org").unwrap(), vec!["sub/"]);
-    assert_eq!(repo.ls_tags("org/sub").unwrap(), vec!["name"]);
-
-    repo.remove_tag(&first).unwrap();
-    let stream = repo.tag_stream(&spec).unwrap();
-    assert_eq!(stream.len(), 1);
-    assert_eq!(stream[0].target, b);
-    assert!(matches!(
-        repo.remove_tag(&first),
-        Err(StorageError::UnknownTag { .. })
-    ));
-
-    repo.push_tag(&TagSpec::parse("org/other").unwrap(), &a)
-        .unwrap();
-    repo.remove_tag_stream(&spec).unwrap();
-    assert!(matches!(
-        repo.tag_stream(&spec),
-        Err(StorageError::UnknownTag { .. })
-    ));
+    let mut batch = BatchWriter::new(&repo);
+    let kept = batch.write_blob_bytes(b"kept").unwrap();
     assert!(
-        !repo.root().join("tags/org/sub").exists(),
-        "empty folders go"
+        !repo.has_payload(&kept) && !repo.has_object(&kept),
+        "not before flush"
     );
-    assert!(
-        repo.root().join("tags/org").is_dir(),
-        "a folder with a tag stays"
+    batch.flush().unwrap();
+    assert!(repo.has_payload(&kept) && repo.has_object(&kept));
+    assert_eq!(
+        repo.read_object(&kept).unwrap(),
+        Object::Blob(crate::storage::graph::Blob {
+            payload: kept,
+            size: 4
+        })
     );
-    assert!(matches!(
-        repo.remove_tag_stream(&spec),
-        Err(StorageError::UnknownTag { .. })
-    ));
-    // no lock or temp files left
-    let names: Vec<String> = std::fs::read_dir(repo.root().join("tags/org"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    assert_eq!(names, vec!["other.tag"]);
-}
-
-#[test]
-fn concurrent_pushes_all_land() {
-    let (_tmp, repo) = new_repo();
-    let spec = TagSpec::parse("race/tag").unwrap();
-    std::thread::scope(|s| {
-        for i in 0..8u8 {
-            let (repo, spec) = (&repo, &spec);
-            s.spawn(move || repo.push_tag(spec, &Digest::of(&[i])).unwrap());
-        }
-    });
-    let stream = repo.tag_stream(&spec).unwrap();
-    assert_eq!(stream.len(), 8);
-    let mut targets: Vec<Digest> = stream.iter().map(|t| t.target).collect();
-    targets.sort();
-    let mut want: Vec<Digest> = (0..8u8).map(|i| Digest::of(&[i])).collect();
-    want.sort();
-    assert_eq!(targets, want);
-    // each version's parent is a version pushed before it
-    let digests: Vec<Digest> = stream.iter().map(|t| t.digest()).collect();
-    for tag in &stream[..7] {
-        assert!(digests.contains(&tag.parent), "{tag:?}");
+    let dropped = batch.write_blob_bytes(b"dropped").unwrap();
+    drop(batch);
+    assert!(!repo.has_payload(&dropped) && !repo.has_object(&dropped));
+    for work in ["objects/work", "payloads/work"] {
+        let left = std::fs::read_dir(repo.root().join(work)).unwrap().count();
+        assert_eq!(left, 0, "{work}");
     }
-}
-
-#[test]
-fn a_stale_lock_times_out_with_advice() {
-    let (_tmp, repo) = new_repo();
-    let spec = TagSpec::parse("locked").unwrap();
-    repo.push_tag(&spec, &Digest::EMPTY).unwrap();
-    std::fs::write(repo.root().join("tags/locked.tag.lock"), "").unwrap();
-    let err = repo.push_tag(&spec, &Digest::NULL).unwrap_err();
-    assert!(matches!(err, StorageError::TagLocked { .. }), "{err}");
-    assert!(err.to_string().contains("locked.tag.lock"), "{err}");
-}
-
-#[test]
-fn a_corrupt_tag_file_is_named() {
-    let (_tmp, repo) = copy_repo("repo-a");
-    let path = repo.root().join("tags/test/base.tag");
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes.truncate(bytes.len() - 3);
-    std::fs::write(&path, &bytes).unwrap();
-    let err = repo
-        .resolve_tag(&TagSpec::parse("test/base").unwrap())
-        .unwrap_err();
-    assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
-    assert!(err.to_string().contains("base.tag"), "{err}");
 }

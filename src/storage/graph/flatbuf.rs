@@ -5,7 +5,7 @@
 //! Tree and Entry) are written here by hand on top of the `flatbuffers`
 //! runtime; no code generation. Every buffer is verified with bounded
 //! [`VerifierOptions`] before any accessor runs, then copied into the owned
-//! types of [`super`]. The writing side is in [`super::flatbuf_write`].
+//! types of [`super`]. The writing side is in `flatbuf_write.rs`.
 
 use flatbuffers::{
     Follow, ForwardsUOffset, InvalidFlatbuffer, SimpleToVerifyInSlice, Table, Vector, Verifiable,
@@ -70,11 +70,10 @@ pub(super) struct FbDigest(pub [u8; 32]);
 impl<'a> Follow<'a> for FbDigest {
     type Inner = Digest;
     unsafe fn follow(buf: &'a [u8], loc: usize) -> Digest {
-        // Callers only follow verified positions; a short slice still
-        // cannot read out of bounds here (the copy would panic, not UB),
-        // and `get` keeps even that from happening.
+        // Verified positions always hold 32 bytes; `get` keeps even an
+        // unverified one from reading out of bounds (it would give zeros).
         let mut out = [0u8; 32];
-        if let Some(bytes) = buf.get(loc..loc + 32) {
+        if let Some(bytes) = loc.checked_add(32).and_then(|end| buf.get(loc..end)) {
             out.copy_from_slice(bytes);
         }
         Digest(out)

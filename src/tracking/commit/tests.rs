@@ -147,6 +147,14 @@ fn a_whiteout_commits_as_a_mask() {
         masked,
         d("4FH6NJEQPB3LVTWZCFSXIYKSKYMWQU63L3RJQU6QFFS7GU6AIHDA")
     );
+    let real = FsRepository::open(&fixtures::path("repo-mask")).unwrap();
+    for digest in real.iter_objects().map(Result::unwrap) {
+        let ours = std::fs::read(repo.object_path(&digest)).unwrap();
+        assert!(
+            ours == std::fs::read(real.object_path(&digest)).unwrap(),
+            "{digest}"
+        );
+    }
 }
 
 #[test]

@@ -130,3 +130,20 @@ fn corrupt_manifests_are_errors_not_panics() {
         Manifest::default()
     );
 }
+
+#[test]
+fn read_names_the_file_when_it_is_not_a_manifest() {
+    let repo = FsRepository::open(&fixtures::path("repo-a")).unwrap();
+    let layer = repo
+        .resolve_tag(&TagSpec::parse("test/app").unwrap())
+        .unwrap()
+        .target;
+    let err = Manifest::read(&repo, &layer).unwrap_err();
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("holds a layer"), "{err}");
+    let Object::Layer(l) = repo.read_object(&layer).unwrap() else {
+        panic!()
+    };
+    let m = Manifest::read(&repo, &l.manifest.unwrap()).unwrap();
+    assert_eq!(m.get("newfile.txt").unwrap().size, 9);
+}
