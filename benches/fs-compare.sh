@@ -117,7 +117,9 @@ def med(name, key):
 measures = [
     ("stat, file in the root, us", "stat_root_us"),
     ("stat, file 20 dirs deep, us", "stat_deep_us"),
-    ("missing name below the root, us", "missing_us"),
+    ("missing name below the root, absolute path, us", "missing_us"),
+    ("missing name, relative to its directory, us", "missing_rel_us"),
+    ("stat of a file relative to its directory, us", "stat_rel_us"),
     ("warm walk, ~2,000 entries, ms", "walk_small_warm_s"),
     ("warm walk, 10,101 entries, ms", "walk_warm_s"),
     ("second read of 1 GiB, MiB/s", "read_second_mib_s"),
@@ -130,7 +132,7 @@ print("| measure | native | before | after | after, kernel cache off | before / 
 print("|---|---:|---:|---:|---:|---:|---:|---:|")
 out = []
 for label, key in measures:
-    scale = 1000 if key.endswith("_s") else 1
+    scale = 1000 if key.startswith("walk") else 1
     n, b, a, c = (med(x, key) * scale for x in ("native", "before", "after", "nocache"))
     ratio = lambda x: x / n if n == n and n else float("nan")
     print(f"| {label} | {n:.2f} | {b:.2f} | {a:.2f} | {c:.2f} | {ratio(b):.2f} | {ratio(a):.2f} | {ratio(c):.2f} |")

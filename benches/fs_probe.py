@@ -89,7 +89,18 @@ def main():
     walk_dirs_seconds(root, small)
     walk_small = sorted(walk_dirs_seconds(root, small)[0] for _ in range(7))[3]
     small_entries = walk_dirs_seconds(root, small)[1]
+    # Relative to a directory below the root: no root lookup involved, so
+    # these show what one lookup below the root costs (one unrouted FUSE
+    # round trip when the kernel does not cache entries) and whether "no such
+    # name" is cached.
+    here = os.getcwd()
+    os.chdir(os.path.join(root, small[0] if small else ""))
+    stat_rel = stat_latency_us(sorted(os.listdir("."))[0] if os.listdir(".") else ".")
+    missing_rel = missing_latency_us("nosuch")
+    os.chdir(here)
     print(json.dumps({
+        "stat_rel_us": stat_rel,
+        "missing_rel_us": missing_rel,
         "read_first_mib_s": first,
         "read_second_mib_s": second,
         "stat_root_us": stat_latency_us(os.path.join(root, shallow)),

@@ -188,6 +188,12 @@ impl Builder<'_> {
             Source::Disk(_, stat) => attr_of(stat),
         };
         self.push(attr, Content::Dir(Vec::new()))?;
+        if let [Source::Tree(tree_index, tree, _)] = sources.as_slice() {
+            // Only one layer has this directory (the common case): nothing to merge.
+            let children = self.one_tree(tree_index, tree)?;
+            self.nodes[index as usize].content = Content::Dir(children);
+            return Ok(index);
+        }
         // name -> every layer's entry for it, bottom to top.
         let mut entries: BTreeMap<OsString, Vec<Candidate>> = BTreeMap::new();
         for (position, source) in sources.iter().enumerate() {
@@ -262,6 +268,43 @@ impl Builder<'_> {
         Ok(index)
     }
 
+    /// The children of a directory only one manifest has, sorted by name.
+    fn one_tree(
+        &mut self,
+        index: &TreeIndex,
+        tree: &graph::Tree,
+    ) -> Result<Vec<(OsString, u32)>, BuildError> {
+        let mut children = Vec::with_capacity(tree.entries.len());
+        for entry in &tree.entries {
+            let child = match entry.kind {
+                EntryKind::Mask => continue,
+                EntryKind::Tree => match index.tree(&entry.object) {
+                    Some(child) => self.dir(vec![Source::Tree(index, child, entry.mode)])?,
+                    None => {
+                        let attr = self.entry_attr(0o040755, 0, FileType::Directory);
+                        self.push(attr, Content::Dir(Vec::new()))?
+                    }
+                },
+                EntryKind::Blob => self.manifest_leaf(entry)?,
+            };
+            children.push((OsString::from(&entry.name), child));
+        }
+        // Manifests list directories first: binary search needs name order.
+        children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(children)
+    }
+
+    fn manifest_leaf(&mut self, entry: &graph::Entry) -> Result<u32, BuildError> {
+        let kind = kind_of_mode(entry.mode);
+        let content = match kind {
+            FileType::RegularFile => Content::Payload(entry.object),
+            FileType::Symlink => Content::LinkPayload(entry.object),
+            _ => Content::Special,
+        };
+        let attr = self.entry_attr(entry.mode, entry.size, kind);
+        self.push(attr, content)
+    }
+
     /// Adds a node, or stops when the budget is spent.
     fn push(&mut self, attr: FileAttr, content: Content) -> Result<u32, BuildError> {
         if self.nodes.len() >= self.budget.max_entries {
@@ -305,16 +348,7 @@ impl Builder<'_> {
         candidate: Candidate,
     ) -> Result<u32, BuildError> {
         match candidate {
-            Candidate::Entry(_, entry) => {
-                let kind = kind_of_mode(entry.mode);
-                let content = match kind {
-                    FileType::RegularFile => Content::Payload(entry.object),
-                    FileType::Symlink => Content::LinkPayload(entry.object),
-                    _ => Content::Special,
-                };
-                let attr = self.entry_attr(entry.mode, entry.size, kind);
-                self.push(attr, content)
-            }
+            Candidate::Entry(_, entry) => self.manifest_leaf(entry),
             Candidate::Disk { parent, stat } => {
                 let Source::Disk(dir, _) = &sources[parent] else {
                     unreachable!("a disk candidate comes from a disk source");
