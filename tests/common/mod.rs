@@ -78,10 +78,6 @@ impl TestEnv {
         }
     }
 
-    /// Path of a file in a layer directory.
-    pub fn layer_file(&self, layer: &str, path: &str) -> PathBuf {
-        self.layers.join(layer).join(path)
-    }
 
     /// A command for one of our binaries (or anything) with this env's variables.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
