@@ -28,6 +28,9 @@ enum Command {
         /// joined by `+` (`base+app`), or `-` for none
         #[arg(value_name = "REF")]
         reference: String,
+        /// Name the runtime (its processes carry it as SPFS_RUNTIME); default: a new name
+        #[arg(long, value_name = "NAME")]
+        runtime_name: Option<String>,
         /// The command and its arguments, after `--`
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<OsString>,
@@ -36,6 +39,15 @@ enum Command {
     Shell {
         #[arg(value_name = "REF")]
         reference: String,
+        /// Name the runtime (its processes carry it as SPFS_RUNTIME); default: a new name
+        #[arg(long, value_name = "NAME")]
+        runtime_name: Option<String>,
+    },
+    /// The runtimes running now
+    #[command(visible_alias = "rt")]
+    Runtime {
+        #[command(subcommand)]
+        action: RuntimeAction,
     },
     /// Commit a directory as a layer (--path) or a stack of refs as a platform (--ref)
     Commit {
@@ -203,6 +215,31 @@ struct Style {
 }
 
 #[derive(Subcommand)]
+enum RuntimeAction {
+    /// One line per running runtime
+    #[command(visible_alias = "ls")]
+    List {
+        /// Names only
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// A runtime as JSON (default: the one this command runs in, SPFS_RUNTIME)
+    Info {
+        #[arg(value_name = "NAME")]
+        name: Option<String>,
+    },
+    /// End running runtimes now (their processes lose /spfs)
+    #[command(visible_alias = "rm")]
+    Remove {
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+        /// End them even though processes still run in them
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum ServiceAction {
     /// Start the service if it is not running
     Start,
@@ -233,8 +270,20 @@ enum ServiceAction {
 
 fn main() -> ExitCode {
     let code = match Cli::parse().command {
-        Command::Run { reference, command } => spfs::commands::run(&reference, &command),
-        Command::Shell { reference } => spfs::commands::shell(&reference),
+        Command::Run {
+            reference,
+            runtime_name,
+            command,
+        } => spfs::commands::run(&reference, &command, runtime_name.as_deref()),
+        Command::Shell {
+            reference,
+            runtime_name,
+        } => spfs::commands::shell(&reference, runtime_name.as_deref()),
+        Command::Runtime { action } => match action {
+            RuntimeAction::List { quiet } => spfs::commands::runtime_list(quiet),
+            RuntimeAction::Info { name } => spfs::commands::runtime_info(name.as_deref()),
+            RuntimeAction::Remove { names, force } => spfs::commands::runtime_remove(&names, force),
+        },
         Command::Commit {
             kind,
             tags,

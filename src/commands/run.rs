@@ -21,23 +21,29 @@ use crate::storage::config::SpfsConfig;
 use crate::tracking::env_spec;
 
 /// `spfs run REF -- CMD...`
-pub fn run(reference: &str, command: &[OsString]) -> ExitCode {
+pub fn run(reference: &str, command: &[OsString], name: Option<&str>) -> ExitCode {
     let Some((program, args)) = command.split_first() else {
         eprintln!("spfs run: error: no command given; usage: spfs run REF -- CMD [ARGS...]");
         return ExitCode::from(2);
     };
-    run_in_env("spfs run", reference, program, args)
+    run_in_env("spfs run", reference, program, args, name)
 }
 
 /// `spfs shell REF`: the user's `$SHELL` (else `/bin/sh`) in the environment.
-pub fn shell(reference: &str) -> ExitCode {
+pub fn shell(reference: &str, name: Option<&str>) -> ExitCode {
     let shell = std::env::var_os("SHELL")
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "/bin/sh".into());
-    run_in_env("spfs shell", reference, &shell, &[])
+    run_in_env("spfs shell", reference, &shell, &[], name)
 }
 
-fn run_in_env(tool: &str, reference: &str, program: &OsString, args: &[OsString]) -> ExitCode {
+fn run_in_env(
+    tool: &str,
+    reference: &str,
+    program: &OsString,
+    args: &[OsString],
+    name: Option<&str>,
+) -> ExitCode {
     let config = match launcher_setup(tool) {
         Ok(config) => config,
         Err(code) => return code,
@@ -47,7 +53,7 @@ fn run_in_env(tool: &str, reference: &str, program: &OsString, args: &[OsString]
         Err(err) => return report(tool, &err),
     };
     let pid = std::process::id() as i32;
-    let name = runtime_name(pid);
+    let name = name.map_or_else(|| runtime_name(pid), str::to_owned);
     // One trace per command: the start (if any) and the Mount call are its children.
     let span = tracing::info_span!("spfs.run", env_spec = reference);
     let mounted = client_runtime().block_on(

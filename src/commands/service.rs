@@ -129,7 +129,7 @@ fn status_json(serving: bool, s: &StatusResponse) -> serde_json::Value {
         .runtimes
         .iter()
         .map(
-            |r| json!({"root_pid": r.root_pid, "env_spec": r.env_spec, "since_unix": r.since_unix}),
+            |r| json!({"name": r.name, "root_pid": r.root_pid, "env_spec": r.env_spec, "since_unix": r.since_unix}),
         )
         .collect();
     json!({

@@ -78,7 +78,6 @@ impl TestEnv {
         }
     }
 
-
     /// A command for one of our binaries (or anything) with this env's variables.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new(program);
