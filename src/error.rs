@@ -72,6 +72,17 @@ pub enum Error {
         stderr_tail: String,
     },
 
+    /// The service said it was ready, then stopped before it could be used,
+    /// every time it was started.
+    #[error(
+        "the service stopped right after it said it was ready ({attempts} attempts; the last Check found it {found}).\n  fix: see its log {log}; if SPFS_SERVICE_IDLE_TIMEOUT is set, make it longer"
+    )]
+    StoppedAfterReady {
+        found: &'static str,
+        attempts: u32,
+        log: PathBuf,
+    },
+
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -133,6 +144,7 @@ impl Error {
             Error::StartTimeout { .. } => "timeout",
             Error::ServiceFailed { reason, .. } => reason,
             Error::ServiceDied { .. } => "service_died",
+            Error::StoppedAfterReady { .. } => "stopped_after_ready",
             Error::Io { .. } => "io",
             Error::SpfsConfig(_) => "spfs_config",
             Error::Storage(_) => "storage",

@@ -448,3 +448,296 @@ fn a_non_utf8_env_spec_gets_an_error_and_the_service_carries_on() {
         assert!(status.into_inner().runtimes.is_empty());
     });
 }
+
+/// A layer directory with `files` files, big enough that building its view
+/// takes longer than a tiny idle timeout.
+fn big_layer(env: &TestEnv, files: usize) -> std::path::PathBuf {
+    let dir = env.root.path().join("bigdir");
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..files {
+        std::fs::write(dir.join(format!("f{i:06}")), b"x").unwrap();
+    }
+    dir
+}
+
+#[test]
+fn a_mount_longer_than_the_idle_timeout_keeps_the_service_and_shows_its_layers() {
+    let env = TestEnv::new();
+    let big = big_layer(&env, 20_000);
+    let probe = env.mountpoint.join("f000000");
+    // The command looks after a pause: a service stopped mid-Mount has unmounted by then.
+    let script = format!("sleep 0.5; test -e {}", probe.display());
+    let output = env
+        .spfs(&["run", big.to_str().unwrap(), "--", "sh", "-c", &script])
+        .env("SPFS_SERVICE_IDLE_TIMEOUT", "20ms")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let mount = env.service_events("service.mount");
+    assert_eq!(mount.len(), 1);
+    let mount_ms = mount[0]["elapsed_ms"].as_f64().unwrap();
+    assert!(
+        mount_ms > 20.0,
+        "the Mount took {mount_ms} ms: make the layer bigger"
+    );
+    assert!(
+        env.service_events("service.idle").len() <= 1,
+        "stopped at most once, after the run"
+    );
+}
+
+#[test]
+fn concurrent_runs_with_a_tiny_idle_timeout_all_see_their_layers() {
+    let env = TestEnv::new();
+    let big = big_layer(&env, 3_000);
+    let probe = env.mountpoint.join("f000000");
+    let children: Vec<_> = (0..12)
+        .map(|_| {
+            env.spfs(&["run", big.to_str().unwrap(), "--", "test", "-e"])
+                .arg(&probe)
+                .env("SPFS_SERVICE_IDLE_TIMEOUT", "1ms")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        let text = stderr(&output);
+        assert!(output.status.success(), "{text}");
+    }
+}
+
+#[test]
+fn a_run_after_the_socket_was_deleted_does_not_spawn_a_storm() {
+    let env = TestEnv::new();
+    run_ok(&mut env.spfs(&["service", "start"]));
+    let pid = env.service_pid().unwrap();
+    std::fs::remove_file(env.socket()).unwrap();
+    let output = env
+        .spfs(&["run", "-", "--", "echo", "ok"])
+        .env("SPFS_SERVICE_START_TIMEOUT", "5")
+        .output()
+        .unwrap();
+    let spawns = env.launcher_events("launcher.spawn").len();
+    assert!(spawns <= 2, "{spawns} spawns: {}", stderr(&output));
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "ok\n");
+    assert_eq!(
+        env.service_pid(),
+        Some(pid),
+        "the same service serves again"
+    );
+    assert_eq!(env.service_events("service.socket_restored").len(), 1);
+}
+
+/// Sends SIGCONT on drop, so a test that stopped a process never leaves it stopped.
+struct Continue(i32);
+
+impl Drop for Continue {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.0), Signal::SIGCONT);
+    }
+}
+
+#[test]
+fn a_live_service_without_its_socket_is_named_not_respawned() {
+    let env = TestEnv::new();
+    run_ok(&mut env.spfs(&["service", "start"]));
+    let pid = env.service_pid().unwrap();
+    // Stopped, it cannot restore its socket: the launcher must say who holds the pidfile.
+    kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+    let _cont = Continue(pid);
+    std::fs::remove_file(env.socket()).unwrap();
+    let output = env
+        .spfs(&["run", "-", "--", "true"])
+        .env("SPFS_SERVICE_START_TIMEOUT", "3")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    assert!(text.contains(&format!("pid {pid}")), "{text}");
+    assert!(text.contains("kill"), "{text}");
+    assert!(!text.contains("did not become ready"), "{text}");
+    let spawns = env.launcher_events("launcher.spawn").len();
+    assert!(spawns <= 1, "{spawns} spawns");
+}
+
+#[test]
+fn a_deleted_runtime_dir_is_restored_and_the_tools_still_find_the_service() {
+    let env = TestEnv::new();
+    run_ok(&mut env.spfs(&["service", "start"]));
+    let pid = env.service_pid().unwrap();
+    std::fs::remove_dir_all(&env.runtime_dir).unwrap();
+    assert!(
+        env.wait_for(Duration::from_secs(5), || env.service_pid() == Some(pid)
+            && env.socket().exists()),
+        "the service recreated its runtime dir, pidfile and socket"
+    );
+    assert_eq!(status_json(&env)["pid"], pid);
+    let output = run_ok(&mut env.spfs(&["run", "-", "--", "echo", "ok"]));
+    assert_eq!(stdout(&output), "ok\n");
+    assert_eq!(env.service_pid(), Some(pid));
+    run_ok(&mut env.spfs(&["service", "stop"]));
+    assert!(env.wait_for(Duration::from_secs(5), || !is_alive(pid)));
+    assert!(!env.is_mounted());
+}
+
+#[test]
+fn a_stopped_service_holding_the_mount_is_named_by_status_stop_and_doctor() {
+    let env = TestEnv::new();
+    run_ok(&mut env.spfs(&["service", "start"]));
+    let pid = env.service_pid().unwrap();
+    kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+    let _cont = Continue(pid);
+    std::fs::remove_dir_all(&env.runtime_dir).unwrap();
+    for args in [
+        &["service", "status"][..],
+        &["doctor"],
+        &["run", "-", "--", "true"],
+    ] {
+        let output = env
+            .spfs(args)
+            .env("SPFS_SERVICE_START_TIMEOUT", "2")
+            .output()
+            .unwrap();
+        let text = format!("{}{}", stdout(&output), stderr(&output));
+        assert!(!output.status.success(), "{args:?}: {text}");
+        assert!(text.contains(&format!("pid {pid}")), "{args:?}: {text}");
+        assert!(!text.contains("not running"), "{args:?}: {text}");
+    }
+}
+
+#[test]
+fn service_stop_refuses_while_runtimes_are_active_unless_forced() {
+    let env = TestEnv::new();
+    let mut runtime = env
+        .spfs(&["run", "base", "--", "sleep", "30"])
+        .spawn()
+        .unwrap();
+    env.track(runtime.id() as i32);
+    assert!(env.wait_for(Duration::from_secs(10), || {
+        !env.service_events("service.mount").is_empty()
+    }));
+    let pid = env.service_pid().unwrap();
+    let output = env.spfs(&["service", "stop"]).output().unwrap();
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    assert!(text.contains(&runtime.id().to_string()), "{text}");
+    assert!(text.contains("--force"), "{text}");
+    assert!(is_alive(pid));
+    run_ok(&mut env.spfs(&["service", "stop", "--force"]));
+    assert!(env.wait_for(Duration::from_secs(5), || !is_alive(pid)));
+    let _ = runtime.kill();
+    let _ = runtime.wait();
+}
+
+#[test]
+fn a_pidfile_symlink_or_fifo_is_refused_at_once() {
+    let env = TestEnv::new();
+    std::fs::create_dir_all(&env.runtime_dir).unwrap();
+    run_ok(
+        env.command("chmod")
+            .args(["700", env.runtime_dir.to_str().unwrap()]),
+    );
+    let victim = env.root.path().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    std::os::unix::fs::symlink(&victim, env.pidfile()).unwrap();
+    let output = env.spfs(&["service", "start"]).output().unwrap();
+    assert!(!output.status.success());
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    assert!(stderr(&output).contains("symlink"), "{}", stderr(&output));
+
+    std::fs::remove_file(env.pidfile()).unwrap();
+    nix::unistd::mkfifo(
+        &env.pidfile(),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let output = env.spfs(&["service", "stop"]).output().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "stop hung on a FIFO"
+    );
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("not a regular file"),
+        "{}",
+        stderr(&output)
+    );
+    let output = env.spfs(&["service", "start"]).output().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "start hung on a FIFO"
+    );
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("not a regular file"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn a_closed_stdout_ends_the_commands_quietly() {
+    let env = TestEnv::new();
+    run_ok(&mut env.spfs(&["service", "start"]));
+    for args in [
+        &["service", "status"][..],
+        &["service", "logs", "-n", "200"],
+        &["doctor"],
+    ] {
+        let mut child = env
+            .spfs(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the read end before the command writes.
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let text = stderr(&output);
+        assert!(!text.contains("panicked"), "{args:?}: {text}");
+        assert_ne!(output.status.code(), Some(101), "{args:?}: {text}");
+    }
+}
+
+#[test]
+fn a_huge_ref_is_never_echoed_whole() {
+    let env = TestEnv::new();
+    let huge = "a".repeat(70_000);
+    let output = env.spfs(&["run", &huge, "--", "true"]).output().unwrap();
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).len() < 2_000,
+        "{} bytes",
+        stderr(&output).len()
+    );
+    // A ref that parses but does not resolve goes through the service.
+    let long_dir = format!("/{}", "d".repeat(5_000));
+    let output = env
+        .spfs(&["run", &long_dir, "--", "true"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).len() < 2_000,
+        "{} bytes",
+        stderr(&output).len()
+    );
+    for line in env
+        .log_lines("spfs")
+        .iter()
+        .chain(&env.log_lines("spfs-fuse-macos"))
+    {
+        let text = line.to_string();
+        assert!(
+            text.len() < 2_000,
+            "a log line of {} bytes: {}",
+            text.len(),
+            &text[..300]
+        );
+    }
+}

@@ -115,6 +115,10 @@ fn repositories_for(reference: &str) -> Result<Vec<String>> {
         .collect())
 }
 
+/// How often a `Mount` that met a stopping service is tried, each time on a
+/// service started or confirmed afresh.
+const MOUNT_ATTEMPTS: u32 = 5;
+
 async fn ensure_and_mount(
     config: &Config,
     pid: i32,
@@ -127,7 +131,9 @@ async fn ensure_and_mount(
     loop {
         let running = ensure_service_running(config).await?;
         match mount_once(running.channel, pid, reference, repositories).await {
-            Err(status) if status.code() == tonic::Code::Unavailable && attempt < 3 => {
+            Err(status)
+                if status.code() == tonic::Code::Unavailable && attempt < MOUNT_ATTEMPTS =>
+            {
                 tracing::info!(
                     event = "launcher.retry",
                     attempt,

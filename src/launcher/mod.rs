@@ -288,21 +288,29 @@ async fn ensure(
             .instrument(tracing::info_span!("confirm"))
             .await;
         phases.confirm = ms_since(confirm_started);
-        return match confirmed {
-            Ok(Probe::Serving(channel, _)) => Ok(Running {
-                channel,
-                outcome: EnsureOutcome::Started,
-            }),
-            Ok(other) => Err(Error::ServiceDied {
-                status: format!(
-                    "it reported ready, then the confirming Check found it {}",
-                    other.name()
-                ),
-                log: paths.service_log(),
-                stderr_tail: String::new(),
-            }),
-            Err(_) => Err(timeout("confirm")),
-        };
+        match confirmed {
+            Ok(Probe::Serving(channel, _)) => {
+                return Ok(Running {
+                    channel,
+                    outcome: EnsureOutcome::Started,
+                })
+            }
+            // It stopped again at once (a tiny idle timeout, a `service stop`):
+            // start another, a bounded number of times.
+            Ok(other) if attempt < MAX_ATTEMPTS => {
+                tracing::debug!(found = other.name(), "stopped right after it was ready");
+                retry(&mut attempt, "the service stopped right after it was ready");
+                continue;
+            }
+            Ok(other) => {
+                return Err(Error::StoppedAfterReady {
+                    found: other.name(),
+                    attempts: attempt,
+                    log: paths.service_log(),
+                })
+            }
+            Err(_) => return Err(timeout("confirm")),
+        }
     }
 }
 
@@ -348,6 +356,10 @@ async fn replace_other_version(
     );
     Ok(false)
 }
+
+/// Probes under the lock before `ensure` gives up on a service that keeps
+/// stopping right after it said it was ready.
+const MAX_ATTEMPTS: u32 = 6;
 
 fn retry(attempt: &mut u32, reason: &str) {
     tracing::info!(

@@ -1,7 +1,6 @@
 //! The `spfs.vfs.v1.VfsService` handlers: thin over the runtimes table, plus
 //! the service's identity for `Status` and the trigger for `Shutdown`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -32,9 +31,15 @@ pub struct Identity {
 pub struct Api {
     pub identity: Identity,
     pub runtimes: Arc<Runtimes>,
+    /// Once triggered, new mounts are refused, and a mount that finishes
+    /// after it is undone, so no command runs on a service that is going away.
     pub shutdown: Shutdown,
-    /// Set when shutdown begins; new mounts are refused from then on.
-    pub stopping: Arc<AtomicBool>,
+}
+
+/// What a `Mount` that meets shutdown gets: UNAVAILABLE, which the launcher
+/// retries with a new service.
+fn shutting_down() -> Status {
+    Status::unavailable("the service is shutting down; retry to start a new one")
 }
 
 impl From<MountError> for Status {
@@ -114,10 +119,8 @@ impl VfsService for Api {
         request: Request<MountRequest>,
     ) -> Result<Response<MountResponse>, Status> {
         let started = Instant::now();
-        if self.stopping.load(Ordering::SeqCst) {
-            return Err(Status::unavailable(
-                "the service is shutting down; retry to start a new one",
-            ));
+        if self.shutdown.is_triggered() {
+            return Err(shutting_down());
         }
         let caller = request.extensions().get::<Caller>().copied();
         let MountRequest {
@@ -128,6 +131,22 @@ impl VfsService for Api {
         let result = self
             .mount_runtime(caller, root_pid, env_spec, repositories)
             .await;
+        if self.shutdown.is_triggered() {
+            // Shutdown began while the view was built: the mount is about to
+            // go, so the command must not run on it.
+            if let Ok(runtime) = &result {
+                if let Ok(pid) = i32::try_from(runtime.root_pid) {
+                    self.runtimes.remove(pid, None, "shutdown");
+                }
+            }
+            tracing::warn!(
+                event = "service.mount_refused",
+                root_pid,
+                error = "the service is shutting down",
+                "refused a mount"
+            );
+            return Err(shutting_down());
+        }
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         let outcome = if result.is_ok() { "ok" } else { "refused" };
         crate::telemetry::metrics::metrics().mount_duration.record(

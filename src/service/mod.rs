@@ -21,7 +21,6 @@ mod shutdown;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -86,7 +85,6 @@ struct Started {
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     fuse: FuseMount,
     shutdown: Shutdown,
-    stopping: Arc<AtomicBool>,
     runtimes: Arc<Runtimes>,
 }
 
@@ -217,7 +215,6 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
     shutdown
         .listen_for_signals()
         .map_err(|e| fail("signals", format!("cannot install signal handlers: {e}")))?;
-    let stopping = Arc::new(AtomicBool::new(false));
     let router = Arc::new(Router::default());
     let runtimes = Runtimes::new(Arc::clone(&router));
     let api = Api {
@@ -234,7 +231,6 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
         },
         runtimes: Arc::clone(&runtimes),
         shutdown: shutdown.clone(),
-        stopping: Arc::clone(&stopping),
     };
     let guard = GuardState::new();
     let server_stop = shutdown.clone();
@@ -298,7 +294,6 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
         server,
         fuse,
         shutdown,
-        stopping,
         runtimes,
     })
 }
@@ -334,12 +329,10 @@ async fn stop(started: Started, paths: &Paths) {
         server,
         fuse,
         shutdown,
-        stopping,
         runtimes,
     } = started;
     let reason = shutdown.triggered().await;
     let stop_started = Instant::now();
-    stopping.store(true, Ordering::SeqCst);
     metrics().health.record(0, &[]);
     health
         .set_service_status(VFS_SERVICE_NAME, ServingStatus::NotServing)
