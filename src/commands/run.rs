@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use tracing::Instrument;
 
-use super::{client_runtime, launcher_setup, report};
+use super::runner::{self, Out};
+use super::{client_runtime, launcher_config};
 use crate::client::ControlClient;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -38,47 +39,45 @@ pub fn shell(reference: &str) -> ExitCode {
 }
 
 fn run_in_env(tool: &str, reference: &str, program: &OsString, args: &[OsString]) -> ExitCode {
-    let config = match launcher_setup(tool) {
-        Ok(config) => config,
-        Err(code) => return code,
-    };
-    let repositories = match repositories_for(reference) {
-        Ok(repositories) => repositories,
-        Err(err) => return report(tool, &err),
-    };
-    let pid = std::process::id() as i32;
-    // One trace per command: the start (if any) and the Mount call are its children.
-    let span = tracing::info_span!("spfs.run", env_spec = reference);
-    let mounted = client_runtime().block_on(
-        ensure_and_mount(&config, pid, reference, &repositories).instrument(span.clone()),
-    );
-    drop(span);
-    if let Err(err) = mounted {
+    runner::run(tool, || {
+        let config = launcher_config()?;
+        let repositories = repositories_for(reference)?;
+        let pid = std::process::id() as i32;
+        // One trace per command: the start (if any) and the Mount call are its children.
+        let span = tracing::info_span!("spfs.run", env_spec = env_spec::shorten(reference));
+        let mounted = client_runtime().block_on(
+            ensure_and_mount(&config, pid, reference, &repositories).instrument(span.clone()),
+        );
+        drop(span);
+        if let Err(err) = mounted {
+            crate::telemetry::flush();
+            return Err(err);
+        }
+        tracing::info!(
+            event = "launcher.exec",
+            command = %program.to_string_lossy(),
+            "running the command"
+        );
+        // Spans and metrics go out now: exec ends this process image.
         crate::telemetry::flush();
-        return report(tool, &err);
-    }
-    tracing::info!(
-        event = "launcher.exec",
-        command = %program.to_string_lossy(),
-        "running the command"
-    );
-    // Spans and metrics go out now: exec ends this process image.
-    crate::telemetry::flush();
-    // Only returns on failure; the runtime then ends with this process.
-    let err = std::process::Command::new(program).args(args).exec();
-    eprintln!(
-        "{tool}: error: cannot run {}: {err}",
-        program.to_string_lossy()
-    );
-    ExitCode::from(match err.kind() {
-        std::io::ErrorKind::NotFound => 127,
-        _ => 126,
+        // Only returns on failure; the runtime then ends with this process.
+        let err = std::process::Command::new(program).args(args).exec();
+        eprintln!(
+            "{tool}: error: cannot run {}: {err}",
+            program.to_string_lossy()
+        );
+        Ok(ExitCode::from(match err.kind() {
+            std::io::ErrorKind::NotFound => 127,
+            _ => 126,
+        }))
     })
 }
 
-/// `spfs-fuse-macos mount [--root-process PID] REF`, for scripts: the runtime
-/// belongs to `PID` (default: the caller, our parent) and its descendants.
-pub fn mount(root_process: Option<i32>, reference: &str) -> ExitCode {
+/// `spfs-fuse-macos mount [--root-process PID] [--force] REF`, for scripts:
+/// the runtime belongs to `PID` (default: the caller, our parent) and its
+/// descendants. PID 1 and processes outside the caller's session (whose
+/// trees hold other logins' processes) need `--force`.
+pub fn mount(root_process: Option<i32>, reference: &str, force: bool) -> ExitCode {
     let tool = "spfs-fuse-macos mount";
     let pid = root_process.unwrap_or_else(|| nix::unistd::getppid().as_raw());
     if !platform::is_self_or_ancestor(pid) {
@@ -87,20 +86,39 @@ pub fn mount(root_process: Option<i32>, reference: &str) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let config = match launcher_setup(tool) {
-        Ok(config) => config,
-        Err(code) => return code,
-    };
-    let repositories = match repositories_for(reference) {
-        Ok(repositories) => repositories,
-        Err(err) => return report(tool, &err),
-    };
-    match client_runtime().block_on(ensure_and_mount(&config, pid, reference, &repositories)) {
-        Ok(()) => {
-            println!("mounted {reference:?} for process {pid}");
-            ExitCode::SUCCESS
-        }
-        Err(err) => report(tool, &err),
+    if let Err(why) = check_root_process(pid, force) {
+        eprintln!("{tool}: error: {why}");
+        return ExitCode::from(2);
+    }
+    runner::run(tool, || {
+        let config = launcher_config()?;
+        let repositories = repositories_for(reference)?;
+        client_runtime().block_on(ensure_and_mount(&config, pid, reference, &repositories))?;
+        let mut out = Out::new();
+        out.line(format_args!(
+            "mounted {:?} for process {pid}",
+            env_spec::shorten(reference)
+        ))?;
+        out.finish()?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// A root process whose tree is wider than the caller's login: PID 1 (every
+/// process on the machine) or one outside the caller's session.
+fn check_root_process(pid: i32, force: bool) -> std::result::Result<(), String> {
+    if force {
+        return Ok(());
+    }
+    let session = |p: i32| nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(p)));
+    if pid == 1 {
+        return Err("process 1 is the root of every process on this machine, so all of them would see these layers; pass --force if that is what you want".into());
+    }
+    match (session(pid), session(0)) {
+        (Ok(theirs), Ok(ours)) if theirs != ours => Err(format!(
+            "process {pid} is outside your session (session {theirs}, yours {ours}), so processes of other logins would see these layers; give a process of your own session, or pass --force"
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -142,10 +160,30 @@ async fn ensure_and_mount(
                 );
                 attempt += 1;
             }
-            Err(status) => return Err(Error::rpc(format!("cannot mount {reference:?}"), status)),
+            // The connection broke mid-call: the service died (kill -9, crash).
+            Err(status) if is_transport_failure(&status) => {
+                return Err(Error::ServiceLost {
+                    during: "Mount",
+                    detail: status.message().to_owned(),
+                    log: config.paths.service_log(),
+                })
+            }
+            Err(status) => {
+                return Err(Error::rpc(
+                    format!("cannot mount {:?}", env_spec::shorten(reference)),
+                    status,
+                ))
+            }
             Ok(()) => return Ok(()),
         }
     }
+}
+
+/// A status made by the client from a broken connection rather than sent
+/// by the service. UNAVAILABLE is left out: it is retried (connect refused).
+fn is_transport_failure(status: &tonic::Status) -> bool {
+    use std::error::Error as _;
+    status.source().is_some() && status.code() != tonic::Code::Unavailable
 }
 
 async fn mount_once(
@@ -168,7 +206,7 @@ async fn mount_once(
             tracing::info!(
                 event = "launcher.mount",
                 root_pid = pid,
-                env_spec = reference,
+                env_spec = env_spec::shorten(reference),
                 elapsed_ms,
                 "the service mounted the environment"
             );
@@ -178,7 +216,7 @@ async fn mount_once(
             tracing::error!(
                 event = "launcher.mount_failed",
                 root_pid = pid,
-                env_spec = reference,
+                env_spec = env_spec::shorten(reference),
                 error = status.message(),
                 elapsed_ms,
                 "the service refused the mount"

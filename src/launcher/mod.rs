@@ -161,10 +161,9 @@ async fn ensure(
             }
             // Stopped: start ours below, like any cold start.
         }
-        Probe::NotServing(_) | Probe::Absent { .. } => {}
-        refused @ (Probe::Foreign(_) | Probe::Unreachable(_)) => {
-            return Err(refused.refusal(&socket))
-        }
+        // Unanswering: under the lock, give it a moment to answer or go.
+        Probe::NotServing(_) | Probe::Absent { .. } | Probe::Unanswering { .. } => {}
+        refused @ (Probe::Foreign(_) | Probe::Unreachable(_)) => return Err(refused.refusal(paths)),
     }
 
     // 2. lock_wait
@@ -187,6 +186,8 @@ async fn ensure(
 
     // 3. probe under the lock; loop only while an old service is going away.
     let mut attempt = 2;
+    // Whether we already waited for a live service that did not answer.
+    let mut waited_for_holder = false;
     loop {
         match logged_probe(config, attempt, phases).await {
             Probe::Serving(channel, _) => {
@@ -218,7 +219,19 @@ async fn ensure(
                 }
             }
             refused @ (Probe::Foreign(_) | Probe::Unreachable(_)) => {
-                return Err(refused.refusal(&socket))
+                return Err(refused.refusal(paths))
+            }
+            // Our service is alive without answering: exiting (socket gone,
+            // pidfile not yet), restoring a deleted socket, or stopped. Never
+            // spawn over it: a new one could only fail with already_running.
+            unanswering @ Probe::Unanswering { .. } => {
+                if waited_for_holder {
+                    return Err(unanswering.refusal(paths));
+                }
+                waited_for_holder = true;
+                wait_for_holder(paths, deadline, phases).await;
+                retry(&mut attempt, "the running service did not answer");
+                continue;
             }
             Probe::Absent { stale_socket } => {
                 if stale_socket {
@@ -273,11 +286,21 @@ async fn ensure(
                 elapsed_ms = phases.readiness_wait,
                 "the service reported SERVING"
             ),
-            // An old instance still holds the pidfile while it exits: try again.
-            Outcome::Failed(Error::ServiceFailed { reason, .. }) if reason == "already_running" => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            // An old instance still holds the pidfile while it exits: wait
+            // for it to go (or answer), then try again, once.
+            Outcome::Failed(Error::ServiceFailed { reason, .. })
+                if reason == "already_running" && !waited_for_holder =>
+            {
+                waited_for_holder = true;
+                wait_for_holder(paths, deadline, phases).await;
                 retry(&mut attempt, "an old service was still exiting");
                 continue;
+            }
+            Outcome::Failed(Error::ServiceFailed { reason, .. }) if reason == "already_running" => {
+                return Err(match probe::locate_service(paths) {
+                    Some(pid) => Probe::Unanswering { pid }.refusal(paths),
+                    None => timeout("readiness_wait"),
+                });
             }
             Outcome::Failed(err) => return Err(err),
         }
@@ -340,7 +363,7 @@ async fn replace_other_version(
             service_pid = status.pid,
             "restarting a service of another version (no active runtimes)"
         );
-        stop_service(&config.paths).await?;
+        stop_service(&config.paths, true).await?;
         return Ok(true);
     }
     tracing::warn!(
@@ -371,9 +394,35 @@ fn retry(attempt: &mut u32, reason: &str) {
     *attempt += 1;
 }
 
+/// Longest wait for a live service that does not answer to answer or exit:
+/// a shutdown takes at most its 2 s drain plus the unmount, and a deleted
+/// socket is put back within half a second.
+const HOLDER_WAIT: Duration = Duration::from_secs(4);
+
+/// Waits (bounded by [`HOLDER_WAIT`] and the deadline) until the service
+/// that holds the pidfile answers on the socket or is gone.
+async fn wait_for_holder(
+    paths: &crate::paths::Paths,
+    deadline: tokio::time::Instant,
+    phases: &mut Phases,
+) {
+    let started = Instant::now();
+    let until = deadline.min(tokio::time::Instant::now() + HOLDER_WAIT);
+    while tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        if !matches!(
+            timeout_at(until, probe::probe_service(paths)).await,
+            Ok(Probe::Unanswering { .. }) | Err(_)
+        ) {
+            break;
+        }
+    }
+    phases.readiness_wait += ms_since(started);
+}
+
 async fn logged_probe(config: &Config, attempt: u32, phases: &mut Phases) -> Probe {
     let started = Instant::now();
-    let result = probe(&config.paths.socket())
+    let result = probe::probe_service(&config.paths)
         .instrument(tracing::info_span!("probe", attempt))
         .await;
     let elapsed_ms = ms_since(started);

@@ -295,3 +295,42 @@ pub const START_TIMES_ORDERED: bool = true;
 pub fn check_before_service_spawn() -> std::result::Result<(), String> {
     Ok(())
 }
+
+/// A live `spfs-fuse-macos service` of this user serving `mountpoint`,
+/// found from `/proc` alone (its command line, else its `SPFS_MOUNTPOINT`),
+/// for when its socket and pidfile are gone. Never touches the mountpoint.
+pub fn find_service_process(mountpoint: &Path) -> Option<i32> {
+    let me = nix::unistd::geteuid().as_raw();
+    let own = std::process::id() as i32;
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != own)
+        .find(|&pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            comm.trim_end() == crate::config::SERVICE_BIN_NAME
+                && process_uid(pid).is_ok_and(|uid| uid == me)
+                && service_mountpoint(pid).is_some_and(|m| m == mountpoint)
+        })
+}
+
+/// The mountpoint a service process serves: the argument after `service`,
+/// else its `SPFS_MOUNTPOINT`, else `/spfs`. `None` for other subcommands.
+fn service_mountpoint(pid: i32) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    if args.get(1) != Some(&&b"service"[..]) || args.iter().any(|a| *a == b"--stop") {
+        return None;
+    }
+    if let Some(arg) = args.get(2).filter(|a| a.starts_with(b"/")) {
+        return Some(PathBuf::from(std::ffi::OsStr::from_bytes(arg)));
+    }
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let from_env = environ
+        .split(|b| *b == 0)
+        .find_map(|var| var.strip_prefix(b"SPFS_MOUNTPOINT="))
+        .filter(|v| !v.is_empty())
+        .map(|v| PathBuf::from(std::ffi::OsStr::from_bytes(v)));
+    Some(from_env.unwrap_or_else(|| PathBuf::from("/spfs")))
+}

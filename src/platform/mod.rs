@@ -21,6 +21,14 @@ pub use macos::*;
 use std::io;
 use std::path::PathBuf;
 
+/// A live service of this user serving `mountpoint`, found without its
+/// socket or pidfile. Only Linux can tell (from `/proc`); elsewhere the
+/// pidfile is the only way, and this finds nothing.
+#[cfg(not(target_os = "linux"))]
+pub fn find_service_process(_mountpoint: &std::path::Path) -> Option<i32> {
+    None
+}
+
 /// What routing needs to know of a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcInfo {
