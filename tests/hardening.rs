@@ -741,3 +741,98 @@ fn a_huge_ref_is_never_echoed_whole() {
         );
     }
 }
+
+#[test]
+fn kill_9_during_a_mount_says_the_service_died_and_the_next_run_recovers() {
+    let env = TestEnv::new();
+    let big = big_layer(&env, 60_000);
+    run_ok(&mut env.spfs(&["service", "start"]));
+    let pid = env.service_pid().unwrap();
+    let child = env
+        .spfs(&["run", big.to_str().unwrap(), "--", "true"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `launcher.ensure` is the last line before the Mount call.
+    assert!(env.wait_for(Duration::from_secs(10), || !env
+        .launcher_events("launcher.ensure")
+        .is_empty()));
+    std::thread::sleep(Duration::from_millis(30));
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let text = stderr(&output);
+    assert!(
+        !output.status.success(),
+        "the Mount finished before the kill: make the layer bigger"
+    );
+    assert!(text.contains("stopped answering during Mount"), "{text}");
+    assert!(text.contains("next command starts a new service"), "{text}");
+    assert!(env.wait_for(Duration::from_secs(5), || !is_alive(pid)));
+    let output = run_ok(&mut env.spfs(&["run", "-", "--", "echo", "recovered"]));
+    assert_eq!(stdout(&output), "recovered\n");
+}
+
+#[test]
+fn a_stopped_service_is_named_by_its_pid_not_called_foreign() {
+    let env = TestEnv::new();
+    run_ok(&mut env.spfs(&["service", "start"]));
+    let pid = env.service_pid().unwrap();
+    kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+    let _cont = Continue(pid);
+    for args in [&["run", "-", "--", "true"][..], &["service", "status"]] {
+        let output = env
+            .spfs(args)
+            .env("SPFS_SERVICE_START_TIMEOUT", "3")
+            .output()
+            .unwrap();
+        let text = stderr(&output);
+        assert!(!output.status.success(), "{args:?}");
+        assert!(text.contains(&format!("pid {pid}")), "{args:?}: {text}");
+        assert!(text.contains("does not answer"), "{args:?}: {text}");
+        assert!(
+            text.contains(&format!("kill -CONT {pid}")),
+            "{args:?}: {text}"
+        );
+        assert!(
+            !text.contains("foreign") && !text.contains("grpc.health"),
+            "{args:?}: {text}"
+        );
+    }
+    // stop sends SIGTERM and SIGCONT, so even a stopped service goes.
+    run_ok(&mut env.spfs(&["service", "stop"]));
+    assert!(!is_alive(pid));
+}
+
+#[test]
+fn mount_refuses_pid_1_and_processes_outside_the_session_unless_forced() {
+    let env = TestEnv::new();
+    let output = env
+        .service_cmd(&["mount", "--root-process", "1", "base"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("--force"), "{}", stderr(&output));
+    // The test process is an ancestor of the mount, but in another session.
+    let me = std::process::id().to_string();
+    let output = env
+        .command("setsid")
+        .args([
+            "--fork",
+            "--wait",
+            common::SERVICE,
+            "mount",
+            "--root-process",
+            &me,
+            "base",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("outside your session"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(env.service_events("service.mount").is_empty());
+}
