@@ -22,6 +22,14 @@ pub enum Error {
         fix: String,
     },
 
+    /// The log dir exists but is not safe to write to.
+    #[error("log dir {path} is unsafe: {problem}.\n  fix: {fix}")]
+    UnsafeLogDir {
+        path: PathBuf,
+        problem: String,
+        fix: String,
+    },
+
     #[error(
         "cannot find the service binary `spfs-fuse-macos`; looked in: {}.\n  fix: install it beside `spfs`, put it on PATH, or set SPFS_FUSE_SERVICE_BIN to its full path",
         looked.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
@@ -217,6 +225,7 @@ impl Error {
         match self {
             Error::Config(_) => "config",
             Error::UnsafeRuntimeDir { .. } => "unsafe_runtime_dir",
+            Error::UnsafeLogDir { .. } => "unsafe_log_dir",
             Error::ServiceBinaryNotFound { .. } => "binary_not_found",
             Error::ForeignListener { .. } => "foreign_listener",
             Error::NotServing { .. } => "not_serving",

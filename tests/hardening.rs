@@ -836,3 +836,163 @@ fn mount_refuses_pid_1_and_processes_outside_the_session_unless_forced() {
     );
     assert!(env.service_events("service.mount").is_empty());
 }
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn log_dir_and_files_are_private_and_never_followed() {
+    let env = TestEnv::new();
+    run_ok(&mut env.spfs(&["run", "-", "--", "true"]));
+    assert_eq!(mode_of(&env.log_dir), 0o700);
+    let mut files = 0;
+    for entry in std::fs::read_dir(&env.log_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.is_symlink() {
+            assert_eq!(mode_of(&path), 0o600, "{}", path.display());
+            files += 1;
+        }
+    }
+    assert!(files >= 3, "launcher log, service log and stderr file");
+    env.stop_service();
+
+    // A symlink planted at today's launcher log: never followed.
+    let victim = env.root.path().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    let today = spfs::telemetry::current_file_name("spfs");
+    std::fs::remove_file(env.log_dir.join(&today)).unwrap();
+    std::os::unix::fs::symlink(&victim, env.log_dir.join(&today)).unwrap();
+    let output = run_ok(&mut env.spfs(&["run", "-", "--", "true"]));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    assert!(stderr(&output).contains("symlink"), "{}", stderr(&output));
+    std::fs::remove_file(env.log_dir.join(&today)).unwrap();
+    env.stop_service();
+
+    // A log dir others may write to is not used, by the launcher nor the service.
+    run_ok(
+        env.command("chmod")
+            .args(["777", env.log_dir.to_str().unwrap()]),
+    );
+    let before: Vec<_> = std::fs::read_dir(&env.log_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let output = run_ok(&mut env.spfs(&["run", "-", "--", "echo", "ran"]));
+    assert_eq!(stdout(&output), "ran\n");
+    let warnings = stderr(&output).matches("warning").count();
+    assert_eq!(warnings, 1, "{}", stderr(&output));
+    assert!(stderr(&output).contains("chmod 700"), "{}", stderr(&output));
+    let after: Vec<_> = std::fs::read_dir(&env.log_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(before.len(), after.len(), "{after:?}");
+    env.stop_service();
+    run_ok(
+        env.command("chmod")
+            .args(["700", env.log_dir.to_str().unwrap()]),
+    );
+}
+
+#[test]
+fn a_read_only_log_dir_gives_one_warning_and_the_service_still_starts() {
+    if nix::unistd::geteuid().is_root() {
+        // Root writes through mode bits; a read-only dir needs a read-only mount.
+        let env = TestEnv::new();
+        std::fs::create_dir_all(&env.log_dir).unwrap();
+        let status = env
+            .command("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                "size=64k,ro,mode=700",
+                "spfs-test",
+                env.log_dir.to_str().unwrap(),
+            ])
+            .status()
+            .unwrap();
+        if !status.success() {
+            eprintln!("skipped: cannot mount a tmpfs here");
+            return;
+        }
+        let _unmount = Unmount(env.log_dir.clone());
+        let output = env
+            .spfs(&["run", "-", "--", "echo", "ran"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+        assert_eq!(stdout(&output), "ran\n");
+        assert_eq!(
+            stderr(&output).matches("warning").count(),
+            1,
+            "{}",
+            stderr(&output)
+        );
+        env.stop_service();
+        // Nothing could be logged there: leave an empty log dir behind, not a mount.
+        drop(_unmount);
+        std::fs::remove_dir(&env.log_dir).unwrap();
+    }
+}
+
+/// Unmounts a test's tmpfs on drop, also when the test failed.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn a_full_log_filesystem_never_leaves_a_broken_line_and_counts_what_it_dropped() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to mount a small tmpfs");
+        return;
+    }
+    let env = TestEnv::new();
+    std::fs::create_dir_all(&env.log_dir).unwrap();
+    run_ok(env.command("mount").args([
+        "-t",
+        "tmpfs",
+        "-o",
+        "size=64k,mode=700",
+        "spfs-test",
+        env.log_dir.to_str().unwrap(),
+    ]));
+    let unmount = Unmount(env.log_dir.clone());
+    run_ok(&mut env.spfs(&["service", "start"]));
+    // Fill the filesystem to the last byte.
+    let filler = env.log_dir.join("filler");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let block = [b'x'; 4096];
+        while file.write_all(&block).is_ok() {}
+        while file.write_all(&block[..1]).is_ok() {}
+    }
+    // Enough service lines to overflow the slack in its file's last page.
+    for _ in 0..30 {
+        let _ = env.spfs(&["run", "-", "--", "true"]).output().unwrap();
+    }
+    std::fs::remove_file(&filler).unwrap();
+    run_ok(&mut env.spfs(&["run", "-", "--", "true"]));
+    // Every line whole (Drop checks every line parses); the service said what it lost.
+    env.assert_logs_are_json();
+    let dropped = env.service_events("log.lines_dropped");
+    assert!(
+        !dropped.is_empty(),
+        "the service reported its dropped lines"
+    );
+    assert!(dropped[0]["dropped"].as_u64().unwrap() > 0);
+    // The logs are checked once more as the env drops, before the unmount.
+    drop(env);
+    drop(unmount);
+}

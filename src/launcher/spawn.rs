@@ -19,7 +19,7 @@
 //! `{"exit_code":N}` or `{"signal":N}` from the nanny when the service exits.
 
 use std::ffi::CString;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
@@ -108,25 +108,22 @@ pub fn spawn(binary: &Path, config: &Config) -> Result<Starting> {
         Error::io(format!("cannot start the service: {what}"), err)
     };
 
-    std::fs::create_dir_all(&paths.log_dir).map_err(|e| {
-        spawn_err(
-            &format!("cannot create log dir {}", paths.log_dir.display()),
-            e,
-        )
-    })?;
-    let stderr_path = paths.service_stderr();
-    let stderr_offset = prepare_stderr_file(&stderr_path);
-    let stderr_file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&stderr_path)
-        .map_err(|e| spawn_err(&format!("cannot open {}", stderr_path.display()), e))?;
     let devnull = OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/null")
         .map_err(|e| spawn_err("cannot open /dev/null", e))?;
+    // The service's stdout and stderr go to a private file in the log dir.
+    // When the log dir cannot be used (this launcher has already warned),
+    // the service still starts, with its output discarded: it logs to stderr.
+    let stderr_path = paths.service_stderr();
+    let mut stderr_offset = 0;
+    let stderr_file = crate::paths::ensure_log_dir(&paths.log_dir)
+        .ok()
+        .and_then(|()| {
+            stderr_offset = prepare_stderr_file(&stderr_path);
+            crate::telemetry::open_private(&stderr_path).ok()
+        });
     let (read_end, write_end) = crate::platform::cloexec_pipe()
         .map_err(|e| spawn_err("cannot create the readiness pipe", e))?;
     let ready_fd = write_end.as_raw_fd();
@@ -199,7 +196,9 @@ pub fn spawn(binary: &Path, config: &Config) -> Result<Starting> {
     let root = c"/";
     let child_fds = ChildFds {
         devnull: devnull.as_raw_fd(),
-        stderr: stderr_file.as_raw_fd(),
+        stderr: stderr_file
+            .as_ref()
+            .map_or(devnull.as_raw_fd(), |f| f.as_raw_fd()),
         ready: ready_fd,
     };
 
@@ -429,7 +428,11 @@ fn prepare_stderr_file(path: &Path) -> u64 {
 /// The last lines written to `path` after `offset`.
 fn read_tail(path: &Path, offset: u64) -> String {
     let mut text = String::new();
-    if let Ok(mut file) = File::open(path) {
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    if let Ok(mut file) = opened {
         let _ = file.seek(SeekFrom::Start(offset));
         let mut bytes = Vec::new();
         let _ = file.take(1 << 20).read_to_end(&mut bytes);
