@@ -114,13 +114,16 @@ pub fn check_socket_path(socket: &Path) -> Result<()> {
 
 /// The ownership and mode rules, separate so `spfs doctor`-style checks can reuse them.
 pub fn check_runtime_dir(dir: &Path) -> Result<()> {
-    check_private_dir(dir, "runtime dir", "SPFS_RUNTIME_DIR", |problem, fix| {
-        Error::UnsafeRuntimeDir {
+    check_private_dir(
+        dir,
+        "runtime dir",
+        ("SPFS_RUNTIME_DIR", "$HOME/.spfs-run"),
+        |problem, fix| Error::UnsafeRuntimeDir {
             path: dir.to_owned(),
             problem,
             fix,
-        }
-    })
+        },
+    )
 }
 
 /// Creates the log dir (mode 0700) if needed and applies the runtime dir's
@@ -132,21 +135,25 @@ pub fn ensure_log_dir(dir: &Path) -> Result<()> {
             err,
         ));
     }
-    check_private_dir(dir, "log dir", "SPFS_LOG_DIR", |problem, fix| {
-        Error::UnsafeLogDir {
+    check_private_dir(
+        dir,
+        "log dir",
+        ("SPFS_LOG_DIR", "$HOME/.spfs-logs"),
+        |problem, fix| Error::UnsafeLogDir {
             path: dir.to_owned(),
             problem,
             fix,
-        }
-    })
+        },
+    )
 }
 
 /// A directory that is ours alone: not a symlink, a directory, owned by us,
-/// not writable by group or others. `unsafe_dir(problem, fix)` makes the error.
+/// not writable by group or others. `setting` is the variable that moves it
+/// and a safe value to suggest; `unsafe_dir(problem, fix)` makes the error.
 fn check_private_dir(
     dir: &Path,
     what: &str,
-    variable: &str,
+    (variable, fallback): (&str, &str),
     unsafe_dir: impl Fn(String, String) -> Error,
 ) -> Result<()> {
     let meta = std::fs::symlink_metadata(dir)
@@ -169,8 +176,14 @@ fn check_private_dir(
     let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != me {
         return Err(unsafe_dir(
-            format!("it is owned by uid {}, not by you (uid {me})", meta.uid()),
-            format!("set {variable} to a directory of your own, or have its owner remove it"),
+            format!(
+                "it is owned by uid {}, not by you (uid {me}): another user created it first",
+                meta.uid()
+            ),
+            format!(
+                "have that user or an admin remove it (`sudo rm -r {}`); until then, `export {variable}={fallback}` (any directory of your own)",
+                dir.display(),
+            ),
         ));
     }
     let mode = meta.mode() & 0o777;

@@ -996,3 +996,173 @@ fn a_full_log_filesystem_never_leaves_a_broken_line_and_counts_what_it_dropped()
     drop(env);
     drop(unmount);
 }
+
+/// Runs `command` as uid/gid 65534 (root only), with the env's variables.
+fn as_nobody(env: &TestEnv, program: &str, args: &[&str]) -> std::process::Output {
+    let mut cmd = env.command("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--",
+        program,
+    ])
+    .args(args)
+    .env("HOME", env.root.path());
+    cmd.output().unwrap()
+}
+
+#[test]
+fn doctor_says_when_dev_fuse_cannot_be_opened() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run doctor as another uid");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata("/dev/fuse").map(|m| m.permissions().mode() & 0o777);
+    if mode.map_or(true, |m| m & 0o006 == 0o006) {
+        eprintln!("skipped: /dev/fuse is open to everyone here");
+        return;
+    }
+    let env = TestEnv::new();
+    let output = as_nobody(&env, common::SPFS, &["doctor"]);
+    let text = stdout(&output);
+    let fuse_line = text
+        .lines()
+        .find(|l| l.contains("FUSE"))
+        .unwrap_or_default();
+    assert!(fuse_line.starts_with("[FAIL]"), "{text}");
+    assert!(text.contains("/dev/fuse"), "{text}");
+    assert!(text.contains("chmod 666 /dev/fuse"), "{text}");
+}
+
+#[test]
+fn another_users_service_on_the_mountpoint_is_named_with_the_per_user_fix() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to act as a second user");
+        return;
+    }
+    let env = TestEnv::new();
+    run_ok(&mut env.spfs(&["service", "start"]));
+    // Let the second user reach the paths; it gets a runtime dir of its own.
+    run_ok(
+        env.command("chmod")
+            .args(["755", env.root.path().to_str().unwrap()]),
+    );
+    let theirs = env.root.path().join("run-nobody");
+    std::fs::create_dir_all(&theirs).unwrap();
+    run_ok(
+        env.command("chown")
+            .args(["65534:65534", theirs.to_str().unwrap()]),
+    );
+    run_ok(env.command("chmod").args(["700", theirs.to_str().unwrap()]));
+    let output = {
+        let mut cmd = env.command("setpriv");
+        cmd.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            common::SPFS,
+            "doctor",
+        ])
+        .env("HOME", env.root.path())
+        .env("SPFS_RUNTIME_DIR", &theirs)
+        .env("SPFS_LOG_DIR", theirs.join("log"));
+        cmd.output().unwrap()
+    };
+    let text = stdout(&output);
+    let line = text
+        .lines()
+        .find(|l| l.contains("mountpoint"))
+        .unwrap_or_default();
+    assert!(line.starts_with("[FAIL]"), "{text}");
+    assert!(text.contains("another user"), "{text}");
+    assert!(text.contains("uid 0"), "{text}");
+    assert!(text.contains("SPFS_MOUNTPOINT"), "{text}");
+    assert!(!text.contains("SPFS_RUNTIME_DIR?"), "{text}");
+}
+
+#[test]
+fn the_service_gets_only_the_environment_it_needs() {
+    let env = TestEnv::new();
+    run_ok(
+        env.spfs(&["service", "start"])
+            .env("SPFS_TEST_SECRET_TOKEN_IS_SPFS", "kept")
+            .env("AWS_SECRET_ACCESS_KEY", "leaked")
+            .env("LC_ALL", "C")
+            .env("RUST_BACKTRACE", "1"),
+    );
+    let pid = env.service_pid().unwrap();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let names: Vec<String> = environ
+        .split(|b| *b == 0)
+        .filter_map(|var| {
+            std::str::from_utf8(var)
+                .ok()?
+                .split('=')
+                .next()
+                .map(str::to_owned)
+        })
+        .filter(|n| !n.is_empty())
+        .collect();
+    assert!(
+        !names.contains(&"AWS_SECRET_ACCESS_KEY".to_string()),
+        "{names:?}"
+    );
+    for kept in [
+        "PATH",
+        "HOME",
+        "LC_ALL",
+        "RUST_BACKTRACE",
+        "SPFS_RUNTIME_DIR",
+        "SPFS_TEST_SECRET_TOKEN_IS_SPFS",
+    ] {
+        assert!(
+            names.contains(&kept.to_string()),
+            "{kept} missing: {names:?}"
+        );
+    }
+}
+
+#[test]
+fn a_relative_xdg_runtime_dir_is_ignored_as_the_spec_says() {
+    let env = TestEnv::new();
+    let output = env
+        .spfs(&["service", "status", "--json"])
+        .env_remove("SPFS_RUNTIME_DIR")
+        .env("XDG_RUNTIME_DIR", "relative/run")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", stdout(&output), stderr(&output));
+    assert!(!text.contains("SPFS_RUNTIME_DIR"), "{text}");
+    let status: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let socket = status["socket"].as_str().unwrap();
+    assert!(
+        socket.starts_with('/') && !socket.contains("relative/run"),
+        "{socket}"
+    );
+}
+
+#[test]
+fn a_runtime_dir_pre_created_by_another_user_gets_the_exact_fix() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to create a dir as another user");
+        return;
+    }
+    let env = TestEnv::new();
+    std::fs::create_dir_all(&env.runtime_dir).unwrap();
+    run_ok(
+        env.command("chown")
+            .args(["65534:65534", env.runtime_dir.to_str().unwrap()]),
+    );
+    let output = env.spfs(&["run", "-", "--", "true"]).output().unwrap();
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    assert!(text.contains("owned by uid 65534"), "{text}");
+    assert!(
+        text.contains(&format!("sudo rm -r {}", env.runtime_dir.display())),
+        "{text}"
+    );
+    assert!(text.contains("export SPFS_RUNTIME_DIR="), "{text}");
+}

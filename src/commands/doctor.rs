@@ -155,6 +155,10 @@ fn check_runtime_dir(config: &Config) -> Check {
 fn check_mountpoint(config: &Config) -> Check {
     let name = "mountpoint";
     let path = config.paths.mountpoint.clone();
+    if let Err(message) = crate::fs::check_not_another_users_mount(&path) {
+        let (what, fix) = message.split_once(" To fix it: ").unwrap_or((&message, ""));
+        return fail(name, what, fix);
+    }
     // A hung FUSE server would block a stat forever: ask on a thread, wait briefly.
     let (tx, rx) = std::sync::mpsc::channel();
     let probe_path = path.clone();

@@ -145,19 +145,7 @@ pub fn spawn(binary: &Path, config: &Config) -> Result<Starting> {
         argv.push(cstring(format!("{}ms", idle.as_millis()).as_bytes())?);
     }
     let mut env: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os()
-        .filter(|(k, _)| {
-            !matches!(
-                k.to_str(),
-                Some(
-                    READY_FD_VAR
-                        | "SPFS_RUNTIME_DIR"
-                        | "SPFS_LOG_DIR"
-                        | "SPFS_MOUNTPOINT"
-                        | "TRACEPARENT"
-                        | "TRACESTATE"
-                )
-            )
-        })
+        .filter(|(k, _)| k.to_str().is_some_and(passed_to_service))
         .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
         .collect();
     // The service must agree with the launcher on every path, whatever its own defaults.
@@ -230,6 +218,35 @@ pub fn spawn(binary: &Path, config: &Config) -> Result<Starting> {
         stderr_path,
         stderr_offset,
     })
+}
+
+/// The service outlives the command that started it and serves later ones:
+/// it gets only the variables it reads (documented in docs/security.md),
+/// never the launcher's secrets. The paths, the readiness fd and the trace
+/// context are set separately.
+fn passed_to_service(name: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "TMPDIR",
+        "TZ",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "RUST_BACKTRACE",
+        "RUST_LIB_BACKTRACE",
+    ];
+    const PREFIXES: &[&str] = &["LC_", "XDG_", "SPFS_", "OTEL_"];
+    const SET_SEPARATELY: &[&str] = &[
+        READY_FD_VAR,
+        "SPFS_RUNTIME_DIR",
+        "SPFS_LOG_DIR",
+        "SPFS_MOUNTPOINT",
+    ];
+    !SET_SEPARATELY.contains(&name)
+        && (EXACT.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p)))
 }
 
 struct ChildFds {
