@@ -182,7 +182,7 @@ impl fmt::Display for PartialDigest {
 
 fn pad8(text: &str) -> String {
     let mut s = text.to_string();
-    while s.len() % 8 != 0 {
+    while !s.len().is_multiple_of(8) {
         s.push('=');
     }
     s

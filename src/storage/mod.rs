@@ -10,7 +10,7 @@
 //! - [`proxy`]: the local repository and the secondary ones as one, in order.
 //! - [`config`]: spfs's configuration: where the local repository is, the
 //!   remotes, and which of them a runtime reads through.
-//! - [`error`]: [`StorageError`].
+//! - [`error`][]: [`StorageError`].
 
 pub mod config;
 pub mod encoding;

@@ -229,7 +229,7 @@ fn store_all(
                     results[i] = Some((digest, size));
                     stats.files += 1;
                     stats.bytes += size;
-                    if stats.files % 256 == 0 || stats.files == stats.total_files {
+                    if stats.files.is_multiple_of(256) || stats.files == stats.total_files {
                         progress(*stats);
                     }
                 }
