@@ -801,7 +801,8 @@ fn a_stopped_service_is_named_by_its_pid_not_called_foreign() {
     }
     // stop sends SIGTERM and SIGCONT, so even a stopped service goes.
     run_ok(&mut env.spfs(&["service", "stop"]));
-    assert!(!is_alive(pid));
+    // stop returns when the pidfile lock is free; the exit follows at once.
+    assert!(env.wait_for(Duration::from_secs(5), || !is_alive(pid)));
 }
 
 #[test]

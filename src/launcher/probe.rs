@@ -97,10 +97,16 @@ pub async fn probe_service(paths: &Paths) -> Probe {
 }
 
 /// The pid of our live service: the holder of the pidfile, else the process
-/// serving the mountpoint (when the runtime dir was deleted under it).
+/// serving the mountpoint (when the runtime dir was deleted under it). The
+/// process table is only searched when a FUSE mount of ours is there, so a
+/// cold start does not pay for it.
 pub fn locate_service(paths: &Paths) -> Option<i32> {
-    crate::service::pidfile::holder(&paths.pidfile())
-        .or_else(|| crate::platform::find_service_process(&paths.mountpoint))
+    crate::service::pidfile::holder(&paths.pidfile()).or_else(|| {
+        let me = nix::unistd::geteuid().as_raw();
+        (crate::platform::fuse_mount_owner(&paths.mountpoint) == Some(me))
+            .then(|| crate::platform::find_service_process(&paths.mountpoint))
+            .flatten()
+    })
 }
 
 /// A connection the peer dropped says little: a service killed a moment ago

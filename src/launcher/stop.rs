@@ -1,6 +1,6 @@
 //! Stopping the service: ask it over the socket (`Shutdown`), or with SIGTERM
 //! when it does not answer, and wait until it is gone: its pidfile lock is
-//! free and the process has exited.
+//! free (its last act), or, when its pidfile was deleted, the process is gone.
 //!
 //! A service with active runtimes is not stopped unless forced: stopping it
 //! takes `/spfs` away from commands that are still running.
@@ -82,7 +82,7 @@ pub async fn stop_service(paths: &Paths, force: bool) -> Result<Option<i32>> {
     Ok(Some(pid))
 }
 
-/// Waits until nobody holds the pidfile lock and the process has exited.
+/// Waits until nobody holds the pidfile lock, or (no pidfile) the process is gone.
 async fn wait_until_gone(pid: i32, paths: &Paths) -> Result<()> {
     let started = Instant::now();
     let pidfile = paths.pidfile();
