@@ -186,8 +186,8 @@ async fn ensure(
 
     // 3. probe under the lock; loop only while an old service is going away.
     let mut attempt = 2;
-    // Whether we already waited for a live service that did not answer.
-    let mut waited_for_holder = false;
+    // The live service we already waited for, once, to answer or exit.
+    let mut waited_for: Option<i32> = None;
     loop {
         match logged_probe(config, attempt, phases).await {
             Probe::Serving(channel, _) => {
@@ -224,11 +224,11 @@ async fn ensure(
             // Our service is alive without answering: exiting (socket gone,
             // pidfile not yet), restoring a deleted socket, or stopped. Never
             // spawn over it: a new one could only fail with already_running.
-            unanswering @ Probe::Unanswering { .. } => {
-                if waited_for_holder {
-                    return Err(unanswering.refusal(paths));
+            Probe::Unanswering { pid } => {
+                if waited_for == Some(pid) {
+                    return Err(Probe::Unanswering { pid }.refusal(paths));
                 }
-                waited_for_holder = true;
+                waited_for = Some(pid);
                 wait_for_holder(paths, deadline, phases).await;
                 retry(&mut attempt, "the running service did not answer");
                 continue;
@@ -288,19 +288,18 @@ async fn ensure(
             ),
             // An old instance still holds the pidfile while it exits: wait
             // for it to go (or answer), then try again, once.
-            Outcome::Failed(Error::ServiceFailed { reason, .. })
-                if reason == "already_running" && !waited_for_holder =>
-            {
-                waited_for_holder = true;
-                wait_for_holder(paths, deadline, phases).await;
-                retry(&mut attempt, "an old service was still exiting");
-                continue;
-            }
             Outcome::Failed(Error::ServiceFailed { reason, .. }) if reason == "already_running" => {
-                return Err(match probe::locate_service(paths) {
-                    Some(pid) => Probe::Unanswering { pid }.refusal(paths),
-                    None => timeout("readiness_wait"),
-                });
+                match probe::locate_service(paths) {
+                    Some(pid) if waited_for == Some(pid) => {
+                        return Err(Probe::Unanswering { pid }.refusal(paths))
+                    }
+                    holder => {
+                        waited_for = holder;
+                        wait_for_holder(paths, deadline, phases).await;
+                        retry(&mut attempt, "an old service was still exiting");
+                        continue;
+                    }
+                }
             }
             Outcome::Failed(err) => return Err(err),
         }
