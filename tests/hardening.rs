@@ -727,11 +727,22 @@ fn a_huge_ref_is_never_echoed_whole() {
         "{} bytes",
         stderr(&output).len()
     );
+    // A long ref that mounts: its env_spec is shortened in every log line.
+    let long_ok = vec!["base"; 300].join("+");
+    run_ok(&mut env.spfs(&["run", &long_ok, "--", "true"]));
     for line in env
         .log_lines("spfs")
         .iter()
         .chain(&env.log_lines("spfs-fuse-macos"))
     {
+        if let Some(spec) = line["env_spec"].as_str() {
+            assert!(
+                spec.len() <= 203,
+                "env_spec of {} bytes in {}",
+                spec.len(),
+                line["event"]
+            );
+        }
         let text = line.to_string();
         assert!(
             text.len() < 2_000,

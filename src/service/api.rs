@@ -158,7 +158,7 @@ impl VfsService for Api {
                 tracing::info!(
                     event = "service.mount",
                     root_pid = runtime.root_pid,
-                    env_spec = runtime.env_spec.as_str(),
+                    env_spec = crate::tracking::env_spec::shorten(&runtime.env_spec),
                     active_runtimes = self.runtimes.len(),
                     elapsed_ms,
                     "runtime started"

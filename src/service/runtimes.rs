@@ -177,7 +177,7 @@ impl Runtimes {
         tracing::info!(
             event = "service.unmount",
             root_pid = pid,
-            env_spec = removed.runtime.env_spec.as_str(),
+            env_spec = crate::tracking::env_spec::shorten(&removed.runtime.env_spec),
             reason,
             active_runtimes = self.len(),
             live_views = self.router.live_views(),
