@@ -1178,3 +1178,42 @@ fn a_runtime_dir_pre_created_by_another_user_gets_the_exact_fix() {
     );
     assert!(text.contains("export SPFS_RUNTIME_DIR="), "{text}");
 }
+
+/// SIGKILLs a process on drop (a service started outside the env's runtime dir).
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if is_alive(self.0) {
+            let _ = kill(Pid::from_raw(self.0), Signal::SIGKILL);
+        }
+    }
+}
+
+#[test]
+fn a_runtime_dir_whose_parent_is_gone_shuts_the_service_down_cleanly() {
+    let env = TestEnv::new();
+    // As after a logout: the runtime dir's parent ($XDG_RUNTIME_DIR) goes.
+    let parent = env.root.path().join("xdg-run");
+    let runtime_dir = parent.join("spfs");
+    std::fs::create_dir_all(&parent).unwrap();
+    let output = run_ok(
+        env.spfs(&["service", "start"])
+            .env("SPFS_RUNTIME_DIR", &runtime_dir),
+    );
+    let pid: i32 = spfs::service::pidfile::read_pid(&runtime_dir.join("service.pid"))
+        .unwrap_or_else(|| panic!("no pid: {}", stdout(&output)));
+    let _kill = KillOnDrop(pid);
+    std::fs::remove_dir_all(&parent).unwrap();
+    assert!(
+        env.wait_for(Duration::from_secs(10), || !is_alive(pid)),
+        "the service stopped"
+    );
+    assert!(!env.is_mounted());
+    let lost = env.service_events("service.runtime_dir_lost");
+    assert_eq!(lost.len(), 1);
+    assert_eq!(
+        env.service_events("service.shutdown").last().unwrap()["reason"],
+        "runtime_dir_lost"
+    );
+}
