@@ -458,3 +458,36 @@ fn read_tail(path: &Path, offset: u64) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..].join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_service_gets_what_it_reads_and_nothing_else() {
+        for kept in [
+            "PATH",
+            "HOME",
+            "USER",
+            "LANG",
+            "LC_ALL",
+            "XDG_STATE_HOME",
+            "SPFS_LOG",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "RUST_BACKTRACE",
+        ] {
+            assert!(passed_to_service(kept), "{kept}");
+        }
+        for dropped in [
+            "AWS_SECRET_ACCESS_KEY",
+            "GITHUB_TOKEN",
+            "LD_PRELOAD",
+            "SSH_AUTH_SOCK",
+            "TRACEPARENT",
+            READY_FD_VAR,
+            "SPFS_RUNTIME_DIR",
+        ] {
+            assert!(!passed_to_service(dropped), "{dropped}");
+        }
+    }
+}

@@ -105,3 +105,34 @@ async fn accept(listener: UnixListener, connections: mpsc::Sender<io::Result<Uni
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::StreamExt;
+
+    #[tokio::test]
+    async fn a_deleted_socket_is_noticed_and_bound_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vfs.sock");
+        let (socket, mut incoming) = ControlSocket::bind(&path).unwrap();
+        assert!(socket.is_intact());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+
+        std::fs::remove_file(&path).unwrap();
+        assert!(!socket.is_intact());
+        socket.rebind().unwrap();
+        assert!(socket.is_intact());
+        let _client = UnixStream::connect(&path).await.unwrap();
+        let accepted = tokio::time::timeout(Duration::from_secs(5), incoming.next()).await;
+        assert!(matches!(accepted, Ok(Some(Ok(_)))));
+
+        // Replaced by someone else's file: not ours, so not removed.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "other").unwrap();
+        assert!(!socket.is_intact());
+        socket.remove();
+        assert!(path.exists());
+    }
+}
