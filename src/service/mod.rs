@@ -396,6 +396,10 @@ fn watch_runtime_dir(paths: Paths, started: &Started) {
                 continue;
             }
             match restore(&paths, &pidfile, &socket, pidfile_intact) {
+                // Another service took the new pidfile in the meantime (a
+                // launcher that could not find us): it cannot mount over us
+                // and leaves; restore after it.
+                Err(crate::error::Error::PidFile(PidFileError::AlreadyRunning(_))) => continue,
                 Ok(()) => tracing::warn!(
                     event = "service.socket_restored",
                     socket = %paths.socket().display(),
