@@ -130,6 +130,13 @@ pub enum Error {
         log: PathBuf,
     },
 
+    /// A path or environment variable for the service holds a NUL byte,
+    /// which no `exec` can pass.
+    #[error(
+        "cannot start the service: {what:?}... contains a NUL byte; fix that path or variable"
+    )]
+    NulByte { what: String },
+
     /// The connection to the service broke in the middle of a call.
     #[error(
         "the service stopped answering during {during} ({detail}): it died or was killed, so the command was not run.\n  fix: run it again; the next command starts a new service. If it keeps happening, see {log}"
@@ -238,6 +245,7 @@ impl Error {
             Error::RuntimeDirParentGone { .. } => "runtime_dir_lost",
             Error::RuntimesActive { .. } => "runtimes_active",
             Error::ServiceLost { .. } => "service_lost",
+            Error::NulByte { .. } => "nul_byte",
             Error::StopTimeout { .. } => "stop_timeout",
             Error::PidFile(_) => "pidfile",
             Error::Io { .. } => "io",

@@ -131,8 +131,12 @@ pub fn spawn(binary: &Path, config: &Config) -> Result<Starting> {
     // Everything the children need is allocated before fork: after it, only
     // async-signal-safe calls are allowed in a multithreaded process.
     let cstring = |bytes: &[u8]| {
-        CString::new(bytes)
-            .map_err(|_| Error::Config("a path or variable contains a NUL byte".into()))
+        CString::new(bytes).map_err(|_| Error::NulByte {
+            what: String::from_utf8_lossy(bytes.split(|b| *b == 0).next().unwrap_or_default())
+                .chars()
+                .take(60)
+                .collect(),
+        })
     };
     let program = cstring(binary.as_os_str().as_bytes())?;
     let mut argv = vec![

@@ -53,7 +53,12 @@ impl From<MountError> for Status {
             MountError::NotAnAncestor { .. }
             | MountError::OtherUser { .. }
             | MountError::UnknownCaller => Status::permission_denied(err.to_string()),
-            _ => Status::invalid_argument(err.to_string()),
+            // Listed one by one: a new variant must choose its code here.
+            MountError::BadPid(_)
+            | MountError::NoSuchProcess(_)
+            | MountError::SpecTooLong(_)
+            | MountError::Spec(_)
+            | MountError::RelativeRepository(_) => Status::invalid_argument(err.to_string()),
         }
     }
 }
