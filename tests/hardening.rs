@@ -607,6 +607,14 @@ fn a_stopped_service_holding_the_mount_is_named_by_status_stop_and_doctor() {
         assert!(text.contains(&format!("pid {pid}")), "{args:?}: {text}");
         assert!(!text.contains("not running"), "{args:?}: {text}");
     }
+    // doctor's mountpoint check names the pid of the service that hangs it.
+    let output = env.spfs(&["doctor"]).output().unwrap();
+    let text = stdout(&output);
+    let line = text
+        .lines()
+        .find(|l| l.contains("mountpoint:"))
+        .unwrap_or_default();
+    assert!(line.contains(&format!("pid {pid}")), "{text}");
 }
 
 #[test]

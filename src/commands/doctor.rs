@@ -166,11 +166,21 @@ fn check_mountpoint(config: &Config) -> Check {
         let _ = tx.send(std::fs::metadata(&probe_path));
     });
     match rx.recv_timeout(Duration::from_secs(2)) {
-        Err(_) => fail(
-            name,
-            format!("{} did not answer within 2 s (a hung service?)", path.display()),
-            "spfs service stop; if that hangs, kill -9 the service pid from `spfs service status`",
-        ),
+        Err(_) => match crate::launcher::probe::locate_service(&config.paths) {
+            Some(pid) => fail(
+                name,
+                format!(
+                    "{} did not answer within 2 s: its service (pid {pid}) is stopped or hung",
+                    path.display()
+                ),
+                format!("`kill -CONT {pid}` if you stopped it; otherwise `spfs service stop` (or `kill -9 {pid}`)"),
+            ),
+            None => fail(
+                name,
+                format!("{} did not answer within 2 s (a hung service?)", path.display()),
+                "spfs service stop; if that hangs, kill -9 the service pid from `spfs service status`",
+            ),
+        },
         Ok(Ok(meta)) if meta.is_dir() => {
             use std::os::unix::fs::MetadataExt;
             match crate::fs::check_mountpoint_owner(&path, meta.uid(), nix::unistd::geteuid().as_raw()) {

@@ -3,7 +3,9 @@
 //! free (its last act), or, when its pidfile was deleted, the process is gone.
 //!
 //! A service with active runtimes is not stopped unless forced: stopping it
-//! takes `/spfs` away from commands that are still running.
+//! takes `/spfs` away from commands that are still running. A service that
+//! does not answer (stopped, hung) cannot list its runtimes; it gets SIGTERM
+//! (and SIGCONT) all the same, since that is the only way to get it back.
 
 use std::time::{Duration, Instant};
 
