@@ -130,6 +130,12 @@ pub enum Error {
         log: PathBuf,
     },
 
+    /// A ref longer than the service accepts; refused before any service starts.
+    #[error(
+        "the ref is {bytes} bytes; at most {max} are accepted.\n  fix: give fewer or shorter items, or make a platform of them once with `spfs commit --ref` and run that"
+    )]
+    RefTooLong { bytes: usize, max: usize },
+
     /// A path or environment variable for the service holds a NUL byte,
     /// which no `exec` can pass.
     #[error(
@@ -246,6 +252,7 @@ impl Error {
             Error::RuntimesActive { .. } => "runtimes_active",
             Error::ServiceLost { .. } => "service_lost",
             Error::NulByte { .. } => "nul_byte",
+            Error::RefTooLong { .. } => "ref_too_long",
             Error::StopTimeout { .. } => "stop_timeout",
             Error::PidFile(_) => "pidfile",
             Error::Io { .. } => "io",

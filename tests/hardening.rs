@@ -723,6 +723,12 @@ fn a_huge_ref_is_never_echoed_whole() {
         "{} bytes",
         stderr(&output).len()
     );
+    assert!(stderr(&output).contains("65536"), "{}", stderr(&output));
+    assert_eq!(
+        env.service_pid(),
+        None,
+        "a ref the service must refuse starts no service"
+    );
     // A ref that parses but does not resolve goes through the service.
     let long_dir = format!("/{}", "d".repeat(5_000));
     let output = env

@@ -125,6 +125,12 @@ fn check_root_process(pid: i32, force: bool) -> std::result::Result<(), String> 
 /// Checks the ref's syntax (so a typo never starts a service) and reads the
 /// caller's spfs configuration: the repositories the ref means, local first.
 fn repositories_for(reference: &str) -> Result<Vec<String>> {
+    if reference.len() > crate::service::MAX_ENV_SPEC_BYTES {
+        return Err(Error::RefTooLong {
+            bytes: reference.len(),
+            max: crate::service::MAX_ENV_SPEC_BYTES,
+        });
+    }
     env_spec::parse(reference)?;
     let roots = SpfsConfig::load()?.runtime_repositories()?;
     Ok(roots
