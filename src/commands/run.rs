@@ -166,13 +166,25 @@ async fn ensure_and_mount(
                 );
                 attempt += 1;
             }
-            // The connection broke mid-call: the service died (kill -9, crash).
+            // The connection broke mid-call. A service that died (kill -9, a
+            // crash) leaves a dead FUSE mount: say so, do not retry into a
+            // crash loop. One that is stopping (idle timeout) unmounts
+            // cleanly, like an UNAVAILABLE: retry.
             Err(status) if is_transport_failure(&status) => {
-                return Err(Error::ServiceLost {
-                    during: "Mount",
-                    detail: status.message().to_owned(),
-                    log: config.paths.service_log(),
-                })
+                if attempt >= MOUNT_ATTEMPTS || service_died(config) {
+                    return Err(Error::ServiceLost {
+                        during: "Mount",
+                        detail: status.message().to_owned(),
+                        log: config.paths.service_log(),
+                    });
+                }
+                tracing::info!(
+                    event = "launcher.retry",
+                    attempt,
+                    reason = "the connection broke during Mount while the service stopped",
+                    "starting the service again"
+                );
+                attempt += 1;
             }
             Err(status) => {
                 return Err(Error::rpc(
@@ -183,6 +195,13 @@ async fn ensure_and_mount(
             Ok(()) => return Ok(()),
         }
     }
+}
+
+/// Whether the service left a dead FUSE mount behind (ENOTCONN), as a killed
+/// or crashed service does; a service that stops cleanly unmounts first.
+fn service_died(config: &Config) -> bool {
+    std::fs::metadata(&config.paths.mountpoint)
+        .is_err_and(|err| platform::is_stale_mount_error(&err))
 }
 
 /// A status made by the client from a broken connection rather than sent
