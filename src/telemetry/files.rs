@@ -18,7 +18,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -61,13 +61,39 @@ pub fn current_file_name(prefix: &str) -> String {
     )
 }
 
-/// Opens a log file for appending: created 0600, never through a symlink.
+/// Opens a log file for appending: created 0600, never through a symlink,
+/// and only if it is a regular file of ours with no other name (a hard link
+/// to someone else's file is refused); an older file left 0644 becomes 0600.
 pub fn open_private(path: &Path) -> io::Result<File> {
+    let file = open_nofollow(path)?;
+    let meta = file.metadata()?;
+    let refuse = |why: String| {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{}: {why}; remove it", path.display()),
+        ))
+    };
+    if !meta.is_file() {
+        return refuse("not a regular file".into());
+    }
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        return refuse(format!("owned by uid {}, not by you", meta.uid()));
+    }
+    if meta.nlink() > 1 {
+        return refuse(format!("it has {} hard links", meta.nlink()));
+    }
+    if meta.mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(file)
+}
+
+fn open_nofollow(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
         .map_err(|err| match err.raw_os_error() {
             Some(libc::ELOOP) => io::Error::new(
@@ -305,7 +331,6 @@ mod tests {
 
     #[test]
     fn files_are_private_and_symlinks_are_not_followed() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let logs = dir.path().join("logs");
         let log = DailyLog::open(&logs, "spfs").unwrap();
@@ -319,6 +344,16 @@ mod tests {
         let err = open_private(&logs.join("other.log")).unwrap_err();
         assert!(err.to_string().contains("symlink"), "{err}");
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+
+        // A hard link to another file, and an old world-readable file.
+        std::fs::hard_link(&victim, logs.join("linked.log")).unwrap();
+        let err = open_private(&logs.join("linked.log")).unwrap_err();
+        assert!(err.to_string().contains("hard links"), "{err}");
+        let old = logs.join("old.log");
+        std::fs::write(&old, "").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        open_private(&old).unwrap();
+        assert_eq!(mode(&old), 0o600);
     }
 
     #[test]
