@@ -22,6 +22,14 @@ pub enum Error {
         fix: String,
     },
 
+    /// The log dir exists but is not safe to write to.
+    #[error("log dir {path} is unsafe: {problem}.\n  fix: {fix}")]
+    UnsafeLogDir {
+        path: PathBuf,
+        problem: String,
+        fix: String,
+    },
+
     #[error(
         "cannot find the service binary `spfs-fuse-macos`; looked in: {}.\n  fix: install it beside `spfs`, put it on PATH, or set SPFS_FUSE_SERVICE_BIN to its full path",
         looked.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
@@ -33,6 +41,23 @@ pub enum Error {
         "something is listening on {socket} but it does not answer grpc.health.v1/Check ({detail}).\n  fix: stop the program that owns that socket, or point SPFS_RUNTIME_DIR at another directory"
     )]
     ForeignListener { socket: PathBuf, detail: String },
+
+    /// Our service is alive but does not answer on its socket.
+    #[error(
+        "the spfs service (pid {pid}) is running but does not answer on {socket}: it is stopped (SIGSTOP), hung, or its socket was deleted.\n  fix: if you stopped it, `kill -CONT {pid}`; otherwise `kill {pid}` (`kill -9 {pid}` if it stays), then retry; its log: {log}"
+    )]
+    ServiceNotAnswering {
+        pid: i32,
+        socket: PathBuf,
+        log: PathBuf,
+    },
+
+    /// A probe result that the caller has no use for (a bug if seen).
+    #[error("unexpected probe result {found} on {socket}")]
+    UnexpectedProbe {
+        found: &'static str,
+        socket: PathBuf,
+    },
 
     #[error(
         "the service on {socket} answered NOT_SERVING for {waited:?} and never became ready.\n  fix: see its log {log}; stop it with `spfs service stop` and retry"
@@ -72,6 +97,70 @@ pub enum Error {
         stderr_tail: String,
     },
 
+    /// The service said it was ready, then stopped before it could be used,
+    /// every time it was started.
+    #[error(
+        "the service stopped right after it said it was ready ({attempts} attempts; the last Check found it {found}).\n  fix: see its log {log}; if SPFS_SERVICE_IDLE_TIMEOUT is set, make it longer"
+    )]
+    StoppedAfterReady {
+        found: &'static str,
+        attempts: u32,
+        log: PathBuf,
+    },
+
+    /// `spfs service stop` without `--force` while commands use `/spfs`.
+    #[error(
+        "not stopping the service (pid {pid}): {} runtime(s) are active, and their commands would lose /spfs:{}\n  fix: wait for them to finish, or `spfs service stop --force`",
+        runtimes.len(),
+        runtime_lines(runtimes)
+    )]
+    RuntimesActive {
+        pid: i32,
+        runtimes: Vec<ActiveRuntime>,
+    },
+
+    /// The service did not exit in time after it was asked to stop.
+    #[error(
+        "the service (pid {pid}) did not stop within {}s.\n  fix: see {log}; end it with `kill -9 {pid}`",
+        waited.as_secs()
+    )]
+    StopTimeout {
+        pid: i32,
+        waited: Duration,
+        log: PathBuf,
+    },
+
+    /// A ref longer than the service accepts; refused before any service starts.
+    #[error(
+        "the ref is {bytes} bytes; at most {max} are accepted.\n  fix: give fewer or shorter items, or make a platform of them once with `spfs commit --ref` and run that"
+    )]
+    RefTooLong { bytes: usize, max: usize },
+
+    /// A path or environment variable for the service holds a NUL byte,
+    /// which no `exec` can pass.
+    #[error(
+        "cannot start the service: {what:?}... contains a NUL byte; fix that path or variable"
+    )]
+    NulByte { what: String },
+
+    /// The connection to the service broke in the middle of a call.
+    #[error(
+        "the service stopped answering during {during} ({detail}): it died or was killed, so the command was not run.\n  fix: run it again; the next command starts a new service. If it keeps happening, see {log}"
+    )]
+    ServiceLost {
+        during: &'static str,
+        detail: String,
+        log: PathBuf,
+    },
+
+    /// The directory holding the runtime dir is gone (after logout).
+    #[error("the runtime dir's parent {parent} no longer exists (after a logout?)")]
+    RuntimeDirParentGone { parent: PathBuf },
+
+    /// The pidfile cannot be used (a symlink or FIFO at its path, or I/O).
+    #[error(transparent)]
+    PidFile(#[from] crate::service::pidfile::PidFileError),
+
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -96,6 +185,28 @@ pub enum Error {
         context: String,
         status: tonic::Status,
     },
+}
+
+/// A runtime named in [`Error::RuntimesActive`].
+#[derive(Debug, Clone)]
+pub struct ActiveRuntime {
+    pub root_pid: i64,
+    /// Shortened for display.
+    pub env_spec: String,
+}
+
+fn runtime_lines(runtimes: &[ActiveRuntime]) -> String {
+    runtimes
+        .iter()
+        .map(|r| {
+            let spec = if r.env_spec.is_empty() {
+                "-"
+            } else {
+                &r.env_spec
+            };
+            format!("\n    pid {:<8} {spec}", r.root_pid)
+        })
+        .collect()
 }
 
 fn tail_block(tail: &str) -> String {
@@ -127,12 +238,23 @@ impl Error {
         match self {
             Error::Config(_) => "config",
             Error::UnsafeRuntimeDir { .. } => "unsafe_runtime_dir",
+            Error::UnsafeLogDir { .. } => "unsafe_log_dir",
             Error::ServiceBinaryNotFound { .. } => "binary_not_found",
             Error::ForeignListener { .. } => "foreign_listener",
             Error::NotServing { .. } => "not_serving",
+            Error::ServiceNotAnswering { .. } => "not_answering",
+            Error::UnexpectedProbe { .. } => "unexpected_probe",
             Error::StartTimeout { .. } => "timeout",
             Error::ServiceFailed { reason, .. } => reason,
             Error::ServiceDied { .. } => "service_died",
+            Error::StoppedAfterReady { .. } => "stopped_after_ready",
+            Error::RuntimeDirParentGone { .. } => "runtime_dir_lost",
+            Error::RuntimesActive { .. } => "runtimes_active",
+            Error::ServiceLost { .. } => "service_lost",
+            Error::NulByte { .. } => "nul_byte",
+            Error::RefTooLong { .. } => "ref_too_long",
+            Error::StopTimeout { .. } => "stop_timeout",
+            Error::PidFile(_) => "pidfile",
             Error::Io { .. } => "io",
             Error::SpfsConfig(_) => "spfs_config",
             Error::Storage(_) => "storage",

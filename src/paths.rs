@@ -114,18 +114,55 @@ pub fn check_socket_path(socket: &Path) -> Result<()> {
 
 /// The ownership and mode rules, separate so `spfs doctor`-style checks can reuse them.
 pub fn check_runtime_dir(dir: &Path) -> Result<()> {
-    let unsafe_dir = |problem: String, fix: String| Error::UnsafeRuntimeDir {
-        path: dir.to_owned(),
-        problem,
-        fix,
-    };
+    check_private_dir(
+        dir,
+        "runtime dir",
+        ("SPFS_RUNTIME_DIR", "$HOME/.spfs-run"),
+        |problem, fix| Error::UnsafeRuntimeDir {
+            path: dir.to_owned(),
+            problem,
+            fix,
+        },
+    )
+}
+
+/// Creates the log dir (mode 0700) if needed and applies the runtime dir's
+/// rules to it: our lines must not go where another user can redirect them.
+pub fn ensure_log_dir(dir: &Path) -> Result<()> {
+    if let Err(err) = DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+        return Err(Error::io(
+            format!("cannot create log dir {}", dir.display()),
+            err,
+        ));
+    }
+    check_private_dir(
+        dir,
+        "log dir",
+        ("SPFS_LOG_DIR", "$HOME/.spfs-logs"),
+        |problem, fix| Error::UnsafeLogDir {
+            path: dir.to_owned(),
+            problem,
+            fix,
+        },
+    )
+}
+
+/// A directory that is ours alone: not a symlink, a directory, owned by us,
+/// not writable by group or others. `setting` is the variable that moves it
+/// and a safe value to suggest; `unsafe_dir(problem, fix)` makes the error.
+fn check_private_dir(
+    dir: &Path,
+    what: &str,
+    (variable, fallback): (&str, &str),
+    unsafe_dir: impl Fn(String, String) -> Error,
+) -> Result<()> {
     let meta = std::fs::symlink_metadata(dir)
-        .map_err(|err| Error::io(format!("cannot inspect runtime dir {}", dir.display()), err))?;
+        .map_err(|err| Error::io(format!("cannot inspect {what} {}", dir.display()), err))?;
     if meta.file_type().is_symlink() {
         return Err(unsafe_dir(
             "it is a symlink".into(),
             format!(
-                "remove the symlink {} or set SPFS_RUNTIME_DIR to a real directory you own",
+                "remove the symlink {} or set {variable} to a real directory you own",
                 dir.display()
             ),
         ));
@@ -133,14 +170,20 @@ pub fn check_runtime_dir(dir: &Path) -> Result<()> {
     if !meta.is_dir() {
         return Err(unsafe_dir(
             "it is not a directory".into(),
-            format!("remove {} or set SPFS_RUNTIME_DIR elsewhere", dir.display()),
+            format!("remove {} or set {variable} elsewhere", dir.display()),
         ));
     }
     let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != me {
         return Err(unsafe_dir(
-            format!("it is owned by uid {}, not by you (uid {me})", meta.uid()),
-            "set SPFS_RUNTIME_DIR to a directory of your own, or have its owner remove it".into(),
+            format!(
+                "it is owned by uid {}, not by you (uid {me}): another user created it first",
+                meta.uid()
+            ),
+            format!(
+                "have that user or an admin remove it (`sudo rm -r {}`); until then, `export {variable}={fallback}` (any directory of your own)",
+                dir.display(),
+            ),
         ));
     }
     let mode = meta.mode() & 0o777;

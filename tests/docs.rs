@@ -17,7 +17,9 @@ fn documented() -> BTreeMap<String, BTreeSet<String>> {
     for line in LOGGING_MD.lines() {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
         if cells.len() < 5
-            || !cells[1].starts_with("`launcher.") && !cells[1].starts_with("`service.")
+            || !["`launcher.", "`service.", "`log."]
+                .iter()
+                .any(|prefix| cells[1].starts_with(prefix))
         {
             continue;
         }
@@ -54,8 +56,12 @@ fn events_in_code(dir: &Path, found: &mut BTreeSet<String>) {
                 if line.trim_start().starts_with("//") {
                     continue;
                 }
-                if let Some(rest) = line.split("event = \"").nth(1) {
-                    found.insert(rest.split('"').next().unwrap().to_owned());
+                // `tracing` macros, and lines written by hand as JSON
+                // (`telemetry::files` reports dropped lines that way).
+                for marker in ["event = \"", "\"event\": \""] {
+                    if let Some(rest) = line.split(marker).nth(1) {
+                        found.insert(rest.split('"').next().unwrap().to_owned());
+                    }
                 }
             }
         }

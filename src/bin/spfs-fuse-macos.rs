@@ -27,6 +27,9 @@ enum Command {
         /// Ask the running service to stop, and wait until it has gone
         #[arg(long, conflicts_with = "mountpoint")]
         stop: bool,
+        /// With --stop: stop even though runtimes are active
+        #[arg(long, requires = "stop")]
+        force: bool,
         /// Stop after this long with no active runtime and no request: seconds (`600`, `2.5`) or `500ms`
         #[arg(long, value_name = "DURATION", value_parser = parse_idle)]
         idle_timeout: Option<std::time::Duration>,
@@ -36,6 +39,9 @@ enum Command {
         /// Root of the process tree: yourself or one of your ancestors
         #[arg(long, value_name = "PID")]
         root_process: Option<i32>,
+        /// Allow PID 1, or a process outside your session (their whole tree sees the layers)
+        #[arg(long)]
+        force: bool,
         #[arg(value_name = "REF")]
         reference: String,
     },
@@ -49,9 +55,9 @@ fn main() -> ExitCode {
     // Before any thread exists: this reads and clears an environment variable.
     let notifier = ReadyNotifier::from_env();
     let code = match Cli::parse().command {
-        Command::Service { stop: true, .. } => {
-            spfs::commands::stop("spfs-fuse-macos service --stop")
-        }
+        Command::Service {
+            stop: true, force, ..
+        } => spfs::commands::stop("spfs-fuse-macos service --stop", force),
         Command::Service {
             mountpoint,
             idle_timeout,
@@ -60,7 +66,8 @@ fn main() -> ExitCode {
         Command::Mount {
             root_process,
             reference,
-        } => spfs::commands::mount(root_process, &reference),
+            force,
+        } => spfs::commands::mount(root_process, &reference, force),
     };
     spfs::telemetry::flush();
     code

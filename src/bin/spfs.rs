@@ -243,8 +243,12 @@ enum RuntimeAction {
 enum ServiceAction {
     /// Start the service if it is not running
     Start,
-    /// Stop the service and wait until it has gone
-    Stop,
+    /// Stop the service and wait until it has gone (refused while runtimes are active)
+    Stop {
+        /// Stop even though runtimes are active: their commands lose /spfs
+        #[arg(long)]
+        force: bool,
+    },
     /// Show the service and its active runtimes (exit 3 if not running)
     Status {
         /// Print JSON
@@ -366,7 +370,7 @@ fn main() -> ExitCode {
         Command::Doctor => spfs::commands::doctor(),
         Command::Service { action } => match action {
             ServiceAction::Start => spfs::commands::start(),
-            ServiceAction::Stop => spfs::commands::stop("spfs service stop"),
+            ServiceAction::Stop { force } => spfs::commands::stop("spfs service stop", force),
             ServiceAction::Status { json } => spfs::commands::status(json),
             ServiceAction::Logs {
                 follow,

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use super::client_runtime;
+use super::runner::{self, Out};
 use crate::config::Config;
-use crate::launcher::probe::{probe, Probe};
+use crate::launcher::probe::{probe_service, Probe};
 use crate::launcher::spawn::find_service_binary;
 use crate::paths::{self, LAUNCHER_LOG_PREFIX};
 use crate::platform;
@@ -39,11 +40,17 @@ fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -
 }
 
 pub fn doctor() -> ExitCode {
+    runner::run("spfs doctor", run_checks)
+}
+
+fn run_checks() -> crate::error::Result<ExitCode> {
+    let mut out = Out::new();
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(err) => {
-            println!("[FAIL] settings: {err}");
-            return ExitCode::FAILURE;
+            out.line(format_args!("[FAIL] settings: {err}"))?;
+            out.finish()?;
+            return Ok(ExitCode::FAILURE);
         }
     };
     let checks = vec![
@@ -57,17 +64,18 @@ pub fn doctor() -> ExitCode {
     let mut all_passed = true;
     for check in &checks {
         let mark = if check.passed { "[ok]  " } else { "[FAIL]" };
-        println!("{mark} {}: {}", check.name, check.detail);
+        out.line(format_args!("{mark} {}: {}", check.name, check.detail))?;
         if let Some(fix) = &check.fix {
-            println!("       fix: {fix}");
+            out.line(format_args!("       fix: {fix}"))?;
         }
         all_passed &= check.passed;
     }
-    if all_passed {
+    out.finish()?;
+    Ok(if all_passed {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    }
+    })
 }
 
 fn check_fuse() -> Check {
@@ -147,6 +155,10 @@ fn check_runtime_dir(config: &Config) -> Check {
 fn check_mountpoint(config: &Config) -> Check {
     let name = "mountpoint";
     let path = config.paths.mountpoint.clone();
+    if let Err(message) = crate::fs::check_not_another_users_mount(&path) {
+        let (what, fix) = message.split_once(" To fix it: ").unwrap_or((&message, ""));
+        return fail(name, what, fix);
+    }
     // A hung FUSE server would block a stat forever: ask on a thread, wait briefly.
     let (tx, rx) = std::sync::mpsc::channel();
     let probe_path = path.clone();
@@ -154,11 +166,21 @@ fn check_mountpoint(config: &Config) -> Check {
         let _ = tx.send(std::fs::metadata(&probe_path));
     });
     match rx.recv_timeout(Duration::from_secs(2)) {
-        Err(_) => fail(
-            name,
-            format!("{} did not answer within 2 s (a hung service?)", path.display()),
-            "spfs service stop; if that hangs, kill -9 the service pid from `spfs service status`",
-        ),
+        Err(_) => match crate::launcher::probe::locate_service(&config.paths) {
+            Some(pid) => fail(
+                name,
+                format!(
+                    "{} did not answer within 2 s: its service (pid {pid}) is stopped or hung",
+                    path.display()
+                ),
+                format!("`kill -CONT {pid}` if you stopped it; otherwise `spfs service stop` (or `kill -9 {pid}`)"),
+            ),
+            None => fail(
+                name,
+                format!("{} did not answer within 2 s (a hung service?)", path.display()),
+                "spfs service stop; if that hangs, kill -9 the service pid from `spfs service status`",
+            ),
+        },
         Ok(Ok(meta)) if meta.is_dir() => {
             use std::os::unix::fs::MetadataExt;
             match crate::fs::check_mountpoint_owner(&path, meta.uid(), nix::unistd::geteuid().as_raw()) {
@@ -200,7 +222,7 @@ fn check_mountpoint(config: &Config) -> Check {
 async fn check_service(config: &Config) -> Check {
     let name = "service";
     let socket = config.paths.socket();
-    match probe(&socket).await {
+    match probe_service(&config.paths).await {
         Probe::Serving(_, version) => {
             let version = version.unwrap_or_else(|| "unknown".into());
             if version == VERSION {
@@ -236,6 +258,14 @@ async fn check_service(config: &Config) -> Check {
                 socket.display()
             ),
             "stop the program that owns that socket, or set SPFS_RUNTIME_DIR elsewhere",
+        ),
+        Probe::Unanswering { pid } => fail(
+            name,
+            format!(
+                "the service (pid {pid}) is running but does not answer on {}: stopped (SIGSTOP), hung, or its socket was deleted",
+                socket.display()
+            ),
+            format!("`kill -CONT {pid}` if you stopped it; otherwise `kill {pid}` (`kill -9 {pid}` if it stays); the next `spfs run` starts a new one"),
         ),
         Probe::Unreachable(err) => fail(
             name,

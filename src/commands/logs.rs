@@ -4,8 +4,9 @@
 
 use std::process::ExitCode;
 
-use super::report;
+use super::runner::{self, Out};
 use crate::config::Config;
+use crate::error::{Error, Result};
 use crate::paths::{LAUNCHER_LOG_PREFIX, SERVICE_LOG_PREFIX};
 use crate::telemetry::reader;
 
@@ -17,45 +18,59 @@ pub struct LogsOptions {
 }
 
 pub fn logs(options: LogsOptions) -> ExitCode {
-    let tool = "spfs service logs";
-    let config = match Config::from_env() {
-        Ok(config) => config,
-        Err(err) => return report(tool, &err),
-    };
+    runner::run("spfs service logs", || show_logs(&options))
+}
+
+fn show_logs(options: &LogsOptions) -> Result<ExitCode> {
+    let config = Config::from_env()?;
     let paths = &config.paths;
     let (prefix, link) = if options.launcher {
         (LAUNCHER_LOG_PREFIX, paths.launcher_log())
     } else {
         (SERVICE_LOG_PREFIX, paths.service_log())
     };
-    let show = |line: &str| {
+    let mut out = Out::new();
+    let mut show = |line: &str| -> Result<()> {
         if options.json {
-            println!("{line}");
+            out.line(line)
         } else {
-            println!("{}", reader::readable(line));
+            out.line(reader::readable(line))
         }
     };
-    match reader::last_lines(&paths.log_dir, prefix, options.lines) {
-        Ok(lines) if lines.is_empty() && !options.follow => {
-            eprintln!(
-                "no log lines yet in {} (the log starts with the first run)",
-                link.display()
-            );
-        }
-        Ok(lines) => lines.iter().for_each(|l| show(l)),
-        Err(err) => {
-            eprintln!(
-                "{tool}: error: cannot read logs in {}: {err}",
-                paths.log_dir.display()
-            );
-            return ExitCode::FAILURE;
-        }
+    let lines = reader::last_lines(&paths.log_dir, prefix, options.lines).map_err(|e| {
+        Error::io(
+            format!("cannot read logs in {}", paths.log_dir.display()),
+            e,
+        )
+    })?;
+    if lines.is_empty() && !options.follow {
+        eprintln!(
+            "no log lines yet in {} (the log starts with the first run)",
+            link.display()
+        );
+    }
+    for line in &lines {
+        show(line)?;
     }
     if options.follow {
-        if let Err(err) = reader::follow(&link, show) {
-            eprintln!("{tool}: error: following {}: {err}", link.display());
-            return ExitCode::FAILURE;
-        }
+        out.flush()?;
+        reader::follow(&link, |line| {
+            // Keep the stdout error as it is, so a closed pipe ends us quietly.
+            let shown = if options.json {
+                out.line(line)
+            } else {
+                out.line(reader::readable(line))
+            };
+            shown.and_then(|()| out.flush()).map_err(|err| match err {
+                Error::Io { source, .. } => source,
+                other => std::io::Error::other(other.to_string()),
+            })
+        })
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => Error::io("cannot write to stdout", e),
+            _ => Error::io(format!("following {}", link.display()), e),
+        })?;
     }
-    ExitCode::SUCCESS
+    out.finish()?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,7 @@ mod inspect;
 mod logs;
 mod repo;
 mod run;
+mod runner;
 mod runtime;
 mod service;
 mod tags;
@@ -22,15 +23,12 @@ pub use runtime::{runtime_info, runtime_list, runtime_remove};
 pub use service::{serve, start, status, stop};
 pub use tags::{log, ls_tags, tag, tags, untag};
 
-use std::process::ExitCode;
-
 use crate::config::Config;
-use crate::error::Error;
 use crate::telemetry::{self, Program};
 
-/// Reads the config and starts the launcher's log, or explains what is wrong.
-fn launcher_setup(tool: &str) -> Result<Config, ExitCode> {
-    let config = Config::from_env().map_err(|err| report(tool, &err))?;
+/// Reads the config and starts the launcher's log.
+fn launcher_config() -> crate::error::Result<Config> {
+    let config = Config::from_env()?;
     telemetry::init(Program::Launcher, &config.paths.log_dir);
     Ok(config)
 }
@@ -41,10 +39,4 @@ fn client_runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("cannot create a tokio runtime")
-}
-
-/// Prints an error for the user and gives the exit status for it.
-fn report(tool: &str, err: &Error) -> ExitCode {
-    eprintln!("{tool}: error: {err}");
-    ExitCode::FAILURE
 }

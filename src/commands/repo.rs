@@ -1,10 +1,9 @@
 //! What the repository commands share: opening the repositories the user's
-//! spfs configuration names, writing to stdout so that a closed pipe ends the
-//! command the way it ends other Unix tools, a progress line on a terminal,
-//! and one runner that turns a command's `Result` into its exit status.
+//! spfs configuration names, resolving refs, and a progress line on a
+//! terminal. The runner and `Out` now live in `commands::runner`, shared by
+//! every command; they are re-exported here for the repository commands.
 
-use std::io::{IsTerminal, Write};
-use std::process::ExitCode;
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -16,62 +15,7 @@ use crate::storage::proxy::ProxyRepository;
 use crate::storage::tag::TagSpec;
 use crate::tracking::env_spec;
 
-/// Runs a repository command: its error goes to stderr as `TOOL: error: ...`
-/// with exit status 1; a closed stdout ends it as SIGPIPE ends `cat`.
-pub fn run(tool: &str, command: impl FnOnce() -> Result<ExitCode>) -> ExitCode {
-    match command() {
-        Ok(code) => code,
-        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
-            die_of_broken_pipe()
-        }
-        Err(err) => {
-            eprintln!("{tool}: error: {err}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// The reader went away (`spfs layers | head -1`): end quietly, with the
-/// status a shell shows for a tool killed by SIGPIPE.
-fn die_of_broken_pipe() -> ExitCode {
-    crate::telemetry::flush();
-    // SAFETY: restoring the default action and raising the signal in our own
-    // process; nothing else runs on this thread in between.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        libc::raise(libc::SIGPIPE);
-    }
-    ExitCode::from(141)
-}
-
-/// stdout for a command's results; write errors become [`Error::Io`].
-pub struct Out(std::io::BufWriter<std::io::StdoutLock<'static>>);
-
-impl Out {
-    pub fn new() -> Out {
-        Out(std::io::BufWriter::new(std::io::stdout().lock()))
-    }
-
-    pub fn line(&mut self, text: impl std::fmt::Display) -> Result<()> {
-        writeln!(self.0, "{text}").map_err(|e| Error::io("cannot write to stdout", e))
-    }
-
-    pub fn copy(&mut self, reader: &mut dyn std::io::Read) -> Result<u64> {
-        std::io::copy(reader, &mut self.0).map_err(|e| Error::io("cannot write to stdout", e))
-    }
-
-    pub fn finish(mut self) -> Result<()> {
-        self.0
-            .flush()
-            .map_err(|e| Error::io("cannot write to stdout", e))
-    }
-}
-
-impl Default for Out {
-    fn default() -> Self {
-        Out::new()
-    }
-}
+pub use super::runner::{run, Out};
 
 /// The repository a write goes to: `--remote NAME`, else the local one
 /// (created if it does not exist yet, as spfs does).

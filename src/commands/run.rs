@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use tracing::Instrument;
 
-use super::{client_runtime, launcher_setup, report};
+use super::runner::{self, Out};
+use super::{client_runtime, launcher_config};
 use crate::client::ControlClient;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -44,53 +45,52 @@ fn run_in_env(
     args: &[OsString],
     name: Option<&str>,
 ) -> ExitCode {
-    let config = match launcher_setup(tool) {
-        Ok(config) => config,
-        Err(code) => return code,
-    };
-    let repositories = match repositories_for(reference) {
-        Ok(repositories) => repositories,
-        Err(err) => return report(tool, &err),
-    };
-    let pid = std::process::id() as i32;
-    let name = name.map_or_else(|| runtime_name(pid), str::to_owned);
-    // One trace per command: the start (if any) and the Mount call are its children.
-    let span = tracing::info_span!("spfs.run", env_spec = reference);
-    let mounted = client_runtime().block_on(
-        ensure_and_mount(&config, pid, reference, &repositories, &name).instrument(span.clone()),
-    );
-    drop(span);
-    if let Err(err) = mounted {
+    runner::run(tool, || {
+        let config = launcher_config()?;
+        let repositories = repositories_for(reference)?;
+        let pid = std::process::id() as i32;
+        let name = name.map_or_else(|| runtime_name(pid), str::to_owned);
+        // One trace per command: the start (if any) and the Mount call are its children.
+        let span = tracing::info_span!("spfs.run", env_spec = env_spec::shorten(reference));
+        let mounted = client_runtime().block_on(
+            ensure_and_mount(&config, pid, reference, &repositories, &name)
+                .instrument(span.clone()),
+        );
+        drop(span);
+        if let Err(err) = mounted {
+            crate::telemetry::flush();
+            return Err(err);
+        }
+        tracing::info!(
+            event = "launcher.exec",
+            command = %program.to_string_lossy(),
+            "running the command"
+        );
+        // Spans and metrics go out now: exec ends this process image.
         crate::telemetry::flush();
-        return report(tool, &err);
-    }
-    tracing::info!(
-        event = "launcher.exec",
-        command = %program.to_string_lossy(),
-        "running the command"
-    );
-    // Spans and metrics go out now: exec ends this process image.
-    crate::telemetry::flush();
-    // Only returns on failure; the runtime then ends with this process. The
-    // name goes with the command and everything it starts, as spfs does, so
-    // a process that outlives its parents stays in the runtime.
-    let err = std::process::Command::new(program)
-        .args(args)
-        .env(crate::platform::RUNTIME_VAR, &name)
-        .exec();
-    eprintln!(
-        "{tool}: error: cannot run {}: {err}",
-        program.to_string_lossy()
-    );
-    ExitCode::from(match err.kind() {
-        std::io::ErrorKind::NotFound => 127,
-        _ => 126,
+        // Only returns on failure. The name goes with the command and
+        // everything it starts, as spfs does, so a process that outlives its
+        // parents stays in the runtime.
+        let err = std::process::Command::new(program)
+            .args(args)
+            .env(crate::platform::RUNTIME_VAR, &name)
+            .exec();
+        eprintln!(
+            "{tool}: error: cannot run {}: {err}",
+            program.to_string_lossy()
+        );
+        Ok(ExitCode::from(match err.kind() {
+            std::io::ErrorKind::NotFound => 127,
+            _ => 126,
+        }))
     })
 }
 
-/// `spfs-fuse-macos mount [--root-process PID] REF`, for scripts: the runtime
-/// belongs to `PID` (default: the caller, our parent) and its descendants.
-pub fn mount(root_process: Option<i32>, reference: &str) -> ExitCode {
+/// `spfs-fuse-macos mount [--root-process PID] [--force] REF`, for scripts:
+/// the runtime belongs to `PID` (default: the caller, our parent) and its
+/// descendants. PID 1 and processes outside the caller's session (whose
+/// trees hold other logins' processes) need `--force`.
+pub fn mount(root_process: Option<i32>, reference: &str, force: bool) -> ExitCode {
     let tool = "spfs-fuse-macos mount";
     let pid = root_process.unwrap_or_else(|| nix::unistd::getppid().as_raw());
     if !platform::is_self_or_ancestor(pid) {
@@ -99,20 +99,39 @@ pub fn mount(root_process: Option<i32>, reference: &str) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let config = match launcher_setup(tool) {
-        Ok(config) => config,
-        Err(code) => return code,
-    };
-    let repositories = match repositories_for(reference) {
-        Ok(repositories) => repositories,
-        Err(err) => return report(tool, &err),
-    };
-    match client_runtime().block_on(ensure_and_mount(&config, pid, reference, &repositories, "")) {
-        Ok(()) => {
-            println!("mounted {reference:?} for process {pid}");
-            ExitCode::SUCCESS
-        }
-        Err(err) => report(tool, &err),
+    if let Err(why) = check_root_process(pid, force) {
+        eprintln!("{tool}: error: {why}");
+        return ExitCode::from(2);
+    }
+    runner::run(tool, || {
+        let config = launcher_config()?;
+        let repositories = repositories_for(reference)?;
+        client_runtime().block_on(ensure_and_mount(&config, pid, reference, &repositories, ""))?;
+        let mut out = Out::new();
+        out.line(format_args!(
+            "mounted {:?} for process {pid}",
+            env_spec::shorten(reference)
+        ))?;
+        out.finish()?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// A root process whose tree is wider than the caller's login: PID 1 (every
+/// process on the machine) or one outside the caller's session.
+fn check_root_process(pid: i32, force: bool) -> std::result::Result<(), String> {
+    if force {
+        return Ok(());
+    }
+    let session = |p: i32| nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(p)));
+    if pid == 1 {
+        return Err("process 1 is the root of every process on this machine, so all of them would see these layers; pass --force if that is what you want".into());
+    }
+    match (session(pid), session(0)) {
+        (Ok(theirs), Ok(ours)) if theirs != ours => Err(format!(
+            "process {pid} is outside your session (session {theirs}, yours {ours}), so processes of other logins would see these layers; give a process of your own session, or pass --force"
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -127,6 +146,12 @@ fn runtime_name(pid: i32) -> String {
 /// Checks the ref's syntax (so a typo never starts a service) and reads the
 /// caller's spfs configuration: the repositories the ref means, local first.
 fn repositories_for(reference: &str) -> Result<Vec<String>> {
+    if reference.len() > crate::service::MAX_ENV_SPEC_BYTES {
+        return Err(Error::RefTooLong {
+            bytes: reference.len(),
+            max: crate::service::MAX_ENV_SPEC_BYTES,
+        });
+    }
     env_spec::parse(reference)?;
     let roots = SpfsConfig::load()?.runtime_repositories()?;
     Ok(roots
@@ -134,6 +159,10 @@ fn repositories_for(reference: &str) -> Result<Vec<String>> {
         .map(|root| root.to_string_lossy().into_owned())
         .collect())
 }
+
+/// How often a `Mount` that met a stopping service is tried, each time on a
+/// service started or confirmed afresh.
+const MOUNT_ATTEMPTS: u32 = 5;
 
 async fn ensure_and_mount(
     config: &Config,
@@ -148,7 +177,9 @@ async fn ensure_and_mount(
     loop {
         let running = ensure_service_running(config).await?;
         match mount_once(running.channel, pid, reference, repositories, name).await {
-            Err(status) if status.code() == tonic::Code::Unavailable && attempt < 3 => {
+            Err(status)
+                if status.code() == tonic::Code::Unavailable && attempt < MOUNT_ATTEMPTS =>
+            {
                 tracing::info!(
                     event = "launcher.retry",
                     attempt,
@@ -157,10 +188,49 @@ async fn ensure_and_mount(
                 );
                 attempt += 1;
             }
-            Err(status) => return Err(Error::rpc(format!("cannot mount {reference:?}"), status)),
+            // The connection broke mid-call. A service that died (kill -9, a
+            // crash) leaves a dead FUSE mount: say so, do not retry into a
+            // crash loop. One that is stopping (idle timeout) unmounts
+            // cleanly, like an UNAVAILABLE: retry.
+            Err(status) if is_transport_failure(&status) => {
+                if attempt >= MOUNT_ATTEMPTS || service_died(config) {
+                    return Err(Error::ServiceLost {
+                        during: "Mount",
+                        detail: status.message().to_owned(),
+                        log: config.paths.service_log(),
+                    });
+                }
+                tracing::info!(
+                    event = "launcher.retry",
+                    attempt,
+                    reason = "the connection broke during Mount while the service stopped",
+                    "starting the service again"
+                );
+                attempt += 1;
+            }
+            Err(status) => {
+                return Err(Error::rpc(
+                    format!("cannot mount {:?}", env_spec::shorten(reference)),
+                    status,
+                ))
+            }
             Ok(()) => return Ok(()),
         }
     }
+}
+
+/// Whether the service left a dead FUSE mount behind (ENOTCONN), as a killed
+/// or crashed service does; a service that stops cleanly unmounts first.
+fn service_died(config: &Config) -> bool {
+    std::fs::metadata(&config.paths.mountpoint)
+        .is_err_and(|err| platform::is_stale_mount_error(&err))
+}
+
+/// A status made by the client from a broken connection rather than sent
+/// by the service. UNAVAILABLE is left out: it is retried (connect refused).
+fn is_transport_failure(status: &tonic::Status) -> bool {
+    use std::error::Error as _;
+    status.source().is_some() && status.code() != tonic::Code::Unavailable
 }
 
 async fn mount_once(
@@ -185,7 +255,7 @@ async fn mount_once(
             tracing::info!(
                 event = "launcher.mount",
                 root_pid = pid,
-                env_spec = reference,
+                env_spec = env_spec::shorten(reference),
                 elapsed_ms,
                 "the service mounted the environment"
             );
@@ -195,7 +265,7 @@ async fn mount_once(
             tracing::error!(
                 event = "launcher.mount_failed",
                 root_pid = pid,
-                env_spec = reference,
+                env_spec = env_spec::shorten(reference),
                 error = status.message(),
                 elapsed_ms,
                 "the service refused the mount"

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use serde_json::json;
 
 use super::client_runtime;
-use super::repo::{self, Out};
+use super::runner::{self as repo, Out};
 use crate::client::ControlClient;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -20,7 +20,7 @@ async fn live(config: &Config) -> Result<(Vec<Runtime>, Option<tonic::transport:
     let channel = match probe(&socket).await {
         Probe::Serving(channel, _) | Probe::NotServing(channel) => channel,
         Probe::Absent { .. } => return Ok((Vec::new(), None)),
-        refused => return Err(refused.refusal(&socket)),
+        refused => return Err(refused.refusal(&config.paths)),
     };
     let status = ControlClient::new(channel.clone())
         .status(crate::telemetry::otel::traced(StatusRequest {}))

@@ -6,11 +6,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
-use super::{client_runtime, launcher_setup, report};
+use super::runner::{self, Out};
+use super::{client_runtime, launcher_config};
 use crate::client::ControlClient;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::launcher::probe::{probe, Probe};
+use crate::launcher::probe::{probe_service, Probe};
 use crate::launcher::{ensure_service_running, EnsureOutcome};
 use crate::paths::Paths;
 use crate::proto::{StatusRequest, StatusResponse};
@@ -58,70 +59,66 @@ pub fn serve(
 
 /// `spfs service start`
 pub fn start() -> ExitCode {
-    let tool = "spfs service start";
-    let config = match launcher_setup(tool) {
-        Ok(config) => config,
-        Err(code) => return code,
-    };
-    let result = client_runtime().block_on(async {
-        let running = ensure_service_running(&config).await?;
-        let status = fetch_status(&running.channel).await?;
-        Ok::<_, Error>((running.outcome, status))
-    });
-    match result {
-        Ok((outcome, status)) => {
-            let how = match outcome {
-                EnsureOutcome::Started => "started",
-                EnsureOutcome::AlreadyRunning | EnsureOutcome::StartedByOther => "already running",
-            };
-            println!(
-                "spfs service: {how} (pid {}, mountpoint {})",
-                status.pid, status.mountpoint
-            );
-            ExitCode::SUCCESS
-        }
-        Err(err) => report(tool, &err),
-    }
+    runner::run("spfs service start", || {
+        let config = launcher_config()?;
+        let (outcome, status) = client_runtime().block_on(async {
+            let running = ensure_service_running(&config).await?;
+            let status = fetch_status(&running.channel).await?;
+            Ok::<_, Error>((running.outcome, status))
+        })?;
+        let how = match outcome {
+            EnsureOutcome::Started => "started",
+            EnsureOutcome::AlreadyRunning | EnsureOutcome::StartedByOther => "already running",
+        };
+        let mut out = Out::new();
+        out.line(format_args!(
+            "spfs service: {how} (pid {}, mountpoint {})",
+            status.pid, status.mountpoint
+        ))?;
+        out.finish()?;
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// `spfs service status [--json]`; exit 3 when not running.
 pub fn status(as_json: bool) -> ExitCode {
-    let tool = "spfs service status";
-    let config = match Config::from_env() {
-        Ok(config) => config,
-        Err(err) => return report(tool, &err),
-    };
-    let socket = config.paths.socket();
-    let result = client_runtime().block_on(async {
-        match probe(&socket).await {
-            Probe::Serving(channel, _) => Ok(Some((true, fetch_status(&channel).await?))),
-            Probe::NotServing(channel) => Ok(Some((false, fetch_status(&channel).await?))),
-            Probe::Absent { .. } => Ok(None),
-            refused => Err(refused.refusal(&socket)),
-        }
-    });
-    match result {
-        Err(err) => report(tool, &err),
-        Ok(None) => {
-            if as_json {
-                println!(
-                    "{}",
-                    json!({"running": false, "socket": socket.display().to_string()})
-                );
-            } else {
-                println!("spfs service: not running (socket {})", socket.display());
+    runner::run("spfs service status", || {
+        let config = Config::from_env()?;
+        let paths = &config.paths;
+        let socket = paths.socket();
+        let found = client_runtime().block_on(async {
+            match probe_service(paths).await {
+                Probe::Serving(channel, _) => Ok(Some((true, fetch_status(&channel).await?))),
+                Probe::NotServing(channel) => Ok(Some((false, fetch_status(&channel).await?))),
+                Probe::Absent { .. } => Ok(None),
+                refused => Err(refused.refusal(paths)),
             }
-            ExitCode::from(EXIT_NOT_RUNNING)
-        }
-        Ok(Some((serving, status))) => {
-            if as_json {
-                println!("{}", status_json(serving, &status));
-            } else {
-                print_status(serving, &status);
+        })?;
+        let mut out = Out::new();
+        let code = match found {
+            None => {
+                if as_json {
+                    out.line(json!({"running": false, "socket": socket.display().to_string()}))?;
+                } else {
+                    out.line(format_args!(
+                        "spfs service: not running (socket {})",
+                        socket.display()
+                    ))?;
+                }
+                ExitCode::from(EXIT_NOT_RUNNING)
             }
-            ExitCode::SUCCESS
-        }
-    }
+            Some((serving, status)) => {
+                if as_json {
+                    out.line(status_json(serving, &status))?;
+                } else {
+                    print_status(&mut out, serving, &status)?;
+                }
+                ExitCode::SUCCESS
+            }
+        };
+        out.finish()?;
+        Ok(code)
+    })
 }
 
 fn status_json(serving: bool, s: &StatusResponse) -> serde_json::Value {
@@ -145,7 +142,7 @@ fn status_json(serving: bool, s: &StatusResponse) -> serde_json::Value {
     })
 }
 
-fn print_status(serving: bool, s: &StatusResponse) {
+fn print_status(out: &mut Out, serving: bool, s: &StatusResponse) -> Result<()> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -155,28 +152,26 @@ fn print_status(serving: bool, s: &StatusResponse) {
     } else {
         "running, NOT_SERVING"
     };
-    println!(
+    out.line(format_args!(
         "spfs service: {state} (pid {}, version {}, up {}s)",
         s.pid,
         s.version,
         (now - s.start_time_unix).max(0)
-    );
-    println!("  mountpoint: {}", s.mountpoint);
-    println!("  socket:     {}", s.socket);
-    println!("  log:        {}", s.log_file);
-    println!("  runtimes:   {}", s.runtimes.len());
+    ))?;
+    out.line(format_args!("  mountpoint: {}", s.mountpoint))?;
+    out.line(format_args!("  socket:     {}", s.socket))?;
+    out.line(format_args!("  log:        {}", s.log_file))?;
+    out.line(format_args!("  runtimes:   {}", s.runtimes.len()))?;
     for r in &s.runtimes {
-        println!(
+        let spec = crate::tracking::env_spec::shorten(&r.env_spec);
+        out.line(format_args!(
             "    pid {:<8} {:<30} for {}s",
             r.root_pid,
-            if r.env_spec.is_empty() {
-                "-"
-            } else {
-                &r.env_spec
-            },
+            if spec.is_empty() { "-" } else { &spec },
             (now - r.since_unix).max(0)
-        );
+        ))?;
     }
+    Ok(())
 }
 
 async fn fetch_status(channel: &tonic::transport::Channel) -> Result<StatusResponse> {
@@ -187,22 +182,20 @@ async fn fetch_status(channel: &tonic::transport::Channel) -> Result<StatusRespo
         .map_err(|s| Error::rpc("Status failed", s))
 }
 
-/// `spfs service stop` and `spfs-fuse-macos service --stop`: ask the service
-/// to stop and return once it has gone.
-pub fn stop(tool: &str) -> ExitCode {
-    let config = match launcher_setup(tool) {
-        Ok(config) => config,
-        Err(code) => return code,
-    };
-    match client_runtime().block_on(crate::launcher::stop_service(&config.paths)) {
-        Ok(Some(pid)) => {
-            println!("stopped the spfs service (pid {pid})");
-            ExitCode::SUCCESS
+/// `spfs service stop [--force]` and `spfs-fuse-macos service --stop [--force]`:
+/// ask the service to stop and return once it has gone. Refuses while
+/// runtimes are active, unless `force`.
+pub fn stop(tool: &str, force: bool) -> ExitCode {
+    runner::run(tool, || {
+        let config = launcher_config()?;
+        let stopped =
+            client_runtime().block_on(crate::launcher::stop_service(&config.paths, force))?;
+        let mut out = Out::new();
+        match stopped {
+            Some(pid) => out.line(format_args!("stopped the spfs service (pid {pid})"))?,
+            None => out.line("no spfs service was running")?,
         }
-        Ok(None) => {
-            println!("no spfs service was running");
-            ExitCode::SUCCESS
-        }
-        Err(err) => report(tool, &err),
-    }
+        out.finish()?;
+        Ok(ExitCode::SUCCESS)
+    })
 }

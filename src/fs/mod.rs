@@ -363,6 +363,8 @@ pub enum Prepared {
 
 /// Makes `path` ready to mount on, or says precisely why it cannot be.
 pub fn prepare_mountpoint(path: &Path) -> Result<Prepared, String> {
+    // Before touching the path: another user's FUSE mount may not even let us stat it.
+    check_not_another_users_mount(path)?;
     let mut prepared = Prepared::Ready;
     match std::fs::metadata(path) {
         Ok(meta) if meta.is_dir() => {
@@ -402,10 +404,30 @@ pub fn prepare_mountpoint(path: &Path) -> Result<Prepared, String> {
     match platform::is_mount_point(path) {
         Ok(false) => Ok(prepared),
         Ok(true) => Err(format!(
-            "{} is already a mount point (another spfs service with a different SPFS_RUNTIME_DIR?); unmount it or set SPFS_MOUNTPOINT",
+            "{} is already a mount point (another filesystem, or another of your spfs services started with a different SPFS_RUNTIME_DIR); unmount it or set SPFS_MOUNTPOINT",
             path.display()
         )),
         Err(err) => Err(format!("cannot inspect mountpoint {}: {err}", path.display())),
+    }
+}
+
+/// Refuses a mountpoint where another user's spfs service (or FUSE
+/// filesystem) is mounted: the default `/spfs` is one per machine.
+pub fn check_not_another_users_mount(path: &Path) -> Result<(), String> {
+    let me = nix::unistd::geteuid().as_raw();
+    match platform::fuse_mount_owner(path) {
+        Some(owner) if owner != me => {
+            let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(owner))
+                .ok()
+                .flatten()
+                .map(|user| format!(" ({})", user.name))
+                .unwrap_or_default();
+            Err(format!(
+                "{} is already mounted by another user's spfs service (uid {owner}{name}); a mountpoint serves one user, and the default one is shared by every user of this machine. To fix it: give yourself a mountpoint of your own, for example `mkdir -p $HOME/spfs && export SPFS_MOUNTPOINT=$HOME/spfs`",
+                path.display()
+            ))
+        }
+        _ => Ok(()),
     }
 }
 

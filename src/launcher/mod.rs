@@ -161,10 +161,9 @@ async fn ensure(
             }
             // Stopped: start ours below, like any cold start.
         }
-        Probe::NotServing(_) | Probe::Absent { .. } => {}
-        refused @ (Probe::Foreign(_) | Probe::Unreachable(_)) => {
-            return Err(refused.refusal(&socket))
-        }
+        // Unanswering: under the lock, give it a moment to answer or go.
+        Probe::NotServing(_) | Probe::Absent { .. } | Probe::Unanswering { .. } => {}
+        refused @ (Probe::Foreign(_) | Probe::Unreachable(_)) => return Err(refused.refusal(paths)),
     }
 
     // 2. lock_wait
@@ -187,6 +186,8 @@ async fn ensure(
 
     // 3. probe under the lock; loop only while an old service is going away.
     let mut attempt = 2;
+    // The live service we already waited for, once, to answer or exit.
+    let mut waited_for: Option<i32> = None;
     loop {
         match logged_probe(config, attempt, phases).await {
             Probe::Serving(channel, _) => {
@@ -218,7 +219,19 @@ async fn ensure(
                 }
             }
             refused @ (Probe::Foreign(_) | Probe::Unreachable(_)) => {
-                return Err(refused.refusal(&socket))
+                return Err(refused.refusal(paths))
+            }
+            // Our service is alive without answering: exiting (socket gone,
+            // pidfile not yet), restoring a deleted socket, or stopped. Never
+            // spawn over it: a new one could only fail with already_running.
+            Probe::Unanswering { pid } => {
+                if waited_for == Some(pid) {
+                    return Err(Probe::Unanswering { pid }.refusal(paths));
+                }
+                waited_for = Some(pid);
+                wait_for_holder(paths, deadline, phases).await;
+                retry(&mut attempt, "the running service did not answer");
+                continue;
             }
             Probe::Absent { stale_socket } => {
                 if stale_socket {
@@ -273,11 +286,20 @@ async fn ensure(
                 elapsed_ms = phases.readiness_wait,
                 "the service reported SERVING"
             ),
-            // An old instance still holds the pidfile while it exits: try again.
+            // An old instance still holds the pidfile while it exits: wait
+            // for it to go (or answer), then try again, once.
             Outcome::Failed(Error::ServiceFailed { reason, .. }) if reason == "already_running" => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                retry(&mut attempt, "an old service was still exiting");
-                continue;
+                match probe::locate_service(paths) {
+                    Some(pid) if waited_for == Some(pid) => {
+                        return Err(Probe::Unanswering { pid }.refusal(paths))
+                    }
+                    holder => {
+                        waited_for = holder;
+                        wait_for_holder(paths, deadline, phases).await;
+                        retry(&mut attempt, "an old service was still exiting");
+                        continue;
+                    }
+                }
             }
             Outcome::Failed(err) => return Err(err),
         }
@@ -288,21 +310,29 @@ async fn ensure(
             .instrument(tracing::info_span!("confirm"))
             .await;
         phases.confirm = ms_since(confirm_started);
-        return match confirmed {
-            Ok(Probe::Serving(channel, _)) => Ok(Running {
-                channel,
-                outcome: EnsureOutcome::Started,
-            }),
-            Ok(other) => Err(Error::ServiceDied {
-                status: format!(
-                    "it reported ready, then the confirming Check found it {}",
-                    other.name()
-                ),
-                log: paths.service_log(),
-                stderr_tail: String::new(),
-            }),
-            Err(_) => Err(timeout("confirm")),
-        };
+        match confirmed {
+            Ok(Probe::Serving(channel, _)) => {
+                return Ok(Running {
+                    channel,
+                    outcome: EnsureOutcome::Started,
+                })
+            }
+            // It stopped again at once (a tiny idle timeout, a `service stop`):
+            // start another, a bounded number of times.
+            Ok(other) if attempt < MAX_ATTEMPTS => {
+                tracing::debug!(found = other.name(), "stopped right after it was ready");
+                retry(&mut attempt, "the service stopped right after it was ready");
+                continue;
+            }
+            Ok(other) => {
+                return Err(Error::StoppedAfterReady {
+                    found: other.name(),
+                    attempts: attempt,
+                    log: paths.service_log(),
+                })
+            }
+            Err(_) => return Err(timeout("confirm")),
+        }
     }
 }
 
@@ -332,7 +362,7 @@ async fn replace_other_version(
             service_pid = status.pid,
             "restarting a service of another version (no active runtimes)"
         );
-        stop_service(&config.paths).await?;
+        stop_service(&config.paths, true).await?;
         return Ok(true);
     }
     tracing::warn!(
@@ -349,6 +379,10 @@ async fn replace_other_version(
     Ok(false)
 }
 
+/// Probes under the lock before `ensure` gives up on a service that keeps
+/// stopping right after it said it was ready.
+const MAX_ATTEMPTS: u32 = 6;
+
 fn retry(attempt: &mut u32, reason: &str) {
     tracing::info!(
         event = "launcher.retry",
@@ -359,9 +393,35 @@ fn retry(attempt: &mut u32, reason: &str) {
     *attempt += 1;
 }
 
+/// Longest wait for a live service that does not answer to answer or exit:
+/// a shutdown takes at most its 2 s drain plus the unmount, and a deleted
+/// socket is put back within half a second.
+const HOLDER_WAIT: Duration = Duration::from_secs(4);
+
+/// Waits (bounded by [`HOLDER_WAIT`] and the deadline) until the service
+/// that holds the pidfile answers on the socket or is gone.
+async fn wait_for_holder(
+    paths: &crate::paths::Paths,
+    deadline: tokio::time::Instant,
+    phases: &mut Phases,
+) {
+    let started = Instant::now();
+    let until = deadline.min(tokio::time::Instant::now() + HOLDER_WAIT);
+    while tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        if !matches!(
+            timeout_at(until, probe::probe_service(paths)).await,
+            Ok(Probe::Unanswering { .. }) | Err(_)
+        ) {
+            break;
+        }
+    }
+    phases.readiness_wait += ms_since(started);
+}
+
 async fn logged_probe(config: &Config, attempt: u32, phases: &mut Phases) -> Probe {
     let started = Instant::now();
-    let result = probe(&config.paths.socket())
+    let result = probe::probe_service(&config.paths)
         .instrument(tracing::info_span!("probe", attempt))
         .await;
     let elapsed_ms = ms_since(started);

@@ -1,5 +1,9 @@
 //! The probe: is a healthy service on the socket? A `grpc.health.v1/Check`
 //! for the control API under a short deadline; a bare connect proves nothing.
+//! [`probe_service`] also asks whether our own service is alive when nobody
+//! (or nothing sensible) answers: its pidfile, else (Linux) the process
+//! serving the mountpoint, so a stopped or socketless service is named by its
+//! pid instead of being called absent or foreign.
 
 use std::io;
 use std::path::Path;
@@ -11,6 +15,7 @@ use tonic_health::pb::HealthCheckRequest;
 
 use crate::client::{self, HealthClient};
 use crate::error::Error;
+use crate::paths::Paths;
 use crate::proto::VFS_SERVICE_NAME;
 use crate::service::guard::VERSION_HEADER;
 
@@ -31,6 +36,10 @@ pub enum Probe {
     Foreign(String),
     /// The connect failed for another reason (for example permissions).
     Unreachable(io::Error),
+    /// Our service is alive (`pid`, from its pidfile or the process serving
+    /// the mountpoint) but does not answer on the socket: stopped, hung,
+    /// shutting down, or its socket was deleted.
+    Unanswering { pid: i32 },
 }
 
 impl Probe {
@@ -45,14 +54,21 @@ impl Probe {
             Probe::Absent { stale_socket: true } => "stale_socket",
             Probe::Foreign(_) => "foreign",
             Probe::Unreachable(_) => "unreachable",
+            Probe::Unanswering { .. } => "unanswering",
         }
     }
 
     /// The error to report for a socket that must not be used: something
     /// foreign on it, or no way to connect. Other results are not errors and
     /// only reach here by mistake; they are reported as unexpected.
-    pub fn refusal(self, socket: &Path) -> Error {
+    pub fn refusal(self, paths: &Paths) -> Error {
+        let socket = &paths.socket();
         match self {
+            Probe::Unanswering { pid } => Error::ServiceNotAnswering {
+                pid,
+                socket: socket.clone(),
+                log: paths.service_log(),
+            },
             Probe::Foreign(detail) => Error::ForeignListener {
                 socket: socket.to_owned(),
                 detail,
@@ -60,13 +76,37 @@ impl Probe {
             Probe::Unreachable(err) => {
                 Error::io(format!("cannot connect to {}", socket.display()), err)
             }
-            other => Error::Config(format!(
-                "unexpected probe result {} on {}",
-                other.name(),
-                socket.display()
-            )),
+            other => Error::UnexpectedProbe {
+                found: other.name(),
+                socket: socket.clone(),
+            },
         }
     }
+}
+
+/// Probes the socket; when nobody answers, or something we do not recognise
+/// does, looks for our own live service and names it.
+pub async fn probe_service(paths: &Paths) -> Probe {
+    match probe(&paths.socket()).await {
+        found @ (Probe::Absent { .. } | Probe::Foreign(_)) => match locate_service(paths) {
+            Some(pid) => Probe::Unanswering { pid },
+            None => found,
+        },
+        found => found,
+    }
+}
+
+/// The pid of our live service: the holder of the pidfile, else the process
+/// serving the mountpoint (when the runtime dir was deleted under it). The
+/// process table is only searched when a FUSE mount of ours is there, so a
+/// cold start does not pay for it.
+pub fn locate_service(paths: &Paths) -> Option<i32> {
+    crate::service::pidfile::holder(&paths.pidfile()).or_else(|| {
+        let me = nix::unistd::geteuid().as_raw();
+        (crate::platform::fuse_mount_owner(&paths.mountpoint) == Some(me))
+            .then(|| crate::platform::find_service_process(&paths.mountpoint))
+            .flatten()
+    })
 }
 
 /// A connection the peer dropped says little: a service killed a moment ago

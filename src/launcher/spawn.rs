@@ -19,7 +19,7 @@
 //! `{"exit_code":N}` or `{"signal":N}` from the nanny when the service exits.
 
 use std::ffi::CString;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
@@ -108,25 +108,22 @@ pub fn spawn(binary: &Path, config: &Config) -> Result<Starting> {
         Error::io(format!("cannot start the service: {what}"), err)
     };
 
-    std::fs::create_dir_all(&paths.log_dir).map_err(|e| {
-        spawn_err(
-            &format!("cannot create log dir {}", paths.log_dir.display()),
-            e,
-        )
-    })?;
-    let stderr_path = paths.service_stderr();
-    let stderr_offset = prepare_stderr_file(&stderr_path);
-    let stderr_file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&stderr_path)
-        .map_err(|e| spawn_err(&format!("cannot open {}", stderr_path.display()), e))?;
     let devnull = OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/null")
         .map_err(|e| spawn_err("cannot open /dev/null", e))?;
+    // The service's stdout and stderr go to a private file in the log dir.
+    // When the log dir cannot be used (this launcher has already warned),
+    // the service still starts, with its output discarded: it logs to stderr.
+    let stderr_path = paths.service_stderr();
+    let mut stderr_offset = 0;
+    let stderr_file = crate::paths::ensure_log_dir(&paths.log_dir)
+        .ok()
+        .and_then(|()| {
+            stderr_offset = prepare_stderr_file(&stderr_path);
+            crate::telemetry::open_private(&stderr_path).ok()
+        });
     let (read_end, write_end) = crate::platform::cloexec_pipe()
         .map_err(|e| spawn_err("cannot create the readiness pipe", e))?;
     let ready_fd = write_end.as_raw_fd();
@@ -134,8 +131,12 @@ pub fn spawn(binary: &Path, config: &Config) -> Result<Starting> {
     // Everything the children need is allocated before fork: after it, only
     // async-signal-safe calls are allowed in a multithreaded process.
     let cstring = |bytes: &[u8]| {
-        CString::new(bytes)
-            .map_err(|_| Error::Config("a path or variable contains a NUL byte".into()))
+        CString::new(bytes).map_err(|_| Error::NulByte {
+            what: String::from_utf8_lossy(bytes.split(|b| *b == 0).next().unwrap_or_default())
+                .chars()
+                .take(60)
+                .collect(),
+        })
     };
     let program = cstring(binary.as_os_str().as_bytes())?;
     let mut argv = vec![
@@ -148,19 +149,7 @@ pub fn spawn(binary: &Path, config: &Config) -> Result<Starting> {
         argv.push(cstring(format!("{}ms", idle.as_millis()).as_bytes())?);
     }
     let mut env: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os()
-        .filter(|(k, _)| {
-            !matches!(
-                k.to_str(),
-                Some(
-                    READY_FD_VAR
-                        | "SPFS_RUNTIME_DIR"
-                        | "SPFS_LOG_DIR"
-                        | "SPFS_MOUNTPOINT"
-                        | "TRACEPARENT"
-                        | "TRACESTATE"
-                )
-            )
-        })
+        .filter(|(k, _)| k.to_str().is_some_and(passed_to_service))
         .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
         .collect();
     // The service must agree with the launcher on every path, whatever its own defaults.
@@ -199,7 +188,9 @@ pub fn spawn(binary: &Path, config: &Config) -> Result<Starting> {
     let root = c"/";
     let child_fds = ChildFds {
         devnull: devnull.as_raw_fd(),
-        stderr: stderr_file.as_raw_fd(),
+        stderr: stderr_file
+            .as_ref()
+            .map_or(devnull.as_raw_fd(), |f| f.as_raw_fd()),
         ready: ready_fd,
     };
 
@@ -231,6 +222,35 @@ pub fn spawn(binary: &Path, config: &Config) -> Result<Starting> {
         stderr_path,
         stderr_offset,
     })
+}
+
+/// The service outlives the command that started it and serves later ones:
+/// it gets only the variables it reads (documented in docs/security.md),
+/// never the launcher's secrets. The paths, the readiness fd and the trace
+/// context are set separately.
+fn passed_to_service(name: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "TMPDIR",
+        "TZ",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "RUST_BACKTRACE",
+        "RUST_LIB_BACKTRACE",
+    ];
+    const PREFIXES: &[&str] = &["LC_", "XDG_", "SPFS_", "OTEL_"];
+    const SET_SEPARATELY: &[&str] = &[
+        READY_FD_VAR,
+        "SPFS_RUNTIME_DIR",
+        "SPFS_LOG_DIR",
+        "SPFS_MOUNTPOINT",
+    ];
+    !SET_SEPARATELY.contains(&name)
+        && (EXACT.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p)))
 }
 
 struct ChildFds {
@@ -429,7 +449,11 @@ fn prepare_stderr_file(path: &Path) -> u64 {
 /// The last lines written to `path` after `offset`.
 fn read_tail(path: &Path, offset: u64) -> String {
     let mut text = String::new();
-    if let Ok(mut file) = File::open(path) {
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    if let Ok(mut file) = opened {
         let _ = file.seek(SeekFrom::Start(offset));
         let mut bytes = Vec::new();
         let _ = file.take(1 << 20).read_to_end(&mut bytes);
@@ -437,4 +461,37 @@ fn read_tail(path: &Path, offset: u64) -> String {
     }
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_service_gets_what_it_reads_and_nothing_else() {
+        for kept in [
+            "PATH",
+            "HOME",
+            "USER",
+            "LANG",
+            "LC_ALL",
+            "XDG_STATE_HOME",
+            "SPFS_LOG",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "RUST_BACKTRACE",
+        ] {
+            assert!(passed_to_service(kept), "{kept}");
+        }
+        for dropped in [
+            "AWS_SECRET_ACCESS_KEY",
+            "GITHUB_TOKEN",
+            "LD_PRELOAD",
+            "SSH_AUTH_SOCK",
+            "TRACEPARENT",
+            READY_FD_VAR,
+            "SPFS_RUNTIME_DIR",
+        ] {
+            assert!(!passed_to_service(dropped), "{dropped}");
+        }
+    }
 }

@@ -10,9 +10,17 @@ use tokio::io::Interest;
 use super::home_dir;
 use crate::error::Result;
 
+/// An `XDG_*` directory variable, if set to an absolute path. The XDG Base
+/// Directory spec says a relative one is invalid and must be ignored.
+fn xdg_dir(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_absolute())
+}
+
 pub fn default_runtime_dir() -> Result<PathBuf> {
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        Some(dir) => Ok(PathBuf::from(dir).join("spfs")),
+    match xdg_dir("XDG_RUNTIME_DIR") {
+        Some(dir) => Ok(dir.join("spfs")),
         None => Ok(PathBuf::from(format!(
             "/tmp/spfs-{}",
             nix::unistd::geteuid().as_raw()
@@ -21,8 +29,8 @@ pub fn default_runtime_dir() -> Result<PathBuf> {
 }
 
 pub fn default_log_dir() -> Result<PathBuf> {
-    let state = match std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
+    let state = match xdg_dir("XDG_STATE_HOME") {
+        Some(dir) => dir,
         None => home_dir()?.join(".local/state"),
     };
     Ok(state.join("spfs/logs"))
@@ -30,8 +38,8 @@ pub fn default_log_dir() -> Result<PathBuf> {
 
 /// spfs's default local repository: `dirs::data_local_dir()/spfs`, as spfs has it.
 pub fn default_repository_root() -> Result<PathBuf> {
-    let data = match std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
+    let data = match xdg_dir("XDG_DATA_HOME") {
+        Some(dir) => dir,
         None => home_dir()?.join(".local/share"),
     };
     Ok(data.join("spfs"))
@@ -39,8 +47,8 @@ pub fn default_repository_root() -> Result<PathBuf> {
 
 /// Where the user's spfs configuration lives (`<this>/spfs/spfs.*`).
 pub fn user_config_dir() -> Result<PathBuf> {
-    match std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
-        Some(dir) => Ok(PathBuf::from(dir)),
+    match xdg_dir("XDG_CONFIG_HOME") {
+        Some(dir) => Ok(dir),
         None => Ok(home_dir()?.join(".config")),
     }
 }
@@ -157,6 +165,18 @@ pub fn check_fuse_available() -> std::result::Result<(), String> {
         );
     }
     let root = nix::unistd::geteuid().is_root();
+    // libfuse and fuser open /dev/fuse themselves before they ask fusermount3,
+    // so a device only root may open (mode 0600) fails every mount.
+    if !root {
+        if let Err(nix::errno::Errno::EACCES | nix::errno::Errno::EPERM) = nix::unistd::access(
+            "/dev/fuse",
+            nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK,
+        ) {
+            return Err(
+                "FUSE is not usable: you may not open /dev/fuse (only root may, its mode is too strict), so every mount fails with Permission denied. Ask an admin to run `chmod 666 /dev/fuse` (its usual mode) and keep it so with a udev rule: KERNEL==\"fuse\", MODE=\"0666\"".into(),
+            );
+        }
+    }
     if !root && which("fusermount3").is_none() && which("fusermount").is_none() {
         return Err(
             "FUSE is not available: fusermount3 is not on PATH, and only root can mount without it. Install fuse3 (`apt install fuse3` or `dnf install fuse3`)".into(),
@@ -333,4 +353,80 @@ pub fn processes_with_marker(name: &str, uid: u32) -> Vec<(i32, u64)> {
             Some((pid, process_info(pid).ok()?.start_time))
         })
         .collect()
+}
+
+/// A live `spfs-fuse-macos service` of this user serving `mountpoint`,
+/// found from `/proc` alone (its command line, else its `SPFS_MOUNTPOINT`),
+/// for when its socket and pidfile are gone. Never touches the mountpoint.
+pub fn find_service_process(mountpoint: &Path) -> Option<i32> {
+    let me = nix::unistd::geteuid().as_raw();
+    let own = std::process::id() as i32;
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != own)
+        .find(|&pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            comm.trim_end() == crate::config::SERVICE_BIN_NAME
+                && process_uid(pid).is_ok_and(|uid| uid == me)
+                && service_mountpoint(pid).is_some_and(|m| m == mountpoint)
+        })
+}
+
+/// The mountpoint a service process serves: the argument after `service`,
+/// else its `SPFS_MOUNTPOINT`, else `/spfs`. `None` for other subcommands.
+fn service_mountpoint(pid: i32) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    if args.get(1) != Some(&&b"service"[..]) || args.iter().any(|a| *a == b"--stop") {
+        return None;
+    }
+    if let Some(arg) = args.get(2).filter(|a| a.starts_with(b"/")) {
+        return Some(PathBuf::from(std::ffi::OsStr::from_bytes(arg)));
+    }
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let from_env = environ
+        .split(|b| *b == 0)
+        .find_map(|var| var.strip_prefix(b"SPFS_MOUNTPOINT="))
+        .filter(|v| !v.is_empty())
+        .map(|v| PathBuf::from(std::ffi::OsStr::from_bytes(v)));
+    Some(from_env.unwrap_or_else(|| PathBuf::from("/spfs")))
+}
+
+/// The uid that mounted the FUSE filesystem at `path` (its `user_id=`
+/// mount option in `/proc/self/mountinfo`), if one is mounted there.
+pub fn fuse_mount_owner(path: &Path) -> Option<u32> {
+    fuse_owner_in(&std::fs::read_to_string("/proc/self/mountinfo").ok()?, path)
+}
+
+fn fuse_owner_in(mountinfo: &str, path: &Path) -> Option<u32> {
+    mountinfo.lines().rev().find_map(|line| {
+        let mount_point = line.split(' ').nth(4).map(unescape_mountinfo)?;
+        let (_, rest) = line.split_once(" - ")?;
+        let mut fields = rest.split(' ');
+        let fs_type = fields.next()?;
+        let super_options = fields.nth(1)?;
+        if Path::new(&mount_point) != path || !(fs_type == "fuse" || fs_type.starts_with("fuse.")) {
+            return None;
+        }
+        super_options
+            .split(',')
+            .find_map(|option| option.strip_prefix("user_id="))
+            .and_then(|uid| uid.parse().ok())
+    })
+}
+
+#[cfg(test)]
+mod fuse_owner_tests {
+    use super::*;
+
+    #[test]
+    fn the_owner_of_a_fuse_mount_comes_from_its_user_id_option() {
+        let info = "36 35 0:30 / /spfs rw,nosuid,nodev,relatime shared:1 - fuse.spfs spfs ro,user_id=1001,group_id=1001,allow_other\n\
+                    37 35 0:31 / /tmp rw shared:2 - tmpfs tmpfs rw,size=64k\n";
+        assert_eq!(fuse_owner_in(info, Path::new("/spfs")), Some(1001));
+        assert_eq!(fuse_owner_in(info, Path::new("/tmp")), None);
+        assert_eq!(fuse_owner_in(info, Path::new("/other")), None);
+    }
 }

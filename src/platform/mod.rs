@@ -36,6 +36,21 @@ pub fn marker_in_environ(block: &[u8]) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// A live service of this user serving `mountpoint`, found without its
+/// socket or pidfile. Only Linux can tell (from `/proc`); elsewhere the
+/// pidfile is the only way, and this finds nothing.
+#[cfg(not(target_os = "linux"))]
+pub fn find_service_process(_mountpoint: &std::path::Path) -> Option<i32> {
+    None
+}
+
+/// The uid that mounted the FUSE filesystem at `path`. Only Linux tells
+/// (mountinfo's `user_id`); elsewhere this finds nothing.
+#[cfg(not(target_os = "linux"))]
+pub fn fuse_mount_owner(_path: &std::path::Path) -> Option<u32> {
+    None
+}
+
 /// What routing needs to know of a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcInfo {

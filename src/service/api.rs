@@ -34,9 +34,15 @@ pub struct Api {
     pub runtimes: Arc<Runtimes>,
     /// What one Mount may cost (SPFS_MOUNT_TIMEOUT, SPFS_MOUNT_MAX_ENTRIES).
     pub mount_limits: runtimes::MountLimits,
+    /// Once triggered, new mounts are refused, and a mount that finishes
+    /// after it is undone, so no command runs on a service that is going away.
     pub shutdown: Shutdown,
-    /// Set when shutdown begins; new mounts are refused from then on.
-    pub stopping: Arc<AtomicBool>,
+}
+
+/// What a `Mount` that meets shutdown gets: UNAVAILABLE, which the launcher
+/// retries with a new service.
+fn shutting_down() -> Status {
+    Status::unavailable("the service is shutting down; retry to start a new one")
 }
 
 impl From<MountError> for Status {
@@ -52,7 +58,13 @@ impl From<MountError> for Status {
             MountError::NotAnAncestor { .. }
             | MountError::OtherUser { .. }
             | MountError::UnknownCaller => Status::permission_denied(err.to_string()),
-            _ => Status::invalid_argument(err.to_string()),
+            // Listed one by one: a new variant must choose its code here.
+            MountError::BadPid(_)
+            | MountError::NoSuchProcess(_)
+            | MountError::SpecTooLong(_)
+            | MountError::Spec(_)
+            | MountError::BadName(_)
+            | MountError::RelativeRepository(_) => Status::invalid_argument(err.to_string()),
         }
     }
 }
@@ -151,10 +163,8 @@ impl VfsService for Api {
         request: Request<MountRequest>,
     ) -> Result<Response<MountResponse>, Status> {
         let started = Instant::now();
-        if self.stopping.load(Ordering::SeqCst) {
-            return Err(Status::unavailable(
-                "the service is shutting down; retry to start a new one",
-            ));
+        if self.shutdown.is_triggered() {
+            return Err(shutting_down());
         }
         let caller = request.extensions().get::<Caller>().copied();
         let MountRequest {
@@ -166,6 +176,22 @@ impl VfsService for Api {
         let result = self
             .mount_runtime(caller, root_pid, env_spec, repositories, name)
             .await;
+        if self.shutdown.is_triggered() {
+            // Shutdown began while the view was built: the mount is about to
+            // go, so the command must not run on it.
+            if let Ok((runtime, _)) = &result {
+                if let Ok(pid) = i32::try_from(runtime.root_pid) {
+                    self.runtimes.remove(pid, "shutdown");
+                }
+            }
+            tracing::warn!(
+                event = "service.mount_refused",
+                root_pid,
+                error = "the service is shutting down",
+                "refused a mount"
+            );
+            return Err(shutting_down());
+        }
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         let outcome = if result.is_ok() { "ok" } else { "refused" };
         crate::telemetry::metrics::metrics().mount_duration.record(
@@ -178,7 +204,7 @@ impl VfsService for Api {
                     event = "service.mount",
                     root_pid = runtime.root_pid,
                     runtime = runtime.name.as_str(),
-                    env_spec = runtime.env_spec.as_str(),
+                    env_spec = crate::tracking::env_spec::shorten(&runtime.env_spec),
                     view_id = built.view.id,
                     view_shared = built.shared,
                     nodes = built.view.len() as u64,

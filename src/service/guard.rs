@@ -32,8 +32,11 @@ pub struct Caller {
 pub struct GuardState {
     owner: u32,
     started: Instant,
-    /// Milliseconds since `started` of the latest request.
+    /// Milliseconds since `started` of the latest request's start or end.
     last_request_ms: AtomicU64,
+    /// Requests whose handler has not answered yet: while any runs (a long
+    /// `Mount`), the service is busy, whatever the idle timeout.
+    in_flight: AtomicU64,
 }
 
 impl GuardState {
@@ -42,11 +45,16 @@ impl GuardState {
             owner: nix::unistd::geteuid().as_raw(),
             started: Instant::now(),
             last_request_ms: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
         })
     }
 
-    /// Time since the last request (or since start).
+    /// Time since the last request ended (or since start); zero while a
+    /// request is being handled.
     pub fn idle_for(&self) -> std::time::Duration {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return std::time::Duration::ZERO;
+        }
         let last = std::time::Duration::from_millis(self.last_request_ms.load(Ordering::Relaxed));
         self.started.elapsed().saturating_sub(last)
     }
@@ -58,6 +66,24 @@ impl GuardState {
 
     fn allowed(&self, uid: u32) -> bool {
         uid == self.owner || uid == 0
+    }
+
+    /// Counts a request as in flight until the returned guard is dropped.
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.touch();
+        InFlight(Arc::clone(self))
+    }
+}
+
+/// One request being handled; dropping it (answered, failed or cancelled)
+/// ends it and restarts the idle clock.
+struct InFlight(Arc<GuardState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -98,7 +124,7 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        self.state.touch();
+        let in_flight = self.state.begin();
         let cred = request
             .extensions()
             .get::<UdsConnectInfo>()
@@ -134,7 +160,14 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let call = span.in_scope(|| inner.call(request));
-        Box::pin(async move { call.await.map(with_version) }.instrument(span))
+        Box::pin(
+            async move {
+                let response = call.await.map(with_version);
+                drop(in_flight);
+                response
+            }
+            .instrument(span),
+        )
     }
 }
 

@@ -8,7 +8,10 @@
 //! options allowed (`mount_options`), socket bound with health NOT_SERVING
 //! (`bind`), FUSE mounted and shown in the kernel's mount table
 //! (`mount_failed`; macFUSE mounts asynchronously), then SERVING and the
-//! readiness line. Shutdown reverses it: NOT_SERVING at once, new
+//! readiness line. While it runs, the runtime dir, pidfile and socket are
+//! checked every half second and put back if deleted (`service.socket_restored`);
+//! if the runtime dir's parent is gone too (logout), it shuts down
+//! (`runtime_dir_lost`). Shutdown reverses startup: NOT_SERVING at once, new
 //! mounts refused, requests drained (bounded), FUSE unmounted, socket and
 //! pidfile removed.
 
@@ -18,15 +21,12 @@ pub mod pidfile;
 pub mod readiness;
 mod runtimes;
 mod shutdown;
+mod socket;
 
-use std::os::unix::fs::PermissionsExt;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 use tracing::Instrument;
@@ -44,7 +44,9 @@ use guard::{GuardLayer, GuardState};
 use pidfile::{PidFile, PidFileError};
 use readiness::ReadyNotifier;
 use runtimes::Runtimes;
+pub use runtimes::MAX_ENV_SPEC_BYTES;
 use shutdown::Shutdown;
+use socket::ControlSocket;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -80,13 +82,14 @@ fn fail(reason: &'static str, message: impl Into<String>) -> StartupError {
 
 /// A started service, holding everything that must be undone at shutdown.
 struct Started {
-    pidfile: PidFile,
+    /// Taken (`None`) by the last step of shutdown.
+    pidfile: Arc<std::sync::Mutex<Option<PidFile>>>,
+    socket: Arc<ControlSocket>,
     guard: Arc<GuardState>,
     health: HealthReporter,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     fuse: FuseMount,
     shutdown: Shutdown,
-    stopping: Arc<AtomicBool>,
     runtimes: Arc<Runtimes>,
 }
 
@@ -148,7 +151,8 @@ pub async fn run(
     if let Some(timeout) = idle_timeout {
         watch_idle(timeout, &started);
     }
-    stop(started, &paths).await;
+    watch_runtime_dir(paths.clone(), &started);
+    stop(started).await;
     ExitCode::SUCCESS
 }
 
@@ -158,18 +162,12 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
         .map_err(|e| fail("unsafe_runtime_dir", e.to_string()))?;
     let mount_limits = runtimes::MountLimits::from_env().map_err(|m| fail("config", m))?;
     let pidfile = PidFile::acquire(&paths.pidfile()).map_err(|err| match err {
-        PidFileError::AlreadyRunning(Some(pid)) => fail(
+        PidFileError::AlreadyRunning(_) => fail(
             "already_running",
-            format!("already running (pid {pid}); stop it with `spfs service stop`"),
+            format!("{err}; stop it with `spfs service stop`"),
         ),
-        PidFileError::AlreadyRunning(None) => fail(
-            "already_running",
-            "already running; stop it with `spfs service stop`",
-        ),
-        PidFileError::Io(e) => fail(
-            "runtime_dir",
-            format!("cannot write pidfile {}: {e}", paths.pidfile().display()),
-        ),
+        PidFileError::NotAFile { .. } => fail("pidfile", err.to_string()),
+        PidFileError::Io { .. } => fail("runtime_dir", err.to_string()),
     })?;
 
     platform::check_fuse_available().map_err(|m| fail("fuse_unavailable", m))?;
@@ -195,15 +193,14 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
 
     // We hold the pidfile, so any socket file here is left from a dead service.
     let socket = paths.socket();
-    let _ = std::fs::remove_file(&socket);
     let bind_span = tracing::info_span!("bind").entered();
-    let listener = UnixListener::bind(&socket).map_err(|e| {
+    let (control_socket, incoming) = ControlSocket::bind(&socket).map_err(|e| {
         fail(
             "bind",
             format!("cannot listen on {}: {e}", socket.display()),
         )
     })?;
-    let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600));
+    let control_socket = Arc::new(control_socket);
     drop(bind_span);
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -218,7 +215,6 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
     shutdown
         .listen_for_signals()
         .map_err(|e| fail("signals", format!("cannot install signal handlers: {e}")))?;
-    let stopping = Arc::new(AtomicBool::new(false));
     let router = Arc::new(Router::default());
     let runtimes = Runtimes::new(Arc::clone(&router));
     runtimes.start();
@@ -237,7 +233,6 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
         runtimes: Arc::clone(&runtimes),
         mount_limits,
         shutdown: shutdown.clone(),
-        stopping: Arc::clone(&stopping),
     };
     let guard = GuardState::new();
     let server_stop = shutdown.clone();
@@ -246,7 +241,7 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
             .layer(GuardLayer(Arc::clone(&guard)))
             .add_service(health_service)
             .add_service(VfsServiceServer::new(api))
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 server_stop.triggered().await;
             }),
     );
@@ -274,7 +269,7 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
         Err(err) => {
             shutdown.trigger("startup_failed");
             let _ = tokio::time::timeout(DRAIN_TIMEOUT, server).await;
-            let _ = std::fs::remove_file(&socket);
+            control_socket.remove();
             pidfile.remove();
             return Err(err);
         }
@@ -295,13 +290,13 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
     .instrument(tracing::info_span!("serving"))
     .await;
     Ok(Started {
-        pidfile,
+        pidfile: Arc::new(std::sync::Mutex::new(Some(pidfile))),
+        socket: control_socket,
         guard,
         health,
         server,
         fuse,
         shutdown,
-        stopping,
         runtimes,
     })
 }
@@ -329,20 +324,19 @@ fn watch_idle(timeout: Duration, started: &Started) {
 }
 
 /// Waits for a stop request, then takes everything down in order.
-async fn stop(started: Started, paths: &Paths) {
+async fn stop(started: Started) {
     let Started {
         pidfile,
+        socket,
         guard: _,
         health,
         server,
         fuse,
         shutdown,
-        stopping,
         runtimes,
     } = started;
     let reason = shutdown.triggered().await;
     let stop_started = Instant::now();
-    stopping.store(true, Ordering::SeqCst);
     metrics().health.record(0, &[]);
     health
         .set_service_status(VFS_SERVICE_NAME, ServingStatus::NotServing)
@@ -363,7 +357,7 @@ async fn stop(started: Started, paths: &Paths) {
         Ok(Err(e)) => Some(e.to_string()),
         Err(e) => Some(e.to_string()),
     };
-    let _ = std::fs::remove_file(paths.socket());
+    socket.remove();
     tracing::info!(
         event = "service.stopped",
         reason,
@@ -375,7 +369,89 @@ async fn stop(started: Started, paths: &Paths) {
     // Spans and metrics out before the pidfile goes: once it is free, anyone
     // may take this to mean the process has finished.
     crate::telemetry::flush();
-    pidfile.remove();
+    let held = pidfile.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(pidfile) = held {
+        pidfile.remove();
+    }
+}
+
+/// How often the runtime dir, pidfile and socket are checked.
+const RUNTIME_DIR_CHECK: Duration = Duration::from_millis(500);
+
+/// Puts back the runtime dir, pidfile and socket when they are deleted
+/// (tmp cleaners, `rm -rf`), so the tools find this service again; shuts down
+/// when they cannot be put back (the runtime dir's parent is gone: logout).
+fn watch_runtime_dir(paths: Paths, started: &Started) {
+    let pidfile = Arc::clone(&started.pidfile);
+    let socket = Arc::clone(&started.socket);
+    let shutdown = started.shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(RUNTIME_DIR_CHECK).await;
+            if shutdown.is_triggered() {
+                return;
+            }
+            let pidfile_intact = match &*pidfile.lock().unwrap_or_else(|p| p.into_inner()) {
+                Some(held) => held.is_intact(),
+                None => return,
+            };
+            let socket_intact = socket.is_intact();
+            if pidfile_intact && socket_intact {
+                continue;
+            }
+            match restore(&paths, &pidfile, &socket, pidfile_intact) {
+                // Another service took the new pidfile in the meantime (a
+                // launcher that could not find us): it cannot mount over us
+                // and leaves; restore after it.
+                Err(crate::error::Error::PidFile(PidFileError::AlreadyRunning(_))) => continue,
+                Ok(()) => tracing::warn!(
+                    event = "service.socket_restored",
+                    socket = %paths.socket().display(),
+                    pidfile_restored = !pidfile_intact,
+                    socket_restored = !socket_intact,
+                    "the socket or pidfile was deleted; put them back"
+                ),
+                Err(error) => {
+                    tracing::error!(
+                        event = "service.runtime_dir_lost",
+                        runtime_dir = %paths.runtime_dir.display(),
+                        error = %error,
+                        "the runtime dir was deleted and cannot be restored; shutting down"
+                    );
+                    shutdown.trigger("runtime_dir_lost");
+                    return;
+                }
+            }
+        }
+    });
+}
+
+fn restore(
+    paths: &Paths,
+    pidfile: &std::sync::Mutex<Option<PidFile>>,
+    socket: &ControlSocket,
+    pidfile_intact: bool,
+) -> crate::error::Result<()> {
+    // Recreating a missing parent (`$XDG_RUNTIME_DIR` after logout) is not ours to do.
+    if let Some(parent) = paths.runtime_dir.parent() {
+        if !parent.is_dir() {
+            return Err(crate::error::Error::RuntimeDirParentGone {
+                parent: parent.to_owned(),
+            });
+        }
+    }
+    paths.ensure_runtime_dir()?;
+    if !pidfile_intact {
+        let fresh = PidFile::acquire(&paths.pidfile())?;
+        // The old lock (on the deleted file) goes with the old handle.
+        *pidfile.lock().unwrap_or_else(|p| p.into_inner()) = Some(fresh);
+    }
+    if !socket.is_intact() {
+        socket.rebind().map_err(|e| {
+            crate::error::Error::io(format!("cannot bind {}", paths.socket().display()), e)
+        })?;
+    }
+    Ok(())
 }
 
 fn ms_since(start: Instant) -> f64 {

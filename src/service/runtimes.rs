@@ -310,7 +310,7 @@ impl Runtimes {
             event = "service.runtime_ended",
             root_pid = runtime.root_pid,
             runtime = runtime.name.as_str(),
-            env_spec = runtime.env_spec.as_str(),
+            env_spec = crate::tracking::env_spec::shorten(&runtime.env_spec),
             reason,
             active_runtimes = self.len(),
             live_views = self.router.live_views(),

@@ -29,6 +29,11 @@ impl Shutdown {
         });
     }
 
+    /// Whether shutdown has begun (for handlers that must refuse new work).
+    pub fn is_triggered(&self) -> bool {
+        self.reason.borrow().is_some()
+    }
+
     /// Resolves with the reason once shutdown is triggered.
     pub async fn triggered(&self) -> &'static str {
         let mut rx = self.reason.subscribe();

@@ -18,7 +18,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-pub use files::{current_file_name, DailyLog, KEEP_DAYS};
+pub use files::{current_file_name, open_private, DailyLog, KEEP_DAYS};
 
 /// Our events at info; libraries only when something is wrong. fuser reports
 /// every request the filesystem does not implement at warn, so only its errors.
@@ -48,25 +48,42 @@ static OTEL: std::sync::Mutex<Option<otel::Otel>> = std::sync::Mutex::new(None);
 /// an OTLP endpoint is configured, the OpenTelemetry exporters (see [`otel`]).
 ///
 /// Level filter: `SPFS_LOG` (an `EnvFilter` directive), default [`DEFAULT_FILTER`].
-/// If the log dir cannot be used, says so once on stderr and logs nowhere:
-/// a broken log dir must not stop the user's command.
+///
+/// If the log dir cannot be used (unsafe, read-only, a symlink planted at
+/// the file), says so once on stderr and writes the JSON lines to stderr
+/// instead: a broken log dir must not stop the user's command nor the
+/// service. The launcher's stderr is the user's terminal, so it shows only
+/// warnings and errors there unless `SPFS_LOG` asks for more; the service's
+/// stderr is its `.stderr` file (or nothing), so it keeps the usual level.
 pub fn init(program: Program, log_dir: &Path) {
-    let filter =
-        EnvFilter::try_from_env("SPFS_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let json = match DailyLog::open(log_dir, program.prefix()) {
-        Ok(writer) => Some(
-            tracing_subscriber::fmt::layer()
-                .event_format(json::JsonLines)
-                .with_writer(writer),
+    let configured = EnvFilter::try_from_env("SPFS_LOG").ok();
+    let (file, filter) = match DailyLog::open(log_dir, program.prefix()) {
+        Ok(writer) => (
+            Some(writer),
+            configured.unwrap_or_else(|| EnvFilter::new(DEFAULT_FILTER)),
         ),
         Err(err) => {
             eprintln!(
-                "spfs: warning: not logging, cannot open log dir {}: {err}; set SPFS_LOG_DIR to a writable directory",
-                log_dir.display()
+                "spfs: warning: not writing log files: {err}\n  logging to stderr instead; fix the log dir or set SPFS_LOG_DIR to a directory of your own"
             );
-            None
+            let fallback = match program {
+                Program::Launcher => "warn,fuser=error,h2=error,hyper=error,tower=error,opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off",
+                Program::Service => DEFAULT_FILTER,
+            };
+            (None, configured.unwrap_or_else(|| EnvFilter::new(fallback)))
         }
     };
+    let to_stderr = file.is_none();
+    let json = file.map(|writer| {
+        tracing_subscriber::fmt::layer()
+            .event_format(json::JsonLines)
+            .with_writer(writer)
+    });
+    let stderr = to_stderr.then(|| {
+        tracing_subscriber::fmt::layer()
+            .event_format(json::JsonLines)
+            .with_writer(std::io::stderr)
+    });
     let tracing_layer = if otel::enabled() {
         match otel::start(program) {
             Ok((exporters, tracer)) => {
@@ -84,6 +101,7 @@ pub fn init(program: Program, log_dir: &Path) {
     let _ = tracing_subscriber::registry()
         .with(filter)
         .with(json)
+        .with(stderr)
         .with(tracing_layer)
         .try_init();
 }

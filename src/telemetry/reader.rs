@@ -114,7 +114,7 @@ pub fn readable(line: &str) -> String {
 
 /// Follows the file a symlink points to, across rotation: calls `emit` for
 /// every complete line appended after this call. Runs until the process ends.
-pub fn follow(link: &Path, mut emit: impl FnMut(&str)) -> io::Result<()> {
+pub fn follow(link: &Path, mut emit: impl FnMut(&str) -> io::Result<()>) -> io::Result<()> {
     let current = |link: &Path| std::fs::canonicalize(link).ok();
     let mut path = current(link);
     let mut offset = path
@@ -136,7 +136,7 @@ pub fn follow(link: &Path, mut emit: impl FnMut(&str)) -> io::Result<()> {
                 pending.push_str(&chunk);
                 while let Some(end) = pending.find('\n') {
                     let line: String = pending.drain(..=end).collect();
-                    emit(line.trim_end_matches('\n'));
+                    emit(line.trim_end_matches('\n'))?;
                 }
             }
         }

@@ -213,9 +213,15 @@ impl TestEnv {
     }
 
     /// Stops the service with SIGTERM (SIGKILL if it hangs) and waits until
-    /// the process is gone, not only its pidfile.
+    /// the process is gone, not only its pidfile. A service whose pidfile was
+    /// deleted (a test removed its runtime dir) is found by its mountpoint.
     pub fn stop_service(&self) {
-        if let Some(pid) = self.service_pid() {
+        let found = self
+            .service_pid()
+            .or_else(|| spfs::platform::find_service_process(&self.mountpoint));
+        if let Some(pid) = found {
+            // A test may have stopped it (SIGSTOP); SIGTERM needs it running.
+            let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
             if !self.wait_for(Duration::from_secs(10), || !is_alive(pid)) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);

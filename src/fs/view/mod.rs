@@ -186,7 +186,7 @@ impl Drop for View {
         tracing::info!(
             event = "service.view_freed",
             view_id = self.id,
-            env_spec = self.spec.as_str(),
+            env_spec = crate::tracking::env_spec::shorten(&self.spec),
             nodes = self.nodes.len() as u64,
             "view freed"
         );
