@@ -130,7 +130,12 @@ fn stop_then_run_starts_a_fresh_service_and_leaves_nothing_behind() {
         "{}",
         stdout(&stopped)
     );
-    assert!(!is_alive(first), "it has exited when --stop returns");
+    // --stop returns once the pidfile lock is free, the service's last act
+    // before its process ends.
+    assert!(
+        env.wait_for(Duration::from_secs(2), || !is_alive(first)),
+        "it exits right after --stop returns"
+    );
     assert!(!env.socket().exists(), "socket removed");
     assert!(!env.pidfile().exists(), "pidfile removed");
     assert!(!env.is_mounted(), "FUSE unmounted");
