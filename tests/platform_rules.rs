@@ -201,3 +201,24 @@ fn the_user_binary_contains_nothing_of_fuser() {
         "the service has fuser symbols (else this test proves nothing)"
     );
 }
+
+/// macOS starts processes with 256 open files; the service watches one fd per
+/// process of every runtime, so it raises its soft limit to the hard one.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_service_raises_its_open_file_limit() {
+    let env = TestEnv::new();
+    run_ok(env.command("sh").args([
+        "-c",
+        &format!("ulimit -Sn 256 && exec {SPFS} service start"),
+    ]));
+    let pid = env.service_pid().unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers[0], numbers[1], "soft = hard: {line}");
+    assert_ne!(numbers[0], "256", "{line}");
+}

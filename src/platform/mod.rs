@@ -51,6 +51,26 @@ pub fn fuse_mount_owner(_path: &std::path::Path) -> Option<u32> {
     None
 }
 
+/// Raises the soft limit on open files as far as the hard limit allows: the
+/// service holds one fd per process it watches (a pidfd, or a kqueue on
+/// macOS), and macOS starts processes with a soft limit of 256. macOS also
+/// refuses more than `OPEN_MAX` (10,240) whatever the hard limit says.
+/// Returns the limit now in force.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    let wanted = if cfg!(target_os = "macos") {
+        hard.min(10_240)
+    } else {
+        hard
+    };
+    if wanted > soft {
+        setrlimit(Resource::RLIMIT_NOFILE, wanted, hard)?;
+        return Ok(wanted);
+    }
+    Ok(soft)
+}
+
 /// What routing needs to know of a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcInfo {

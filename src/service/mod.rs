@@ -171,6 +171,14 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
     })?;
 
     platform::check_fuse_available().map_err(|m| fail("fuse_unavailable", m))?;
+    // One fd per watched process of every runtime: take what the system allows.
+    if let Err(err) = platform::raise_fd_limit() {
+        tracing::warn!(
+            event = "service.fd_limit",
+            error = %err,
+            "cannot raise the open-file limit; runtimes with many processes may run short"
+        );
+    }
     match fs::prepare_mountpoint(&paths.mountpoint).map_err(|m| fail("mountpoint", m))? {
         Prepared::CleanedStaleMount => tracing::warn!(
             event = "service.stale_mount_cleaned",
