@@ -141,6 +141,21 @@ impl SpfsConfig {
                     .separator("__")
                     .source(Some(new_style.into_iter().collect())),
             );
+        SpfsConfig::from_builder(builder)
+    }
+
+    /// Parse the text of one configuration file as [`SpfsConfig::load_from`]
+    /// parses a file of that format, with no other source (the decoder
+    /// fuzzer's in-memory path: `examples/fuzz_decoders`).
+    pub fn from_text(text: &str, format: config::FileFormat) -> Result<SpfsConfig, ConfigError> {
+        SpfsConfig::from_builder(
+            config::Config::builder().add_source(config::File::from_str(text, format)),
+        )
+    }
+
+    fn from_builder(
+        builder: config::ConfigBuilder<config::builder::DefaultState>,
+    ) -> Result<SpfsConfig, ConfigError> {
         let raw: Raw = builder
             .build()
             .and_then(|c| c.try_deserialize())
