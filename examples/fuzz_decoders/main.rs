@@ -78,6 +78,8 @@ static ALLOCATOR: Counting = Counting;
 
 /// Inputs are cut to this size.
 const MAX_LEN: usize = 1 << 20;
+/// The object header, kept intact in half the object inputs.
+const HEADER: usize = graph::HEADER_SIZE;
 
 fn budget(len: usize) -> usize {
     64 * len + (16 << 20)
@@ -376,7 +378,15 @@ fn main() {
             data.clear();
             data.extend_from_slice(&seeds[(i as usize) % seeds.len()]);
             if i as usize >= seeds.len() {
-                mutate(&mut data, &mut rng, &seeds, DICT, MAX_LEN);
+                if target == "object" && data.len() > HEADER && rng.chance(2) {
+                    // half the objects keep their header, so that the
+                    // mutations reach the body decoders
+                    let mut body = data.split_off(HEADER);
+                    mutate(&mut body, &mut rng, &seeds, DICT, MAX_LEN - HEADER);
+                    data.extend_from_slice(&body);
+                } else {
+                    mutate(&mut data, &mut rng, &seeds, DICT, MAX_LEN);
+                }
             }
         }
         if let Some(path) = &config_file {
@@ -453,12 +463,15 @@ fn main() {
                     let path = save("roundtrip", &target, &input_bytes());
                     eprintln!("round trip failure ({message}): {}", path.display());
                 }
-                // group messages by their first words
+                // group messages by their first words, numbers as 0
                 let key: String = message
                     .split_whitespace()
-                    .take(4)
+                    .take(7)
                     .collect::<Vec<_>>()
-                    .join(" ");
+                    .join(" ")
+                    .chars()
+                    .map(|c| if c.is_ascii_digit() { '0' } else { c })
+                    .collect();
                 *stats.messages.entry(key).or_default() += 1;
             }
             Err(payload) => {

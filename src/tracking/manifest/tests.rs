@@ -177,9 +177,10 @@ fn shared_subtree_bomb(levels: usize, width: usize) -> graph::Manifest {
     graph::Manifest { trees }
 }
 
-/// Found reviewing `from_graph` for unbounded memory: a 2.7 KB manifest of 22 trees of two
-/// directories each made it build 8 million entries (9 GB, 18 s); 24 trees
-/// would have gone on to the 50 million entry cap, past this machine's memory.
+/// Found reviewing `from_graph` for unbounded memory: a 2.7 KB manifest of
+/// 22 trees of two directories each made it build 8 million entries (9 GB,
+/// 18 s); 24 trees would have gone on to the 50 million entry cap, past this
+/// machine's memory.
 #[test]
 fn a_manifest_of_shared_subtrees_is_refused_before_anything_is_built() {
     // 16^5 = 1,048,576 files (2.1 million entries) from 81 stored entries
