@@ -215,3 +215,37 @@ fn a_manifest_of_shared_subtrees_is_refused_before_anything_is_built() {
     assert_eq!(entry_budget(100_000), 6_400_000);
     assert_eq!(entry_budget(usize::MAX), MAX_ENTRIES);
 }
+
+/// `MAX_DEPTH` levels unpack, one more is refused, and neither overflows a
+/// 2 MiB stack (a tokio worker's) even in a debug build.
+#[test]
+fn nesting_is_bounded_and_fits_a_small_stack() {
+    fn nested(depth: usize) -> graph::Manifest {
+        let mut trees = vec![Tree::default()];
+        for _ in 0..depth {
+            let below = trees.last().unwrap().digest();
+            trees.push(Tree {
+                entries: vec![graph::Entry {
+                    kind: EntryKind::Tree,
+                    object: below,
+                    mode: 0o040755,
+                    size: 0,
+                    name: "d".into(),
+                }],
+            });
+        }
+        trees.reverse();
+        graph::Manifest { trees }
+    }
+    let unpack = |depth: usize| {
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || Manifest::from_graph(&nested(depth)).map(|_| ()))
+            .unwrap()
+            .join()
+            .unwrap()
+    };
+    unpack(MAX_DEPTH).unwrap();
+    let err = unpack(MAX_DEPTH + 1).unwrap_err().to_string();
+    assert!(err.contains("deeper than 1024"), "{err}");
+}
