@@ -491,7 +491,7 @@ mod tests {
         assert_eq!(config.local_root, Path::new("/new-style"));
     }
 
-    /// Found fuzzing the config decoders for item 19 (then measured): keys
+    /// Found probing the config decoders for item 19 (measured): keys
     /// of many parts made the `config` crate use memory far beyond the
     /// file's size (2 KB of ini section name: 286 MB; 20 KB: 24 GB, killed;
     /// a JSON or TOML key of 100,000 parts: stack overflow), and YAML
