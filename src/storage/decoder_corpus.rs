@@ -163,6 +163,9 @@ fn config_files_of_the_corpus_and_mutants_load_or_fail_cleanly() {
             _ => panic!("{}: not a config file", path.display()),
         };
         let from_file = load_file(file, &bytes);
+        if is_crash(&path) {
+            assert!(from_file.is_err(), "{} loads", path.display());
+        }
         // the spfs.* seeds are good configurations; the others need not be
         if path.file_stem().is_some_and(|s| s == "spfs") {
             from_file
