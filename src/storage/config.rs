@@ -89,6 +89,128 @@ enum StringOrList {
     Text(String),
 }
 
+/// Most parts (`a.b[0]` has three) in one key of a configuration file. The
+/// `config` crate splits keys into nested tables, in memory and time that
+/// grow much faster than the key: a 2 KB ini section name of 1,000 parts
+/// took 286 MB, one of 10,000 parts 24 GB before it was killed, and a JSON
+/// key of 100,000 parts overflowed the stack. spfs's own keys have 3.
+pub const MAX_KEY_PARTS: usize = 32;
+
+/// Most values a YAML file may stand for once its aliases (`*name`) are
+/// expanded: the `config` crate copies an anchored value for each alias,
+/// so 370 bytes of nested aliases made 590 MB ("billion laughs"). 10,000
+/// values take a few MB; spfs's own configuration has about ten.
+pub const MAX_YAML_VALUES: u64 = 10_000;
+
+/// Checks the text of one configuration file before the `config` crate
+/// builds from it: YAML aliases must not expand past [`MAX_YAML_VALUES`],
+/// and no key may have more than [`MAX_KEY_PARTS`] parts.
+fn check_text(text: &str, format: config::FileFormat) -> Result<(), String> {
+    use config::{Source, ValueKind};
+    if format == config::FileFormat::Yaml {
+        check_yaml_aliases(text)?;
+    }
+    // the parse alone, without the key splitting of `Config::build`
+    let map = config::File::from_str(text, format)
+        .collect()
+        .map_err(|e| e.to_string())?;
+    let mut stack: Vec<&config::Value> = map.values().collect();
+    let mut keys: Vec<&String> = map.keys().collect();
+    loop {
+        for key in keys.drain(..) {
+            let parts = 1 + key.chars().filter(|c| matches!(c, '.' | '[')).count();
+            if parts > MAX_KEY_PARTS {
+                let shown: String = key.chars().take(60).collect();
+                return Err(format!(
+                    "the key {shown:?}... has {parts} parts; at most {MAX_KEY_PARTS} are read"
+                ));
+            }
+        }
+        let Some(value) = stack.pop() else {
+            return Ok(());
+        };
+        match &value.kind {
+            ValueKind::Table(table) => {
+                keys.extend(table.keys());
+                stack.extend(table.values());
+            }
+            ValueKind::Array(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+}
+
+/// Counts the values a YAML text stands for with its aliases expanded,
+/// from the parser's events (nothing is expanded or built).
+fn check_yaml_aliases(text: &str) -> Result<(), String> {
+    use std::collections::HashMap;
+    use yaml_rust2::parser::{Event, Parser};
+    let mut parser = Parser::new_from_str(text);
+    // values in each open sequence or mapping, with its anchor
+    let mut open: Vec<(usize, u64)> = Vec::new();
+    let mut anchored: HashMap<usize, u64> = HashMap::new();
+    let mut total: u64 = 0;
+    loop {
+        // a scan error is left for the real parse to report
+        let Ok((event, _)) = parser.next_token() else {
+            return Ok(());
+        };
+        let done = match event {
+            Event::StreamEnd => return Ok(()),
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                open.push((anchor, 1));
+                None
+            }
+            Event::SequenceEnd | Event::MappingEnd => open.pop(),
+            Event::Scalar(_, _, anchor, _) => Some((anchor, 1)),
+            Event::Alias(id) => Some((0, anchored.get(&id).copied().unwrap_or(1))),
+            _ => None,
+        };
+        if let Some((anchor, values)) = done {
+            if anchor != 0 {
+                anchored.insert(anchor, values);
+            }
+            match open.last_mut() {
+                Some((_, parent)) => *parent = parent.saturating_add(values),
+                None => total = total.saturating_add(values),
+            }
+            if total > MAX_YAML_VALUES || open.iter().any(|(_, n)| *n > MAX_YAML_VALUES) {
+                return Err(format!(
+                    "its aliases (*name) expand to more than {MAX_YAML_VALUES} values"
+                ));
+            }
+        }
+    }
+}
+
+/// Checks every file that [`SpfsConfig::load_from`] may read for `stem`
+/// (a superset: `STEM.conf`, `STEM.conf.ini`, `STEM.{toml,json,yaml,yml,ini}`).
+fn check_files(stem: &Path) -> Result<(), ConfigError> {
+    use config::FileFormat;
+    let candidates = [
+        (".conf", FileFormat::Ini),
+        (".conf.ini", FileFormat::Ini),
+        (".toml", FileFormat::Toml),
+        (".json", FileFormat::Json),
+        (".yaml", FileFormat::Yaml),
+        (".yml", FileFormat::Yaml),
+        (".ini", FileFormat::Ini),
+    ];
+    for (suffix, format) in candidates {
+        let path = PathBuf::from(format!("{}{suffix}", stem.display()));
+        // what cannot be read is for `config` to report
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        // the text as `config` reads it: without a UTF-8 BOM, and with
+        // invalid UTF-8 replaced (U+FFFD)
+        let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&bytes);
+        check_text(&String::from_utf8_lossy(bytes), format)
+            .map_err(|reason| ConfigError::Read(format!("{}: {reason}", path.display())))?;
+    }
+    Ok(())
+}
+
 /// Where configuration comes from; [`Sources::system`] is what spfs reads.
 #[derive(Debug, Clone)]
 pub struct Sources {
@@ -123,6 +245,7 @@ impl SpfsConfig {
         use config::{Environment, File, FileFormat};
         let mut builder = config::Config::builder();
         for stem in &sources.file_stems {
+            check_files(stem)?;
             let conf = PathBuf::from(format!("{}.conf", stem.display()));
             builder = builder
                 .add_source(File::new(&conf.to_string_lossy(), FileFormat::Ini).required(false))
@@ -141,6 +264,22 @@ impl SpfsConfig {
                     .separator("__")
                     .source(Some(new_style.into_iter().collect())),
             );
+        SpfsConfig::from_builder(builder)
+    }
+
+    /// Parse the text of one configuration file as [`SpfsConfig::load_from`]
+    /// parses a file of that format, with no other source (the decoder
+    /// fuzzer's in-memory path: `examples/fuzz_decoders`).
+    pub fn from_text(text: &str, format: config::FileFormat) -> Result<SpfsConfig, ConfigError> {
+        check_text(text, format).map_err(ConfigError::Read)?;
+        SpfsConfig::from_builder(
+            config::Config::builder().add_source(config::File::from_str(text, format)),
+        )
+    }
+
+    fn from_builder(
+        builder: config::ConfigBuilder<config::builder::DefaultState>,
+    ) -> Result<SpfsConfig, ConfigError> {
         let raw: Raw = builder
             .build()
             .and_then(|c| c.try_deserialize())
@@ -354,6 +493,70 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(config.local_root, Path::new("/new-style"));
+    }
+
+    /// Found probing the config decoders for item 19 (measured): keys
+    /// of many parts made the `config` crate use memory far beyond the
+    /// file's size (2 KB of ini section name: 286 MB; 20 KB: 24 GB, killed;
+    /// a JSON or TOML key of 100,000 parts: stack overflow), and YAML
+    /// aliases expanded without bound (370 bytes: 590 MB). Each is now
+    /// refused before `config` builds, naming the file.
+    #[test]
+    fn keys_of_many_parts_and_yaml_alias_bombs_are_refused_before_building() {
+        use config::FileFormat;
+        let long_key = format!("{}b", "a.".repeat(1000));
+        let mut laughs = String::from("a0: &a0 [x, x, x, x, x, x, x, x]\n");
+        for i in 1..6 {
+            let refs = vec![format!("*a{}", i - 1); 8].join(", ");
+            laughs.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        let cases = [
+            (
+                "spfs.conf",
+                FileFormat::Ini,
+                format!("[{long_key}]\nc = 1\n"),
+                "1001 parts",
+            ),
+            (
+                "spfs.json",
+                FileFormat::Json,
+                format!("{{\"{long_key}\": 1}}"),
+                "1001 parts",
+            ),
+            (
+                "spfs.toml",
+                FileFormat::Toml,
+                format!("\"{long_key}\" = 1\n"),
+                "1001 parts",
+            ),
+            (
+                "spfs.yaml",
+                FileFormat::Yaml,
+                laughs,
+                "expand to more than 10000 values",
+            ),
+        ];
+        let started = std::time::Instant::now();
+        for (file, format, text, says) in cases {
+            let err = SpfsConfig::from_text(&text, format)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{file}: {err}");
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+            std::fs::write(dir.path().join("etc").join(file), &text).unwrap();
+            let err = SpfsConfig::load_from(&sources(dir.path(), &[]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says) && err.contains(file), "{file}: {err}");
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // ordinary keys and a few aliases are fine
+        let yaml = "base: &b {address: 'file:///r'}\nremote:\n  origin: *b\n  other: *b\n";
+        let config = SpfsConfig::from_text(yaml, FileFormat::Yaml).unwrap();
+        assert_eq!(config.remotes.len(), 2);
+        let ini = "[remote.origin]\naddress = file:///r\n";
+        assert!(SpfsConfig::from_text(ini, FileFormat::Ini).is_ok());
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub use fs::FsRepository;
 pub use graph::{DigestStrategy, EncodingFormat, Header, Object, ObjectKind};
 pub use tag::{Tag, TagSpec};
 
+#[cfg(test)]
+mod decoder_corpus;
+
 /// Paths of the fixture repositories made by the real spfs 0.44.
 #[cfg(test)]
 pub(crate) mod fixtures {

@@ -198,11 +198,7 @@ impl Tag {
         let target = r.digest("tag target")?;
         let user = r.cstr("tag user")?.to_string();
         let time_text = r.cstr("tag time")?;
-        let time = OffsetDateTime::parse(time_text, &time::format_description::well_known::Rfc3339)
-            .map_err(|e| {
-                StorageError::InvalidObject(format!("tag time {time_text:?} is not RFC 3339 ({e})"))
-            })?
-            .to_offset(time::UtcOffset::UTC);
+        let time = parse_time(time_text)?;
         let parent = r.digest("tag parent")?;
         if !r.is_empty() {
             return Err(StorageError::InvalidObject(format!(
@@ -266,6 +262,21 @@ pub fn format_time(time: OffsetDateTime) -> String {
         t.minute(),
         t.second()
     )
+}
+
+/// A record's time: RFC 3339 with any offset, kept in UTC. The UTC time
+/// must fall in the years 0000 to 9999, so that [`format_time`] prints it
+/// back as RFC 3339 (`9999-12-31T23:59:59-01:00` is a valid RFC 3339 text
+/// whose UTC year is 10000).
+fn parse_time(text: &str) -> Result<OffsetDateTime, StorageError> {
+    let invalid = |reason: String| {
+        StorageError::InvalidObject(format!("tag time {text:?} is not usable ({reason})"))
+    };
+    let time = OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| invalid(format!("not RFC 3339: {e}")))?;
+    time.checked_to_offset(time::UtcOffset::UTC)
+        .filter(|utc| (0..=9999).contains(&utc.year()))
+        .ok_or_else(|| invalid("in UTC it falls outside the years 0000 to 9999".into()))
 }
 
 /// Now, in UTC, truncated to microseconds (spfs keeps no more).
@@ -374,5 +385,47 @@ mod tests {
         assert!(decode_stream(&[0xff; 8]).is_err());
         assert!(decode_stream(&[0, 0]).is_err());
         assert_eq!(decode_stream(&[]).unwrap(), vec![]);
+    }
+
+    fn record(time: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        write::cstr(&mut out, "test");
+        write::cstr(&mut out, "base");
+        write::digest(&mut out, &Digest::EMPTY);
+        write::cstr(&mut out, "root@vm");
+        write::cstr(&mut out, time);
+        write::digest(&mut out, &Digest::NULL);
+        out
+    }
+
+    /// Found by the decoder fuzzer: a valid RFC 3339 time whose UTC year is
+    /// out of range panicked in `to_offset`; one whose UTC year is negative
+    /// decoded but printed back as text that does not parse.
+    #[test]
+    fn times_outside_years_0_to_9999_in_utc_are_errors_not_panics() {
+        for time in [
+            "9999-12-31T23:59:59.999999-23:59",
+            "9999-12-31T23:59:59-00:01",
+            "0000-01-01T00:00:00+00:01",
+            "0000-01-01T00:00:00.000001+23:59",
+        ] {
+            let err = Tag::decode(&record(time)).expect_err(time).to_string();
+            assert!(
+                err.contains("outside the years 0000 to 9999"),
+                "{time}: {err}"
+            );
+        }
+        // the edges themselves are fine, and print back as they were
+        for time in [
+            "9999-12-31T23:59:59.999999+00:00",
+            "0000-01-01T00:00:00+00:00",
+        ] {
+            let tag = Tag::decode(&record(time)).expect(time);
+            assert_eq!(format_time(tag.time), time);
+            assert_eq!(Tag::decode(&tag.encode()).unwrap(), tag);
+        }
+        // an offset is kept as the same instant in UTC
+        let tag = Tag::decode(&record("2026-01-01T00:30:00+01:00")).unwrap();
+        assert_eq!(format_time(tag.time), "2025-12-31T23:30:00+00:00");
     }
 }

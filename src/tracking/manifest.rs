@@ -18,6 +18,13 @@ pub const MAX_DEPTH: usize = 1024;
 /// Most entries a stored manifest may unpack to (shared subtrees count
 /// once per place they appear).
 pub const MAX_ENTRIES: usize = 50_000_000;
+/// A manifest may always unpack to this many entries, however few it stores.
+pub const MIN_ENTRY_BUDGET: usize = 1_000_000;
+/// Past [`MIN_ENTRY_BUDGET`], a manifest may unpack to at most this many
+/// times the entries it stores: a tree shared by the entries of another
+/// shared tree multiplies, so a few KiB could otherwise stand for billions
+/// of entries (a "zip bomb").
+pub const MAX_SHARING: usize = 64;
 
 /// The mode of the root directory (spfs uses an open directory).
 const ROOT_MODE: u32 = 0o040777;
@@ -112,9 +119,11 @@ impl Manifest {
     }
 
     /// Unpack a stored manifest. A tree entry whose tree is missing, a
-    /// cycle, nesting deeper than [`MAX_DEPTH`] or more than [`MAX_ENTRIES`]
-    /// entries is an [`StorageError::InvalidObject`] (add the file name with
-    /// [`StorageError::in_file`] to make it `Corrupt`).
+    /// cycle, nesting deeper than [`MAX_DEPTH`], or more entries than
+    /// [`entry_budget`] allows is an [`StorageError::InvalidObject`] (add
+    /// the file name with [`StorageError::in_file`] to make it `Corrupt`).
+    /// The entries are counted before any is built, so a manifest refused
+    /// for its size costs no memory.
     pub fn from_graph(m: &graph::Manifest) -> Result<Manifest, StorageError> {
         let Some(root) = m.trees.first() else {
             return Ok(Manifest::default());
@@ -124,7 +133,22 @@ impl Manifest {
             by_digest,
             on_path: HashSet::new(),
             count: 0,
+            counted: HashMap::new(),
         };
+        let stored = m.trees.iter().map(|t| t.entries.len()).sum::<usize>();
+        let budget = entry_budget(stored);
+        let total = unpack.count(root, 0)?;
+        if total > budget as u64 {
+            return Err(StorageError::InvalidObject(if budget == MAX_ENTRIES {
+                format!("manifest unpacks to {total} entries, more than {MAX_ENTRIES}")
+            } else {
+                format!(
+                    "manifest unpacks to {total} entries but stores {stored}: its shared \
+                     subtrees repeat them more than {MAX_SHARING} times over (at most \
+                     {budget} entries are unpacked from it)"
+                )
+            }));
+        }
         let mut entry = Entry::dir(ROOT_MODE);
         unpack.tree(root, &mut entry, 0)?;
         Ok(Manifest { root: entry })
@@ -178,13 +202,73 @@ impl Manifest {
     }
 }
 
+/// How many entries a manifest storing `stored` entries may unpack to:
+/// [`MAX_SHARING`] times as many, at least [`MIN_ENTRY_BUDGET`], at most
+/// [`MAX_ENTRIES`].
+pub fn entry_budget(stored: usize) -> usize {
+    stored
+        .saturating_mul(MAX_SHARING)
+        .clamp(MIN_ENTRY_BUDGET, MAX_ENTRIES)
+}
+
 struct Unpack<'m> {
     by_digest: HashMap<Digest, &'m Tree>,
     on_path: HashSet<Digest>,
     count: usize,
+    /// Entries below each tree already counted, by digest.
+    counted: HashMap<Digest, u64>,
 }
 
-impl Unpack<'_> {
+impl<'m> Unpack<'m> {
+    fn subtree(&self, e: &graph::Entry) -> Result<&'m Tree, StorageError> {
+        self.by_digest.get(&e.object).copied().ok_or_else(|| {
+            StorageError::InvalidObject(format!(
+                "manifest entry {:?} refers to tree {} that the manifest does not hold",
+                e.name, e.object
+            ))
+        })
+    }
+
+    fn enter(&mut self, digest: Digest) -> Result<(), StorageError> {
+        if self.on_path.insert(digest) {
+            Ok(())
+        } else {
+            Err(StorageError::InvalidObject(format!(
+                "manifest tree {digest} contains itself"
+            )))
+        }
+    }
+
+    /// How many entries `tree` unpacks to (saturating), each distinct tree
+    /// counted once: linear in the stored manifest, whatever it unpacks to.
+    fn count(&mut self, tree: &Tree, depth: usize) -> Result<u64, StorageError> {
+        if depth > MAX_DEPTH {
+            return Err(StorageError::InvalidObject(format!(
+                "manifest nests directories deeper than {MAX_DEPTH}"
+            )));
+        }
+        let mut total = 0u64;
+        for e in &tree.entries {
+            total = total.saturating_add(1);
+            if e.kind != EntryKind::Tree {
+                continue;
+            }
+            let below = match self.counted.get(&e.object) {
+                Some(n) => *n,
+                None => {
+                    let sub = self.subtree(e)?;
+                    self.enter(e.object)?;
+                    let n = self.count(sub, depth + 1)?;
+                    self.on_path.remove(&e.object);
+                    self.counted.insert(e.object, n);
+                    n
+                }
+            };
+            total = total.saturating_add(below);
+        }
+        Ok(total)
+    }
+
     fn tree(&mut self, tree: &Tree, into: &mut Entry, depth: usize) -> Result<(), StorageError> {
         if depth > MAX_DEPTH {
             return Err(StorageError::InvalidObject(format!(
@@ -213,18 +297,8 @@ impl Unpack<'_> {
             };
             if e.kind == EntryKind::Tree {
                 child.object = Digest::NULL;
-                let sub = *self.by_digest.get(&e.object).ok_or_else(|| {
-                    StorageError::InvalidObject(format!(
-                        "manifest entry {:?} refers to tree {} that the manifest does not hold",
-                        e.name, e.object
-                    ))
-                })?;
-                if !self.on_path.insert(e.object) {
-                    return Err(StorageError::InvalidObject(format!(
-                        "manifest tree {} contains itself",
-                        e.object
-                    )));
-                }
+                let sub = self.subtree(e)?;
+                self.enter(e.object)?;
                 self.tree(sub, &mut child, depth + 1)?;
                 self.on_path.remove(&e.object);
             }

@@ -54,11 +54,41 @@ pub enum BuildError {
     Cancelled,
     #[error("cannot read directory layer {path}: {error}")]
     Layer { path: String, error: std::io::Error },
+    #[error("the layers nest directories deeper than {max} levels; such a stack cannot be shown")]
+    TooDeep { max: usize },
+    #[error("cannot start a thread to build the view: {0}")]
+    Thread(std::io::Error),
 }
+
+/// Deepest directory nesting a view is built to, as for `spfs info` and
+/// the other commands that unpack a manifest.
+pub const MAX_DEPTH: usize = crate::tracking::manifest::MAX_DEPTH;
+
+/// Stack of the thread a view is built on. Building recurses once per
+/// directory level, a few KiB a level in a debug build: enough for
+/// [`MAX_DEPTH`] levels with room to spare. Only the pages used are touched.
+const BUILD_STACK: usize = 64 << 20;
 
 /// Merges `layers` (bottom to top) into nodes; index 0 is the root. Returns
 /// them and the number of directory-layer entries that could not be read.
+///
+/// Runs on a thread of its own with a [`BUILD_STACK`]-byte stack: the
+/// caller's (a tokio blocking thread has 2 MiB) could not hold
+/// [`MAX_DEPTH`] levels, and overflowing it aborts the whole service.
 pub fn build(layers: &[Layer], budget: &Budget) -> Result<(Vec<Node>, u64), BuildError> {
+    std::thread::scope(|scope| {
+        let builder = std::thread::Builder::new()
+            .name("spfs-view-build".into())
+            .stack_size(BUILD_STACK)
+            .spawn_scoped(scope, || build_here(layers, budget))
+            .map_err(BuildError::Thread)?;
+        builder
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+fn build_here(layers: &[Layer], budget: &Budget) -> Result<(Vec<Node>, u64), BuildError> {
     let indexes: Vec<Option<TreeIndex>> = layers
         .iter()
         .map(|layer| match layer {
@@ -99,7 +129,7 @@ pub fn build(layers: &[Layer], budget: &Budget) -> Result<(Vec<Node>, u64), Buil
             content: Content::Dir(Vec::new()),
         });
     } else {
-        builder.dir(roots)?;
+        builder.dir(roots, 0)?;
     }
     Ok((builder.nodes, builder.unreadable))
 }
@@ -178,8 +208,12 @@ struct Builder<'b> {
 }
 
 impl Builder<'_> {
-    /// Merges directories `sources` (bottom to top) into a new node; returns its index.
-    fn dir(&mut self, sources: Vec<Source>) -> Result<u32, BuildError> {
+    /// Merges directories `sources` (bottom to top), `depth` levels below
+    /// the root, into a new node; returns its index.
+    fn dir(&mut self, sources: Vec<Source>, depth: usize) -> Result<u32, BuildError> {
+        if depth > MAX_DEPTH {
+            return Err(BuildError::TooDeep { max: MAX_DEPTH });
+        }
         let index = self.nodes.len() as u32;
         let attr = match sources.last().expect("at least one source") {
             Source::Tree(_, tree, mode) => {
@@ -256,7 +290,7 @@ impl Builder<'_> {
                     let attr = self.entry_attr(0o040755, 0, FileType::Directory);
                     self.push(attr, Content::Dir(Vec::new()))?
                 } else {
-                    self.dir(merged)?
+                    self.dir(merged, depth + 1)?
                 }
             } else {
                 let top = candidates.pop().expect("non-empty");

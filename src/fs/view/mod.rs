@@ -367,4 +367,48 @@ mod tests {
             Some(libc::EIO)
         );
     }
+
+    /// `depth` directories `d/d/d/...`, each its own tree.
+    fn nested(depth: usize) -> Layer {
+        let mut trees = vec![Tree::default()];
+        for _ in 0..depth {
+            let below = trees.last().unwrap();
+            trees.push(Tree {
+                entries: vec![dir("d", below)],
+            });
+        }
+        trees.reverse();
+        layer(trees)
+    }
+
+    /// Found checking the decoders of untrusted files (item 19): the view is
+    /// built recursively, and on the service's 2 MiB blocking threads a
+    /// manifest 5,000 directories deep (315 KB) overflowed the stack, which
+    /// aborts the whole service with every runtime in it. Now the build
+    /// runs on a thread with room for `MAX_DEPTH` levels, and deeper is an
+    /// error naming the limit.
+    #[test]
+    fn a_manifest_nested_deeper_than_max_depth_is_refused_without_overflowing() {
+        let build = |layer: Layer| {
+            // as the service calls it: from a thread with a 2 MiB stack
+            std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn(move || {
+                    let empty = Arc::new(ProxyRepository::from_repositories(vec![]));
+                    View::build(1, "deep".into(), &[layer], empty, &Budget::unlimited())
+                        .map(|view| view.len())
+                })
+                .unwrap()
+                .join()
+                .unwrap()
+        };
+        assert_eq!(
+            build(nested(crate::tracking::manifest::MAX_DEPTH)).unwrap(),
+            crate::tracking::manifest::MAX_DEPTH + 1
+        );
+        for depth in [crate::tracking::manifest::MAX_DEPTH + 1, 20_000] {
+            let err = build(nested(depth)).unwrap_err().to_string();
+            assert!(err.contains("deeper than 1024 levels"), "{depth}: {err}");
+        }
+    }
 }

@@ -197,3 +197,56 @@ fn all_four_combinations_round_trip() {
         }
     }
 }
+
+/// A FlatBuffer manifest whose tree lists `n` offsets to one entry table
+/// with a `name_len`-byte name: small on disk, `n * name_len` bytes of
+/// names if decoded.
+fn shared_entry_flatbuffer(n: usize, name_len: usize) -> Vec<u8> {
+    use super::flatbuf::{vt, FbDigest, OBJECT_MANIFEST};
+    let mut fbb = flatbuffers::FlatBufferBuilder::new();
+    let name = fbb.create_string(&"n".repeat(name_len));
+    let t = fbb.start_table();
+    fbb.push_slot_always(vt::ENTRY_NAME, name);
+    fbb.push_slot_always(vt::ENTRY_OBJECT, FbDigest([7; 32]));
+    let entry = fbb.end_table(t);
+    let entries = fbb.create_vector(&vec![entry; n]);
+    let t = fbb.start_table();
+    fbb.push_slot_always(vt::TREE_ENTRIES, entries);
+    let tree = fbb.end_table(t);
+    let trees = fbb.create_vector(&[tree]);
+    let t = fbb.start_table();
+    fbb.push_slot_always(vt::MANIFEST_TREES, trees);
+    let manifest = fbb.end_table(t).as_union_value();
+    let t = fbb.start_table();
+    fbb.push_slot_always(vt::ANY_OBJECT, manifest);
+    fbb.push_slot::<u8>(vt::ANY_OBJECT_TYPE, OBJECT_MANIFEST, 0);
+    let root = fbb.end_table(t);
+    fbb.finish_minimal(root);
+    let mut bytes = Header {
+        strategy: DigestStrategy::WithKindAndSalt,
+        format: EncodingFormat::FlatBuffers,
+        kind: ObjectKind::Manifest,
+    }
+    .to_bytes()
+    .to_vec();
+    bytes.extend_from_slice(fbb.finished_data());
+    bytes
+}
+
+/// Checked for item 19 (it already held): FlatBuffers lets many offsets
+/// share one table, so a 260 KB file could stand for 3 GB of entry names.
+/// The verifier's apparent-size bound (8 x the buffer + 64 KiB) refuses it
+/// before anything is copied.
+#[test]
+fn flatbuffer_tables_shared_many_times_are_refused_not_copied() {
+    let bytes = shared_entry_flatbuffer(50_000, 60_000);
+    assert!(bytes.len() < 300_000, "{}", bytes.len());
+    let err = Object::decode(&bytes).unwrap_err().to_string();
+    assert!(err.contains("invalid FlatBuffer"), "{err}");
+    // the same layout at a small scale decodes: the refusal is the bound
+    let (_, object) = Object::decode(&shared_entry_flatbuffer(10, 100)).unwrap();
+    let Object::Manifest(m) = object else {
+        panic!("{object:?}")
+    };
+    assert_eq!(m.trees[0].entries.len(), 10);
+}

@@ -147,3 +147,105 @@ fn read_names_the_file_when_it_is_not_a_manifest() {
     let m = Manifest::read(&repo, &l.manifest.unwrap()).unwrap();
     assert_eq!(m.get("newfile.txt").unwrap().size, 9);
 }
+
+/// `levels` trees above a one-file tree, each holding `width` directories
+/// that all refer to the tree below: `width^levels` files from a few KiB.
+fn shared_subtree_bomb(levels: usize, width: usize) -> graph::Manifest {
+    let mut trees = vec![Tree {
+        entries: vec![graph::Entry {
+            kind: EntryKind::Blob,
+            object: Digest::EMPTY,
+            mode: 0o100644,
+            size: 0,
+            name: "f".into(),
+        }],
+    }];
+    for _ in 0..levels {
+        let below = trees.last().unwrap().digest();
+        let entries = (0..width)
+            .map(|i| graph::Entry {
+                kind: EntryKind::Tree,
+                object: below,
+                mode: 0o040755,
+                size: 0,
+                name: format!("d{i}"),
+            })
+            .collect();
+        trees.push(Tree { entries });
+    }
+    trees.reverse();
+    graph::Manifest { trees }
+}
+
+/// Found reviewing `from_graph` for unbounded memory: a 2.7 KB manifest of
+/// 22 trees of two directories each made it build 8 million entries (9 GB,
+/// 18 s); 24 trees would have gone on to the 50 million entry cap, past this
+/// machine's memory.
+#[test]
+fn a_manifest_of_shared_subtrees_is_refused_before_anything_is_built() {
+    // 16^5 = 1,048,576 files (2.1 million entries) from 81 stored entries
+    let started = std::time::Instant::now();
+    let refused = |m: &graph::Manifest| match Manifest::from_graph(m) {
+        Ok(_) => panic!("a manifest of shared subtrees was unpacked"),
+        Err(e) => e.to_string(),
+    };
+    let err = refused(&shared_subtree_bomb(5, 16));
+    assert!(err.contains("more than 64 times over"), "{err}");
+    // 2^200 entries from 401: counted (saturating), not built
+    let err = refused(&shared_subtree_bomb(200, 2));
+    assert!(err.contains("stores 401"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+    // some sharing is fine: 2^12 files, and what they unpack to is right
+    let m = Manifest::from_graph(&shared_subtree_bomb(12, 2)).unwrap();
+    let mut files = 0;
+    fn walk(e: &Entry, files: &mut usize) {
+        for child in e.entries.values() {
+            if child.is_dir() {
+                walk(child, files);
+            } else {
+                *files += 1;
+            }
+        }
+    }
+    walk(m.root(), &mut files);
+    assert_eq!(files, 1 << 12);
+
+    assert_eq!(entry_budget(0), MIN_ENTRY_BUDGET);
+    assert_eq!(entry_budget(100_000), 6_400_000);
+    assert_eq!(entry_budget(usize::MAX), MAX_ENTRIES);
+}
+
+/// `MAX_DEPTH` levels unpack, one more is refused, and neither overflows a
+/// 2 MiB stack (a tokio worker's) even in a debug build.
+#[test]
+fn nesting_is_bounded_and_fits_a_small_stack() {
+    fn nested(depth: usize) -> graph::Manifest {
+        let mut trees = vec![Tree::default()];
+        for _ in 0..depth {
+            let below = trees.last().unwrap().digest();
+            trees.push(Tree {
+                entries: vec![graph::Entry {
+                    kind: EntryKind::Tree,
+                    object: below,
+                    mode: 0o040755,
+                    size: 0,
+                    name: "d".into(),
+                }],
+            });
+        }
+        trees.reverse();
+        graph::Manifest { trees }
+    }
+    let unpack = |depth: usize| {
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || Manifest::from_graph(&nested(depth)).map(|_| ()))
+            .unwrap()
+            .join()
+            .unwrap()
+    };
+    unpack(MAX_DEPTH).unwrap();
+    let err = unpack(MAX_DEPTH + 1).unwrap_err().to_string();
+    assert!(err.contains("deeper than 1024"), "{err}");
+}
