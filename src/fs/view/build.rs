@@ -224,7 +224,7 @@ impl Builder<'_> {
         self.push(attr, Content::Dir(Vec::new()))?;
         if let [Source::Tree(tree_index, tree, _)] = sources.as_slice() {
             // Only one layer has this directory (the common case): nothing to merge.
-            let children = self.one_tree(tree_index, tree)?;
+            let children = self.one_tree(tree_index, tree, depth)?;
             self.nodes[index as usize].content = Content::Dir(children);
             return Ok(index);
         }
@@ -307,13 +307,16 @@ impl Builder<'_> {
         &mut self,
         index: &TreeIndex,
         tree: &graph::Tree,
+        depth: usize,
     ) -> Result<Vec<(OsString, u32)>, BuildError> {
         let mut children = Vec::with_capacity(tree.entries.len());
         for entry in &tree.entries {
             let child = match entry.kind {
                 EntryKind::Mask => continue,
                 EntryKind::Tree => match index.tree(&entry.object) {
-                    Some(child) => self.dir(vec![Source::Tree(index, child, entry.mode)])?,
+                    Some(child) => {
+                        self.dir(vec![Source::Tree(index, child, entry.mode)], depth + 1)?
+                    }
                     None => {
                         let attr = self.entry_attr(0o040755, 0, FileType::Directory);
                         self.push(attr, Content::Dir(Vec::new()))?
