@@ -1116,6 +1116,8 @@ fn the_service_gets_only_the_environment_it_needs() {
     run_ok(
         env.spfs(&["service", "start"])
             .env("SPFS_TEST_SECRET_TOKEN_IS_SPFS", "kept")
+            // Started from inside a runtime: the service belongs to none.
+            .env("SPFS_RUNTIME", "some-runtime")
             .env("AWS_SECRET_ACCESS_KEY", "leaked")
             .env("LC_ALL", "C")
             .env("RUST_BACKTRACE", "1"),
@@ -1133,10 +1135,12 @@ fn the_service_gets_only_the_environment_it_needs() {
         })
         .filter(|n| !n.is_empty())
         .collect();
-    assert!(
-        !names.contains(&"AWS_SECRET_ACCESS_KEY".to_string()),
-        "{names:?}"
-    );
+    for dropped in ["AWS_SECRET_ACCESS_KEY", "SPFS_RUNTIME"] {
+        assert!(
+            !names.contains(&dropped.to_string()),
+            "{dropped}: {names:?}"
+        );
+    }
     for kept in [
         "PATH",
         "HOME",

@@ -326,8 +326,10 @@ impl Router {
         let Some((runtime, name, uid, root_start)) = emptied else {
             return;
         };
+        let me = std::process::id() as i32;
         let carriers: Vec<(i32, u64)> = platform::processes_with_marker(&name, uid)
             .into_iter()
+            .filter(|(pid, _)| *pid != me)
             .filter(|(_, start)| !platform::START_TIMES_ORDERED || *start >= root_start)
             .collect();
         let mut joined = Vec::new();

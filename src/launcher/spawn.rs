@@ -249,7 +249,10 @@ fn passed_to_service(name: &str) -> bool {
         "SPFS_LOG_DIR",
         "SPFS_MOUNTPOINT",
     ];
+    // The name of the runtime the launcher runs in: the service belongs to no
+    // runtime, and must not look like a process of one when members are counted.
     !SET_SEPARATELY.contains(&name)
+        && name != crate::platform::RUNTIME_VAR
         && (EXACT.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p)))
 }
 
