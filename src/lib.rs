@@ -8,16 +8,19 @@
 //!   readiness pipe, confirm.
 //! - [`service`]: the background service: socket, health, control API,
 //!   runtimes table, pidfile, shutdown.
-//! - [`fs`]: the FUSE filesystem and mounting it safely.
+//! - [`fs`]: the FUSE filesystem and mounting it safely: views over merged
+//!   manifests (`fs::view`), and which process belongs to which runtime
+//!   (`fs::router`).
 //! - [`client`]: gRPC channels over the unix socket.
 //! - [`commands`]: what the two binaries do for each subcommand.
 //! - [`telemetry`]: JSON-lines log files with daily rotation, reading them
 //!   back, and OpenTelemetry traces and metrics (off unless configured).
 //! - [`platform`]: Linux and macOS process facts, exit watching, FUSE checks.
 //! - [`storage`]: spfs repositories, byte-compatible with spfs 0.44: digests,
-//!   the object graph and its encodings, tags, the filesystem repository.
-//! - [`tracking`]: in-memory manifests (merging layers, masks) and committing
-//!   a directory as a layer.
+//!   the object graph and its encodings, tags, the filesystem repository,
+//!   spfs's configuration.
+//! - [`tracking`]: in-memory manifests (merging layers, masks), committing
+//!   a directory as a layer, and refs resolved to stacks of layers.
 //! - [`paths`], [`config`], [`error`]: where things live, settings, user-facing errors.
 //! - [`proto`]: code generated from `proto/spfs/vfs/v1/vfs.proto`.
 

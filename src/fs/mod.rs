@@ -1,8 +1,10 @@
 //! The FUSE filesystem at the mountpoint, and mounting it safely.
 //!
-//! Each runtime sees its own immutable [`view::View`] of its layers; a process
-//! outside every runtime sees an empty directory. [`router`] decides which
-//! view a request is for; see `docs/architecture.md` for the whole picture.
+//! Each runtime sees its own immutable [`view::View`] of its layers (runtimes
+//! of the same stack share one); a process outside every runtime sees an
+//! empty directory. [`router`] keeps which process is in which runtime and
+//! decides which view a request is for; see `docs/architecture.md` for the
+//! whole picture.
 //! The filesystem is read-only (writes fail with EROFS in the kernel) and
 //! never touches its own mountpoint. This module also owns mounting: the
 //! mountpoint checks (including that the service's user owns it), the
