@@ -31,6 +31,9 @@ pub fn serve(
         eprintln!("spfs-fuse-macos: {message}");
         ExitCode::FAILURE
     };
+    // Before any thread starts: one heap, so a freed view's memory can be
+    // given back (see platform::one_malloc_arena).
+    crate::platform::one_malloc_arena();
     let mut paths = match Paths::from_env() {
         Ok(paths) => paths,
         Err(err) => {

@@ -316,6 +316,21 @@ pub fn check_before_service_spawn() -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// Makes glibc serve every thread from one heap. Views are built on threads
+/// of their own and freed from others; with glibc's default of one heap per
+/// thread (up to 8 per core) the freed memory stays scattered over heaps that
+/// `malloc_trim` cannot shrink: measured, RSS after six 100,000-entry
+/// runtimes ended was 51 MiB with the default and 9 MiB with one heap. Small
+/// allocations still come from each thread's own cache (tcache), so the one
+/// heap's lock is rarely taken. Call before any other thread starts.
+pub fn one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets glibc's own tuning; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// Gives memory freed by a dropped view back to the system. glibc keeps
 /// freed heap pages mapped; after a big view goes the service would hold on
 /// to hundreds of MiB it no longer uses.

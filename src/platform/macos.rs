@@ -561,6 +561,10 @@ pub fn check_before_service_spawn() -> std::result::Result<(), String> {
     check_fuse_available()
 }
 
+/// glibc's per-thread heaps have no counterpart to tune on macOS: its
+/// allocator's magazines return freed regions on their own.
+pub fn one_malloc_arena() {}
+
 /// Gives memory freed by a dropped view back to the system. macOS's
 /// allocator returns large freed regions on its own (madvise on free), so
 /// there is nothing to ask for here.
