@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -107,28 +106,12 @@ fn runtimes_of_one_stack_share_a_view_and_still_end_on_their_own() {
     with_layers(&env);
     let version = env.mountpoint.join("etc/version");
     let spawn = || {
-        let mut child = env
-            .spfs(&[
-                "run",
-                "base+app",
-                "--",
-                "sh",
-                "-c",
-                &format!("cat {}; read _ || true", version.display()),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line, "app\n");
+        let (child, line) = env.hold_run(&["base+app"], &format!("cat {}", version.display()));
+        assert_eq!(line, "app");
         child
     };
-    let mut first = spawn();
-    let mut second = spawn();
+    let first = spawn();
+    let second = spawn();
     let mounts = env.service_events("service.mount");
     assert_eq!(mounts.len(), 2);
     assert_eq!(mounts[0]["view_shared"], false);
@@ -142,13 +125,11 @@ fn runtimes_of_one_stack_share_a_view_and_still_end_on_their_own() {
         "an outsider sees nothing"
     );
     // The first ends; the second still reads its files.
-    drop(first.stdin.take());
-    assert!(first.wait().unwrap().success());
+    release(first);
     assert!(env.wait_for(Duration::from_secs(5), || runtimes(&env).len() == 1));
     let again = run_ok(&mut env.spfs(&["run", "base+app", "--", "cat", version.to_str().unwrap()]));
     assert_eq!(stdout(&again), "app\n");
-    drop(second.stdin.take());
-    assert!(second.wait().unwrap().success());
+    release(second);
     assert!(env.wait_for(Duration::from_secs(5), || runtimes(&env).is_empty()));
     assert!(
         env.wait_for(Duration::from_secs(5), || env

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -14,33 +12,6 @@ fn list_quiet(env: &TestEnv) -> Vec<String> {
         .lines()
         .map(str::to_owned)
         .collect()
-}
-
-/// Starts `spfs run` of a command that prints a line, then waits for stdin.
-fn hold(env: &TestEnv, args: &[&str], script: &str) -> (std::process::Child, String) {
-    let mut full = vec!["run"];
-    full.extend_from_slice(args);
-    full.extend_from_slice(&["--", "sh", "-c"]);
-    let script = format!("{script}; read _ || true");
-    full.push(&script);
-    let mut child = env
-        .spfs(&full)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    (child, line.trim().to_owned())
-}
-
-fn release(mut child: std::process::Child) {
-    child.stdin.take().unwrap().write_all(b"\n").unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "{}", stderr(&output));
 }
 
 #[test]
@@ -60,7 +31,7 @@ fn runtime_list_shows_exactly_the_live_runtimes() {
     assert_eq!(lines.len(), 2, "{text}");
     assert_eq!(lines[1], format!("me={}", lines[0]));
 
-    let held: Vec<_> = (0..4).map(|_| hold(&env, &["base"], "echo up")).collect();
+    let held: Vec<_> = (0..4).map(|_| env.hold_run(&["base"], "echo up")).collect();
     assert_eq!(list_quiet(&env).len(), 4);
     let long = stdout(&run_ok(&mut env.spfs(&["runtime", "list"])));
     assert_eq!(
@@ -92,8 +63,7 @@ fn runtime_list_shows_exactly_the_live_runtimes() {
 #[test]
 fn runtimes_are_named_described_and_removed_by_name() {
     let env = TestEnv::new();
-    let (child, first) = hold(
-        &env,
+    let (child, first) = env.hold_run(
         &["--runtime-name", "build-1", "base+app"],
         "echo $SPFS_RUNTIME",
     );

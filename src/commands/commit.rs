@@ -34,7 +34,7 @@ pub fn commit(options: CommitOptions) -> ExitCode {
     repo::run("spfs commit", || {
         // Every tag is checked before anything is written.
         let tags = parse_tags(options.tags)?;
-        let digest = match options.source {
+        let (repo, digest) = match options.source {
             CommitSource::Path(dir) => commit_path(options.remote, dir, options.allow_empty)?,
             CommitSource::Ref(reference) => commit_ref(options.remote, reference)?,
             CommitSource::Runtime(kind) => {
@@ -43,7 +43,6 @@ pub fn commit(options: CommitOptions) -> ExitCode {
                 )))
             }
         };
-        let repo = repo::writable(options.remote)?;
         finish(&repo, digest, &tags)
     })
 }
@@ -52,7 +51,12 @@ fn parse_tags(tags: &[String]) -> Result<Vec<TagSpec>> {
     tags.iter().map(|t| repo::tag_spec(t)).collect()
 }
 
-fn commit_path(remote: Option<&str>, dir: &Path, allow_empty: bool) -> Result<Digest> {
+/// Commits `dir` as a layer; returns the repository it went to and the digest.
+fn commit_path(
+    remote: Option<&str>,
+    dir: &Path,
+    allow_empty: bool,
+) -> Result<(FsRepository, Digest)> {
     let meta = std::fs::metadata(dir)
         .map_err(|e| Error::io(format!("cannot commit {}", dir.display()), e))?;
     if !meta.is_dir() {
@@ -87,10 +91,11 @@ fn commit_path(remote: Option<&str>, dir: &Path, allow_empty: bool) -> Result<Di
         })
     })?;
     progress.clear();
-    Ok(layer)
+    Ok((repo, layer))
 }
 
-fn commit_ref(remote: Option<&str>, reference: &str) -> Result<Digest> {
+/// Commits a platform of `reference`'s items; returns the repository and the digest.
+fn commit_ref(remote: Option<&str>, reference: &str) -> Result<(FsRepository, Digest)> {
     let items = env_spec::parse(reference)?;
     if items.is_empty() {
         return Err(Error::Config(
@@ -103,7 +108,8 @@ fn commit_ref(remote: Option<&str>, reference: &str) -> Result<Digest> {
         layers.push(repo::resolve_digest(&repos, part)?);
     }
     let repo = repo::writable(remote)?;
-    Ok(commit_platform(&repo, &layers)?)
+    let platform = commit_platform(&repo, &layers)?;
+    Ok((repo, platform))
 }
 
 /// Tags `digest`, then reports it as spfs does.

@@ -49,7 +49,10 @@ fn run_in_env(
         let config = launcher_config()?;
         let repositories = repositories_for(reference)?;
         let pid = std::process::id() as i32;
-        let name = name.map_or_else(|| runtime_name(pid), str::to_owned);
+        let name = name.map_or_else(
+            || crate::service::generated_runtime_name(pid),
+            str::to_owned,
+        );
         // One trace per command: the start (if any) and the Mount call are its children.
         let span = tracing::info_span!("spfs.run", env_spec = env_spec::shorten(reference));
         let mounted = client_runtime().block_on(
@@ -133,14 +136,6 @@ fn check_root_process(pid: i32, force: bool) -> std::result::Result<(), String> 
         )),
         _ => Ok(()),
     }
-}
-
-/// A fresh runtime name: this process's pid and the time, unique on this machine.
-fn runtime_name(pid: i32) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("spfs-{pid}-{nanos:x}")
 }
 
 /// Checks the ref's syntax (so a typo never starts a service) and reads the

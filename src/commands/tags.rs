@@ -71,24 +71,7 @@ pub fn log(tag: &str, remote: Option<&str>) -> ExitCode {
     repo::run("spfs log", || {
         let spec = repo::tag_spec(tag)?;
         let repos = repo::readable(remote)?;
-        let mut stream = None;
-        let mut first_error = None;
-        for repo in repos.repositories() {
-            match repo.tag_stream(&spec) {
-                Ok(found) => {
-                    stream = Some(found);
-                    break;
-                }
-                Err(err) => {
-                    first_error.get_or_insert(err);
-                }
-            }
-        }
-        let stream = match (stream, first_error) {
-            (Some(stream), _) => stream,
-            (None, Some(err)) => return Err(err.into()),
-            (None, None) => return Err(Error::Config("no repository is configured".into())),
-        };
+        let stream = repos.tag_stream(&spec)?;
         let mut out = Out::new();
         for (version, entry) in stream.iter().enumerate() {
             let digest = entry.target.to_base32();

@@ -117,7 +117,7 @@ impl Api {
         authorize(caller, pid)?;
         // A script's Mount may name no runtime: give it one of its own.
         let name = match name.is_empty() {
-            true => format!("spfs-{pid}-{}", self.runtimes.router().next_view_id()),
+            true => runtimes::generated_name(pid),
             false => name,
         };
         runtimes::check_name(&name)?;

@@ -44,7 +44,7 @@ use guard::{GuardLayer, GuardState};
 use pidfile::{PidFile, PidFileError};
 use readiness::ReadyNotifier;
 use runtimes::Runtimes;
-pub use runtimes::MAX_ENV_SPEC_BYTES;
+pub use runtimes::{generated_name as generated_runtime_name, MAX_ENV_SPEC_BYTES};
 use shutdown::Shutdown;
 use socket::ControlSocket;
 

@@ -65,6 +65,15 @@ pub enum MountError {
     Timeout { spec: String, seconds: f64 },
 }
 
+/// A fresh runtime name for root process `pid`: the pid and the time in
+/// nanoseconds, unique on this machine.
+pub fn generated_name(pid: i32) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("spfs-{pid}-{nanos:x}")
+}
+
 /// A runtime name as `SPFS_RUNTIME` carries it.
 pub fn check_name(name: &str) -> Result<(), MountError> {
     let ok = !name.is_empty()

@@ -56,10 +56,24 @@ impl ProxyRepository {
 
     /// The tag from the first repository that has a stream of that name.
     pub fn resolve_tag(&self, spec: &TagSpec) -> Result<Tag, StorageError> {
+        self.first(spec, |repo| repo.resolve_tag(spec))
+    }
+
+    /// The whole stream (newest first) from the first repository that has it.
+    pub fn tag_stream(&self, spec: &TagSpec) -> Result<Vec<Tag>, StorageError> {
+        self.first(spec, |repo| repo.tag_stream(spec))
+    }
+
+    /// The first repository's answer that is not an error, else the first error.
+    fn first<T>(
+        &self,
+        spec: &TagSpec,
+        lookup: impl Fn(&FsRepository) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
         let mut first_error = None;
         for repo in &self.repos {
-            match repo.resolve_tag(spec) {
-                Ok(tag) => return Ok(tag),
+            match lookup(repo) {
+                Ok(found) => return Ok(found),
                 Err(err) => {
                     first_error.get_or_insert(err);
                 }

@@ -196,6 +196,30 @@ impl TestEnv {
         );
     }
 
+    /// Starts `spfs run ARGS... -- sh -c SCRIPT` where SCRIPT prints a line and
+    /// the command then waits for stdin; returns the child and that line.
+    /// [`release`] lets it finish.
+    pub fn hold_run(&self, args: &[&str], script: &str) -> (std::process::Child, String) {
+        use std::io::{BufRead, BufReader};
+        let mut full = vec!["run"];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["--", "sh", "-c"]);
+        let script = format!("{script}; read _ || true");
+        full.push(&script);
+        let mut child = self
+            .spfs(&full)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        (child, line.trim().to_owned())
+    }
+
     pub fn track(&self, pid: i32) {
         self.helpers.lock().unwrap().push(pid);
     }
@@ -301,6 +325,14 @@ mod os {
             .unwrap_or_default();
         !state.starts_with('Z')
     }
+}
+
+/// Lets a command started by [`TestEnv::hold_run`] finish; it must succeed.
+pub fn release(mut child: std::process::Child) {
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
 }
 
 pub fn stdout(output: &Output) -> String {
