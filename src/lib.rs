@@ -19,6 +19,8 @@
 //! - [`storage`]: spfs repositories, byte-compatible with spfs 0.44: digests,
 //!   the object graph and its encodings, tags, the filesystem repository,
 //!   spfs's configuration.
+//! - [`runtime`]: runtimes as objects on disk: an editable runtime's
+//!   changes (scratch: written files, deletion markers) and its state file.
 //! - [`tracking`]: in-memory manifests (merging layers, masks), committing
 //!   a directory as a layer, and refs resolved to stacks of layers.
 //! - [`paths`], [`config`], [`error`]: where things live, settings, user-facing errors.
@@ -33,6 +35,7 @@ pub mod launcher;
 pub mod paths;
 pub mod platform;
 pub mod proto;
+pub mod runtime;
 pub mod service;
 pub mod storage;
 pub mod telemetry;

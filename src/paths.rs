@@ -1,5 +1,5 @@
-//! Where things live: the runtime dir (socket, locks, pidfile), the log dir and
-//! the mountpoint, with their platform defaults and environment overrides, and
+//! Where things live: the runtime dir (socket, locks, pidfile), the log dir,
+//! the mountpoint and the scratch dir (editable runtimes' changes), with their platform defaults and environment overrides, and
 //! the safety check every process runs before it trusts the runtime dir.
 
 use std::ffi::OsString;
@@ -27,6 +27,9 @@ pub struct Paths {
     pub runtime_dir: PathBuf,
     pub log_dir: PathBuf,
     pub mountpoint: PathBuf,
+    /// Editable runtimes' changes, one directory per runtime name
+    /// (`SPFS_SCRATCH_DIR`; default in the user's cache dir).
+    pub scratch_dir: PathBuf,
 }
 
 impl Paths {
@@ -52,6 +55,7 @@ impl Paths {
             runtime_dir: pick("SPFS_RUNTIME_DIR", platform::default_runtime_dir)?,
             log_dir: pick("SPFS_LOG_DIR", platform::default_log_dir)?,
             mountpoint: pick("SPFS_MOUNTPOINT", || Ok(PathBuf::from("/spfs")))?,
+            scratch_dir: pick("SPFS_SCRATCH_DIR", platform::default_scratch_dir)?,
         })
     }
 

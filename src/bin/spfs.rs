@@ -20,28 +20,53 @@ struct Cli {
     command: Command,
 }
 
+/// What `spfs run` and `spfs shell` share: the ref and the runtime's options.
+#[derive(Args)]
+struct RunArgs {
+    /// What to show, bottom to top: tags, digests or absolute directories
+    /// joined by `+` (`base+app`), or `-` for none (editable by default)
+    #[arg(value_name = "REF", required_unless_present = "rerun")]
+    reference: Option<String>,
+    /// Make the runtime editable: writes go to its scratch directory
+    #[arg(short, long)]
+    edit: bool,
+    /// Name the runtime (its processes carry it as SPFS_RUNTIME); default: a new name
+    #[arg(long, value_name = "NAME", conflicts_with = "rerun")]
+    runtime_name: Option<String>,
+    /// Keep the runtime and its changes after its processes exit (re-enter with --rerun)
+    #[arg(long, conflicts_with = "rerun")]
+    keep_runtime: bool,
+    /// Re-enter the stopped runtime NAME, with its stack and changes
+    #[arg(long, value_name = "NAME", conflicts_with = "reference")]
+    rerun: Option<String>,
+}
+
+impl RunArgs {
+    fn split(self) -> (String, spfs::commands::RunOptions) {
+        let options = spfs::commands::RunOptions {
+            name: self.runtime_name,
+            edit: self.edit,
+            keep_runtime: self.keep_runtime,
+            rerun: self.rerun,
+        };
+        (self.reference.unwrap_or_default(), options)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run CMD with REF's layers at /spfs (starts the service if needed)
     Run {
-        /// What to show, bottom to top: tags, digests or absolute directories
-        /// joined by `+` (`base+app`), or `-` for none
-        #[arg(value_name = "REF")]
-        reference: String,
-        /// Name the runtime (its processes carry it as SPFS_RUNTIME); default: a new name
-        #[arg(long, value_name = "NAME")]
-        runtime_name: Option<String>,
+        #[command(flatten)]
+        runtime: RunArgs,
         /// The command and its arguments, after `--`
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<OsString>,
     },
     /// Start your $SHELL with REF's layers at /spfs
     Shell {
-        #[arg(value_name = "REF")]
-        reference: String,
-        /// Name the runtime (its processes carry it as SPFS_RUNTIME); default: a new name
-        #[arg(long, value_name = "NAME")]
-        runtime_name: Option<String>,
+        #[command(flatten)]
+        runtime: RunArgs,
     },
     /// The runtimes running now
     #[command(visible_alias = "rt")]
@@ -274,15 +299,14 @@ enum ServiceAction {
 
 fn main() -> ExitCode {
     let code = match Cli::parse().command {
-        Command::Run {
-            reference,
-            runtime_name,
-            command,
-        } => spfs::commands::run(&reference, &command, runtime_name.as_deref()),
-        Command::Shell {
-            reference,
-            runtime_name,
-        } => spfs::commands::shell(&reference, runtime_name.as_deref()),
+        Command::Run { runtime, command } => {
+            let (reference, options) = runtime.split();
+            spfs::commands::run(&reference, &command, &options)
+        }
+        Command::Shell { runtime } => {
+            let (reference, options) = runtime.split();
+            spfs::commands::shell(&reference, &options)
+        }
         Command::Runtime { action } => match action {
             RuntimeAction::List { quiet } => spfs::commands::runtime_list(quiet),
             RuntimeAction::Info { name } => spfs::commands::runtime_info(name.as_deref()),

@@ -18,7 +18,7 @@ pub use commit::{commit, write, CommitOptions, CommitSource};
 pub use doctor::doctor;
 pub use inspect::{info, list_objects, ls, read, DigestStyle};
 pub use logs::{logs, LogsOptions};
-pub use run::{mount, run, shell};
+pub use run::{mount, run, shell, RunOptions};
 pub use runtime::{runtime_info, runtime_list, runtime_remove};
 pub use service::{serve, start, status, stop};
 pub use tags::{log, ls_tags, tag, tags, untag};

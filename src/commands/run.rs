@@ -21,21 +21,41 @@ use crate::proto::MountRequest;
 use crate::storage::config::SpfsConfig;
 use crate::tracking::env_spec;
 
+/// How `spfs run` and `spfs shell` set up the runtime.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// `--runtime-name`; else one is made up.
+    pub name: Option<String>,
+    /// `-e/--edit`: writes go to the runtime's scratch directory. An empty
+    /// environment (`-` or `""`) is editable whatever this says, as in spfs.
+    pub edit: bool,
+    /// `--keep-runtime`: the runtime and its changes outlive its processes.
+    pub keep_runtime: bool,
+    /// `--rerun NAME`: re-enter a stopped runtime (the ref is not used).
+    pub rerun: Option<String>,
+}
+
 /// `spfs run REF -- CMD...`
-pub fn run(reference: &str, command: &[OsString], name: Option<&str>) -> ExitCode {
+pub fn run(reference: &str, command: &[OsString], options: &RunOptions) -> ExitCode {
     let Some((program, args)) = command.split_first() else {
         eprintln!("spfs run: error: no command given; usage: spfs run REF -- CMD [ARGS...]");
         return ExitCode::from(2);
     };
-    run_in_env("spfs run", reference, program, args, name)
+    run_in_env("spfs run", reference, program, args, options)
 }
 
 /// `spfs shell REF`: the user's `$SHELL` (else `/bin/sh`) in the environment.
-pub fn shell(reference: &str, name: Option<&str>) -> ExitCode {
+pub fn shell(reference: &str, options: &RunOptions) -> ExitCode {
     let shell = std::env::var_os("SHELL")
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "/bin/sh".into());
-    run_in_env("spfs shell", reference, &shell, &[], name)
+    run_in_env("spfs shell", reference, &shell, &[], options)
+}
+
+/// Whether `reference` names no layer at all (`-`, `""`): such a runtime is
+/// editable by default, as in spfs.
+pub fn is_empty_ref(reference: &str) -> bool {
+    matches!(reference.trim(), "" | "-")
 }
 
 fn run_in_env(
@@ -43,22 +63,32 @@ fn run_in_env(
     reference: &str,
     program: &OsString,
     args: &[OsString],
-    name: Option<&str>,
+    options: &RunOptions,
 ) -> ExitCode {
     runner::run(tool, || {
         let config = launcher_config()?;
-        let repositories = repositories_for(reference)?;
         let pid = std::process::id() as i32;
-        let name = name.map_or_else(
-            || crate::service::generated_runtime_name(pid),
-            str::to_owned,
-        );
+        let (reference, repositories) = match &options.rerun {
+            Some(_) => ("", Vec::new()),
+            None => (reference, repositories_for(reference)?),
+        };
+        let name = match (&options.rerun, &options.name) {
+            (Some(name), _) | (None, Some(name)) => name.clone(),
+            (None, None) => crate::service::generated_runtime_name(pid),
+        };
+        let request = MountRequest {
+            root_pid: pid.into(),
+            env_spec: reference.to_owned(),
+            repositories,
+            name: name.clone(),
+            editable: options.edit || (options.rerun.is_none() && is_empty_ref(reference)),
+            durable: options.keep_runtime,
+            rerun: options.rerun.is_some(),
+        };
         // One trace per command: the start (if any) and the Mount call are its children.
         let span = tracing::info_span!("spfs.run", env_spec = env_spec::shorten(reference));
-        let mounted = client_runtime().block_on(
-            ensure_and_mount(&config, pid, reference, &repositories, &name)
-                .instrument(span.clone()),
-        );
+        let mounted =
+            client_runtime().block_on(ensure_and_mount(&config, &request).instrument(span.clone()));
         drop(span);
         if let Err(err) = mounted {
             crate::telemetry::flush();
@@ -108,8 +138,13 @@ pub fn mount(root_process: Option<i32>, reference: &str, force: bool) -> ExitCod
     }
     runner::run(tool, || {
         let config = launcher_config()?;
-        let repositories = repositories_for(reference)?;
-        client_runtime().block_on(ensure_and_mount(&config, pid, reference, &repositories, ""))?;
+        let request = MountRequest {
+            root_pid: pid.into(),
+            env_spec: reference.to_owned(),
+            repositories: repositories_for(reference)?,
+            ..MountRequest::default()
+        };
+        client_runtime().block_on(ensure_and_mount(&config, &request))?;
         let mut out = Out::new();
         out.line(format_args!(
             "mounted {:?} for process {pid}",
@@ -159,19 +194,14 @@ fn repositories_for(reference: &str) -> Result<Vec<String>> {
 /// service started or confirmed afresh.
 const MOUNT_ATTEMPTS: u32 = 5;
 
-async fn ensure_and_mount(
-    config: &Config,
-    pid: i32,
-    reference: &str,
-    repositories: &[String],
-    name: &str,
-) -> Result<()> {
+async fn ensure_and_mount(config: &Config, request: &MountRequest) -> Result<()> {
+    let reference = request.env_spec.as_str();
     // A service may stop (idle timeout, `spfs service stop`) between our probe
     // and our Mount; then the next ensure starts a fresh one.
     let mut attempt = 1;
     loop {
         let running = ensure_service_running(config).await?;
-        match mount_once(running.channel, pid, reference, repositories, name).await {
+        match mount_once(running.channel, request).await {
             Err(status)
                 if status.code() == tonic::Code::Unavailable && attempt < MOUNT_ATTEMPTS =>
             {
@@ -230,19 +260,12 @@ fn is_transport_failure(status: &tonic::Status) -> bool {
 
 async fn mount_once(
     channel: tonic::transport::Channel,
-    pid: i32,
-    reference: &str,
-    repositories: &[String],
-    name: &str,
+    request: &MountRequest,
 ) -> std::result::Result<(), tonic::Status> {
     let started = Instant::now();
+    let (pid, reference) = (request.root_pid, request.env_spec.as_str());
     let response = ControlClient::new(channel)
-        .mount(crate::telemetry::otel::traced(MountRequest {
-            root_pid: pid.into(),
-            env_spec: reference.to_owned(),
-            repositories: repositories.to_vec(),
-            name: name.to_owned(),
-        }))
+        .mount(crate::telemetry::otel::traced(request.clone()))
         .await;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     match response {

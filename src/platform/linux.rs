@@ -36,6 +36,15 @@ pub fn default_log_dir() -> Result<PathBuf> {
     Ok(state.join("spfs/logs"))
 }
 
+/// Editable runtimes' changes: `$XDG_CACHE_HOME/spfs/runtimes` (else `~/.cache/...`).
+pub fn default_scratch_dir() -> Result<PathBuf> {
+    let cache = match xdg_dir("XDG_CACHE_HOME") {
+        Some(dir) => dir,
+        None => home_dir()?.join(".cache"),
+    };
+    Ok(cache.join("spfs/runtimes"))
+}
+
 /// spfs's default local repository: `dirs::data_local_dir()/spfs`, as spfs has it.
 pub fn default_repository_root() -> Result<PathBuf> {
     let data = match xdg_dir("XDG_DATA_HOME") {

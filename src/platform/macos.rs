@@ -70,6 +70,11 @@ pub fn default_log_dir() -> Result<PathBuf> {
     Ok(home_dir()?.join("Library/Logs/spfs"))
 }
 
+/// Editable runtimes' changes: `~/Library/Caches/spfs/runtimes`.
+pub fn default_scratch_dir() -> Result<PathBuf> {
+    Ok(home_dir()?.join("Library/Caches/spfs/runtimes"))
+}
+
 /// spfs's default local repository: `dirs::data_local_dir()/spfs`, as spfs has it.
 pub fn default_repository_root() -> Result<PathBuf> {
     Ok(home_dir()?.join("Library/Application Support/spfs"))

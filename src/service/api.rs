@@ -13,8 +13,9 @@ use super::shutdown::Shutdown;
 use crate::platform;
 use crate::proto::vfs_service_server::VfsService;
 use crate::proto::{
-    MountRequest, MountResponse, ShutdownRequest, ShutdownResponse, StatusRequest, StatusResponse,
-    UnmountRequest, UnmountResponse,
+    ChangeStackRequest, EditRequest, GetRuntimeRequest, MountRequest, MountResponse,
+    RemoveRuntimeRequest, RemoveRuntimeResponse, ResetRequest, RuntimeResponse, ShutdownRequest,
+    ShutdownResponse, StatusRequest, StatusResponse, UnmountRequest, UnmountResponse,
 };
 use crate::tracking::env_spec::SpecError;
 
@@ -172,6 +173,9 @@ impl VfsService for Api {
             env_spec,
             repositories,
             name,
+            editable: _,
+            durable: _,
+            rerun: _,
         } = request.into_inner();
         let result = self
             .mount_runtime(caller, root_pid, env_spec, repositories, name)
@@ -259,5 +263,34 @@ impl VfsService for Api {
     ) -> Result<Response<ShutdownResponse>, Status> {
         self.shutdown.trigger("rpc");
         Ok(Response::new(ShutdownResponse {}))
+    }
+
+    async fn get_runtime(
+        &self,
+        _: Request<GetRuntimeRequest>,
+    ) -> Result<Response<RuntimeResponse>, Status> {
+        Err(Status::unimplemented("GetRuntime"))
+    }
+
+    async fn edit(&self, _: Request<EditRequest>) -> Result<Response<RuntimeResponse>, Status> {
+        Err(Status::unimplemented("Edit"))
+    }
+
+    async fn reset(&self, _: Request<ResetRequest>) -> Result<Response<RuntimeResponse>, Status> {
+        Err(Status::unimplemented("Reset"))
+    }
+
+    async fn change_stack(
+        &self,
+        _: Request<ChangeStackRequest>,
+    ) -> Result<Response<RuntimeResponse>, Status> {
+        Err(Status::unimplemented("ChangeStack"))
+    }
+
+    async fn remove_runtime(
+        &self,
+        _: Request<RemoveRuntimeRequest>,
+    ) -> Result<Response<RemoveRuntimeResponse>, Status> {
+        Err(Status::unimplemented("RemoveRuntime"))
     }
 }

@@ -257,6 +257,8 @@ impl Runtimes {
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or(0),
             name: name.clone(),
+            running: true,
+            ..Runtime::default()
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let replaced = {

@@ -1,0 +1,16 @@
+//! Runtimes as objects on disk: what an editable runtime changed (its
+//! [`scratch`] directory) and what the runtime is (its [`state`] file), kept
+//! in one directory per runtime name under the scratch dir
+//! (`Paths::scratch_dir`). The service writes them while the runtime's
+//! processes change files; `spfs commit`, `spfs diff` and `spfs reset` read
+//! them; a durable runtime's directory outlives its processes and the
+//! service, so `spfs run --rerun NAME` finds it again.
+//!
+//! The live side (which processes are in which runtime, which view they
+//! see) is the service's: `service::runtimes` and `fs`.
+
+pub mod scratch;
+pub mod state;
+
+pub use scratch::Scratch;
+pub use state::RuntimeState;

@@ -1,0 +1,207 @@
+//! A runtime's changes on disk: what its processes wrote and deleted in
+//! `/spfs`, never touching a repository. One directory per runtime:
+//!
+//! ```text
+//! <scratch dir>/<name>/
+//!   runtime.json   what the runtime is (`state`)
+//!   upper/         every file, directory and symlink created, written or
+//!                  changed in the runtime; a file of a layer is copied here
+//!                  whole on its first open for writing or metadata change
+//!   masks/         deletions: a regular file at masks/P means nothing of the
+//!                  layers is shown at or below P. With no upper/P, P was
+//!                  deleted; with upper/P as well, upper/P replaced it (a
+//!                  directory made again after its deletion shows none of
+//!                  the layers' entries). Directories under masks/ only hold
+//!                  other markers.
+//! ```
+//!
+//! The format is plain files so a crash of the service loses nothing that
+//! was written, and so `spfs commit`, `spfs diff` and `spfs reset` read it
+//! directly. Paths given to this module are relative to the mountpoint
+//! (`bin/tool`), made only of normal components.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Component, Path, PathBuf};
+
+use super::state::RuntimeState;
+
+pub struct Scratch {
+    root: PathBuf,
+    upper: PathBuf,
+    masks: PathBuf,
+}
+
+/// A relative path of normal components only, or InvalidInput.
+pub fn check_relative(path: &Path) -> io::Result<()> {
+    let ok = path.components().all(|c| matches!(c, Component::Normal(_)));
+    if ok {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a path below the mountpoint", path.display()),
+        ))
+    }
+}
+
+impl Scratch {
+    /// Makes the directory of a new runtime (private to the user).
+    pub fn create(root: &Path) -> io::Result<Scratch> {
+        if let Some(parent) = root.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)?;
+        }
+        std::fs::DirBuilder::new().mode(0o700).create(root)?;
+        let scratch = Scratch::at(root);
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&scratch.upper)?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&scratch.masks)?;
+        Ok(scratch)
+    }
+
+    /// Opens the directory of an existing runtime.
+    pub fn open(root: &Path) -> io::Result<Scratch> {
+        let scratch = Scratch::at(root);
+        for dir in [&scratch.upper, &scratch.masks] {
+            if !std::fs::symlink_metadata(dir)?.is_dir() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} is not a directory", dir.display()),
+                ));
+            }
+        }
+        Ok(scratch)
+    }
+
+    fn at(root: &Path) -> Scratch {
+        Scratch {
+            root: root.to_owned(),
+            upper: root.join("upper"),
+            masks: root.join("masks"),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The tree of created and changed files.
+    pub fn upper(&self) -> &Path {
+        &self.upper
+    }
+
+    /// The tree of deletion markers.
+    pub fn masks_dir(&self) -> &Path {
+        &self.masks
+    }
+
+    pub fn read_state(&self) -> Result<RuntimeState, String> {
+        RuntimeState::read(&self.root)
+    }
+
+    pub fn write_state(&self, state: &RuntimeState) -> io::Result<()> {
+        state.write(&self.root)
+    }
+
+    /// Every deletion marker, as paths relative to the mountpoint.
+    pub fn masks(&self) -> io::Result<BTreeSet<PathBuf>> {
+        let mut found = BTreeSet::new();
+        let mut pending = vec![PathBuf::new()];
+        while let Some(relative) = pending.pop() {
+            for entry in std::fs::read_dir(self.masks.join(&relative))? {
+                let entry = entry?;
+                let path = relative.join(entry.file_name());
+                if entry.file_type()?.is_dir() {
+                    pending.push(path);
+                } else {
+                    found.insert(path);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Records that nothing of the layers shows at or below `path`. Markers
+    /// below it are dropped (this one covers them); under an ancestor that
+    /// is already masked there is nothing to add.
+    pub fn add_mask(&self, path: &Path) -> io::Result<()> {
+        check_relative(path)?;
+        let mut dir = self.masks.clone();
+        if let Some(parent) = path.parent() {
+            for component in parent.components() {
+                dir.push(component);
+                match std::fs::symlink_metadata(&dir) {
+                    Ok(meta) if meta.is_dir() => {}
+                    // an ancestor is masked already
+                    Ok(_) => return Ok(()),
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                        std::fs::DirBuilder::new().mode(0o700).create(&dir)?
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        let marker = self.masks.join(path);
+        remove_any(&marker)?;
+        std::fs::File::create(&marker).map(drop)
+    }
+
+    /// Forgets the markers at and below `path` (the layers show there again).
+    pub fn remove_mask(&self, path: &Path) -> io::Result<()> {
+        check_relative(path)?;
+        remove_any(&self.masks.join(path))
+    }
+
+    /// Whether a marker hides the layers at `path` itself (not an ancestor).
+    pub fn is_masked_here(&self, path: &Path) -> bool {
+        std::fs::symlink_metadata(self.masks.join(path)).is_ok_and(|m| !m.is_dir())
+    }
+
+    /// Deletes the whole runtime directory.
+    pub fn destroy(self) -> io::Result<()> {
+        remove_any(&self.root)
+    }
+}
+
+/// Removes a file or a whole tree; a missing path is fine.
+pub fn remove_any(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_cover_what_is_below_them_and_are_kept_as_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = Scratch::create(&dir.path().join("rt")).unwrap();
+        scratch.add_mask(Path::new("a/b/c")).unwrap();
+        scratch.add_mask(Path::new("a/d")).unwrap();
+        let all: Vec<_> = scratch.masks().unwrap().into_iter().collect();
+        assert_eq!(all, [PathBuf::from("a/b/c"), PathBuf::from("a/d")]);
+        // masking `a` covers both, and nothing can be added below it
+        scratch.add_mask(Path::new("a")).unwrap();
+        scratch.add_mask(Path::new("a/e")).unwrap();
+        let all: Vec<_> = scratch.masks().unwrap().into_iter().collect();
+        assert_eq!(all, [PathBuf::from("a")]);
+        assert!(scratch.is_masked_here(Path::new("a")));
+        scratch.remove_mask(Path::new("a")).unwrap();
+        assert!(scratch.masks().unwrap().is_empty());
+        assert!(scratch.add_mask(Path::new("../x")).is_err());
+        let reopened = Scratch::open(scratch.root()).unwrap();
+        assert!(reopened.masks().unwrap().is_empty());
+    }
+}

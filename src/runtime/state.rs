@@ -1,0 +1,96 @@
+//! `runtime.json`: what a runtime is, saved next to its changes so a
+//! durable runtime (or one whose service died) can be listed and re-entered.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The state file's name in a runtime's directory.
+pub const STATE_FILE: &str = "runtime.json";
+
+/// Longest state file read; a real one is a few hundred bytes.
+const MAX_STATE_BYTES: u64 = 1 << 20;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeState {
+    /// The runtime's name (`SPFS_RUNTIME`), also its directory's name.
+    pub name: String,
+    /// The env spec as the user gave it, for display.
+    pub env_spec: String,
+    /// The layers shown, bottom to top: digests, or absolute directory paths.
+    pub stack: Vec<String>,
+    /// The repositories the layers are read from, local first.
+    pub repositories: Vec<PathBuf>,
+    /// Writes are accepted.
+    pub editable: bool,
+    /// Kept after its processes exit (`--keep-runtime`).
+    pub durable: bool,
+    /// When it was made, seconds since the Unix epoch.
+    pub created_unix: i64,
+}
+
+impl RuntimeState {
+    /// The stack as an env spec that names exactly these layers.
+    pub fn stack_spec(&self) -> String {
+        if self.stack.is_empty() {
+            "-".into()
+        } else {
+            self.stack.join("+")
+        }
+    }
+
+    /// Reads `dir/runtime.json`; a missing, oversized or malformed file is
+    /// an error that names it.
+    pub fn read(dir: &Path) -> Result<RuntimeState, String> {
+        let path = dir.join(STATE_FILE);
+        let file = std::fs::File::open(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_STATE_BYTES), &mut text)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        serde_json::from_slice(&text).map_err(|e| {
+            format!(
+                "{} is not a runtime's state ({e}); remove that runtime with `spfs runtime remove`",
+                path.display()
+            )
+        })
+    }
+
+    /// Writes `dir/runtime.json` whole or not at all (a temporary file
+    /// renamed over it), so a crash never leaves half a state.
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        let path = dir.join(STATE_FILE);
+        let temp = dir.join(format!(".{STATE_FILE}.{}", std::process::id()));
+        let mut file = std::fs::File::create(&temp)?;
+        let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        file.write_all(&text)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&temp, &path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_a_corrupt_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = RuntimeState {
+            name: "build-1".into(),
+            env_spec: "base".into(),
+            stack: vec!["A".repeat(52)],
+            repositories: vec!["/repo".into()],
+            editable: true,
+            durable: false,
+            created_unix: 1,
+        };
+        state.write(dir.path()).unwrap();
+        assert_eq!(RuntimeState::read(dir.path()).unwrap(), state);
+        std::fs::write(dir.path().join(STATE_FILE), b"{not json").unwrap();
+        let err = RuntimeState::read(dir.path()).unwrap_err();
+        assert!(err.contains("is not a runtime's state"), "{err}");
+    }
+}
