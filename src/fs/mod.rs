@@ -1,15 +1,18 @@
 //! The FUSE filesystem at the mountpoint, and mounting it safely.
 //!
 //! Each runtime sees its own immutable [`view::View`] of its layers (runtimes
-//! of the same stack share one); a process outside every runtime sees an
+//! of the same stack share one), or, once editable, an [`overlay::Overlay`]
+//! of its changes over that view; a process outside every runtime sees an
 //! empty directory. [`router`] keeps which process is in which runtime and
 //! decides which view a request is for; see `docs/architecture.md` for the
 //! whole picture.
-//! The filesystem is read-only (writes fail with EROFS in the kernel) and
-//! never touches its own mountpoint. This module also owns mounting: the
+//! Writes reach only editable runtimes' scratch directories (everywhere
+//! else they fail with EROFS); the filesystem never touches its own
+//! mountpoint. This module also owns mounting: the
 //! mountpoint checks (including that the service's user owns it), the
 //! `allow_other` choice, and waiting until the kernel shows the mount.
 
+pub mod overlay;
 pub mod router;
 pub mod view;
 
@@ -25,12 +28,15 @@ use std::time::Duration;
 
 use fuser::{
     BackgroundSession, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, Request, SessionACL,
+    Generation, INodeNo, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, SessionACL,
+    TimeOrNow, WriteFlags,
 };
 
 use crate::platform;
-use router::{decode, encode, Router};
+use overlay::write::{Owner, SetAttr};
+use overlay::Overlay;
+use router::{decode, encode, Router, Shown};
 use view::{Content, View};
 
 /// Entries in the mount root differ per process: the kernel must ask every time.
@@ -39,17 +45,24 @@ const ROOT_ENTRY_TTL: Duration = Duration::ZERO;
 const MOUNT_ROOT_TTL: Duration = Duration::from_secs(60);
 /// Below the root an inode number names one file of one immutable view forever.
 const VIEW_TTL: Duration = Duration::from_secs(3600);
+/// Entries and attributes of editable views: they change, mostly through
+/// the kernel (which then knows), but also by `spfs reset` and the like.
+const EDIT_TTL: Duration = Duration::from_secs(1);
 
 /// What an open file or directory handle holds; it keeps its view alive.
 enum Handle {
     File {
-        _view: Arc<View>,
+        _shown: Shown,
         file: Arc<File>,
+        /// Set when writes through it go to this editable view.
+        writes: Option<Arc<Overlay>>,
     },
     Dir {
         view: Option<Arc<View>>,
         node: u32,
     },
+    /// A directory of an editable view: its entries as of opening.
+    Listing(Listing),
     /// The mount root: its listing is chosen per `readdir` request, because
     /// macFUSE shares one open root handle between processes.
     Root,
@@ -111,14 +124,56 @@ impl SpfsFs {
         self.handles.add(handle)
     }
 
-    /// The view and node an inode below the root names.
-    fn resolve(&self, ino: INodeNo) -> Result<(Arc<View>, u32), Errno> {
+    /// What an inode below the root names: a view or overlay, and its node.
+    fn resolve(&self, ino: INodeNo) -> Result<(Shown, u32), Errno> {
         let (view_id, node) = decode(ino);
-        let view = self.router.view(view_id).ok_or(Errno::ESTALE)?;
-        if view.node(node).is_none() {
+        let shown = self.router.shown(view_id).ok_or(Errno::ESTALE)?;
+        let exists = match &shown {
+            Shown::View(view) => view.node(node).is_some(),
+            Shown::Overlay(overlay) => overlay.has_node(node),
+        };
+        if !exists {
             return Err(Errno::ESTALE);
         }
-        Ok((view, node))
+        Ok((shown, node))
+    }
+
+    /// A directory to change: in the mount root, the caller's runtime's
+    /// root. Outside every runtime, and in read-only ones, nothing changes.
+    fn editable_dir(&self, req: &Request, parent: INodeNo) -> Result<(Arc<Overlay>, u32), Errno> {
+        let (shown, dir) = if parent == INodeNo::ROOT {
+            (
+                self.router.view_for_caller(req.pid()).ok_or(Errno::EROFS)?,
+                0,
+            )
+        } else {
+            self.resolve(parent)?
+        };
+        match shown {
+            Shown::Overlay(overlay) => Ok((overlay, dir)),
+            Shown::View(_) => Err(Errno::EROFS),
+        }
+    }
+
+    fn editable_node(&self, ino: INodeNo) -> Result<(Arc<Overlay>, u32), Errno> {
+        if ino == INodeNo::ROOT {
+            return Err(Errno::EROFS);
+        }
+        match self.resolve(ino)? {
+            (Shown::Overlay(overlay), node) => Ok((overlay, node)),
+            (Shown::View(_), _) => Err(Errno::EROFS),
+        }
+    }
+
+    /// Runs `work` on the blocking pool (inline without one): file I/O that
+    /// may block must not hold the FUSE thread other processes wait on.
+    fn offload(&self, work: impl FnOnce() + Send + 'static) {
+        match &self.blocking {
+            Some(pool) => {
+                pool.spawn_blocking(work);
+            }
+            None => work(),
+        }
     }
 }
 
@@ -142,13 +197,38 @@ fn open_into_reply(handles: &Handles, view: Arc<View>, node: u32, reply: ReplyOp
     match view.open(node) {
         Ok(file) => {
             let fh = handles.add(Handle::File {
-                _view: view,
+                _shown: Shown::View(view),
                 file: Arc::new(file),
+                writes: None,
             });
             // Views never change, so the page cache stays valid across opens.
             reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
         }
         Err(err) => reply.error(Errno::from(err)),
+    }
+}
+
+/// Opens a file of an editable view (copying it up when opened for
+/// writing) and replies with a new handle for it.
+fn open_overlay_into_reply(
+    handles: &Handles,
+    overlay: Arc<Overlay>,
+    node: u32,
+    flags: i32,
+    reply: ReplyOpen,
+) {
+    match overlay.open(node, flags) {
+        Ok(opened) => {
+            let writes = opened.writable.then(|| Arc::clone(&overlay));
+            let fh = handles.add(Handle::File {
+                _shown: Shown::Overlay(overlay),
+                file: Arc::new(opened.file),
+                writes,
+            });
+            // Contents may change under this inode: no KEEP_CACHE.
+            reply.opened(fh, FopenFlags::empty());
+        }
+        Err(errno) => reply.error(errno),
     }
 }
 
@@ -165,17 +245,48 @@ fn attr_with_ino(view: &View, node: u32) -> FileAttr {
     attr
 }
 
+/// Entries of a listing as readdir sends them: `.`, `..`, then the names.
+type Listing = Vec<(INodeNo, FileType, std::ffi::OsString)>;
+
+fn overlay_listing(overlay: &Overlay, dir: u32, ino: INodeNo) -> Result<Listing, Errno> {
+    let mut entries = vec![
+        (ino, FileType::Directory, ".".into()),
+        (INodeNo::ROOT, FileType::Directory, "..".into()),
+    ];
+    for listed in overlay.list(dir)? {
+        entries.push((encode(overlay.id, listed.node), listed.kind, listed.name));
+    }
+    Ok(entries)
+}
+
+fn owner(req: &Request) -> Owner {
+    Owner {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
 impl Filesystem for SpfsFs {
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let (view, dir, ttl) = if parent == INodeNo::ROOT {
+        let (shown, dir, ttl) = if parent == INodeNo::ROOT {
             match self.router.view_for_caller(req.pid()) {
-                Some(view) => (view, 0, ROOT_ENTRY_TTL),
+                Some(shown) => (shown, 0, ROOT_ENTRY_TTL),
                 None => return reply.error(Errno::ENOENT),
             }
         } else {
             match self.resolve(parent) {
-                Ok((view, dir)) => (view, dir, self.view_ttl),
+                Ok((shown, dir)) => (shown, dir, self.view_ttl),
                 Err(errno) => return reply.error(errno),
+            }
+        };
+        let view = match shown {
+            Shown::View(view) => view,
+            Shown::Overlay(overlay) => {
+                let ttl = ttl.min(EDIT_TTL);
+                return match overlay.lookup(dir, name) {
+                    Ok((_, attr)) => reply.entry(&ttl, &attr, Generation(0)),
+                    Err(errno) => reply.error(errno),
+                };
             }
         };
         match view.child(dir, name) {
@@ -198,38 +309,44 @@ impl Filesystem for SpfsFs {
             return reply.attr(&MOUNT_ROOT_TTL, &self.root);
         }
         match self.resolve(ino) {
-            Ok((view, node)) => reply.attr(&self.view_ttl, &attr_with_ino(&view, node)),
-            Err(errno) => reply.error(errno),
-        }
-    }
-
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.resolve(ino) {
-            Ok((view, node)) => match view.read_link(node) {
-                Ok(target) => reply.data(&target),
-                Err(err) => reply.error(Errno::from(err)),
+            Ok((Shown::View(view), node)) => {
+                reply.attr(&self.view_ttl, &attr_with_ino(&view, node))
+            }
+            Ok((Shown::Overlay(overlay), node)) => match overlay.getattr(node) {
+                Ok(attr) => reply.attr(&self.view_ttl.min(EDIT_TTL), &attr),
+                Err(errno) => reply.error(errno),
             },
             Err(errno) => reply.error(errno),
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
-            return reply.error(Errno::EROFS);
-        }
-        let (view, node) = match self.resolve(ino) {
-            Ok(found) => found,
-            Err(errno) => return reply.error(errno),
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let target = match self.resolve(ino) {
+            Ok((Shown::View(view), node)) => view.read_link(node).map_err(Errno::from),
+            Ok((Shown::Overlay(overlay), node)) => overlay.read_link(node),
+            Err(errno) => Err(errno),
         };
-        // Opening a payload may block (a network filesystem, a spun-down
-        // disk) like a read does: off the FUSE thread, which on macOS is the
-        // only one and serves every process's lookups.
-        match &self.blocking {
-            Some(pool) => {
-                let handles = Arc::clone(&self.handles);
-                pool.spawn_blocking(move || open_into_reply(&handles, view, node, reply));
+        match target {
+            Ok(target) => reply.data(&target),
+            Err(errno) => reply.error(errno),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let writing = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        let handles = Arc::clone(&self.handles);
+        // Opening may block (a network filesystem, a spun-down disk, a
+        // copy-up of a big file) like a read does: off the FUSE thread,
+        // which on macOS is the only one and serves every process's lookups.
+        match self.resolve(ino) {
+            Ok((Shown::View(_), _)) if writing => reply.error(Errno::EROFS),
+            Ok((Shown::View(view), node)) => {
+                self.offload(move || open_into_reply(&handles, view, node, reply))
             }
-            None => open_into_reply(&self.handles, view, node, reply),
+            Ok((Shown::Overlay(overlay), node)) => self.offload(move || {
+                open_overlay_into_reply(&handles, overlay, node, flags.0, reply)
+            }),
+            Err(errno) => reply.error(errno),
         }
     }
 
@@ -251,12 +368,74 @@ impl Filesystem for SpfsFs {
         // Reads of layer files go to the blocking pool: a slow layer (a network
         // filesystem, a spun-down disk) then never holds a FUSE worker that
         // other processes' lookups are waiting for.
-        match &self.blocking {
-            Some(pool) => {
-                pool.spawn_blocking(move || read_into_reply(&file, offset, size, reply));
-            }
-            None => read_into_reply(&file, offset, size, reply),
+        self.offload(move || read_into_reply(&file, offset, size, reply));
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let (file, overlay) = match self.handles().get(&fh.0) {
+            Some(Handle::File {
+                file,
+                writes: Some(overlay),
+                ..
+            }) => (Arc::clone(file), Arc::clone(overlay)),
+            Some(Handle::File { .. }) => return reply.error(Errno::EBADF),
+            _ => return reply.error(Errno::EBADF),
+        };
+        // A runtime made read-only (`spfs edit --off`, a commit under way)
+        // takes no more writes, even through files opened before.
+        if !overlay.is_editable() {
+            return reply.error(Errno::EROFS);
         }
+        match file.write_all_at(data, offset) {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(err) => reply.error(Errno::from(err)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let file = match self.handles().get(&fh.0) {
+            Some(Handle::File { file, .. }) => Arc::clone(file),
+            _ => return reply.error(Errno::EBADF),
+        };
+        self.offload(move || {
+            let synced = match datasync {
+                true => file.sync_data(),
+                false => file.sync_all(),
+            };
+            match synced {
+                Ok(()) => reply.ok(),
+                Err(err) => reply.error(Errno::from(err)),
+            }
+        });
     }
 
     fn release(
@@ -273,6 +452,199 @@ impl Filesystem for SpfsFs {
         reply.ok();
     }
 
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let (overlay, node) = match self.editable_node(ino) {
+            Ok(found) => found,
+            Err(errno) => return reply.error(errno),
+        };
+        let open = fh.and_then(|fh| match self.handles().get(&fh.0) {
+            Some(Handle::File {
+                file,
+                writes: Some(_),
+                ..
+            }) => Some(Arc::clone(file)),
+            _ => None,
+        });
+        let change = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+        };
+        let ttl = self.view_ttl.min(EDIT_TTL);
+        self.offload(
+            move || match overlay.setattr(node, change, open.as_deref()) {
+                Ok(attr) => reply.attr(&ttl, &attr),
+                Err(errno) => reply.error(errno),
+            },
+        );
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (overlay, dir) = match self.editable_dir(req, parent) {
+            Ok(found) => found,
+            Err(errno) => return reply.error(errno),
+        };
+        match overlay.create(dir, name, mode, umask, flags, owner(req)) {
+            Ok((_, attr, opened)) => {
+                let writes = opened.writable.then(|| Arc::clone(&overlay));
+                let fh = self.add_handle(Handle::File {
+                    _shown: Shown::Overlay(overlay),
+                    file: Arc::new(opened.file),
+                    writes,
+                });
+                reply.created(
+                    &self.view_ttl.min(EDIT_TTL),
+                    &attr,
+                    Generation(0),
+                    fh,
+                    FopenFlags::empty(),
+                );
+            }
+            Err(errno) => reply.error(errno),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let made = self
+            .editable_dir(req, parent)
+            .and_then(|(overlay, dir)| overlay.mknod(dir, name, mode, umask, owner(req)));
+        self.reply_made(made, reply);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let made = self
+            .editable_dir(req, parent)
+            .and_then(|(overlay, dir)| overlay.mkdir(dir, name, mode, umask, owner(req)));
+        self.reply_made(made, reply);
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let made = self
+            .editable_dir(req, parent)
+            .and_then(|(overlay, dir)| overlay.symlink(dir, link_name, target, owner(req)));
+        self.reply_made(made, reply);
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self
+            .editable_dir(req, parent)
+            .and_then(|(overlay, dir)| overlay.unlink(dir, name))
+        {
+            Ok(()) => reply.ok(),
+            Err(errno) => reply.error(errno),
+        }
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self
+            .editable_dir(req, parent)
+            .and_then(|(overlay, dir)| overlay.rmdir(dir, name))
+        {
+            Ok(()) => reply.ok(),
+            Err(errno) => reply.error(errno),
+        }
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let renamed = (|| {
+            let (overlay, dir) = self.editable_dir(req, parent)?;
+            let (target, newdir) = self.editable_dir(req, newparent)?;
+            // Another runtime's tree (or another generation of this one's).
+            if !Arc::ptr_eq(&overlay, &target) {
+                return Err(Errno::EXDEV);
+            }
+            #[cfg(target_os = "linux")]
+            let (noreplace, exchange) = (
+                flags.contains(RenameFlags::RENAME_NOREPLACE),
+                flags.contains(RenameFlags::RENAME_EXCHANGE),
+            );
+            #[cfg(not(target_os = "linux"))]
+            let (noreplace, exchange) = (flags.bits() & 0x4 != 0, flags.bits() & 0x2 != 0);
+            overlay.rename(dir, name, newdir, newname, noreplace, exchange)
+        })();
+        match renamed {
+            Ok(()) => reply.ok(),
+            Err(errno) => reply.error(errno),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        // spfs layers hold no hard links; a read-only runtime says so first.
+        match self.resolve(newparent) {
+            Ok((Shown::View(_), _)) => reply.error(Errno::EROFS),
+            _ => reply.error(Errno::EPERM),
+        }
+    }
+
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         if ino == INodeNo::ROOT {
             // The root's listing is per process and chosen in each readdir
@@ -281,7 +653,7 @@ impl Filesystem for SpfsFs {
             return reply.opened(fh, FopenFlags::empty());
         }
         match self.resolve(ino) {
-            Ok((view, node)) => {
+            Ok((Shown::View(view), node)) => {
                 if !matches!(view.node(node).expect("resolved").content, Content::Dir(_)) {
                     return reply.error(Errno::ENOTDIR);
                 }
@@ -294,6 +666,14 @@ impl Filesystem for SpfsFs {
                     FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
                 );
             }
+            // The listing as of opening, as a directory stream has it.
+            Ok((Shown::Overlay(overlay), node)) => match overlay_listing(&overlay, node, ino) {
+                Ok(entries) => {
+                    let fh = self.add_handle(Handle::Listing(entries));
+                    reply.opened(fh, FopenFlags::empty());
+                }
+                Err(errno) => reply.error(errno),
+            },
             Err(errno) => reply.error(errno),
         }
     }
@@ -308,6 +688,16 @@ impl Filesystem for SpfsFs {
     ) {
         let found = match self.handles().get(&fh.0) {
             Some(Handle::Dir { view, node }) => Some((view.clone(), *node)),
+            Some(Handle::Listing(entries)) => {
+                for (index, (child_ino, kind, name)) in
+                    entries.iter().enumerate().skip(offset as usize)
+                {
+                    if reply.add(*child_ino, index as u64 + 1, *kind, name) {
+                        break;
+                    }
+                }
+                return reply.ok();
+            }
             Some(Handle::Root) => None,
             _ => return reply.error(Errno::EBADF),
         };
@@ -316,7 +706,24 @@ impl Filesystem for SpfsFs {
         // every process.
         let (view, node) = match found {
             Some(found) => found,
-            None => (self.router.view_for_caller(req.pid()), 0),
+            None => match self.router.view_for_caller(req.pid()) {
+                Some(Shown::View(view)) => (Some(view), 0),
+                Some(Shown::Overlay(overlay)) => {
+                    let entries = match overlay_listing(&overlay, 0, ino) {
+                        Ok(entries) => entries,
+                        Err(errno) => return reply.error(errno),
+                    };
+                    for (index, (child_ino, kind, name)) in
+                        entries.iter().enumerate().skip(offset as usize)
+                    {
+                        if reply.add(*child_ino, index as u64 + 1, *kind, name) {
+                            break;
+                        }
+                    }
+                    return reply.ok();
+                }
+                None => (None, 0),
+            },
         };
         let mut entries: Vec<(INodeNo, FileType, &OsStr)> = vec![
             (ino, FileType::Directory, OsStr::new(".")),
@@ -350,6 +757,15 @@ impl Filesystem for SpfsFs {
     ) {
         self.handles().remove(&fh.0);
         reply.ok();
+    }
+}
+
+impl SpfsFs {
+    fn reply_made(&self, made: Result<(u32, FileAttr), Errno>, reply: ReplyEntry) {
+        match made {
+            Ok((_, attr)) => reply.entry(&self.view_ttl.min(EDIT_TTL), &attr, Generation(0)),
+            Err(errno) => reply.error(errno),
+        }
     }
 }
 
@@ -517,8 +933,8 @@ pub fn mount(path: &Path, router: Arc<Router>, allow_other: bool) -> io::Result<
     // The mount table names the resolved path (`/spfs` may be a symlink).
     let canonical = path.canonicalize()?;
     let mut config = Config::default();
+    // Not `ro`: editable runtimes write. Read-only ones answer EROFS.
     config.mount_options = vec![
-        MountOption::RO,
         MountOption::NoDev,
         MountOption::NoSuid,
         MountOption::FSName("spfs".into()),

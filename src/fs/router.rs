@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use fuser::INodeNo;
 use tokio::sync::mpsc;
 
+use super::overlay::Overlay;
 use super::view::View;
 use crate::platform;
 
@@ -59,6 +60,8 @@ pub struct Router {
     state: RwLock<State>,
     /// Every view still alive: held by a runtime or by open handles.
     views: RwLock<HashMap<u64, Weak<View>>>,
+    /// Every overlay still alive, likewise.
+    overlays: RwLock<HashMap<u64, Weak<Overlay>>>,
     /// Views by what they show, so runtimes of the same stack share one.
     shared: Mutex<HashMap<StackKey, Weak<View>>>,
     /// Exit watching; absent in unit tests (then members stay until removed).
@@ -73,9 +76,47 @@ struct State {
     members: HashMap<i32, Member>,
 }
 
+/// What a runtime shows: the read-only view of its layers, or (once it
+/// was editable) an overlay of its changes on them.
+#[derive(Clone)]
+pub enum Shown {
+    View(Arc<View>),
+    Overlay(Arc<Overlay>),
+}
+
+impl Shown {
+    /// The inode space (view id) it is numbered in.
+    pub fn id(&self) -> u64 {
+        match self {
+            Shown::View(view) => view.id,
+            Shown::Overlay(overlay) => overlay.id,
+        }
+    }
+
+    /// The read-only layers below.
+    pub fn layers(&self) -> &Arc<View> {
+        match self {
+            Shown::View(view) => view,
+            Shown::Overlay(overlay) => &overlay.lower,
+        }
+    }
+}
+
+impl From<Arc<View>> for Shown {
+    fn from(view: Arc<View>) -> Shown {
+        Shown::View(view)
+    }
+}
+
+impl From<Arc<Overlay>> for Shown {
+    fn from(overlay: Arc<Overlay>) -> Shown {
+        Shown::Overlay(overlay)
+    }
+}
+
 /// What a runtime shows and who may join it.
 pub struct RuntimeRoute {
-    pub view: Arc<View>,
+    pub shown: Shown,
     /// `SPFS_RUNTIME` of its processes.
     pub name: String,
     /// Only this user's processes join by name.
@@ -86,9 +127,14 @@ pub struct RuntimeRoute {
 }
 
 impl RuntimeRoute {
-    pub fn new(view: Arc<View>, name: String, uid: u32, root_start_time: u64) -> RuntimeRoute {
+    pub fn new(
+        shown: impl Into<Shown>,
+        name: String,
+        uid: u32,
+        root_start_time: u64,
+    ) -> RuntimeRoute {
         RuntimeRoute {
-            view,
+            shown: shown.into(),
             name,
             uid,
             root_start_time,
@@ -160,7 +206,7 @@ impl Router {
     /// the runtime named last is the nearest.
     pub fn add_runtime(&self, id: RuntimeId, root: i32, route: RuntimeRoute) {
         let start_time = route.root_start_time;
-        write(&self.views).insert(route.view.id, Arc::downgrade(&route.view));
+        self.register(&route.shown);
         let mut state = write(&self.state);
         state.runtimes.insert(id, route);
         state.join(root, start_time, id);
@@ -178,10 +224,59 @@ impl Router {
         };
         let found = removed.is_some();
         drop(removed);
+        self.forget_dropped();
+        found
+    }
+
+    /// Makes `shown` reachable by its inode numbers.
+    fn register(&self, shown: &Shown) {
+        match shown {
+            Shown::View(view) => {
+                write(&self.views).insert(view.id, Arc::downgrade(view));
+            }
+            Shown::Overlay(overlay) => {
+                write(&self.views).insert(overlay.lower.id, Arc::downgrade(&overlay.lower));
+                write(&self.overlays).insert(overlay.id, Arc::downgrade(overlay));
+            }
+        }
+    }
+
+    fn forget_dropped(&self) {
         write(&self.views).retain(|_, view| view.strong_count() > 0);
+        write(&self.overlays).retain(|_, overlay| overlay.strong_count() > 0);
         self.shared_views()
             .retain(|_, view| view.strong_count() > 0);
+    }
+
+    /// Runtime `id` shows `shown` from now on (it became editable, was
+    /// reset, or shows another stack); what it showed before lives on while
+    /// open files hold it. False when the runtime is gone.
+    pub fn set_shown(&self, id: RuntimeId, shown: Shown) -> bool {
+        self.register(&shown);
+        let old = {
+            let mut state = write(&self.state);
+            match state.runtimes.get_mut(&id) {
+                Some(route) => Some(std::mem::replace(&mut route.shown, shown)),
+                None => None,
+            }
+        };
+        let found = old.is_some();
+        drop(old);
+        self.forget_dropped();
         found
+    }
+
+    /// What runtime `id` shows now.
+    pub fn shown_by(&self, id: RuntimeId) -> Option<Shown> {
+        read(&self.state).view_of(id)
+    }
+
+    /// The view or overlay whose inode space is `id`, while it is alive.
+    pub fn shown(&self, id: u64) -> Option<Shown> {
+        if let Some(overlay) = read(&self.overlays).get(&id).and_then(Weak::upgrade) {
+            return Some(Shown::Overlay(overlay));
+        }
+        self.view(id).map(Shown::View)
     }
 
     /// The live view of exactly this stack, if a runtime or an open file still holds one.
@@ -203,8 +298,8 @@ impl Router {
         read(&self.views).get(&id)?.upgrade()
     }
 
-    /// The view for the process that sent a request (by its thread id).
-    pub fn view_for_caller(&self, tid: u32) -> Option<Arc<View>> {
+    /// What the process that sent a request (by its thread id) sees.
+    pub fn view_for_caller(&self, tid: u32) -> Option<Shown> {
         {
             let state = read(&self.state);
             if state.runtimes.is_empty() {
@@ -216,12 +311,24 @@ impl Router {
                 return state.view_of(member.runtime);
             }
         }
-        self.route_new_caller(tid as i32)
+        let runtime = self.route_new_caller(tid as i32)?;
+        read(&self.state).view_of(runtime)
+    }
+
+    /// The runtime a process is in (joining it, as a request from it would).
+    pub fn runtime_of_process(&self, pid: i32) -> Option<RuntimeId> {
+        {
+            let state = read(&self.state);
+            if let Some(member) = state.members.get(&pid) {
+                return Some(member.runtime);
+            }
+        }
+        self.route_new_caller(pid)
     }
 
     /// A caller not (yet) known as a member: a thread of a member, a process
     /// whose ancestry reaches a member, or one that carries a runtime's name.
-    fn route_new_caller(&self, tid: i32) -> Option<Arc<View>> {
+    fn route_new_caller(&self, tid: i32) -> Option<RuntimeId> {
         let mut pid = tid;
         let mut info = platform::process_info(pid).ok()?;
         if info.is_thread {
@@ -229,7 +336,7 @@ impl Router {
             info = platform::process_info(pid).ok()?;
             let state = read(&self.state);
             if let Some(member) = state.members.get(&pid) {
-                return state.view_of(member.runtime);
+                return Some(member.runtime);
             }
         }
         // Walk up to the nearest member, remembering the way.
@@ -277,12 +384,11 @@ impl Router {
                 joined.push((member, start_time));
             }
         }
-        let view = state.view_of(runtime);
         drop(state);
         for (member, start_time) in joined {
             self.watch(member, start_time);
         }
-        view
+        Some(runtime)
     }
 
     /// The runtime whose name `pid` carries in its environment, if it may join it.
@@ -369,16 +475,21 @@ impl Router {
     }
 
     pub fn live_views(&self) -> usize {
-        read(&self.views)
+        let views = read(&self.views)
             .values()
             .filter(|v| v.strong_count() > 0)
-            .count()
+            .count();
+        let overlays = read(&self.overlays)
+            .values()
+            .filter(|v| v.strong_count() > 0)
+            .count();
+        views + overlays
     }
 }
 
 impl State {
-    fn view_of(&self, runtime: RuntimeId) -> Option<Arc<View>> {
-        self.runtimes.get(&runtime).map(|r| Arc::clone(&r.view))
+    fn view_of(&self, runtime: RuntimeId) -> Option<Shown> {
+        self.runtimes.get(&runtime).map(|r| r.shown.clone())
     }
 
     /// Records `pid` as a member of `runtime`, leaving any runtime it was in.

@@ -164,6 +164,25 @@ impl Scratch {
         std::fs::symlink_metadata(self.masks.join(path)).is_ok_and(|m| !m.is_dir())
     }
 
+    /// Drops changes: all of them (no paths), or those at and below each
+    /// path (relative to the mountpoint). The layers show there again.
+    pub fn reset(&self, paths: &[PathBuf]) -> io::Result<()> {
+        if paths.is_empty() {
+            for dir in [&self.upper, &self.masks] {
+                for entry in std::fs::read_dir(dir)? {
+                    remove_any(&entry?.path())?;
+                }
+            }
+            return Ok(());
+        }
+        for path in paths {
+            check_relative(path)?;
+            remove_any(&self.upper.join(path))?;
+            remove_any(&self.masks.join(path))?;
+        }
+        Ok(())
+    }
+
     /// Deletes the whole runtime directory.
     pub fn destroy(self) -> io::Result<()> {
         remove_any(&self.root)

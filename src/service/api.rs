@@ -9,11 +9,15 @@ use tonic::{Request, Response, Status};
 
 use super::guard::Caller;
 use super::runtimes::{self, checked_pid, MountError, Runtimes};
+use super::views::{self, Built};
+use crate::fs::overlay::Overlay;
+use crate::fs::router::Shown;
+use crate::runtime::RuntimeState;
 use super::shutdown::Shutdown;
 use crate::platform;
 use crate::proto::vfs_service_server::VfsService;
 use crate::proto::{
-    ChangeStackRequest, EditRequest, GetRuntimeRequest, MountRequest, MountResponse,
+    ChangeStackRequest, EditRequest, Editability, GetRuntimeRequest, MountRequest, MountResponse,
     RemoveRuntimeRequest, RemoveRuntimeResponse, ResetRequest, RuntimeResponse, ShutdownRequest,
     ShutdownResponse, StatusRequest, StatusResponse, UnmountRequest, UnmountResponse,
 };
@@ -34,7 +38,7 @@ pub struct Api {
     pub identity: Identity,
     pub runtimes: Arc<Runtimes>,
     /// What one Mount may cost (SPFS_MOUNT_TIMEOUT, SPFS_MOUNT_MAX_ENTRIES).
-    pub mount_limits: runtimes::MountLimits,
+    pub mount_limits: views::MountLimits,
     /// Once triggered, new mounts are refused, and a mount that finishes
     /// after it is undone, so no command runs on a service that is going away.
     pub shutdown: Shutdown,
@@ -55,7 +59,15 @@ impl From<MountError> for Status {
             MountError::Build { .. } | MountError::Repository(_) => {
                 Status::failed_precondition(err.to_string())
             }
-            MountError::Spec(SpecError::Unknown { .. }) => Status::not_found(err.to_string()),
+            MountError::Spec(SpecError::Unknown { .. }) | MountError::NotFound(_) => {
+                Status::not_found(err.to_string())
+            }
+            MountError::NameStopped(_) => Status::already_exists(err.to_string()),
+            MountError::Running(_) | MountError::StackChanged { .. } | MountError::NoChanges(_) => {
+                Status::failed_precondition(err.to_string())
+            }
+            MountError::NotAMember { .. } => Status::permission_denied(err.to_string()),
+            MountError::Scratch { .. } => Status::internal(err.to_string()),
             MountError::NotAnAncestor { .. }
             | MountError::OtherUser { .. }
             | MountError::UnknownCaller => Status::permission_denied(err.to_string()),
@@ -105,39 +117,33 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// What one `Mount` asks for, checked.
+struct MountAsk {
+    pid: i32,
+    name: String,
+    env_spec: String,
+    repositories: Vec<std::path::PathBuf>,
+    editable: bool,
+    durable: bool,
+    rerun: bool,
+}
+
 impl Api {
-    async fn mount_runtime(
+    /// Resolves and builds `spec` in `repositories` off the async workers,
+    /// within the mount limits.
+    async fn build(
         &self,
-        caller: Option<Caller>,
-        root_pid: i64,
-        env_spec: String,
-        repositories: Vec<String>,
-        name: String,
-    ) -> Result<(crate::proto::Runtime, runtimes::Built), MountError> {
-        let pid = checked_pid(root_pid)?;
-        authorize(caller, pid)?;
-        // A script's Mount may name no runtime: give it one of its own.
-        let name = match name.is_empty() {
-            true => runtimes::generated_name(pid),
-            false => name,
-        };
-        runtimes::check_name(&name)?;
-        let repositories = repositories
-            .into_iter()
-            .map(|root| match std::path::Path::new(&root).is_absolute() {
-                true => Ok(std::path::PathBuf::from(root)),
-                false => Err(MountError::RelativeRepository(root)),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        spec: String,
+        repositories: Vec<std::path::PathBuf>,
+    ) -> Result<Built, MountError> {
         let router = std::sync::Arc::clone(self.runtimes.router());
-        // Reading the layers is blocking I/O; keep it off the async workers.
-        let spec = env_spec.clone();
         // Dropped when this request is (the client went away) or finishes:
         // either way the build need not go on.
         let cancel = CancelOnDrop::default();
         let budget = self.mount_limits.budget(Arc::clone(&cancel.0));
+        let shown_spec = crate::tracking::env_spec::shorten(&spec);
         let build = tokio::task::spawn_blocking(move || {
-            runtimes::build_view(&router, &repositories, spec, &budget)
+            views::build_view(&router, &repositories, spec, &budget)
         });
         // The build checks its deadline itself; this bounds what it cannot
         // check (a read hung on a dead filesystem).
@@ -145,15 +151,242 @@ impl Api {
         let built = tokio::time::timeout(self.mount_limits.timeout + grace, build)
             .await
             .map_err(|_| MountError::Timeout {
-                spec: crate::tracking::env_spec::shorten(&env_spec),
+                spec: shown_spec,
                 seconds: self.mount_limits.timeout.as_secs_f64(),
             })?
             .map_err(|e| MountError::Internal(e.to_string()))??;
         drop(cancel);
+        Ok(built)
+    }
+
+    async fn mount_runtime(
+        &self,
+        caller: Option<Caller>,
+        request: MountRequest,
+    ) -> Result<(crate::proto::Runtime, Built, Shown), MountError> {
+        let pid = checked_pid(request.root_pid)?;
+        authorize(caller, pid)?;
+        // A script's Mount may name no runtime: give it one of its own.
+        let name = match request.name.is_empty() {
+            true => runtimes::generated_name(pid),
+            false => request.name,
+        };
+        runtimes::check_name(&name)?;
+        let repositories = request
+            .repositories
+            .into_iter()
+            .map(|root| match std::path::Path::new(&root).is_absolute() {
+                true => Ok(std::path::PathBuf::from(root)),
+                false => Err(MountError::RelativeRepository(root)),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let ask = MountAsk {
+            pid,
+            name,
+            env_spec: request.env_spec,
+            repositories,
+            editable: request.editable,
+            durable: request.durable,
+            rerun: request.rerun,
+        };
+        if !ask.rerun {
+            return self.mount_new(ask).await;
+        }
+        // Re-entering a stopped runtime: its stack and changes come from disk.
+        let (saved, scratch) = self.runtimes.take_stopped(&ask.name)?;
+        let result = self.mount_saved(&ask, saved.clone(), scratch).await;
+        if result.is_err() {
+            self.runtimes.put_back(saved);
+        }
+        result
+    }
+
+    async fn mount_new(
+        &self,
+        ask: MountAsk,
+    ) -> Result<(crate::proto::Runtime, Built, Shown), MountError> {
+        let built = self
+            .build(ask.env_spec.clone(), ask.repositories.clone())
+            .await?;
+        let state = RuntimeState {
+            name: ask.name.clone(),
+            env_spec: ask.env_spec,
+            stack: built.stack.clone(),
+            repositories: ask.repositories,
+            editable: ask.editable,
+            durable: ask.durable,
+            created_unix: runtimes::now_unix(),
+        };
+        if !ask.editable {
+            let shown = Shown::View(Arc::clone(&built.view));
+            let runtime = self.runtimes.mount(ask.pid, state, shown.clone(), None)?;
+            return Ok((runtime, built, shown));
+        }
+        let scratch = self.runtimes.new_scratch(&ask.name)?;
+        let mounted = self.mount_with_scratch(ask.pid, state, &built, Arc::clone(&scratch));
+        if mounted.is_err() {
+            if let Ok(scratch) = Arc::try_unwrap(scratch) {
+                let _ = scratch.destroy();
+            }
+        }
+        mounted.map(|(runtime, shown)| (runtime, built, shown))
+    }
+
+    async fn mount_saved(
+        &self,
+        ask: &MountAsk,
+        mut state: RuntimeState,
+        scratch: Arc<crate::runtime::Scratch>,
+    ) -> Result<(crate::proto::Runtime, Built, Shown), MountError> {
+        let built = self
+            .build(state.stack_spec(), state.repositories.clone())
+            .await?;
+        state.editable |= ask.editable;
+        state.durable |= ask.durable;
+        let (runtime, shown) = self.mount_with_scratch(ask.pid, state, &built, scratch)?;
+        Ok((runtime, built, shown))
+    }
+
+    fn mount_with_scratch(
+        &self,
+        pid: i32,
+        state: RuntimeState,
+        built: &Built,
+        scratch: Arc<crate::runtime::Scratch>,
+    ) -> Result<(crate::proto::Runtime, Shown), MountError> {
+        scratch.write_state(&state).map_err(|e| MountError::Scratch {
+            what: format!("cannot save runtime {:?}", state.name),
+            error: e,
+        })?;
+        let overlay = Overlay::new(
+            self.runtimes.router().next_view_id(),
+            Arc::clone(&built.view),
+            Arc::clone(&scratch),
+            state.editable,
+        )
+        .map_err(|e| MountError::Scratch {
+            what: "cannot read the runtime's changes".into(),
+            error: e,
+        })?;
+        let shown = Shown::Overlay(Arc::new(overlay));
         let runtime = self
             .runtimes
-            .mount(pid, name, env_spec, Arc::clone(&built.view))?;
-        Ok((runtime, built))
+            .mount(pid, state, shown.clone(), Some(scratch))?;
+        Ok((runtime, shown))
+    }
+
+    /// `ChangeStack`: builds the new stack, then swaps it in.
+    async fn change_runtime_stack(
+        &self,
+        caller: Option<Caller>,
+        request: ChangeStackRequest,
+    ) -> Result<crate::proto::Runtime, MountError> {
+        let pid = caller_pid(caller)?;
+        let member = self.runtimes.member(&request.name, pid)?;
+        let current = member.state.stack.join("+");
+        if !request.expected_stack.is_empty() && request.expected_stack != current {
+            return Err(MountError::StackChanged {
+                name: request.name,
+                expected: crate::tracking::env_spec::shorten(&request.expected_stack),
+                actual: crate::tracking::env_spec::shorten(&current),
+            });
+        }
+        let built = self
+            .build(request.env_spec.clone(), member.state.repositories.clone())
+            .await?;
+        let editable = match Editability::try_from(request.editable) {
+            Ok(Editability::Editable) => true,
+            Ok(Editability::ReadOnly) => false,
+            _ => member.state.editable,
+        };
+        let mut state = member.state.clone();
+        state.env_spec = request.env_spec;
+        state.stack = built.stack.clone();
+        state.editable = editable;
+        // No write may land in the old overlay from here on.
+        if let Shown::Overlay(overlay) = &member.shown {
+            overlay.set_editable(false);
+        }
+        let scratch = match (&member.scratch, editable) {
+            (Some(scratch), _) => Some(Arc::clone(scratch)),
+            (None, true) => Some(self.runtimes.new_scratch(&state.name)?),
+            (None, false) => None,
+        };
+        if let (Some(scratch), true) = (&scratch, request.drop_changes) {
+            scratch.reset(&[]).map_err(|e| MountError::Scratch {
+                what: "cannot drop the changes".into(),
+                error: e,
+            })?;
+        }
+        let shown = match &scratch {
+            Some(scratch) => Shown::Overlay(Arc::new(
+                Overlay::new(
+                    self.runtimes.router().next_view_id(),
+                    Arc::clone(&built.view),
+                    Arc::clone(scratch),
+                    editable,
+                )
+                .map_err(|e| MountError::Scratch {
+                    what: "cannot read the runtime's changes".into(),
+                    error: e,
+                })?,
+            )),
+            None => Shown::View(Arc::clone(&built.view)),
+        };
+        let runtime = self.runtimes.update(&member, state, shown, scratch)?;
+        tracing::info!(
+            event = "service.stack_changed",
+            runtime = runtime.name.as_str(),
+            env_spec = crate::tracking::env_spec::shorten(&runtime.env_spec),
+            drop_changes = request.drop_changes,
+            editable,
+            "runtime shows another stack"
+        );
+        Ok(runtime)
+    }
+}
+
+/// The calling process, which the new RPCs act for.
+fn caller_pid(caller: Option<Caller>) -> Result<i32, MountError> {
+    caller
+        .and_then(|c| c.pid)
+        .ok_or(MountError::UnknownCaller)
+}
+
+/// Logs a runtime RPC's outcome (as `service.<event>` or
+/// `service.request_refused`) and turns it into the reply.
+fn answer(
+    event: &'static str,
+    name: &str,
+    started: Instant,
+    result: Result<crate::proto::Runtime, MountError>,
+) -> Result<Response<RuntimeResponse>, Status> {
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match result {
+        Ok(runtime) => {
+            tracing::info!(
+                event,
+                runtime = runtime.name.as_str(),
+                editable = runtime.editable,
+                running = runtime.running,
+                elapsed_ms,
+                "runtime request done"
+            );
+            Ok(Response::new(RuntimeResponse {
+                runtime: Some(runtime),
+            }))
+        }
+        Err(err) => {
+            tracing::warn!(
+                event = "service.request_refused",
+                request = event,
+                runtime = crate::tracking::env_spec::shorten(name),
+                error = %err,
+                elapsed_ms,
+                "refused a runtime request"
+            );
+            Err(err.into())
+        }
     }
 }
 
@@ -168,22 +401,13 @@ impl VfsService for Api {
             return Err(shutting_down());
         }
         let caller = request.extensions().get::<Caller>().copied();
-        let MountRequest {
-            root_pid,
-            env_spec,
-            repositories,
-            name,
-            editable: _,
-            durable: _,
-            rerun: _,
-        } = request.into_inner();
-        let result = self
-            .mount_runtime(caller, root_pid, env_spec, repositories, name)
-            .await;
+        let request = request.into_inner();
+        let root_pid = request.root_pid;
+        let result = self.mount_runtime(caller, request).await;
         if self.shutdown.is_triggered() {
             // Shutdown began while the view was built: the mount is about to
             // go, so the command must not run on it.
-            if let Ok((runtime, _)) = &result {
+            if let Ok((runtime, _, _)) = &result {
                 if let Ok(pid) = i32::try_from(runtime.root_pid) {
                     self.runtimes.remove(pid, "shutdown");
                 }
@@ -203,13 +427,15 @@ impl VfsService for Api {
             &crate::telemetry::metrics::attr("result", outcome),
         );
         match result {
-            Ok((runtime, built)) => {
+            Ok((runtime, built, shown)) => {
                 tracing::info!(
                     event = "service.mount",
                     root_pid = runtime.root_pid,
                     runtime = runtime.name.as_str(),
                     env_spec = crate::tracking::env_spec::shorten(&runtime.env_spec),
-                    view_id = built.view.id,
+                    editable = runtime.editable,
+                    durable = runtime.durable,
+                    view_id = shown.id(),
                     view_shared = built.shared,
                     nodes = built.view.len() as u64,
                     unreadable = built.view.unreadable,
@@ -254,6 +480,7 @@ impl VfsService for Api {
             socket: id.socket.clone(),
             log_file: id.log_file.clone(),
             runtimes: self.runtimes.list(),
+            stopped: self.runtimes.list_stopped(),
         }))
     }
 
@@ -267,30 +494,96 @@ impl VfsService for Api {
 
     async fn get_runtime(
         &self,
-        _: Request<GetRuntimeRequest>,
+        request: Request<GetRuntimeRequest>,
     ) -> Result<Response<RuntimeResponse>, Status> {
-        Err(Status::unimplemented("GetRuntime"))
+        let name = request.into_inner().name;
+        let runtime = self.runtimes.get(&name)?;
+        Ok(Response::new(RuntimeResponse {
+            runtime: Some(runtime),
+        }))
     }
 
-    async fn edit(&self, _: Request<EditRequest>) -> Result<Response<RuntimeResponse>, Status> {
-        Err(Status::unimplemented("Edit"))
+    async fn edit(
+        &self,
+        request: Request<EditRequest>,
+    ) -> Result<Response<RuntimeResponse>, Status> {
+        let started = Instant::now();
+        let caller = request.extensions().get::<Caller>().copied();
+        let EditRequest { name, editable } = request.into_inner();
+        let runtimes = Arc::clone(&self.runtimes);
+        let asked = name.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            runtimes.edit(&asked, caller_pid(caller)?, editable)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        answer("service.edit", &name, started, result)
     }
 
-    async fn reset(&self, _: Request<ResetRequest>) -> Result<Response<RuntimeResponse>, Status> {
-        Err(Status::unimplemented("Reset"))
+    async fn reset(
+        &self,
+        request: Request<ResetRequest>,
+    ) -> Result<Response<RuntimeResponse>, Status> {
+        let started = Instant::now();
+        let caller = request.extensions().get::<Caller>().copied();
+        let ResetRequest { name, paths } = request.into_inner();
+        let paths = paths
+            .iter()
+            .map(|p| relative_to_mountpoint(p, &self.identity.mountpoint))
+            .collect::<Result<Vec<_>, Status>>()?;
+        let runtimes = Arc::clone(&self.runtimes);
+        let asked = name.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            runtimes.reset(&asked, caller_pid(caller)?, &paths)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        answer("service.reset", &name, started, result)
     }
 
     async fn change_stack(
         &self,
-        _: Request<ChangeStackRequest>,
+        request: Request<ChangeStackRequest>,
     ) -> Result<Response<RuntimeResponse>, Status> {
-        Err(Status::unimplemented("ChangeStack"))
+        let started = Instant::now();
+        if self.shutdown.is_triggered() {
+            return Err(shutting_down());
+        }
+        let caller = request.extensions().get::<Caller>().copied();
+        let request = request.into_inner();
+        let name = request.name.clone();
+        let result = self.change_runtime_stack(caller, request).await;
+        answer("service.change_stack", &name, started, result)
     }
 
     async fn remove_runtime(
         &self,
-        _: Request<RemoveRuntimeRequest>,
+        request: Request<RemoveRuntimeRequest>,
     ) -> Result<Response<RemoveRuntimeResponse>, Status> {
-        Err(Status::unimplemented("RemoveRuntime"))
+        let name = request.into_inner().name;
+        let runtimes = Arc::clone(&self.runtimes);
+        tokio::task::spawn_blocking(move || runtimes.remove_stopped(&name))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(RemoveRuntimeResponse {}))
     }
+}
+
+/// A path as `spfs reset` gives it (`bin/x`, `/spfs/bin/x`) relative to the
+/// mountpoint, or INVALID_ARGUMENT naming it.
+fn relative_to_mountpoint(path: &str, mountpoint: &str) -> Result<std::path::PathBuf, Status> {
+    let path = std::path::Path::new(path);
+    let relative = match path.strip_prefix(mountpoint) {
+        Ok(rest) => rest,
+        Err(_) if path.is_absolute() => {
+            return Err(Status::invalid_argument(format!(
+                "{} is not below the mountpoint {mountpoint}",
+                path.display()
+            )))
+        }
+        Err(_) => path,
+    };
+    crate::runtime::scratch::check_relative(relative)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(relative.to_owned())
 }

@@ -21,6 +21,7 @@ pub mod pidfile;
 pub mod readiness;
 mod runtimes;
 mod shutdown;
+mod views;
 mod socket;
 
 use std::process::ExitCode;
@@ -160,7 +161,7 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
     paths
         .ensure_runtime_dir()
         .map_err(|e| fail("unsafe_runtime_dir", e.to_string()))?;
-    let mount_limits = runtimes::MountLimits::from_env().map_err(|m| fail("config", m))?;
+    let mount_limits = views::MountLimits::from_env().map_err(|m| fail("config", m))?;
     let pidfile = PidFile::acquire(&paths.pidfile()).map_err(|err| match err {
         PidFileError::AlreadyRunning(_) => fail(
             "already_running",
@@ -224,7 +225,7 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
         .listen_for_signals()
         .map_err(|e| fail("signals", format!("cannot install signal handlers: {e}")))?;
     let router = Arc::new(Router::default());
-    let runtimes = Runtimes::new(Arc::clone(&router));
+    let runtimes = Runtimes::new(Arc::clone(&router), paths.scratch_dir.clone());
     runtimes.start();
     let api = Api {
         identity: Identity {
@@ -360,6 +361,9 @@ async fn stop(started: Started) {
     );
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, server).await.is_ok();
     let unmounted = tokio::task::spawn_blocking(move || fuse.unmount()).await;
+    // Editable runtimes keep their changes as stopped runtimes.
+    let ending = Arc::clone(&runtimes);
+    let _ = tokio::task::spawn_blocking(move || ending.end_all()).await;
     let unmount_error = match unmounted {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(e.to_string()),

@@ -1,34 +1,54 @@
-//! The runtimes table: which runtime (by name and root process) shows which
-//! env spec. A runtime is added by `Mount` and dropped by `Unmount` or,
-//! automatically, when its last process exits: the filesystem's [`Router`]
-//! keeps the membership (see `fs::router`) and reports runtimes that emptied.
+//! The runtimes table: which runtime (by name and root process) shows what,
+//! and the stopped ones whose changes wait on disk. A runtime is added by
+//! `Mount` and ends by `Unmount` or, automatically, when its last process
+//! exits: the filesystem's [`Router`] keeps the membership (see
+//! `fs::router`) and reports runtimes that emptied. An editable runtime's
+//! changes live in its scratch directory (`runtime::scratch`); when it
+//! ends they are deleted, unless it is durable (`--keep-runtime`) or the
+//! service is stopping: then it is kept as a stopped runtime, to be
+//! re-entered (`--rerun`), committed, or removed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::fs::router::{EndReason, Router, RuntimeId, RuntimeRoute, StackKey};
-use crate::fs::view::{Budget, BuildError, View};
+use crate::fs::overlay::Overlay;
+use crate::fs::router::{EndReason, Router, RuntimeId, RuntimeRoute, Shown};
+use crate::fs::view::BuildError;
 use crate::platform;
 use crate::proto::Runtime;
+use crate::runtime::{RuntimeState, Scratch};
 use crate::storage::error::StorageError;
-use crate::storage::proxy::ProxyRepository;
-use crate::tracking::env_spec::{self, SpecError, StackItem};
+use crate::tracking::env_spec::{self, SpecError};
 
 /// Longest env spec accepted; far beyond any real stack of layer names.
 pub const MAX_ENV_SPEC_BYTES: usize = 64 * 1024;
 
 pub struct Runtimes {
-    /// By root pid (what `Unmount` names).
-    table: Mutex<HashMap<i32, Entry>>,
+    table: Mutex<Table>,
     next_id: AtomicU64,
     router: Arc<Router>,
+    /// One directory per editable runtime's name.
+    scratch_dir: PathBuf,
+}
+
+#[derive(Default)]
+struct Table {
+    /// By root pid (what `Unmount` names).
+    live: HashMap<i32, Entry>,
+    /// Runtimes with changes on disk and no process, by name.
+    stopped: BTreeMap<String, RuntimeState>,
 }
 
 struct Entry {
-    runtime: Runtime,
     id: RuntimeId,
+    root_pid: i32,
+    since_unix: i64,
+    state: RuntimeState,
+    /// Its changes, once it was ever editable.
+    scratch: Option<Arc<Scratch>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +83,36 @@ pub enum MountError {
     Build { spec: String, error: BuildError },
     #[error("Mount of {spec:?} did not finish within {seconds} s; raise SPFS_MOUNT_TIMEOUT if its layers are on a slow filesystem")]
     Timeout { spec: String, seconds: f64 },
+    #[error("no runtime named {0:?}; see `spfs runtime list`")]
+    NotFound(String),
+    #[error("a stopped runtime named {0:?} has changes on disk; re-enter it with `spfs run --rerun {0}`, or delete it with `spfs runtime remove {0}`")]
+    NameStopped(String),
+    #[error("runtime {0:?} is running, not stopped; it can only be re-entered or removed once its processes exit")]
+    Running(String),
+    #[error("process {pid} is not in runtime {name:?}; run this from a process of that runtime")]
+    NotAMember { name: String, pid: i32 },
+    #[error("runtime {name:?} shows {actual:?} now, not {expected:?}: its stack changed meanwhile; look again and retry")]
+    StackChanged {
+        name: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("runtime {0:?} has no changes: it was never editable")]
+    NoChanges(String),
+    #[error("{what}: {error}")]
+    Scratch {
+        what: String,
+        error: std::io::Error,
+    },
+}
+
+impl MountError {
+    fn scratch(what: impl Into<String>, error: std::io::Error) -> MountError {
+        MountError::Scratch {
+            what: what.into(),
+            error,
+        }
+    }
 }
 
 /// A fresh runtime name for root process `pid`: the pid and the time in
@@ -88,117 +138,6 @@ pub fn check_name(name: &str) -> Result<(), MountError> {
     }
 }
 
-/// What one `Mount` may cost, from the service's environment.
-#[derive(Clone, Copy, Debug)]
-pub struct MountLimits {
-    /// `SPFS_MOUNT_TIMEOUT` (seconds, or `500ms`); default 60 s.
-    pub timeout: std::time::Duration,
-    /// `SPFS_MOUNT_MAX_ENTRIES`; default 5,000,000.
-    pub max_entries: usize,
-}
-
-impl Default for MountLimits {
-    fn default() -> Self {
-        MountLimits {
-            timeout: std::time::Duration::from_secs(60),
-            max_entries: 5_000_000,
-        }
-    }
-}
-
-impl MountLimits {
-    /// Reads the settings; a bad value is an error naming it.
-    pub fn from_env() -> Result<MountLimits, String> {
-        let mut limits = MountLimits::default();
-        if let Some(text) = std::env::var("SPFS_MOUNT_TIMEOUT")
-            .ok()
-            .filter(|t| !t.trim().is_empty())
-        {
-            limits.timeout = crate::config::parse_duration(&text)
-                .map_err(|problem| format!("SPFS_MOUNT_TIMEOUT={text:?} is not a duration ({problem}); use seconds such as 60, or 500ms"))?;
-        }
-        if let Some(text) = std::env::var("SPFS_MOUNT_MAX_ENTRIES")
-            .ok()
-            .filter(|t| !t.trim().is_empty())
-        {
-            limits.max_entries = text.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                format!("SPFS_MOUNT_MAX_ENTRIES={text:?} is not a positive number of entries")
-            })?;
-        }
-        Ok(limits)
-    }
-
-    /// The budget of one build starting now.
-    pub fn budget(&self, cancelled: Arc<std::sync::atomic::AtomicBool>) -> Budget {
-        Budget {
-            deadline: std::time::Instant::now() + self.timeout,
-            max_entries: self.max_entries,
-            cancelled,
-            deadline_setting: "SPFS_MOUNT_TIMEOUT",
-            entries_setting: "SPFS_MOUNT_MAX_ENTRIES",
-        }
-    }
-}
-
-/// A view for a Mount, and whether it is shared with other runtimes.
-pub struct Built {
-    pub view: Arc<View>,
-    /// An existing view of the same stack was reused.
-    pub shared: bool,
-}
-
-/// Opens `repositories` (local first), resolves `spec` in them and builds
-/// its view, or reuses the live view of the same stack. Blocking I/O: reads
-/// platform and layer objects, and manifests only for a new view.
-pub fn build_view(
-    router: &Router,
-    repositories: &[std::path::PathBuf],
-    spec: String,
-    budget: &Budget,
-) -> Result<Built, MountError> {
-    if spec.len() > MAX_ENV_SPEC_BYTES {
-        return Err(MountError::SpecTooLong(spec.len()));
-    }
-    // Syntax first: a bad spec is named before any repository is opened.
-    env_spec::parse(&spec)?;
-    let repos = Arc::new(ProxyRepository::open(repositories).map_err(MountError::Repository)?);
-    let stack = env_spec::resolve_stack(&spec, &repos)?;
-    let key = stack_key(repositories, &stack);
-    if let Some(view) = key.as_ref().and_then(|key| router.shared_view(key)) {
-        return Ok(Built { view, shared: true });
-    }
-    let layers = env_spec::load(stack, &repos)?;
-    let view = View::build(router.next_view_id(), spec.clone(), &layers, repos, budget).map_err(
-        |error| MountError::Build {
-            spec: env_spec::shorten(&spec),
-            error,
-        },
-    )?;
-    let view = Arc::new(view);
-    if let Some(key) = key {
-        router.share(key, &view);
-    }
-    Ok(Built {
-        view,
-        shared: false,
-    })
-}
-
-/// The sharing key of a stack of committed layers; none with a directory layer.
-fn stack_key(repositories: &[std::path::PathBuf], stack: &[StackItem]) -> Option<StackKey> {
-    let manifests = stack
-        .iter()
-        .map(|item| match item {
-            StackItem::Object { manifest, .. } => Some(*manifest),
-            StackItem::Dir(_) => None,
-        })
-        .collect::<Option<Vec<_>>>()?;
-    Some(StackKey {
-        repositories: repositories.to_vec(),
-        manifests,
-    })
-}
-
 /// A pid from the wire: positive and within `pid_t`.
 pub fn checked_pid(pid: i64) -> Result<i32, MountError> {
     match i32::try_from(pid) {
@@ -208,11 +147,17 @@ pub fn checked_pid(pid: i64) -> Result<i32, MountError> {
 }
 
 impl Runtimes {
-    pub fn new(router: Arc<Router>) -> Arc<Runtimes> {
+    /// The table, with the stopped runtimes found in `scratch_dir`.
+    pub fn new(router: Arc<Router>, scratch_dir: PathBuf) -> Arc<Runtimes> {
+        let stopped = load_stopped(&scratch_dir);
         Arc::new(Runtimes {
-            table: Mutex::default(),
+            table: Mutex::new(Table {
+                live: HashMap::new(),
+                stopped,
+            }),
             next_id: AtomicU64::new(1),
             router,
+            scratch_dir,
         })
     }
 
@@ -228,7 +173,7 @@ impl Runtimes {
                 let reason = match reason {
                     EndReason::LastProcessExited => "last_process_exited",
                 };
-                table.ended(id, reason);
+                tokio::task::spawn_blocking(move || table.ended(id, reason));
             }
         });
     }
@@ -237,52 +182,104 @@ impl Runtimes {
         &self.router
     }
 
-    /// Records (or replaces) the runtime whose root is `pid`, named `name`,
-    /// showing `view` to its processes.
+    fn scratch_path(&self, name: &str) -> PathBuf {
+        self.scratch_dir.join(name)
+    }
+
+    /// A new, empty scratch directory for runtime `name`. Refused while a
+    /// stopped runtime of that name keeps its changes there.
+    pub fn new_scratch(&self, name: &str) -> Result<Arc<Scratch>, MountError> {
+        check_name(name)?;
+        if self.lock().stopped.contains_key(name) {
+            return Err(MountError::NameStopped(name.to_owned()));
+        }
+        let path = self.scratch_path(name);
+        match Scratch::create(&path) {
+            Ok(scratch) => Ok(Arc::new(scratch)),
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(MountError::NameStopped(name.to_owned()))
+            }
+            Err(err) => Err(MountError::scratch(
+                format!(
+                    "cannot make the scratch directory {} (set SPFS_SCRATCH_DIR to a writable directory)",
+                    path.display()
+                ),
+                err,
+            )),
+        }
+    }
+
+    /// Takes stopped runtime `name` out of the stopped list to re-enter
+    /// it; [`Runtimes::put_back`] returns it if that fails.
+    pub fn take_stopped(&self, name: &str) -> Result<(RuntimeState, Arc<Scratch>), MountError> {
+        check_name(name)?;
+        let mut table = self.lock();
+        if table.live.values().any(|e| e.state.name == name) {
+            return Err(MountError::Running(name.to_owned()));
+        }
+        let state = table
+            .stopped
+            .remove(name)
+            .ok_or_else(|| MountError::NotFound(name.to_owned()))?;
+        drop(table);
+        match Scratch::open(&self.scratch_path(name)) {
+            Ok(scratch) => Ok((state, Arc::new(scratch))),
+            Err(err) => {
+                self.put_back(state);
+                Err(MountError::scratch(
+                    format!("cannot open the changes of runtime {name:?}"),
+                    err,
+                ))
+            }
+        }
+    }
+
+    pub fn put_back(&self, state: RuntimeState) {
+        self.lock().stopped.insert(state.name.clone(), state);
+    }
+
+    /// Records (or replaces) the runtime whose root is `pid`, showing
+    /// `shown` to its processes.
     pub fn mount(
         &self,
         pid: i32,
-        name: String,
-        env_spec: String,
-        view: Arc<View>,
+        state: RuntimeState,
+        shown: Shown,
+        scratch: Option<Arc<Scratch>>,
     ) -> Result<Runtime, MountError> {
-        check_name(&name)?;
+        check_name(&state.name)?;
         let start_time = platform::start_time(pid).map_err(|_| MountError::NoSuchProcess(pid))?;
         let uid = platform::process_uid(pid).map_err(|_| MountError::NoSuchProcess(pid))?;
-        let runtime = Runtime {
-            root_pid: pid.into(),
-            env_spec,
-            since_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0),
-            name: name.clone(),
-            running: true,
-            ..Runtime::default()
-        };
+        let name = state.name.clone();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let entry = Entry {
+            id,
+            root_pid: pid,
+            since_unix: now_unix(),
+            state,
+            scratch,
+        };
+        let runtime = entry.to_proto();
         let replaced = {
             let mut table = self.lock();
             if table
+                .live
                 .values()
-                .any(|e| e.runtime.name == name && e.runtime.root_pid != i64::from(pid))
+                .any(|e| e.state.name == name && e.root_pid != pid)
             {
                 return Err(MountError::NameTaken(name));
             }
-            let replaced = table.insert(
-                pid,
-                Entry {
-                    runtime: runtime.clone(),
-                    id,
-                },
-            );
+            if table.stopped.contains_key(&name) {
+                return Err(MountError::NameStopped(name));
+            }
+            let replaced = table.live.insert(pid, entry);
             self.router
-                .add_runtime(id, pid, RuntimeRoute::new(view, name, uid, start_time));
+                .add_runtime(id, pid, RuntimeRoute::new(shown, name, uid, start_time));
             replaced
         };
         if let Some(old) = replaced {
             self.router.remove_runtime(old.id);
-            self.log_end(&old.runtime, "replaced");
+            self.finish(old, "replaced");
         }
         self.record_count();
         Ok(runtime)
@@ -290,23 +287,59 @@ impl Runtimes {
 
     /// `Unmount`: ends the runtime whose root is `pid` now.
     pub fn remove(&self, pid: i32, reason: &str) -> Option<Runtime> {
-        let removed = self.lock().remove(&pid)?;
+        let removed = self.lock().live.remove(&pid)?;
         self.router.remove_runtime(removed.id);
-        self.record_count();
-        self.log_end(&removed.runtime, reason);
-        Some(removed.runtime)
+        let runtime = removed.to_proto();
+        self.finish(removed, reason);
+        Some(runtime)
     }
 
     /// The router found runtime `id` empty and dropped its route.
     fn ended(&self, id: RuntimeId, reason: &str) {
         let removed = {
             let mut table = self.lock();
-            let pid = table.iter().find(|(_, e)| e.id == id).map(|(pid, _)| *pid);
-            pid.and_then(|pid| table.remove(&pid))
+            let pid = table
+                .live
+                .iter()
+                .find(|(_, e)| e.id == id)
+                .map(|(pid, _)| *pid);
+            pid.and_then(|pid| table.live.remove(&pid))
         };
         if let Some(removed) = removed {
-            self.record_count();
-            self.log_end(&removed.runtime, reason);
+            self.finish(removed, reason);
+        }
+    }
+
+    /// A runtime ended: its changes are kept (durable, or the service is
+    /// stopping under it) as a stopped runtime, or deleted.
+    fn finish(&self, entry: Entry, reason: &str) {
+        self.record_count();
+        self.log_end(&entry, reason);
+        let Some(scratch) = entry.scratch else {
+            return;
+        };
+        if entry.state.durable || reason == "shutdown" {
+            if let Err(err) = scratch.write_state(&entry.state) {
+                tracing::warn!(event = "service.scratch_failed", runtime = entry.state.name.as_str(), error = %err, "cannot save a stopped runtime's state");
+            }
+            self.put_back(entry.state);
+            return;
+        }
+        // Open files may still hold the overlay; the directory goes now (an
+        // open file's data lives on until it is closed, as on any disk).
+        match Arc::try_unwrap(scratch) {
+            Ok(scratch) => destroy(scratch, &entry.state.name),
+            Err(shared) => destroy_at(shared.root(), &entry.state.name),
+        }
+    }
+
+    /// Service shutdown: every runtime ends; editable ones keep their
+    /// changes as stopped runtimes (nothing unsaved is lost).
+    pub fn end_all(&self) {
+        let all: Vec<Entry> = self.lock().live.drain().map(|(_, e)| e).collect();
+        for entry in all {
+            self.router.remove_runtime(entry.id);
+            self.finish(entry, "shutdown");
         }
     }
 
@@ -316,33 +349,295 @@ impl Runtimes {
             .record(self.len() as u64, &[]);
     }
 
-    fn log_end(&self, runtime: &Runtime, reason: &str) {
+    fn log_end(&self, entry: &Entry, reason: &str) {
         tracing::info!(
             event = "service.runtime_ended",
-            root_pid = runtime.root_pid,
-            runtime = runtime.name.as_str(),
-            env_spec = crate::tracking::env_spec::shorten(&runtime.env_spec),
+            root_pid = entry.root_pid,
+            runtime = entry.state.name.as_str(),
+            env_spec = crate::tracking::env_spec::shorten(&entry.state.env_spec),
             reason,
+            kept = entry.scratch.is_some() && (entry.state.durable || reason == "shutdown"),
             active_runtimes = self.len(),
             live_views = self.router.live_views(),
             "runtime ended"
         );
     }
 
+    /// Running runtimes, oldest first.
     pub fn list(&self) -> Vec<Runtime> {
-        let mut all: Vec<Runtime> = self.lock().values().map(|e| e.runtime.clone()).collect();
+        let table = self.lock();
+        let mut all: Vec<Runtime> = table.live.values().map(Entry::to_proto).collect();
         all.sort_by_key(|r| (r.since_unix, r.root_pid));
         all
     }
 
-    pub fn len(&self) -> usize {
-        self.lock().len()
+    /// Stopped runtimes, by name.
+    pub fn list_stopped(&self) -> Vec<Runtime> {
+        let table = self.lock();
+        table
+            .stopped
+            .values()
+            .map(|state| stopped_proto(state, &self.scratch_dir))
+            .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Entry>> {
+    /// One runtime by name, running or stopped.
+    pub fn get(&self, name: &str) -> Result<Runtime, MountError> {
+        let table = self.lock();
+        if let Some(entry) = table.live.values().find(|e| e.state.name == name) {
+            return Ok(entry.to_proto());
+        }
+        table
+            .stopped
+            .get(name)
+            .map(|state| stopped_proto(state, &self.scratch_dir))
+            .ok_or_else(|| MountError::NotFound(env_spec::shorten(name)))
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().live.len()
+    }
+
+    /// The running runtime `name`, if `pid` is one of its processes: its id,
+    /// state, scratch and what it shows.
+    pub fn member(&self, name: &str, pid: i32) -> Result<Member, MountError> {
+        let (id, state, scratch) = {
+            let table = self.lock();
+            let entry = table
+                .live
+                .values()
+                .find(|e| e.state.name == name)
+                .ok_or_else(|| match table.stopped.contains_key(name) {
+                    true => MountError::NotAMember {
+                        name: name.to_owned(),
+                        pid,
+                    },
+                    false => MountError::NotFound(env_spec::shorten(name)),
+                })?;
+            (entry.id, entry.state.clone(), entry.scratch.clone())
+        };
+        if self.router.runtime_of_process(pid) != Some(id) {
+            return Err(MountError::NotAMember {
+                name: env_spec::shorten(name),
+                pid,
+            });
+        }
+        let shown = self
+            .router
+            .shown_by(id)
+            .ok_or_else(|| MountError::NotFound(env_spec::shorten(name)))?;
+        Ok(Member {
+            id,
+            state,
+            scratch,
+            shown,
+        })
+    }
+
+    /// Runtime `member` shows `shown` now, with `state` (saved next to its
+    /// changes). Fails when the runtime ended meanwhile.
+    pub fn update(
+        &self,
+        member: &Member,
+        state: RuntimeState,
+        shown: Shown,
+        scratch: Option<Arc<Scratch>>,
+    ) -> Result<Runtime, MountError> {
+        if let Some(scratch) = &scratch {
+            scratch.write_state(&state).map_err(|e| {
+                MountError::scratch(format!("cannot save runtime {:?}", state.name), e)
+            })?;
+        }
+        let mut table = self.lock();
+        let entry = table
+            .live
+            .values_mut()
+            .find(|e| e.id == member.id)
+            .ok_or_else(|| MountError::NotFound(member.state.name.clone()))?;
+        entry.state = state;
+        entry.scratch = scratch;
+        self.router.set_shown(member.id, shown);
+        Ok(entry.to_proto())
+    }
+
+    /// `Edit`: accept writes, or refuse them keeping the changes.
+    pub fn edit(&self, name: &str, pid: i32, editable: bool) -> Result<Runtime, MountError> {
+        let member = self.member(name, pid)?;
+        let mut state = member.state.clone();
+        state.editable = editable;
+        match (&member.shown, editable) {
+            (Shown::Overlay(overlay), _) => {
+                overlay.set_editable(editable);
+                let shown = member.shown.clone();
+                self.update(&member, state, shown, member.scratch.clone())
+            }
+            (Shown::View(_), false) => self.get(name),
+            (Shown::View(view), true) => {
+                let scratch = self.new_scratch(name)?;
+                let overlay = Overlay::new(
+                    self.router.next_view_id(),
+                    Arc::clone(view),
+                    Arc::clone(&scratch),
+                    true,
+                )
+                .map_err(|e| MountError::scratch("cannot read the runtime's changes", e))?;
+                self.update(
+                    &member,
+                    state,
+                    Shown::Overlay(Arc::new(overlay)),
+                    Some(scratch),
+                )
+            }
+        }
+    }
+
+    /// `Reset`: drops the changes (all, or under `paths`); the runtime shows
+    /// a fresh overlay of what is left.
+    pub fn reset(&self, name: &str, pid: i32, paths: &[PathBuf]) -> Result<Runtime, MountError> {
+        let member = self.member(name, pid)?;
+        let Some(scratch) = member.scratch.clone() else {
+            return self.get(name);
+        };
+        let editable = member.state.editable;
+        let lower = Arc::clone(member.shown.layers());
+        // No write may land between dropping the changes and the new overlay.
+        if let Shown::Overlay(overlay) = &member.shown {
+            overlay.set_editable(false);
+        }
+        scratch
+            .reset(paths)
+            .map_err(|e| MountError::scratch("cannot drop the changes", e))?;
+        let overlay = Overlay::new(self.router.next_view_id(), lower, Arc::clone(&scratch), editable)
+            .map_err(|e| MountError::scratch("cannot read the runtime's changes", e))?;
+        let state = member.state.clone();
+        self.update(&member, state, Shown::Overlay(Arc::new(overlay)), Some(scratch))
+    }
+
+    /// `RemoveRuntime`: deletes a stopped runtime and its changes.
+    pub fn remove_stopped(&self, name: &str) -> Result<(), MountError> {
+        check_name(name)?;
+        let mut table = self.lock();
+        if table.live.values().any(|e| e.state.name == name) {
+            return Err(MountError::Running(name.to_owned()));
+        }
+        let known = table.stopped.remove(name).is_some();
+        drop(table);
+        let path = self.scratch_path(name);
+        if !known && !path.exists() {
+            return Err(MountError::NotFound(name.to_owned()));
+        }
+        crate::runtime::scratch::remove_any(&path)
+            .map_err(|e| MountError::scratch(format!("cannot delete {}", path.display()), e))?;
+        tracing::info!(event = "service.runtime_removed", runtime = name, "stopped runtime removed");
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         // A panic while holding the lock cannot leave the map half-updated.
         self.table
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A running runtime, as a request from one of its processes finds it.
+pub struct Member {
+    pub id: RuntimeId,
+    pub state: RuntimeState,
+    pub scratch: Option<Arc<Scratch>>,
+    pub shown: Shown,
+}
+
+impl Entry {
+    fn to_proto(&self) -> Runtime {
+        Runtime {
+            root_pid: self.root_pid.into(),
+            env_spec: self.state.env_spec.clone(),
+            since_unix: self.since_unix,
+            name: self.state.name.clone(),
+            editable: self.state.editable,
+            durable: self.state.durable,
+            running: true,
+            scratch_dir: self
+                .scratch
+                .as_ref()
+                .map(|s| s.root().display().to_string())
+                .unwrap_or_default(),
+            stack: self.state.stack.clone(),
+            repositories: repositories_text(&self.state.repositories),
+        }
+    }
+}
+
+fn stopped_proto(state: &RuntimeState, scratch_dir: &Path) -> Runtime {
+    Runtime {
+        root_pid: 0,
+        env_spec: state.env_spec.clone(),
+        since_unix: state.created_unix,
+        name: state.name.clone(),
+        editable: state.editable,
+        durable: state.durable,
+        running: false,
+        scratch_dir: scratch_dir.join(&state.name).display().to_string(),
+        stack: state.stack.clone(),
+        repositories: repositories_text(&state.repositories),
+    }
+}
+
+fn repositories_text(repositories: &[PathBuf]) -> Vec<String> {
+    repositories
+        .iter()
+        .map(|r| r.display().to_string())
+        .collect()
+}
+
+pub fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Runtimes whose changes a durable run, or a service that died or
+/// stopped, left in `scratch_dir`. A directory without a readable state is
+/// skipped (and logged): `spfs runtime remove NAME` deletes it.
+fn load_stopped(scratch_dir: &Path) -> BTreeMap<String, RuntimeState> {
+    let mut stopped = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(scratch_dir) else {
+        return stopped;
+    };
+    for entry in entries.flatten() {
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if check_name(&name).is_err() || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        match RuntimeState::read(&entry.path()) {
+            Ok(state) if state.name == name => {
+                stopped.insert(name, state);
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(
+                event = "service.scratch_failed",
+                runtime = name.as_str(),
+                error = error.as_str(),
+                "a runtime directory without a readable state was skipped"
+            ),
+        }
+    }
+    stopped
+}
+
+fn destroy(scratch: Scratch, name: &str) {
+    let root = scratch.root().to_owned();
+    if let Err(err) = scratch.destroy() {
+        tracing::warn!(event = "service.scratch_failed", runtime = name, path = %root.display(), error = %err, "cannot delete an ended runtime's changes");
+    }
+}
+
+fn destroy_at(root: &Path, name: &str) {
+    if let Err(err) = crate::runtime::scratch::remove_any(root) {
+        tracing::warn!(event = "service.scratch_failed", runtime = name, path = %root.display(), error = %err, "cannot delete an ended runtime's changes");
     }
 }

@@ -30,6 +30,8 @@ pub struct TestEnv {
     pub layers: PathBuf,
     /// The local spfs repository (`SPFS_STORAGE_ROOT`).
     pub repo: PathBuf,
+    /// Editable runtimes' changes (`SPFS_SCRATCH_DIR`).
+    pub scratch: PathBuf,
     /// Extra processes a test started (fake services, sleepers) to kill at the end.
     pub helpers: std::sync::Mutex<Vec<i32>>,
 }
@@ -48,6 +50,7 @@ impl TestEnv {
             mountpoint: base.join("mnt"),
             layers: base.join("layers"),
             repo: base.join("repo"),
+            scratch: base.join("scratch"),
             root,
             helpers: Default::default(),
         };
@@ -91,6 +94,7 @@ impl TestEnv {
             .env("SPFS_LOG_DIR", &self.log_dir)
             .env("SPFS_MOUNTPOINT", &self.mountpoint)
             .env("SPFS_STORAGE_ROOT", &self.repo)
+            .env("SPFS_SCRATCH_DIR", &self.scratch)
             // No spfs config of the machine's user may leak into a test.
             .env("XDG_CONFIG_HOME", self.root.path().join("config"))
             .stdin(Stdio::null());

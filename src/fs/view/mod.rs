@@ -218,7 +218,7 @@ fn kind_of_mode(mode: u32) -> FileType {
 /// Attributes as on disk; `ino` is filled in per reply. The field types of
 /// `stat` differ between Linux and macOS, hence the casts.
 #[allow(clippy::unnecessary_cast)]
-fn attr_of(stat: &FileStat) -> FileAttr {
+pub(crate) fn attr_of(stat: &FileStat) -> FileAttr {
     let mode = stat.st_mode as u32;
     FileAttr {
         ino: INodeNo(0),
@@ -251,7 +251,9 @@ pub fn empty_root_attr() -> FileAttr {
         ctime: now,
         crtime: now,
         kind: FileType::Directory,
-        perm: 0o555,
+        // Writable, so the kernel lets an editable runtime's processes
+        // create in its root; read-only runtimes answer EROFS themselves.
+        perm: 0o755,
         nlink: 2,
         uid: nix::unistd::geteuid().as_raw(),
         gid: nix::unistd::getegid().as_raw(),

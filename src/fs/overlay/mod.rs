@@ -1,0 +1,389 @@
+//! Editable views: a runtime's read-only [`View`] of its layers with its
+//! changes on top, kept in its scratch directory (`runtime::scratch`).
+//!
+//! A path shows its scratch file when `upper/PATH` exists, else the layers'
+//! entry unless a deletion marker at the path or an ancestor hides it. A
+//! file of the layers is copied into the scratch directory whole on its
+//! first open for writing or change of metadata ([`Overlay::copy_up`]);
+//! deleting a path of the layers records a marker; directories merge.
+//!
+//! Nodes are numbered in the order they are first looked up, one per path
+//! for the overlay's life (a rename moves the node, an unlink retires it);
+//! inode numbers carry the overlay's id like a view's, so a new overlay (the
+//! runtime was reset, or shows another stack) is a fresh inode space and the
+//! kernel's caches of the old one cannot leak into it. All changes to one
+//! overlay are made under its lock, so two processes of a runtime see one
+//! order of events.
+
+pub mod write;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use fuser::{Errno, FileAttr, FileType};
+
+use super::router::encode;
+use super::view::{self, Content, View};
+use crate::runtime::Scratch;
+
+/// Most nodes one overlay numbers (its inode numbers' low 32 bits).
+const MAX_NODES: usize = u32::MAX as usize;
+
+pub struct Overlay {
+    /// Inode space, from the router's view ids (never reused).
+    pub id: u64,
+    /// The layers, read-only.
+    pub lower: Arc<View>,
+    pub scratch: Arc<Scratch>,
+    editable: AtomicBool,
+    tree: Mutex<Tree>,
+}
+
+struct Tree {
+    nodes: Vec<Node>,
+    /// Live nodes by (parent, name).
+    index: HashMap<(u32, OsString), u32>,
+    /// Every deletion marker (paths relative to the mountpoint), as on disk.
+    masks: HashSet<PathBuf>,
+}
+
+struct Node {
+    parent: u32,
+    name: OsString,
+    /// The layers' node of the same path, when the layers show there.
+    lower: Option<u32>,
+    /// `upper/PATH` exists.
+    upper: bool,
+}
+
+/// One entry of a directory listing.
+pub struct Listed {
+    pub name: OsString,
+    pub node: u32,
+    pub kind: FileType,
+}
+
+/// An open file and whether writes through it go to the scratch directory.
+pub struct Opened {
+    pub file: File,
+    pub writable: bool,
+}
+
+pub(crate) fn errno(err: io::Error) -> Errno {
+    Errno::from(err)
+}
+
+impl Overlay {
+    /// The overlay of `lower` and the changes in `scratch` (which may hold
+    /// changes from before: a re-entered runtime, a service restart).
+    pub fn new(
+        id: u64,
+        lower: Arc<View>,
+        scratch: Arc<Scratch>,
+        editable: bool,
+    ) -> io::Result<Overlay> {
+        let masks: HashSet<PathBuf> = scratch.masks()?.into_iter().collect();
+        let root = Node {
+            parent: 0,
+            name: OsString::new(),
+            lower: Some(0),
+            upper: true,
+        };
+        Ok(Overlay {
+            id,
+            lower,
+            scratch,
+            editable: AtomicBool::new(editable),
+            tree: Mutex::new(Tree {
+                nodes: vec![root],
+                index: HashMap::new(),
+                masks,
+            }),
+        })
+    }
+
+    pub fn is_editable(&self) -> bool {
+        self.editable.load(Ordering::Acquire)
+    }
+
+    /// Accept or refuse writes from now on; the changes stay either way.
+    /// Taken under the lock, so a change already under way finishes first.
+    pub fn set_editable(&self, editable: bool) {
+        let _tree = self.lock();
+        self.editable.store(editable, Ordering::Release);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Tree> {
+        self.tree.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn check_editable(&self) -> Result<(), Errno> {
+        if self.is_editable() {
+            Ok(())
+        } else {
+            Err(Errno::EROFS)
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Whether node `index` was handed out by this overlay.
+    pub fn has_node(&self, index: u32) -> bool {
+        (index as usize) < self.lock().nodes.len()
+    }
+
+    /// The child `name` of directory `dir`: its node and attributes.
+    pub fn lookup(&self, dir: u32, name: &OsStr) -> Result<(u32, FileAttr), Errno> {
+        let mut tree = self.lock();
+        let child = self.child(&mut tree, dir, name)?.ok_or(Errno::ENOENT)?;
+        Ok((child, self.attr(&tree, child)?))
+    }
+
+    pub fn getattr(&self, node: u32) -> Result<FileAttr, Errno> {
+        let tree = self.lock();
+        self.attr(&tree, node)
+    }
+
+    /// The target of a symlink node.
+    pub fn read_link(&self, node: u32) -> Result<Vec<u8>, Errno> {
+        let tree = self.lock();
+        let found = tree.nodes.get(node as usize).ok_or(Errno::ESTALE)?;
+        if found.upper {
+            let target = std::fs::read_link(self.upper_path(&tree, node)).map_err(errno)?;
+            return Ok(std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()).to_vec());
+        }
+        let lower = found.lower.ok_or(Errno::ESTALE)?;
+        drop(tree);
+        self.lower.read_link(lower).map_err(errno)
+    }
+
+    /// Opens a file node. Opening for writing (or truncating) copies a file
+    /// of the layers into the scratch directory first.
+    pub fn open(&self, node: u32, flags: i32) -> Result<Opened, Errno> {
+        let writing = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let mut tree = self.lock();
+        if (node as usize) >= tree.nodes.len() {
+            return Err(Errno::ESTALE);
+        }
+        if writing {
+            self.check_editable()?;
+            if self.attr(&tree, node)?.kind == FileType::Directory {
+                return Err(Errno::EISDIR);
+            }
+            self.copy_up(&mut tree, node, flags & libc::O_TRUNC != 0)?;
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .truncate(flags & libc::O_TRUNC != 0)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+                .open(self.upper_path(&tree, node))
+                .map_err(errno)?;
+            return Ok(Opened {
+                file,
+                writable: true,
+            });
+        }
+        let found = &tree.nodes[node as usize];
+        if found.upper {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+                .open(self.upper_path(&tree, node))
+                .map_err(errno)?;
+            if !file.metadata().map_err(errno)?.is_file() {
+                return Err(Errno::EINVAL);
+            }
+            return Ok(Opened {
+                file,
+                writable: false,
+            });
+        }
+        let lower = found.lower.ok_or(Errno::ESTALE)?;
+        drop(tree);
+        // A file of the layers: opened as a read-only view opens it.
+        let file = self.lower.open(lower).map_err(errno)?;
+        Ok(Opened {
+            file,
+            writable: false,
+        })
+    }
+
+    /// The entries of directory `dir`, each with its node, sorted by name.
+    pub fn list(&self, dir: u32) -> Result<Vec<Listed>, Errno> {
+        let mut tree = self.lock();
+        let names = self.names(&tree, dir)?;
+        let mut listed = Vec::with_capacity(names.len());
+        for name in names {
+            // A name that vanished from the disk under us is left out.
+            if let Some(node) = self.child(&mut tree, dir, &name)? {
+                if let Ok(attr) = self.attr(&tree, node) {
+                    listed.push(Listed {
+                        name,
+                        node,
+                        kind: attr.kind,
+                    });
+                }
+            }
+        }
+        Ok(listed)
+    }
+
+    /// The names shown in directory `dir`: the scratch directory's and the
+    /// layers' (less what markers hide).
+    fn names(&self, tree: &Tree, dir: u32) -> Result<BTreeSet<OsString>, Errno> {
+        let node = tree.nodes.get(dir as usize).ok_or(Errno::ESTALE)?;
+        let mut names = BTreeSet::new();
+        if node.upper {
+            let path = self.upper_path(tree, dir);
+            match std::fs::read_dir(&path) {
+                Ok(entries) => {
+                    for entry in entries {
+                        names.insert(entry.map_err(errno)?.file_name());
+                    }
+                }
+                Err(err) if err.raw_os_error() == Some(libc::ENOTDIR) => {
+                    return Err(Errno::ENOTDIR)
+                }
+                Err(err) => return Err(errno(err)),
+            }
+        }
+        if let Some(lower) = node.lower {
+            if let Some(Content::Dir(children)) = self.lower.node(lower).map(|n| &n.content) {
+                let base = self.path(tree, dir);
+                for (name, _) in children {
+                    if !tree.masks.contains(&base.join(name)) {
+                        names.insert(name.clone());
+                    }
+                }
+            } else if !node.upper {
+                return Err(Errno::ENOTDIR);
+            }
+        }
+        Ok(names)
+    }
+
+    /// The live node of `dir`'s child `name`, numbering it on first sight;
+    /// None when nothing shows there.
+    fn child(&self, tree: &mut Tree, dir: u32, name: &OsStr) -> Result<Option<u32>, Errno> {
+        if (dir as usize) >= tree.nodes.len() {
+            return Err(Errno::ESTALE);
+        }
+        if let Some(&found) = tree.index.get(&(dir, name.to_owned())) {
+            return Ok(Some(found));
+        }
+        check_name(name)?;
+        let path = self.path(tree, dir).join(name);
+        let upper = match std::fs::symlink_metadata(self.scratch.upper().join(&path)) {
+            Ok(_) => true,
+            Err(err) if matches!(err.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                false
+            }
+            Err(err) => return Err(errno(err)),
+        };
+        let lower = if tree.masks.contains(&path) {
+            None
+        } else {
+            tree.nodes[dir as usize]
+                .lower
+                .and_then(|l| self.lower.child(l, name))
+        };
+        if !upper && lower.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(self.add_node(tree, dir, name, lower, upper)?))
+    }
+
+    fn add_node(
+        &self,
+        tree: &mut Tree,
+        parent: u32,
+        name: &OsStr,
+        lower: Option<u32>,
+        upper: bool,
+    ) -> Result<u32, Errno> {
+        if tree.nodes.len() >= MAX_NODES {
+            tracing::warn!(
+                event = "service.overlay_full",
+                view_id = self.id,
+                "an editable runtime numbered 2^32 paths; restart it"
+            );
+            return Err(Errno::ENOSPC);
+        }
+        let index = tree.nodes.len() as u32;
+        tree.nodes.push(Node {
+            parent,
+            name: name.to_owned(),
+            lower,
+            upper,
+        });
+        tree.index.insert((parent, name.to_owned()), index);
+        Ok(index)
+    }
+
+    /// The node's path relative to the mountpoint.
+    fn path(&self, tree: &Tree, node: u32) -> PathBuf {
+        let mut names = Vec::new();
+        let mut current = node;
+        while current != 0 {
+            let found = &tree.nodes[current as usize];
+            names.push(found.name.as_os_str());
+            current = found.parent;
+        }
+        names.iter().rev().collect()
+    }
+
+    fn upper_path(&self, tree: &Tree, node: u32) -> PathBuf {
+        self.scratch.upper().join(self.path(tree, node))
+    }
+
+    fn attr(&self, tree: &Tree, node: u32) -> Result<FileAttr, Errno> {
+        let found = tree.nodes.get(node as usize).ok_or(Errno::ESTALE)?;
+        let mut attr = if found.upper {
+            let stat = nix::sys::stat::lstat(&self.upper_path(tree, node))
+                .map_err(|e| Errno::from_i32(e as i32))?;
+            view::attr_of(&stat)
+        } else {
+            let lower = found.lower.ok_or(Errno::ESTALE)?;
+            self.lower.node(lower).ok_or(Errno::ESTALE)?.attr
+        };
+        attr.ino = encode(self.id, node);
+        Ok(attr)
+    }
+}
+
+/// A name the kernel may send: one non-empty component, within NAME_MAX.
+fn check_name(name: &OsStr) -> Result<(), Errno> {
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(name);
+    if bytes.is_empty() || bytes.contains(&b'/') || name == "." || name == ".." {
+        return Err(Errno::EINVAL);
+    }
+    if bytes.len() > 255 {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    Ok(())
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        tracing::info!(
+            event = "service.view_freed",
+            view_id = self.id,
+            env_spec = crate::tracking::env_spec::shorten(&self.lower.spec),
+            nodes = self.lock().nodes.len() as u64,
+            editable = true,
+            "view freed"
+        );
+    }
+}

@@ -1,0 +1,501 @@
+//! Changes to an editable view: creating, writing, deleting and renaming in
+//! the scratch directory, copying files of the layers up first, and
+//! recording deletions of the layers' paths as markers on disk.
+//!
+//! Renaming a directory that has entries from the layers fails with EXDEV,
+//! as overlayfs does without `redirect_dir`: `mv` then copies and deletes.
+//! Hard links are refused (EPERM): spfs layers have none.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use fuser::{Errno, FileAttr, FileType, TimeOrNow};
+use nix::sys::stat::{utimensat, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+
+use super::view::Content;
+use super::{errno, Opened, Overlay, Tree};
+
+/// Who a new file belongs to: the calling process's user and group.
+#[derive(Clone, Copy, Debug)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The metadata changes of one `setattr`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeOrNow>,
+    pub mtime: Option<TimeOrNow>,
+}
+
+fn nix_errno(err: nix::Error) -> Errno {
+    Errno::from_i32(err as i32)
+}
+
+fn timespec(time: Option<TimeOrNow>) -> TimeSpec {
+    match time {
+        None => TimeSpec::UTIME_OMIT,
+        Some(TimeOrNow::Now) => TimeSpec::UTIME_NOW,
+        Some(TimeOrNow::SpecificTime(at)) => system_timespec(at),
+    }
+}
+
+fn system_timespec(at: SystemTime) -> TimeSpec {
+    match at.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(since) => TimeSpec::new(since.as_secs() as _, since.subsec_nanos() as _),
+        Err(before) => TimeSpec::new(-(before.duration().as_secs() as i64) as _, 0),
+    }
+}
+
+/// Gives a new file to the caller when the service runs as root for
+/// someone else (`allow_other`); otherwise it is the service's user's
+/// already, which is the caller.
+fn give_to(path: &Path, owner: Owner) -> Result<(), Errno> {
+    if !nix::unistd::geteuid().is_root() || owner.uid == 0 {
+        return Ok(());
+    }
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        Some(nix::unistd::Uid::from_raw(owner.uid)),
+        Some(nix::unistd::Gid::from_raw(owner.gid)),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(nix_errno)
+}
+
+impl Overlay {
+    /// Makes `node` exist in the scratch directory, with its directories
+    /// above it: a directory is made with the layers' mode and times; a
+    /// file is copied whole (or made empty when `empty`, for a truncating
+    /// open) through a temporary file, so a crash never leaves half a copy
+    /// in its place; a symlink is made again.
+    pub(super) fn copy_up(&self, tree: &mut Tree, node: u32, empty: bool) -> Result<(), Errno> {
+        if tree.nodes[node as usize].upper {
+            return Ok(());
+        }
+        let parent = tree.nodes[node as usize].parent;
+        self.copy_up(tree, parent, false)?;
+        let lower = tree.nodes[node as usize].lower.ok_or(Errno::ESTALE)?;
+        let lower_node = self.lower.node(lower).ok_or(Errno::ESTALE)?;
+        let attr = lower_node.attr;
+        let target = self.upper_path(tree, node);
+        match &lower_node.content {
+            Content::Dir(_) => {
+                std::fs::DirBuilder::new()
+                    .mode(u32::from(attr.perm))
+                    .create(&target)
+                    .map_err(errno)?;
+                std::fs::set_permissions(
+                    &target,
+                    std::fs::Permissions::from_mode(u32::from(attr.perm)),
+                )
+                .map_err(errno)?;
+            }
+            Content::Symlink(_) | Content::LinkPayload(_) => {
+                let link = self.lower.read_link(lower).map_err(errno)?;
+                let link: &OsStr = std::os::unix::ffi::OsStrExt::from_bytes(&link);
+                std::os::unix::fs::symlink(link, &target).map_err(errno)?;
+            }
+            Content::File(_) | Content::Payload(_) => {
+                let work = self.scratch.root().join("work");
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&work)
+                    .map_err(errno)?;
+                let temp = work.join(format!("copy-up-{}-{node}", self.id));
+                let copied = (|| -> io::Result<()> {
+                    let mut out = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(&temp)?;
+                    if !empty {
+                        let mut from = self.lower.open(lower)?;
+                        io::copy(&mut from, &mut out)?;
+                    }
+                    out.set_permissions(std::fs::Permissions::from_mode(u32::from(attr.perm)))?;
+                    std::fs::rename(&temp, &target)
+                })();
+                if let Err(err) = copied {
+                    let _ = std::fs::remove_file(&temp);
+                    tracing::warn!(
+                        event = "service.copy_up_failed",
+                        view_id = self.id,
+                        path = %self.path(tree, node).display(),
+                        error = %err,
+                        "cannot copy a file of the layers into the scratch directory"
+                    );
+                    return Err(errno(err));
+                }
+            }
+            Content::Special => return Err(Errno::EPERM),
+        }
+        // The layers' times, as a copy keeps them (a symlink's own too).
+        let _ = utimensat(
+            nix::fcntl::AT_FDCWD,
+            &target,
+            &system_timespec(attr.atime),
+            &system_timespec(attr.mtime),
+            UtimensatFlags::NoFollowSymlink,
+        );
+        tree.nodes[node as usize].upper = true;
+        Ok(())
+    }
+
+    /// Ready to make `name` in directory `dir`: editable, `dir` a directory
+    /// in the scratch directory, `name` free. Returns the new path.
+    fn prepare_new(&self, tree: &mut Tree, dir: u32, name: &OsStr) -> Result<PathBuf, Errno> {
+        self.check_editable()?;
+        if self.attr(tree, dir)?.kind != FileType::Directory {
+            return Err(Errno::ENOTDIR);
+        }
+        if self.child(tree, dir, name)?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        self.copy_up(tree, dir, false)?;
+        Ok(self.upper_path(tree, dir).join(name))
+    }
+
+    /// Numbers a path just made in the scratch directory. The layers'
+    /// entry of that name, if any, is hidden by a marker already (else the
+    /// name would not have been free).
+    fn made(&self, tree: &mut Tree, dir: u32, name: &OsStr) -> Result<(u32, FileAttr), Errno> {
+        let node = self.add_node(tree, dir, name, None, true)?;
+        Ok((node, self.attr(tree, node)?))
+    }
+
+    /// `create`: a new regular file, opened for reading and writing.
+    pub fn create(
+        &self,
+        dir: u32,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        owner: Owner,
+    ) -> Result<(u32, FileAttr, Opened), Errno> {
+        let mut tree = self.lock();
+        if flags & libc::O_EXCL == 0 {
+            // Created by someone else since the kernel looked: open it.
+            if let Some(existing) = self.child(&mut tree, dir, name)? {
+                drop(tree);
+                let opened = self.open(existing, flags)?;
+                let attr = self.getattr(existing)?;
+                return Ok((existing, attr, opened));
+            }
+        }
+        let path = self.prepare_new(&mut tree, dir, name)?;
+        let perm = mode & !umask & 0o7777;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(perm)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY)
+            .open(&path)
+            .map_err(errno)?;
+        // The service's umask must not narrow what the caller asked for.
+        file.set_permissions(std::fs::Permissions::from_mode(perm))
+            .map_err(errno)?;
+        give_to(&path, owner)?;
+        let (node, attr) = self.made(&mut tree, dir, name)?;
+        Ok((
+            node,
+            attr,
+            Opened {
+                file,
+                writable: true,
+            },
+        ))
+    }
+
+    /// `mknod`: regular files only (spfs layers hold no devices or FIFOs).
+    pub fn mknod(
+        &self,
+        dir: u32,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        owner: Owner,
+    ) -> Result<(u32, FileAttr), Errno> {
+        if mode & libc::S_IFMT as u32 != libc::S_IFREG as u32 {
+            return Err(Errno::EPERM);
+        }
+        let (node, attr, _) = self.create(dir, name, mode, umask, libc::O_EXCL, owner)?;
+        Ok((node, attr))
+    }
+
+    pub fn mkdir(
+        &self,
+        dir: u32,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        owner: Owner,
+    ) -> Result<(u32, FileAttr), Errno> {
+        let mut tree = self.lock();
+        let path = self.prepare_new(&mut tree, dir, name)?;
+        let perm = mode & !umask & 0o7777;
+        std::fs::DirBuilder::new()
+            .mode(perm)
+            .create(&path)
+            .map_err(errno)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(perm)).map_err(errno)?;
+        give_to(&path, owner)?;
+        self.made(&mut tree, dir, name)
+    }
+
+    pub fn symlink(
+        &self,
+        dir: u32,
+        name: &OsStr,
+        target: &Path,
+        owner: Owner,
+    ) -> Result<(u32, FileAttr), Errno> {
+        let mut tree = self.lock();
+        let path = self.prepare_new(&mut tree, dir, name)?;
+        std::os::unix::fs::symlink(target, &path).map_err(errno)?;
+        give_to(&path, owner)?;
+        self.made(&mut tree, dir, name)
+    }
+
+    /// Hides the layers' entry at `node`'s path, when they show one there.
+    fn mask(&self, tree: &mut Tree, node: u32) -> Result<(), Errno> {
+        if tree.nodes[node as usize].lower.is_none() {
+            return Ok(());
+        }
+        let path = self.path(tree, node);
+        self.scratch.add_mask(&path).map_err(errno)?;
+        tree.masks.retain(|m| !m.starts_with(&path));
+        tree.masks.insert(path);
+        Ok(())
+    }
+
+    /// Takes `node` out of the tree: its name no longer leads to it.
+    fn retire(&self, tree: &mut Tree, node: u32) {
+        let found = &tree.nodes[node as usize];
+        let key = (found.parent, found.name.clone());
+        if tree.index.get(&key) == Some(&node) {
+            tree.index.remove(&key);
+        }
+    }
+
+    pub fn unlink(&self, dir: u32, name: &OsStr) -> Result<(), Errno> {
+        self.check_editable()?;
+        let mut tree = self.lock();
+        let node = self.child(&mut tree, dir, name)?.ok_or(Errno::ENOENT)?;
+        if self.attr(&tree, node)?.kind == FileType::Directory {
+            return Err(if cfg!(target_os = "linux") {
+                Errno::EISDIR
+            } else {
+                Errno::EPERM
+            });
+        }
+        if tree.nodes[node as usize].upper {
+            std::fs::remove_file(self.upper_path(&tree, node)).map_err(errno)?;
+            tree.nodes[node as usize].upper = false;
+        }
+        self.mask(&mut tree, node)?;
+        self.retire(&mut tree, node);
+        Ok(())
+    }
+
+    pub fn rmdir(&self, dir: u32, name: &OsStr) -> Result<(), Errno> {
+        self.check_editable()?;
+        let mut tree = self.lock();
+        let node = self.child(&mut tree, dir, name)?.ok_or(Errno::ENOENT)?;
+        if self.attr(&tree, node)?.kind != FileType::Directory {
+            return Err(Errno::ENOTDIR);
+        }
+        if !self.names(&tree, node)?.is_empty() {
+            return Err(Errno::ENOTEMPTY);
+        }
+        if tree.nodes[node as usize].upper {
+            // Shown entries are all gone, so the scratch directory is empty.
+            std::fs::remove_dir(self.upper_path(&tree, node)).map_err(errno)?;
+            tree.nodes[node as usize].upper = false;
+        }
+        self.mask(&mut tree, node)?;
+        self.retire(&mut tree, node);
+        Ok(())
+    }
+
+    /// `rename`, replacing what `newname` showed (RENAME_NOREPLACE:
+    /// refusing to). RENAME_EXCHANGE is not offered (EINVAL).
+    pub fn rename(
+        &self,
+        dir: u32,
+        name: &OsStr,
+        newdir: u32,
+        newname: &OsStr,
+        noreplace: bool,
+        exchange: bool,
+    ) -> Result<(), Errno> {
+        self.check_editable()?;
+        if exchange {
+            return Err(Errno::EINVAL);
+        }
+        let mut tree = self.lock();
+        let source = self.child(&mut tree, dir, name)?.ok_or(Errno::ENOENT)?;
+        if self.attr(&tree, newdir)?.kind != FileType::Directory {
+            return Err(Errno::ENOTDIR);
+        }
+        let target = self.child(&mut tree, newdir, newname)?;
+        if target == Some(source) {
+            return Ok(());
+        }
+        let source_is_dir = self.attr(&tree, source)?.kind == FileType::Directory;
+        if source_is_dir {
+            // Moving a directory into itself.
+            let mut up = newdir;
+            loop {
+                if up == source {
+                    return Err(Errno::EINVAL);
+                }
+                if up == 0 {
+                    break;
+                }
+                up = tree.nodes[up as usize].parent;
+            }
+        }
+        if let Some(target) = target {
+            if noreplace {
+                return Err(Errno::EEXIST);
+            }
+            let target_is_dir = self.attr(&tree, target)?.kind == FileType::Directory;
+            match (source_is_dir, target_is_dir) {
+                (true, false) => return Err(Errno::ENOTDIR),
+                (false, true) => return Err(Errno::EISDIR),
+                (true, true) if !self.names(&tree, target)?.is_empty() => {
+                    return Err(Errno::ENOTEMPTY)
+                }
+                _ => {}
+            }
+        }
+        // A directory with the layers' entries in it would need them all
+        // copied: refuse as overlayfs does, and `mv` copies instead.
+        if source_is_dir && tree.nodes[source as usize].lower.is_some() {
+            return Err(Errno::EXDEV);
+        }
+        self.copy_up(&mut tree, source, false)?;
+        self.copy_up(&mut tree, newdir, false)?;
+        let from = self.upper_path(&tree, source);
+        let to = self.upper_path(&tree, newdir).join(newname);
+        // rename(2) replaces our file, or our (empty) directory, there.
+        std::fs::rename(&from, &to).map_err(errno)?;
+        // What the layers showed at the new name: a file is hidden by ours;
+        // a directory must not merge into the one moved there.
+        if let Some(target) = target {
+            if source_is_dir {
+                self.mask(&mut tree, target)?;
+            }
+            tree.nodes[target as usize].upper = false;
+            self.retire(&mut tree, target);
+        } else if source_is_dir {
+            let path = self.path(&tree, newdir).join(newname);
+            let shown_below = !tree.masks.contains(&path)
+                && tree.nodes[newdir as usize]
+                    .lower
+                    .and_then(|l| self.lower.child(l, newname))
+                    .is_some();
+            if shown_below {
+                self.scratch.add_mask(&path).map_err(errno)?;
+                tree.masks.retain(|m| !m.starts_with(&path));
+                tree.masks.insert(path);
+            }
+        }
+        // What the layers showed at the old name stays hidden.
+        self.mask(&mut tree, source)?;
+        self.retire(&mut tree, source);
+        // What the layers still have under the new name (a file ours now
+        // hides), so deleting it later hides that too.
+        let new_path = self.path(&tree, newdir).join(newname);
+        let lower = match tree.masks.contains(&new_path) {
+            true => None,
+            false => tree.nodes[newdir as usize]
+                .lower
+                .and_then(|l| self.lower.child(l, newname)),
+        };
+        let moved = &mut tree.nodes[source as usize];
+        moved.parent = newdir;
+        moved.name = newname.to_owned();
+        moved.lower = lower;
+        moved.upper = true;
+        tree.index.insert((newdir, newname.to_owned()), source);
+        Ok(())
+    }
+
+    /// `setattr`: chmod, chown, truncate, utimens on the scratch copy.
+    /// `open` is the caller's open file, if the change came through one.
+    pub fn setattr(
+        &self,
+        node: u32,
+        change: SetAttr,
+        open: Option<&File>,
+    ) -> Result<FileAttr, Errno> {
+        self.check_editable()?;
+        let mut tree = self.lock();
+        if (node as usize) >= tree.nodes.len() {
+            return Err(Errno::ESTALE);
+        }
+        let truncating = change.size == Some(0) && open.is_none();
+        self.copy_up(&mut tree, node, truncating)?;
+        let path = self.upper_path(&tree, node);
+        let kind = self.attr(&tree, node)?.kind;
+        if let Some(mode) = change.mode {
+            if kind != FileType::Symlink {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7777))
+                    .map_err(errno)?;
+            }
+        }
+        if change.uid.is_some() || change.gid.is_some() {
+            nix::unistd::fchownat(
+                nix::fcntl::AT_FDCWD,
+                &path,
+                change.uid.map(nix::unistd::Uid::from_raw),
+                change.gid.map(nix::unistd::Gid::from_raw),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(nix_errno)?;
+        }
+        if let Some(size) = change.size {
+            if kind != FileType::RegularFile {
+                return Err(Errno::EINVAL);
+            }
+            match open {
+                Some(file) => file.set_len(size).map_err(errno)?,
+                None => std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                    .open(&path)
+                    .and_then(|file| file.set_len(size))
+                    .map_err(errno)?,
+            }
+        }
+        if change.atime.is_some() || change.mtime.is_some() {
+            utimensat(
+                nix::fcntl::AT_FDCWD,
+                &path,
+                &timespec(change.atime),
+                &timespec(change.mtime),
+                UtimensatFlags::NoFollowSymlink,
+            )
+            .map_err(nix_errno)?;
+        }
+        self.attr(&tree, node)
+    }
+}
