@@ -513,6 +513,7 @@ impl Filesystem for SpfsFs {
             Ok(found) => found,
             Err(errno) => return reply.error(errno),
         };
+        let ttl = self.entry_ttl(parent);
         match overlay.create(dir, name, mode, umask, flags, owner(req)) {
             Ok((_, attr, opened)) => {
                 let writes = opened.writable.then(|| Arc::clone(&overlay));
@@ -522,7 +523,7 @@ impl Filesystem for SpfsFs {
                     writes,
                 });
                 reply.created(
-                    &self.view_ttl.min(EDIT_TTL),
+                    &ttl,
                     &attr,
                     Generation(0),
                     fh,
@@ -546,7 +547,7 @@ impl Filesystem for SpfsFs {
         let made = self
             .editable_dir(req, parent)
             .and_then(|(overlay, dir)| overlay.mknod(dir, name, mode, umask, owner(req)));
-        self.reply_made(made, reply);
+        self.reply_made(parent, made, reply);
     }
 
     fn mkdir(
@@ -561,7 +562,7 @@ impl Filesystem for SpfsFs {
         let made = self
             .editable_dir(req, parent)
             .and_then(|(overlay, dir)| overlay.mkdir(dir, name, mode, umask, owner(req)));
-        self.reply_made(made, reply);
+        self.reply_made(parent, made, reply);
     }
 
     fn symlink(
@@ -575,7 +576,7 @@ impl Filesystem for SpfsFs {
         let made = self
             .editable_dir(req, parent)
             .and_then(|(overlay, dir)| overlay.symlink(dir, link_name, target, owner(req)));
-        self.reply_made(made, reply);
+        self.reply_made(parent, made, reply);
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -613,6 +614,12 @@ impl Filesystem for SpfsFs {
             let (target, newdir) = self.editable_dir(req, newparent)?;
             // Another runtime's tree (or another generation of this one's).
             if !Arc::ptr_eq(&overlay, &target) {
+                return Err(Errno::EXDEV);
+            }
+            // The kernel keeps a renamed entry's cache time: one moved into
+            // the mount root would be shown to every process for that long.
+            // `mv` copies instead.
+            if newparent == INodeNo::ROOT && parent != INodeNo::ROOT {
                 return Err(Errno::EXDEV);
             }
             #[cfg(target_os = "linux")]
@@ -761,10 +768,19 @@ impl Filesystem for SpfsFs {
 }
 
 impl SpfsFs {
-    fn reply_made(&self, made: Result<(u32, FileAttr), Errno>, reply: ReplyEntry) {
+    fn reply_made(&self, parent: INodeNo, made: Result<(u32, FileAttr), Errno>, reply: ReplyEntry) {
         match made {
-            Ok((_, attr)) => reply.entry(&self.view_ttl.min(EDIT_TTL), &attr, Generation(0)),
+            Ok((_, attr)) => reply.entry(&self.entry_ttl(parent), &attr, Generation(0)),
             Err(errno) => reply.error(errno),
+        }
+    }
+
+    /// How long the kernel may keep a new entry of an editable view: in the
+    /// mount root, whose entries differ per process, not at all.
+    fn entry_ttl(&self, parent: INodeNo) -> Duration {
+        match parent == INodeNo::ROOT {
+            true => ROOT_ENTRY_TTL,
+            false => self.view_ttl.min(EDIT_TTL),
         }
     }
 }

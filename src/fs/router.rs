@@ -464,6 +464,24 @@ impl Router {
         }
     }
 
+    /// Checks runtime `id`'s members now instead of waiting for their exit
+    /// watches (which report a moment later): the exited ones leave, and if
+    /// none is left the runtime ends. True when runtime `id` is gone.
+    pub fn reap(&self, id: RuntimeId) -> bool {
+        let members: Vec<(i32, u64)> = read(&self.state)
+            .members
+            .iter()
+            .filter(|(_, m)| m.runtime == id)
+            .map(|(pid, m)| (*pid, m.start_time))
+            .collect();
+        for (pid, start_time) in members {
+            if platform::start_time(pid).ok() != Some(start_time) {
+                self.member_exited(pid, start_time);
+            }
+        }
+        !read(&self.state).runtimes.contains_key(&id)
+    }
+
     /// Runtimes live now.
     pub fn runtime_count(&self) -> usize {
         read(&self.state).runtimes.len()

@@ -209,10 +209,28 @@ impl Runtimes {
         }
     }
 
+    /// A runtime named `name` whose processes have all exited, but whose
+    /// end the exit watches have not reported yet, ends now: a script that
+    /// runs `spfs run --rerun NAME` twice in a row finds it stopped.
+    pub fn settle(&self, name: &str) {
+        let id = self
+            .lock()
+            .live
+            .values()
+            .find(|e| e.state.name == name)
+            .map(|e| e.id);
+        if let Some(id) = id {
+            if self.router.reap(id) {
+                self.ended(id, "last_process_exited");
+            }
+        }
+    }
+
     /// Takes stopped runtime `name` out of the stopped list to re-enter
     /// it; [`Runtimes::put_back`] returns it if that fails.
     pub fn take_stopped(&self, name: &str) -> Result<(RuntimeState, Arc<Scratch>), MountError> {
         check_name(name)?;
+        self.settle(name);
         let mut table = self.lock();
         if table.live.values().any(|e| e.state.name == name) {
             return Err(MountError::Running(name.to_owned()));
@@ -251,6 +269,7 @@ impl Runtimes {
         let start_time = platform::start_time(pid).map_err(|_| MountError::NoSuchProcess(pid))?;
         let uid = platform::process_uid(pid).map_err(|_| MountError::NoSuchProcess(pid))?;
         let name = state.name.clone();
+        self.settle(&name);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let entry = Entry {
             id,
@@ -273,6 +292,9 @@ impl Runtimes {
                 return Err(MountError::NameStopped(name));
             }
             let replaced = table.live.insert(pid, entry);
+            if let Some(old) = &replaced {
+                keep_if_kept(&mut table, old, "replaced");
+            }
             self.router
                 .add_runtime(id, pid, RuntimeRoute::new(shown, name, uid, start_time));
             replaced
@@ -287,7 +309,12 @@ impl Runtimes {
 
     /// `Unmount`: ends the runtime whose root is `pid` now.
     pub fn remove(&self, pid: i32, reason: &str) -> Option<Runtime> {
-        let removed = self.lock().live.remove(&pid)?;
+        let removed = {
+            let mut table = self.lock();
+            let removed = table.live.remove(&pid)?;
+            keep_if_kept(&mut table, &removed, reason);
+            removed
+        };
         self.router.remove_runtime(removed.id);
         let runtime = removed.to_proto();
         self.finish(removed, reason);
@@ -303,7 +330,11 @@ impl Runtimes {
                 .iter()
                 .find(|(_, e)| e.id == id)
                 .map(|(pid, _)| *pid);
-            pid.and_then(|pid| table.live.remove(&pid))
+            let removed = pid.and_then(|pid| table.live.remove(&pid));
+            if let Some(removed) = &removed {
+                keep_if_kept(&mut table, removed, reason);
+            }
+            removed
         };
         if let Some(removed) = removed {
             self.finish(removed, reason);
@@ -315,14 +346,16 @@ impl Runtimes {
     fn finish(&self, entry: Entry, reason: &str) {
         self.record_count();
         self.log_end(&entry, reason);
+        let kept = is_kept(&entry, reason);
         let Some(scratch) = entry.scratch else {
             return;
         };
-        if entry.state.durable || reason == "shutdown" {
+        if kept {
+            // Already in the stopped list (taken there with the runtime out
+            // of the live one, so a `--rerun` never finds it in neither).
             if let Err(err) = scratch.write_state(&entry.state) {
                 tracing::warn!(event = "service.scratch_failed", runtime = entry.state.name.as_str(), error = %err, "cannot save a stopped runtime's state");
             }
-            self.put_back(entry.state);
             return;
         }
         // Open files may still hold the overlay; the directory goes now (an
@@ -336,7 +369,14 @@ impl Runtimes {
     /// Service shutdown: every runtime ends; editable ones keep their
     /// changes as stopped runtimes (nothing unsaved is lost).
     pub fn end_all(&self) {
-        let all: Vec<Entry> = self.lock().live.drain().map(|(_, e)| e).collect();
+        let all: Vec<Entry> = {
+            let mut table = self.lock();
+            let all: Vec<Entry> = table.live.drain().map(|(_, e)| e).collect();
+            for entry in &all {
+                keep_if_kept(&mut table, entry, "shutdown");
+            }
+            all
+        };
         for entry in all {
             self.router.remove_runtime(entry.id);
             self.finish(entry, "shutdown");
@@ -356,7 +396,7 @@ impl Runtimes {
             runtime = entry.state.name.as_str(),
             env_spec = crate::tracking::env_spec::shorten(&entry.state.env_spec),
             reason,
-            kept = entry.scratch.is_some() && (entry.state.durable || reason == "shutdown"),
+            kept = is_kept(entry, reason),
             active_runtimes = self.len(),
             live_views = self.router.live_views(),
             "runtime ended"
@@ -537,6 +577,22 @@ impl Runtimes {
         self.table
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Whether an ended runtime's changes are kept: it is durable, or the
+/// service is stopping under it.
+fn is_kept(entry: &Entry, reason: &str) -> bool {
+    entry.scratch.is_some() && (entry.state.durable || reason == "shutdown")
+}
+
+/// Lists an ended runtime as stopped when its changes are kept; called
+/// with the runtime just taken out of the live list, under the same lock.
+fn keep_if_kept(table: &mut Table, entry: &Entry, reason: &str) {
+    if is_kept(entry, reason) {
+        table
+            .stopped
+            .insert(entry.state.name.clone(), entry.state.clone());
     }
 }
 

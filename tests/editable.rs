@@ -1,0 +1,307 @@
+//! Editable runtimes as a user meets them in `/spfs`: writing, copying up,
+//! deleting, renaming, read-only runtimes, isolation between runtimes, and
+//! changes that outlive a killed service. Real service, real FUSE mounts,
+//! each test in its own temp dirs (runtime dir, logs, mountpoint,
+//! repository, scratch dir).
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+/// Runs `sh -c SCRIPT` in `spfs run ARGS...`, with `$M` the mountpoint.
+fn sh(env: &TestEnv, args: &[&str], script: &str) -> std::process::Output {
+    let mut full = vec!["run"];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["--", "sh", "-c", script]);
+    env.spfs(&full)
+        .env("M", &env.mountpoint)
+        .output()
+        .expect("spfs run")
+}
+
+fn sh_ok(env: &TestEnv, args: &[&str], script: &str) -> String {
+    let output = sh(env, args, script);
+    assert!(
+        output.status.success(),
+        "spfs run {args:?} -- sh -c {script:?}: {:?}\nstdout: {}\nstderr: {}",
+        output.status,
+        stdout(&output),
+        stderr(&output)
+    );
+    stdout(&output)
+}
+
+/// A base layer with a file to edit, one to delete, and a tree to delete.
+fn env_with_base() -> TestEnv {
+    let env = TestEnv::new();
+    let base = env.layers.join("base");
+    std::fs::create_dir_all(base.join("etc")).unwrap();
+    std::fs::write(base.join("etc/version"), "1.0\n").unwrap();
+    std::fs::write(base.join("etc/gone"), "delete me\n").unwrap();
+    std::fs::create_dir_all(base.join("share/tree/deep")).unwrap();
+    std::fs::write(base.join("share/tree/deep/file"), "x\n").unwrap();
+    std::fs::write(base.join("share/kept"), "stays\n").unwrap();
+    env.tag_layers();
+    env
+}
+
+fn scratch_entries(env: &TestEnv) -> Vec<String> {
+    match std::fs::read_dir(&env.scratch) {
+        Ok(entries) => entries
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[test]
+fn an_empty_runtime_is_editable_and_its_files_belong_to_the_user() {
+    let env = TestEnv::new();
+    let out = sh_ok(
+        &env,
+        &["-"],
+        "set -e; echo hello > $M/greeting; mkdir -p $M/opt/tool/bin; \
+         printf '#!/bin/sh\\necho tool\\n' > $M/opt/tool/bin/run; chmod 755 $M/opt/tool/bin/run; \
+         $M/opt/tool/bin/run; cat $M/greeting; ln -s greeting $M/link; cat $M/link; \
+         echo more >> $M/greeting; wc -l < $M/greeting; \
+         stat -c '%u %a' $M/greeting $M/opt/tool/bin/run; du -k $M/greeting | cut -f1",
+    );
+    let me = nix::unistd::geteuid().as_raw();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        &lines[..4],
+        ["tool", "hello", "hello", "2"],
+        "the tool ran, the file and the symlink read back, the append landed: {out}"
+    );
+    assert_eq!(lines[4], format!("{me} 644"), "{out}");
+    assert_eq!(lines[5], format!("{me} 755"), "{out}");
+    assert_ne!(lines[6], "0", "du must not report 0 for a written file: {out}");
+    // A new runtime starts empty again, and the ended one's changes are gone.
+    let again = sh_ok(&env, &["-"], "ls -A $M | wc -l");
+    assert_eq!(again.trim(), "0");
+    assert!(
+        env.wait_for(Duration::from_secs(5), || scratch_entries(&env).is_empty()),
+        "an ended runtime's scratch directory is deleted: {:?}",
+        scratch_entries(&env)
+    );
+}
+
+#[test]
+fn editing_on_a_stack_copies_up_and_deletions_hide_files_and_trees() {
+    let env = env_with_base();
+    let out = sh_ok(
+        &env,
+        &["-e", "base"],
+        "set -e; echo 2.0 > $M/etc/version; cat $M/etc/version; rm $M/etc/gone; \
+         rm -rf $M/share/tree; ls $M/etc; echo --; ls $M/share; \
+         test ! -e $M/etc/gone && test ! -e $M/share/tree && echo hidden; \
+         mkdir $M/share/tree; ls -A $M/share/tree | wc -l; stat -c %u $M/share",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "2.0", "{out}");
+    assert_eq!(&lines[1..4], ["version", "--", "kept"], "{out}");
+    assert_eq!(lines[4], "hidden", "{out}");
+    assert_eq!(
+        lines[5], "0",
+        "a directory made again after its deletion shows none of the layer's entries: {out}"
+    );
+    assert_eq!(
+        lines[6],
+        nix::unistd::geteuid().as_raw().to_string(),
+        "{out}"
+    );
+    // The layer itself is untouched: a read-only runtime of it shows it whole.
+    let base = sh_ok(
+        &env,
+        &["base"],
+        "cat $M/etc/version $M/etc/gone $M/share/tree/deep/file",
+    );
+    assert_eq!(base, "1.0\ndelete me\nx\n");
+}
+
+#[test]
+fn renames_move_files_and_directories_and_replace_what_was_there() {
+    let env = env_with_base();
+    let out = sh_ok(
+        &env,
+        &["-e", "base"],
+        "set -e; mv $M/etc/gone $M/etc/version; cat $M/etc/version; ls $M/etc; \
+         mkdir -p $M/new/a; echo f > $M/new/a/f; mv $M/new $M/moved; cat $M/moved/a/f; \
+         test ! -e $M/new && echo old-name-gone; \
+         mv $M/share $M/share2; ls $M/share2; test ! -e $M/share && echo layer-dir-moved",
+    );
+    assert_eq!(
+        out,
+        "delete me\nversion\nf\nold-name-gone\nkept\ntree\nlayer-dir-moved\n",
+        "a file replaced another, a new tree moved, and a directory of the \
+         layer moved too (by copy, as mv does after EXDEV)"
+    );
+}
+
+#[test]
+fn a_read_only_runtime_refuses_every_write_with_erofs() {
+    let env = env_with_base();
+    for (what, script) in [
+        ("create", "echo x > $M/new"),
+        ("write", "echo x >> $M/etc/version"),
+        ("mkdir", "mkdir $M/dir"),
+        ("unlink", "rm $M/etc/version"),
+        ("rmdir", "rm -r $M/share/tree"),
+        ("chmod", "chmod 600 $M/etc/version"),
+        ("rename", "mv $M/etc/version $M/etc/v2"),
+        ("symlink", "ln -s x $M/link"),
+        ("truncate", "truncate -s 0 $M/etc/version"),
+    ] {
+        let output = sh(&env, &["base"], script);
+        assert!(!output.status.success(), "{what} succeeded");
+        assert!(
+            stderr(&output).contains("Read-only file system"),
+            "{what}: {}",
+            stderr(&output)
+        );
+    }
+    assert_eq!(
+        sh_ok(&env, &["base"], "cat $M/etc/version"),
+        "1.0\n",
+        "nothing changed"
+    );
+    assert!(scratch_entries(&env).is_empty(), "no scratch directory");
+}
+
+#[test]
+fn two_editable_runtimes_on_one_base_never_see_each_others_writes() {
+    let env = env_with_base();
+    let (first, line) = env.hold_run(
+        &["-e", "base"],
+        &format!(
+            "echo one > {m}/etc/version; echo mine-1 > {m}/only-one; echo ready",
+            m = env.mountpoint.display()
+        ),
+    );
+    assert_eq!(line, "ready");
+    let (second, line) = env.hold_run(
+        &["-e", "base"],
+        &format!(
+            "echo two > {m}/etc/version; rm {m}/etc/gone; echo ready",
+            m = env.mountpoint.display()
+        ),
+    );
+    assert_eq!(line, "ready");
+    // A third runtime of the same base sees the layer as it is.
+    let third = sh_ok(
+        &env,
+        &["base"],
+        "cat $M/etc/version; cat $M/etc/gone; test ! -e $M/only-one && echo clean",
+    );
+    assert_eq!(third, "1.0\ndelete me\nclean\n");
+    // This process is in no runtime: it sees an empty mount.
+    assert_eq!(std::fs::read_dir(&env.mountpoint).unwrap().count(), 0);
+    // Each scratch directory holds its own runtime's changes only.
+    let mut versions: Vec<String> = scratch_entries(&env)
+        .iter()
+        .map(|name| {
+            std::fs::read_to_string(env.scratch.join(name).join("upper/etc/version")).unwrap()
+        })
+        .collect();
+    versions.sort();
+    assert_eq!(versions, ["one\n", "two\n"]);
+    release(first);
+    release(second);
+}
+
+#[test]
+fn durable_changes_survive_a_killed_service_and_the_runtime_can_be_re_entered() {
+    let env = env_with_base();
+    let (held, line) = env.hold_run(
+        &["--keep-runtime", "--runtime-name", "build-1", "-e", "base"],
+        &format!(
+            "echo unsaved > {m}/etc/version; rm {m}/etc/gone; echo ready",
+            m = env.mountpoint.display()
+        ),
+    );
+    assert_eq!(line, "ready");
+    let service = env.service_pid().expect("service running");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(service),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(env.wait_for(Duration::from_secs(5), || !is_alive(service)));
+    release(held);
+    // The changes are on disk, as the runtime left them.
+    let scratch = env.scratch.join("build-1");
+    assert_eq!(
+        std::fs::read_to_string(scratch.join("upper/etc/version")).unwrap(),
+        "unsaved\n"
+    );
+    assert!(scratch.join("masks/etc/gone").is_file());
+    // A new service finds the stopped runtime; re-entering shows the changes.
+    let out = sh_ok(
+        &env,
+        &["--rerun", "build-1"],
+        "cat $M/etc/version; test ! -e $M/etc/gone && echo still-deleted; \
+         echo more >> $M/etc/version; echo $SPFS_RUNTIME",
+    );
+    assert_eq!(out, "unsaved\nstill-deleted\nbuild-1\n");
+    // Durable: kept again after this run, with what it added.
+    assert!(env.wait_for(Duration::from_secs(5), || {
+        std::fs::read_to_string(scratch.join("upper/etc/version")).ok()
+            == Some("unsaved\nmore\n".into())
+    }));
+    assert_eq!(
+        sh_ok(&env, &["--rerun", "build-1"], "cat $M/etc/version"),
+        "unsaved\nmore\n"
+    );
+    // Its name is taken while it is stopped.
+    let taken = sh(&env, &["--runtime-name", "build-1", "base"], "true");
+    assert!(!taken.status.success());
+    assert!(
+        stderr(&taken).contains("--rerun build-1"),
+        "{}",
+        stderr(&taken)
+    );
+}
+
+#[test]
+fn bad_rerun_and_names_get_clear_errors() {
+    let env = TestEnv::new();
+    let unknown = sh(&env, &["--rerun", "no-such-runtime"], "true");
+    assert!(!unknown.status.success());
+    assert!(
+        stderr(&unknown).contains("no runtime named \"no-such-runtime\""),
+        "{}",
+        stderr(&unknown)
+    );
+    let (held, _) = env.hold_run(&["--runtime-name", "busy", "-"], "echo up");
+    let running = sh(&env, &["--rerun", "busy"], "true");
+    assert!(!running.status.success());
+    assert!(
+        stderr(&running).contains("is running"),
+        "{}",
+        stderr(&running)
+    );
+    release(held);
+}
+
+#[test]
+fn a_service_stopped_under_an_editable_runtime_keeps_its_changes() {
+    let env = TestEnv::new();
+    let (held, _) = env.hold_run(
+        &["--runtime-name", "unsaved", "-"],
+        &format!("echo work > {}/notes; echo up", env.mountpoint.display()),
+    );
+    run_ok(&mut env.spfs(&["service", "stop", "--force"]));
+    release(held);
+    let notes = env.scratch.join("unsaved/upper/notes");
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "work\n");
+    assert_eq!(
+        sh_ok(&env, &["--rerun", "unsaved"], "cat $M/notes"),
+        "work\n",
+        "the runtime can be re-entered, so nothing was lost"
+    );
+    let _ = Path::new(&notes).metadata().map(|m| m.uid());
+}
