@@ -53,6 +53,7 @@ fn unmount_drops_a_runtime_before_its_process_exits() {
                 env_spec: "base".into(),
                 repositories: vec![env.repo.to_string_lossy().into_owned()],
                 name: String::new(),
+                ..MountRequest::default()
             })
             .await
             .unwrap();
@@ -76,6 +77,7 @@ fn unmount_drops_a_runtime_before_its_process_exits() {
                 env_spec: "base".into(),
                 repositories: vec![],
                 name: String::new(),
+                ..MountRequest::default()
             })
             .await
             .unwrap_err();
@@ -87,6 +89,7 @@ fn unmount_drops_a_runtime_before_its_process_exits() {
                 env_spec: "base".into(),
                 repositories: vec!["repo".into()],
                 name: String::new(),
+                ..MountRequest::default()
             })
             .await
             .unwrap_err();
@@ -208,13 +211,14 @@ fn a_dead_fuse_mount_from_a_killed_service_is_cleaned_up() {
 }
 
 #[test]
-fn the_mountpoint_is_an_empty_read_only_directory() {
+fn the_mountpoint_is_empty_and_a_read_only_runtime_refuses_writes() {
     let env = TestEnv::new();
     let mnt = env.mountpoint.to_str().unwrap().to_owned();
     let listing = run_ok(&mut env.spfs(&["run", "-", "--", "ls", "-A", &mnt]));
     assert_eq!(stdout(&listing), "");
+    // `base` is an empty layer; unlike `-`, a stack is read-only unless -e.
     let write = env
-        .spfs(&["run", "-", "--", "touch", &format!("{mnt}/new-file")])
+        .spfs(&["run", "base", "--", "touch", &format!("{mnt}/new-file")])
         .output()
         .unwrap();
     assert!(!write.status.success());

@@ -353,10 +353,10 @@ fn caller_pid(caller: Option<Caller>) -> Result<i32, MountError> {
         .ok_or(MountError::UnknownCaller)
 }
 
-/// Logs a runtime RPC's outcome (as `service.<event>` or
+/// Logs a runtime RPC's outcome (its own event, or
 /// `service.request_refused`) and turns it into the reply.
 fn answer(
-    event: &'static str,
+    request: &'static str,
     name: &str,
     started: Instant,
     result: Result<crate::proto::Runtime, MountError>,
@@ -364,14 +364,14 @@ fn answer(
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     match result {
         Ok(runtime) => {
-            tracing::info!(
-                event,
-                runtime = runtime.name.as_str(),
-                editable = runtime.editable,
-                running = runtime.running,
-                elapsed_ms,
-                "runtime request done"
-            );
+            let (runtime_name, editable) = (runtime.name.as_str(), runtime.editable);
+            let running = runtime.running;
+            // One literal per event, so docs/logging.md is checked against them.
+            match request {
+                "service.edit" => tracing::info!(event = "service.edit", runtime = runtime_name, editable, running, elapsed_ms, "runtime request done"),
+                "service.reset" => tracing::info!(event = "service.reset", runtime = runtime_name, editable, running, elapsed_ms, "runtime request done"),
+                _ => tracing::info!(event = "service.change_stack", runtime = runtime_name, editable, running, elapsed_ms, "runtime request done"),
+            }
             Ok(Response::new(RuntimeResponse {
                 runtime: Some(runtime),
             }))
@@ -379,7 +379,7 @@ fn answer(
         Err(err) => {
             tracing::warn!(
                 event = "service.request_refused",
-                request = event,
+                request,
                 runtime = crate::tracking::env_spec::shorten(name),
                 error = %err,
                 elapsed_ms,
