@@ -3,6 +3,7 @@
 
 mod check;
 mod commit;
+mod current;
 mod doctor;
 mod inspect;
 mod logs;
