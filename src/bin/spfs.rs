@@ -113,12 +113,12 @@ enum Command {
         #[arg(short = 'r', long = "ref", value_name = "REF")]
         reference: Option<String>,
     },
-    /// List the changes of the runtime you are in: + added, ~ changed, - removed
+    /// List the changes of the runtime you are in, or between two refs: + added, ~ changed, - removed
     Diff {
-        /// Base of the diff (not supported yet: default, the runtime's stack)
+        /// The ref to compare with; default: the runtime's stack (its changes are listed)
         #[arg(value_name = "FROM")]
         from: Option<String>,
-        /// What to compare with it (not supported yet: default, what /spfs shows)
+        /// The ref to compare FROM with; default: what the runtime you are in shows
         #[arg(value_name = "TO")]
         to: Option<String>,
     },

@@ -3,17 +3,16 @@
 //! repository, then tag it. The new digest goes to
 //! stdout (for scripts); `created ...` lines go to stderr as spfs logs them.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use super::repo::{self, Out, Progress};
 use super::{client_runtime, current};
 use crate::error::{Error, Result};
 use crate::proto::{Editability, Runtime};
-use crate::runtime::{changes, Scratch};
+use crate::runtime::changes;
 use crate::storage::encoding::Digest;
 use crate::storage::fs::FsRepository;
-use crate::storage::proxy::ProxyRepository;
 use crate::storage::tag::TagSpec;
 use crate::tracking::commit::{commit_dir, commit_platform, CommitStats};
 use crate::tracking::env_spec;
@@ -226,23 +225,13 @@ enum Frozen {
 }
 
 fn commit_frozen(kind: RuntimeCommit, allow_empty: bool, runtime: &Runtime) -> Result<Frozen> {
-    let roots: Vec<PathBuf> = runtime.repositories.iter().map(PathBuf::from).collect();
-    let (repo, repos) = match roots.first() {
-        Some(first) => (FsRepository::open(first)?, ProxyRepository::open(&roots)?),
-        None => (repo::writable(None)?, repo::readable(None)?),
+    // the runtime's first repository is its local one: the layer goes there
+    let repo = match runtime.repositories.first() {
+        Some(first) => FsRepository::open(Path::new(first))?,
+        None => repo::writable(None)?,
     };
-    let committed = if runtime.scratch_dir.is_empty() {
-        None
-    } else {
-        let scratch = Scratch::open(Path::new(&runtime.scratch_dir)).map_err(|e| {
-            Error::io(
-                format!(
-                    "cannot read the runtime's changes in {}",
-                    runtime.scratch_dir
-                ),
-                e,
-            )
-        })?;
+    let repos = current::runtime_repositories(runtime)?;
+    let committed = if let Some(scratch) = current::open_scratch(runtime)? {
         let base = changes::base_manifest(&runtime.stack, &repos)?;
         let mut progress = Progress::new();
         let committed = changes::commit_changes(
@@ -264,6 +253,8 @@ fn commit_frozen(kind: RuntimeCommit, allow_empty: bool, runtime: &Runtime) -> R
         )?;
         progress.clear();
         committed
+    } else {
+        None
     };
     match (kind, committed) {
         // An identical layer already on the stack would be dropped from it
@@ -345,4 +336,81 @@ pub fn write(tags: &[String], file: Option<&Path>, remote: Option<&str>) -> Exit
         };
         finish(&repo, digest, &tags)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::Scratch;
+
+    /// A repository with one layer (`a`), and a runtime showing it with its
+    /// scratch dir.
+    fn setup() -> (tempfile::TempDir, Runtime, Digest) {
+        let tmp = tempfile::tempdir().unwrap();
+        let layer_dir = tmp.path().join("layer");
+        std::fs::create_dir(&layer_dir).unwrap();
+        std::fs::write(layer_dir.join("a"), "a").unwrap();
+        let root = tmp.path().join("repo");
+        let repo = FsRepository::create(&root).unwrap();
+        let (layer, _) = commit_dir(&repo, &layer_dir, &mut |_| {}).unwrap();
+        let scratch = Scratch::create(&tmp.path().join("scratch/rt")).unwrap();
+        let runtime = Runtime {
+            name: "rt".into(),
+            editable: true,
+            scratch_dir: scratch.root().display().to_string(),
+            stack: vec![layer.to_base32()],
+            repositories: vec![root.display().to_string()],
+            ..Runtime::default()
+        };
+        (tmp, runtime, layer)
+    }
+
+    #[test]
+    fn a_runtime_without_changes_has_nothing_to_commit_but_its_platform() {
+        let (_tmp, runtime, layer) = setup();
+        let err = commit_frozen(RuntimeCommit::Layer, false, &runtime)
+            .err()
+            .unwrap();
+        assert!(err.to_string().starts_with("nothing to commit"), "{err}");
+        // --allow-empty: an empty layer, not put on the stack
+        assert!(matches!(
+            commit_frozen(RuntimeCommit::Layer, true, &runtime),
+            Ok(Frozen::Done { .. })
+        ));
+        let Ok(Frozen::Done { repo, digest }) =
+            commit_frozen(RuntimeCommit::Platform, false, &runtime)
+        else {
+            panic!("a platform of the stack as it is")
+        };
+        let Ok(crate::storage::graph::Object::Platform(p)) = repo.read_object(&digest) else {
+            panic!("not a platform")
+        };
+        assert_eq!(p.layers, [layer]);
+        let empty = Runtime {
+            stack: Vec::new(),
+            ..runtime
+        };
+        let err = commit_frozen(RuntimeCommit::Platform, false, &empty)
+            .err()
+            .unwrap();
+        assert!(err.to_string().starts_with("nothing to commit"), "{err}");
+    }
+
+    #[test]
+    fn changes_become_a_layer_for_the_stack() {
+        let (_tmp, runtime, _) = setup();
+        let scratch = Scratch::open(Path::new(&runtime.scratch_dir)).unwrap();
+        std::fs::write(scratch.upper().join("b"), "b").unwrap();
+        scratch.add_mask(Path::new("a")).unwrap();
+        let Ok(Frozen::Layer { repo, layer }) =
+            commit_frozen(RuntimeCommit::Layer, false, &runtime)
+        else {
+            panic!("a layer")
+        };
+        assert!(repo.has_object(&layer));
+        // a directory layer cannot be named by a platform
+        let with_dir = vec![runtime.stack[0].clone(), "/some/dir".to_string()];
+        let err = platform_of(&repo, &with_dir).unwrap_err();
+        assert!(err.to_string().contains("--path /some/dir"), "{err}");
+    }
 }

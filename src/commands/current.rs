@@ -4,6 +4,8 @@
 //! of its processes). Also the other control calls on one runtime that
 //! `spfs commit`, `edit`, `reset`, `diff` and `runtime` share.
 
+use std::path::{Path, PathBuf};
+
 use tonic::transport::Channel;
 
 use crate::client::ControlClient;
@@ -14,6 +16,8 @@ use crate::proto::{
     ChangeStackRequest, EditRequest, Editability, GetRuntimeRequest, RemoveRuntimeRequest,
     ResetRequest, Runtime,
 };
+use crate::runtime::Scratch;
+use crate::storage::proxy::ProxyRepository;
 use crate::telemetry::otel::traced;
 
 /// What a command inside a runtime tells the user to do when there is none.
@@ -165,6 +169,35 @@ pub async fn remove_runtime(channel: &Channel, name: &str) -> Result<()> {
 /// The runtime's stack as the env spec `ChangeStack` expects (`A+B`).
 pub fn stack_spec(runtime: &Runtime) -> String {
     runtime.stack.join("+")
+}
+
+/// The repositories a runtime reads its layers from, local first (the
+/// configured ones if the service named none).
+pub fn runtime_repositories(runtime: &Runtime) -> Result<ProxyRepository> {
+    let roots: Vec<PathBuf> = runtime.repositories.iter().map(PathBuf::from).collect();
+    if roots.is_empty() {
+        super::repo::readable(None)
+    } else {
+        Ok(ProxyRepository::open(&roots)?)
+    }
+}
+
+/// The runtime's changes on disk; none for a runtime never made editable.
+pub fn open_scratch(runtime: &Runtime) -> Result<Option<Scratch>> {
+    if runtime.scratch_dir.is_empty() {
+        return Ok(None);
+    }
+    Scratch::open(Path::new(&runtime.scratch_dir))
+        .map(Some)
+        .map_err(|e| {
+            Error::io(
+                format!(
+                    "cannot read the runtime's changes in {}",
+                    runtime.scratch_dir
+                ),
+                e,
+            )
+        })
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! process of that runtime.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use super::client_runtime;
@@ -15,8 +15,6 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::proto::Editability;
 use crate::runtime::changes::{self, Change, ChangeKind};
-use crate::runtime::Scratch;
-use crate::storage::proxy::ProxyRepository;
 
 /// `spfs edit [--off]`: make the runtime editable, or read-only keeping
 /// its changes. As in spfs, making an editable runtime editable is an error.
@@ -103,42 +101,44 @@ fn relative_paths(paths: &[String], mountpoint: &Path) -> Result<Vec<String>> {
         .collect()
 }
 
-/// `spfs diff [FROM [TO]]`: inside a runtime with no arguments, its
-/// changes against its stack, one line each (`+` added, `~` changed, `-`
-/// removed); "no changes" on stderr when there are none.
+/// `spfs diff [FROM [TO]]`, one line per changed path (`+` added, `~`
+/// changed, `-` removed), "no changes" on stderr when there are none. With
+/// no argument: the changes of the runtime we are in against its stack;
+/// with FROM: what the runtime shows against FROM; with FROM and TO: TO
+/// against FROM, both refs resolved in the configured repositories (no
+/// runtime needed).
 pub fn diff(from: Option<&str>, to: Option<&str>) -> ExitCode {
     runner::run("spfs diff", || {
-        if from.is_some() || to.is_some() {
-            return Err(Error::Config(
-                "spfs diff FROM [TO] is not supported yet; inside a runtime, `spfs diff` with no arguments lists its changes".into(),
-            ));
-        }
-        let name = current::active_name(Hint::Run)?;
         let config = Config::from_env()?;
-        let runtime = client_runtime().block_on(async {
-            let channel = current::connect(&config, &name).await?;
-            current::get_runtime(&channel, &name).await
-        })?;
-        let found = if runtime.scratch_dir.is_empty() {
-            Vec::new()
-        } else {
-            let scratch = Scratch::open(Path::new(&runtime.scratch_dir)).map_err(|e| {
-                Error::io(
-                    format!(
-                        "cannot read the runtime's changes in {}",
-                        runtime.scratch_dir
-                    ),
-                    e,
+        let found = match (from, to) {
+            (Some(from), Some(to)) => {
+                let repos = super::repo::readable(None)?;
+                changes::diff_manifests(
+                    &changes::spec_manifest(from, &repos)?,
+                    &changes::spec_manifest(to, &repos)?,
                 )
-            })?;
-            let roots: Vec<PathBuf> = runtime.repositories.iter().map(PathBuf::from).collect();
-            let repos = if roots.is_empty() {
-                super::repo::readable(None)?
-            } else {
-                ProxyRepository::open(&roots)?
-            };
-            let base = changes::base_manifest(&runtime.stack, &repos)?;
-            changes::diff(&scratch, &base)?
+            }
+            (from, _) => {
+                let name = current::active_name(Hint::Run)?;
+                let runtime = client_runtime().block_on(async {
+                    let channel = current::connect(&config, &name).await?;
+                    current::get_runtime(&channel, &name).await
+                })?;
+                let repos = current::runtime_repositories(&runtime)?;
+                let base = changes::base_manifest(&runtime.stack, &repos)?;
+                let scratch = current::open_scratch(&runtime)?;
+                match (from, scratch) {
+                    (None, None) => Vec::new(),
+                    (None, Some(scratch)) => changes::diff(&scratch, &base)?,
+                    (Some(from), scratch) => {
+                        let shown = match scratch {
+                            Some(scratch) => changes::visible_manifest(&scratch, &base)?,
+                            None => base,
+                        };
+                        changes::diff_manifests(&changes::spec_manifest(from, &repos)?, &shown)
+                    }
+                }
+            }
         };
         if found.is_empty() {
             eprintln!("no changes");

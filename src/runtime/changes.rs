@@ -177,11 +177,14 @@ pub fn mount_relative(path: &str, mountpoint: &Path) -> std::result::Result<Path
 /// from `repos`, or absolute directories, read from disk), as the runtime
 /// shows it before any change. Masks of the layers stay in it as masks.
 pub fn base_manifest(stack: &[String], repos: &ProxyRepository) -> Result<Manifest> {
+    spec_manifest(&stack.join("+"), repos)
+}
+
+/// The merged manifest of an env spec (`base+app`, digests, tags,
+/// directories) resolved in `repos`.
+pub fn spec_manifest(spec: &str, repos: &ProxyRepository) -> Result<Manifest> {
     let mut base = Manifest::default();
-    if stack.is_empty() {
-        return Ok(base);
-    }
-    for layer in env_spec::resolve(&stack.join("+"), repos)? {
+    for layer in env_spec::resolve(spec, repos)? {
         let manifest = match layer {
             Layer::Manifest { manifest, .. } => Manifest::from_graph(&manifest)?,
             Layer::Dir(path) => manifest_of_dir(&path)?,
@@ -204,6 +207,29 @@ pub fn diff(scratch: &Scratch, base: &Manifest) -> Result<Vec<Change>> {
     let mut digest_of = |path: &str| payload_digest(&upper.join(path));
     compare(Some(base.root()), &changes, "", &mut digest_of, &mut out)?;
     Ok(out)
+}
+
+/// What the runtime shows: `base` with its changes merged over it (every
+/// file of `upper/` hashed).
+pub fn visible_manifest(scratch: &Scratch, base: &Manifest) -> Result<Manifest> {
+    let root = walk_dir(scratch.upper())?.hash()?;
+    let changes = changes_tree(scratch, base, root)?;
+    let mut shown = base.clone();
+    shown.update(&Manifest::new(changes));
+    Ok(shown)
+}
+
+/// How `to` differs from `from` (`spfs diff FROM TO`), listed as [`diff`]
+/// lists a runtime's changes; masks in either count as nothing there.
+pub fn diff_manifests(from: &Manifest, to: &Manifest) -> Vec<Change> {
+    let mut overlay = to.root().clone();
+    mask_opaque(&mut overlay, from.root());
+    let mut out = Vec::new();
+    // every blob of a manifest has its digest: nothing is read
+    let mut known = |_: &str| Ok(Digest::NULL);
+    // cannot fail: `known` never fails
+    let _ = compare(Some(from.root()), &overlay, "", &mut known, &mut out);
+    out
 }
 
 /// Commits the runtime's changes against `base` as one layer in `repo`:
@@ -334,7 +360,8 @@ fn add_mask(root: &mut Entry, base: &Entry, parts: &[String]) {
 }
 
 /// Under an opaque directory: masks every entry of the base's `base_dir`
-/// that `made` lacks, at every level `upper/` made again as a directory.
+/// that `made` lacks, at every level both have a directory, so `made`
+/// merged over `base_dir` shows exactly `made`.
 fn mask_opaque(made: &mut Entry, base_dir: &Entry) {
     if !base_dir.is_dir() {
         return;

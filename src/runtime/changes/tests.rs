@@ -270,3 +270,28 @@ fn merged_layer_digest(f: &Fixture) -> String {
     let (layer, _) = write_layer(&f.repo, &f.base).unwrap();
     layer.to_base32()
 }
+
+#[test]
+fn two_manifests_differ_as_their_trees_do() {
+    let f = fixture();
+    let upper = f.scratch.upper();
+    f.scratch.add_mask(Path::new("b")).unwrap();
+    write(upper, "a/x", "changed");
+    write(upper, "new", "new");
+    let shown = visible_manifest(&f.scratch, &f.base).unwrap();
+    assert_eq!(
+        lines(&diff_manifests(&f.base, &shown)),
+        lines(&diff(&f.scratch, &f.base).unwrap())
+    );
+    assert_eq!(
+        lines(&diff_manifests(&shown, &f.base)),
+        [
+            "~/spfs/a/x [content, size {7=>1}]",
+            "+/spfs/b",
+            "+/spfs/b/c",
+            "+/spfs/b/c/z",
+            "-/spfs/new",
+        ]
+    );
+    assert!(diff_manifests(&f.base, &f.base).is_empty());
+}
