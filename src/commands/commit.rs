@@ -154,6 +154,10 @@ fn commit_runtime(kind: RuntimeCommit, allow_empty: bool, tags: &[TagSpec]) -> R
     client_runtime().block_on(async {
         let channel = current::connect(&config, &name).await?;
         let runtime = current::get_runtime(&channel, &name).await?;
+        if kind == RuntimeCommit::Platform {
+            // refused before anything is committed or put on the stack
+            check_platform_stack(&runtime.stack)?;
+        }
         if !runtime.editable {
             return Err(Error::Config(format!(
                 "the active runtime {name} is not editable, nothing to commit; make it editable with `spfs edit`, or commit a directory with `spfs commit --path DIR`"
@@ -281,20 +285,23 @@ fn commit_frozen(kind: RuntimeCommit, allow_empty: bool, runtime: &Runtime) -> R
     }
 }
 
+/// The stack's layers as digests; a directory layer cannot be in a platform.
+fn check_platform_stack(stack: &[String]) -> Result<Vec<Digest>> {
+    stack
+        .iter()
+        .map(|item| {
+            Digest::parse(item).map_err(|_| {
+                Error::Config(format!(
+                    "the runtime shows the directory {item} as a layer, which a platform cannot name; commit it with `spfs commit --path {item}` and run the result instead"
+                ))
+            })
+        })
+        .collect()
+}
+
 /// A platform of a runtime's stack (bottom to top).
 fn platform_of(repo: &FsRepository, stack: &[String]) -> Result<Digest> {
-    let mut layers = Vec::with_capacity(stack.len());
-    for item in stack {
-        match Digest::parse(item) {
-            Ok(digest) => layers.push(digest),
-            Err(_) => {
-                return Err(Error::Config(format!(
-                    "the runtime shows the directory {item} as a layer, which a platform cannot name; commit it with `spfs commit --path {item}` and run the result instead"
-                )))
-            }
-        }
-    }
-    Ok(commit_platform(repo, &layers)?)
+    Ok(commit_platform(repo, &check_platform_stack(stack)?)?)
 }
 
 /// Makes the runtime editable again after a failed commit; returns `err`,
