@@ -20,7 +20,9 @@
 //!   the object graph and its encodings, tags, the filesystem repository,
 //!   spfs's configuration.
 //! - [`runtime`]: runtimes as objects on disk: an editable runtime's
-//!   changes (scratch: written files, deletion markers) and its state file.
+//!   changes (scratch: written files, deletion markers), listed, committed
+//!   as a layer and reset against its stack (`runtime::changes`), and its
+//!   state file.
 //! - [`tracking`]: in-memory manifests (merging layers, masks), committing
 //!   a directory as a layer, and refs resolved to stacks of layers.
 //! - [`paths`], [`config`], [`error`]: where things live, settings, user-facing errors.

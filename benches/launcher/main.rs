@@ -165,6 +165,7 @@ impl Bench {
             runtime_dir: base.join("run"),
             log_dir: base.join("log"),
             mountpoint: base.join("mnt"),
+            scratch_dir: base.join("scratch"),
         };
         paths.ensure_runtime_dir().unwrap();
         // The baseline's service inherits our environment, as in the plan: point

@@ -68,15 +68,16 @@ enum Command {
         #[command(flatten)]
         runtime: RunArgs,
     },
-    /// The runtimes running now
+    /// The runtimes: running, and stopped ones kept on disk
     #[command(visible_alias = "rt")]
     Runtime {
         #[command(subcommand)]
         action: RuntimeAction,
     },
-    /// Commit a directory as a layer (--path) or a stack of refs as a platform (--ref)
+    /// Commit the changes of the runtime you are in (layer|platform), a directory (--path) or a stack of refs (--ref)
     Commit {
-        /// `layer` or `platform`: commit the changes of the runtime you are in
+        /// `layer`: the runtime's changes as a layer, put on its stack (the
+        /// runtime ends read-only); `platform`: that, then a platform of the whole stack
         #[arg(value_parser = ["layer", "platform"], required_unless_present_any = ["path", "reference"], conflicts_with_all = ["path", "reference"])]
         kind: Option<String>,
         /// Tag the result (repeatable)
@@ -93,6 +94,33 @@ enum Command {
         allow_empty: bool,
         #[command(flatten)]
         remote: Remote,
+    },
+    /// Make the runtime you are in editable (its changes go to its scratch directory)
+    Edit {
+        /// Make it read-only instead, keeping its changes
+        #[arg(long)]
+        off: bool,
+    },
+    /// Drop the changes of the runtime you are in (all, or those at and below PATHS)
+    Reset {
+        /// Paths in /spfs to reset (`/spfs/bin/tool` or `bin/tool`); default: every change
+        #[arg(value_name = "PATHS", conflicts_with = "reference")]
+        paths: Vec<String>,
+        /// Make the runtime editable afterwards (the default when --ref is empty or `-`)
+        #[arg(short, long)]
+        edit: bool,
+        /// Show these layers instead of the runtime's stack, with no changes (`-`: none)
+        #[arg(short = 'r', long = "ref", value_name = "REF")]
+        reference: Option<String>,
+    },
+    /// List the changes of the runtime you are in, or between two refs: + added, ~ changed, - removed
+    Diff {
+        /// The ref to compare with; default: the runtime's stack (its changes are listed)
+        #[arg(value_name = "FROM")]
+        from: Option<String>,
+        /// The ref to compare FROM with; default: what the runtime you are in shows
+        #[arg(value_name = "TO")]
+        to: Option<String>,
     },
     /// Tag an object
     Tag {
@@ -241,7 +269,7 @@ struct Style {
 
 #[derive(Subcommand)]
 enum RuntimeAction {
-    /// One line per running runtime
+    /// One line per runtime, running then stopped
     #[command(visible_alias = "ls")]
     List {
         /// Names only
@@ -253,14 +281,32 @@ enum RuntimeAction {
         #[arg(value_name = "NAME")]
         name: Option<String>,
     },
-    /// End running runtimes now (their processes lose /spfs)
+    /// Delete stopped runtimes and their changes; end running ones (--force)
     #[command(visible_alias = "rm")]
     Remove {
         #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
-        /// End them even though processes still run in them
+        /// End them even though processes still run in them (their processes lose /spfs)
         #[arg(short, long)]
         force: bool,
+        /// Also remove durable runtimes (--keep-runtime), with their changes
+        #[arg(long)]
+        remove_durable: bool,
+    },
+    /// Delete every stopped runtime and its changes (durable ones with --remove-durable)
+    Prune {
+        /// Also remove durable runtimes (--keep-runtime), with their changes
+        #[arg(long)]
+        remove_durable: bool,
+    },
+    /// Show another stack in the runtime you are in, keeping its changes
+    ChangeStack {
+        /// The whole new stack, bottom to top (`base+app`; `-` for none)
+        #[arg(value_name = "REF")]
+        reference: String,
+        /// Drop the runtime's changes too
+        #[arg(long)]
+        drop_changes: bool,
     },
 }
 
@@ -310,7 +356,18 @@ fn main() -> ExitCode {
         Command::Runtime { action } => match action {
             RuntimeAction::List { quiet } => spfs::commands::runtime_list(quiet),
             RuntimeAction::Info { name } => spfs::commands::runtime_info(name.as_deref()),
-            RuntimeAction::Remove { names, force } => spfs::commands::runtime_remove(&names, force),
+            RuntimeAction::Remove {
+                names,
+                force,
+                remove_durable,
+            } => spfs::commands::runtime_remove(&names, force, remove_durable),
+            RuntimeAction::Prune { remove_durable } => {
+                spfs::commands::runtime_prune(remove_durable)
+            }
+            RuntimeAction::ChangeStack {
+                reference,
+                drop_changes,
+            } => spfs::commands::change_stack(&reference, drop_changes),
         },
         Command::Commit {
             kind,
@@ -332,6 +389,13 @@ fn main() -> ExitCode {
                 remote: remote.name.as_deref(),
             })
         }
+        Command::Edit { off } => spfs::commands::edit(off),
+        Command::Reset {
+            paths,
+            edit,
+            reference,
+        } => spfs::commands::reset(&paths, edit, reference.as_deref()),
+        Command::Diff { from, to } => spfs::commands::diff(from.as_deref(), to.as_deref()),
         Command::Tag {
             target,
             tags,

@@ -1,12 +1,16 @@
-//! `spfs commit` and `spfs write`: put a directory, a stack of refs or a
-//! stream of bytes into the repository, then tag it. The new digest goes to
+//! `spfs commit` and `spfs write`: put a directory, a stack of refs, the
+//! changes of the runtime we are in, or a stream of bytes into the
+//! repository, then tag it. The new digest goes to
 //! stdout (for scripts); `created ...` lines go to stderr as spfs logs them.
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use super::repo::{self, Out, Progress};
+use super::{client_runtime, current};
 use crate::error::{Error, Result};
+use crate::proto::{Editability, Runtime};
+use crate::runtime::changes;
 use crate::storage::encoding::Digest;
 use crate::storage::fs::FsRepository;
 use crate::storage::tag::TagSpec;
@@ -38,9 +42,21 @@ pub fn commit(options: CommitOptions) -> ExitCode {
             CommitSource::Path(dir) => commit_path(options.remote, dir, options.allow_empty)?,
             CommitSource::Ref(reference) => commit_ref(options.remote, reference)?,
             CommitSource::Runtime(kind) => {
-                return Err(Error::Config(format!(
-                    "`spfs commit {kind}` commits the changes of an editable runtime, which this service does not offer yet; commit a directory with `spfs commit --path DIR` or a stack with `spfs commit --ref A+B`"
-                )))
+                if options.remote.is_some() {
+                    return Err(Error::Config(
+                        "--remote works with --path and --ref only; a runtime's changes go to its own repository".into(),
+                    ));
+                }
+                let kind = match kind {
+                    "layer" => RuntimeCommit::Layer,
+                    "platform" => RuntimeCommit::Platform,
+                    other => {
+                        return Err(Error::Config(format!(
+                            "don't know how to commit a {other:?}; give `layer` or `platform`"
+                        )))
+                    }
+                };
+                return commit_runtime(kind, options.allow_empty, &tags);
             }
         };
         finish(&repo, digest, &tags)
@@ -112,6 +128,193 @@ fn commit_ref(remote: Option<&str>, reference: &str) -> Result<(FsRepository, Di
     Ok((repo, platform))
 }
 
+/// What `spfs commit layer|platform` makes of the runtime's changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RuntimeCommit {
+    Layer,
+    Platform,
+}
+
+/// spfs's error when there is nothing to commit.
+fn nothing_to_commit(kind: RuntimeCommit) -> Error {
+    Error::Config(match kind {
+        RuntimeCommit::Layer => "nothing to commit: the runtime has no changes (see `spfs diff`); pass --allow-empty to make an empty layer anyway".into(),
+        RuntimeCommit::Platform => "nothing to commit, the resulting platform would be empty: the runtime shows no layer and has no changes; pass --allow-empty to make an empty platform anyway".into(),
+    })
+}
+
+/// `spfs commit layer|platform`: the changes of the runtime we are in as a
+/// layer, put on top of its stack (the runtime ends read-only with no
+/// changes, as in spfs); for a platform, then a platform of the whole stack.
+/// The runtime is made read-only while its changes are read, and editable
+/// again if anything fails, so nothing is lost.
+fn commit_runtime(kind: RuntimeCommit, allow_empty: bool, tags: &[TagSpec]) -> Result<ExitCode> {
+    let name = current::active_name(current::Hint::Commit)?;
+    let config = crate::config::Config::from_env()?;
+    client_runtime().block_on(async {
+        let channel = current::connect(&config, &name).await?;
+        let runtime = current::get_runtime(&channel, &name).await?;
+        if kind == RuntimeCommit::Platform {
+            // refused before anything is committed or put on the stack
+            check_platform_stack(&runtime.stack)?;
+        }
+        if !runtime.editable {
+            return Err(Error::Config(format!(
+                "the active runtime {name} is not editable, nothing to commit; make it editable with `spfs edit`, or commit a directory with `spfs commit --path DIR`"
+            )));
+        }
+        // Nothing may change while the changes are read.
+        let frozen = current::edit(&channel, &name, false).await?;
+        let committed = match commit_frozen(kind, allow_empty, &frozen) {
+            Ok(committed) => committed,
+            Err(err) => return Err(thaw(&channel, &name, err).await),
+        };
+        let (repo, digest, read_only) = match committed {
+            Frozen::Done { repo, digest } => {
+                // nothing went on the stack: the runtime stays as it was
+                if let Err(err) = current::edit(&channel, &name, true).await {
+                    eprintln!("spfs commit: warning: {err}; make it editable again with `spfs edit`");
+                }
+                (repo, digest, false)
+            }
+            Frozen::Layer { repo, layer } => {
+                let old = current::stack_spec(&frozen);
+                let new = if old.is_empty() {
+                    layer.to_base32()
+                } else {
+                    format!("{old}+{layer}")
+                };
+                let changed = current::change_stack(
+                    &channel,
+                    &name,
+                    current::StackChange {
+                        env_spec: &new,
+                        expected_stack: &old,
+                        drop_changes: true,
+                        editable: Editability::ReadOnly,
+                    },
+                )
+                .await;
+                let changed = match changed {
+                    Ok(changed) => changed,
+                    Err(err) => {
+                        let err = Error::Config(format!(
+                            "layer {layer} was committed, but the runtime still shows its old stack with its changes: {err}"
+                        ));
+                        return Err(thaw(&channel, &name, err).await);
+                    }
+                };
+                let digest = match kind {
+                    RuntimeCommit::Layer => layer,
+                    RuntimeCommit::Platform => platform_of(&repo, &changed.stack)?,
+                };
+                (repo, digest, true)
+            }
+        };
+        finish(&repo, digest, tags)?;
+        if read_only {
+            eprintln!("edit mode disabled");
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// What was committed while the runtime was read-only.
+enum Frozen {
+    /// A layer of changes, to put on the stack.
+    Layer { repo: FsRepository, layer: Digest },
+    /// The result, with nothing to put on the stack (an empty layer, or a
+    /// platform of the stack as it is).
+    Done { repo: FsRepository, digest: Digest },
+}
+
+fn commit_frozen(kind: RuntimeCommit, allow_empty: bool, runtime: &Runtime) -> Result<Frozen> {
+    // the runtime's first repository is its local one: the layer goes there
+    let repo = match runtime.repositories.first() {
+        Some(first) => FsRepository::open(Path::new(first))?,
+        None => repo::writable(None)?,
+    };
+    let repos = current::runtime_repositories(runtime)?;
+    let committed = if let Some(scratch) = current::open_scratch(runtime)? {
+        let base = changes::base_manifest(&runtime.stack, &repos)?;
+        let mut progress = Progress::new();
+        let committed = changes::commit_changes(
+            &repo,
+            &scratch,
+            &base,
+            allow_empty,
+            &mut |stats: CommitStats| {
+                progress.update(|| {
+                    format!(
+                        "committing changes: {}/{} files, {}/{}",
+                        stats.files,
+                        stats.total_files,
+                        repo::format_size(stats.bytes),
+                        repo::format_size(stats.total_bytes)
+                    )
+                })
+            },
+        )?;
+        progress.clear();
+        committed
+    } else {
+        None
+    };
+    match (kind, committed) {
+        // An identical layer already on the stack would be dropped from it
+        // (the first occurrence wins), hiding the changes: spfs refuses too.
+        (_, Some(c)) if c.changes > 0 && runtime.stack.contains(&c.layer.to_base32()) => {
+            Err(nothing_to_commit(kind))
+        }
+        (_, Some(c)) if c.changes > 0 => Ok(Frozen::Layer {
+            repo,
+            layer: c.layer,
+        }),
+        (RuntimeCommit::Layer, Some(c)) => Ok(Frozen::Done {
+            repo,
+            digest: c.layer,
+        }),
+        (RuntimeCommit::Layer, None) => Err(nothing_to_commit(kind)),
+        (RuntimeCommit::Platform, _) => {
+            if runtime.stack.is_empty() && !allow_empty {
+                return Err(nothing_to_commit(kind));
+            }
+            let digest = platform_of(&repo, &runtime.stack)?;
+            Ok(Frozen::Done { repo, digest })
+        }
+    }
+}
+
+/// The stack's layers as digests; a directory layer cannot be in a platform.
+fn check_platform_stack(stack: &[String]) -> Result<Vec<Digest>> {
+    stack
+        .iter()
+        .map(|item| {
+            Digest::parse(item).map_err(|_| {
+                Error::Config(format!(
+                    "the runtime shows the directory {item} as a layer, which a platform cannot name; commit it with `spfs commit --path {item}` and run the result instead"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// A platform of a runtime's stack (bottom to top).
+fn platform_of(repo: &FsRepository, stack: &[String]) -> Result<Digest> {
+    Ok(commit_platform(repo, &check_platform_stack(stack)?)?)
+}
+
+/// Makes the runtime editable again after a failed commit; returns `err`,
+/// with a note if even that failed.
+async fn thaw(channel: &tonic::transport::Channel, name: &str, err: Error) -> Error {
+    match current::edit(channel, name, true).await {
+        Ok(_) => err,
+        Err(again) => Error::Config(format!(
+            "{err}\n  and the runtime stays read-only: {again}; its changes are kept, make it editable with `spfs edit`"
+        )),
+    }
+}
+
 /// Tags `digest`, then reports it as spfs does.
 fn finish(repo: &FsRepository, digest: Digest, tags: &[TagSpec]) -> Result<ExitCode> {
     eprintln!("created digest={digest}");
@@ -140,4 +343,81 @@ pub fn write(tags: &[String], file: Option<&Path>, remote: Option<&str>) -> Exit
         };
         finish(&repo, digest, &tags)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::Scratch;
+
+    /// A repository with one layer (`a`), and a runtime showing it with its
+    /// scratch dir.
+    fn setup() -> (tempfile::TempDir, Runtime, Digest) {
+        let tmp = tempfile::tempdir().unwrap();
+        let layer_dir = tmp.path().join("layer");
+        std::fs::create_dir(&layer_dir).unwrap();
+        std::fs::write(layer_dir.join("a"), "a").unwrap();
+        let root = tmp.path().join("repo");
+        let repo = FsRepository::create(&root).unwrap();
+        let (layer, _) = commit_dir(&repo, &layer_dir, &mut |_| {}).unwrap();
+        let scratch = Scratch::create(&tmp.path().join("scratch/rt")).unwrap();
+        let runtime = Runtime {
+            name: "rt".into(),
+            editable: true,
+            scratch_dir: scratch.root().display().to_string(),
+            stack: vec![layer.to_base32()],
+            repositories: vec![root.display().to_string()],
+            ..Runtime::default()
+        };
+        (tmp, runtime, layer)
+    }
+
+    #[test]
+    fn a_runtime_without_changes_has_nothing_to_commit_but_its_platform() {
+        let (_tmp, runtime, layer) = setup();
+        let err = commit_frozen(RuntimeCommit::Layer, false, &runtime)
+            .err()
+            .unwrap();
+        assert!(err.to_string().starts_with("nothing to commit"), "{err}");
+        // --allow-empty: an empty layer, not put on the stack
+        assert!(matches!(
+            commit_frozen(RuntimeCommit::Layer, true, &runtime),
+            Ok(Frozen::Done { .. })
+        ));
+        let Ok(Frozen::Done { repo, digest }) =
+            commit_frozen(RuntimeCommit::Platform, false, &runtime)
+        else {
+            panic!("a platform of the stack as it is")
+        };
+        let Ok(crate::storage::graph::Object::Platform(p)) = repo.read_object(&digest) else {
+            panic!("not a platform")
+        };
+        assert_eq!(p.layers, [layer]);
+        let empty = Runtime {
+            stack: Vec::new(),
+            ..runtime
+        };
+        let err = commit_frozen(RuntimeCommit::Platform, false, &empty)
+            .err()
+            .unwrap();
+        assert!(err.to_string().starts_with("nothing to commit"), "{err}");
+    }
+
+    #[test]
+    fn changes_become_a_layer_for_the_stack() {
+        let (_tmp, runtime, _) = setup();
+        let scratch = Scratch::open(Path::new(&runtime.scratch_dir)).unwrap();
+        std::fs::write(scratch.upper().join("b"), "b").unwrap();
+        scratch.add_mask(Path::new("a")).unwrap();
+        let Ok(Frozen::Layer { repo, layer }) =
+            commit_frozen(RuntimeCommit::Layer, false, &runtime)
+        else {
+            panic!("a layer")
+        };
+        assert!(repo.has_object(&layer));
+        // a directory layer cannot be named by a platform
+        let with_dir = vec![runtime.stack[0].clone(), "/some/dir".to_string()];
+        let err = platform_of(&repo, &with_dir).unwrap_err();
+        assert!(err.to_string().contains("--path /some/dir"), "{err}");
+    }
 }

@@ -3,7 +3,9 @@
 
 mod check;
 mod commit;
+mod current;
 mod doctor;
+mod edit;
 mod inspect;
 mod logs;
 mod repo;
@@ -16,10 +18,11 @@ mod tags;
 pub use check::check;
 pub use commit::{commit, write, CommitOptions, CommitSource};
 pub use doctor::doctor;
+pub use edit::{change_stack, diff, edit, reset};
 pub use inspect::{info, list_objects, ls, read, DigestStyle};
 pub use logs::{logs, LogsOptions};
 pub use run::{mount, run, shell, RunOptions};
-pub use runtime::{runtime_info, runtime_list, runtime_remove};
+pub use runtime::{runtime_info, runtime_list, runtime_prune, runtime_remove};
 pub use service::{serve, start, status, stop};
 pub use tags::{log, ls_tags, tag, tags, untag};
 

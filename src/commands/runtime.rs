@@ -1,13 +1,14 @@
-//! `spfs runtime list|info|remove`: the runtimes the service shows now, by
-//! name, as spfs's runtime commands name them. With no service running there
-//! is no runtime.
+//! `spfs runtime list|info|remove|prune`: the runtimes the service knows,
+//! running and stopped (durable ones, and those a dead service left), by
+//! name, as spfs's runtime commands name them. With no service running
+//! there is no runtime to show.
 
 use std::process::ExitCode;
 
 use serde_json::json;
 
-use super::client_runtime;
 use super::runner::{self as repo, Out};
+use super::{client_runtime, current};
 use crate::client::ControlClient;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -33,13 +34,47 @@ async fn live(config: &Config) -> Result<(Vec<Runtime>, Option<tonic::transport:
 fn find<'a>(runtimes: &'a [Runtime], name: &str) -> Result<&'a Runtime> {
     runtimes.iter().find(|r| r.name == name).ok_or_else(|| {
         Error::Config(format!(
-            "no runtime named {:?} is running (see `spfs runtime list`)",
+            "no runtime named {:?} (see `spfs runtime list`)",
             crate::tracking::env_spec::shorten(name)
         ))
     })
 }
 
-/// `spfs runtime list [-q]`: one line per live runtime (names only with `-q`).
+/// The word `spfs runtime list` shows for a runtime's state, as spfs
+/// words it: `running` (it has processes), `saved` (stopped and kept,
+/// durable), `stopped` (stopped, left behind by a service that died).
+pub fn status_word(runtime: &Runtime) -> &'static str {
+    match (runtime.running, runtime.durable) {
+        (true, _) => "running",
+        (false, true) => "saved",
+        (false, false) => "stopped",
+    }
+}
+
+/// One line of `spfs runtime list`, as spfs prints it, then our `ref=`.
+pub fn list_line(runtime: &Runtime) -> String {
+    let pid = if runtime.running {
+        runtime.root_pid.to_string()
+    } else {
+        "unknown".to_string()
+    };
+    format!(
+        "{:37}\trunning={}\tpid={pid:<7}\teditable={}\tdurable={}\tstatus={}\tref={}",
+        runtime.name,
+        runtime.running,
+        runtime.editable,
+        runtime.durable,
+        status_word(runtime),
+        if runtime.env_spec.is_empty() {
+            "-"
+        } else {
+            &runtime.env_spec
+        }
+    )
+}
+
+/// `spfs runtime list [-q]`: one line per runtime, running then stopped
+/// (names only with `-q`).
 pub fn runtime_list(quiet: bool) -> ExitCode {
     repo::run("spfs runtime list", || {
         let config = Config::from_env()?;
@@ -49,14 +84,28 @@ pub fn runtime_list(quiet: bool) -> ExitCode {
             if quiet {
                 out.line(&runtime.name)?;
             } else {
-                out.line(format_args!(
-                    "{:37}\trunning=true\tpid={:<7}\teditable=false\tdurable=false\tstatus=running\tref={}",
-                    runtime.name, runtime.root_pid, runtime.env_spec
-                ))?;
+                out.line(list_line(runtime))?;
             }
         }
         out.finish()?;
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// A runtime as `spfs runtime info` prints it.
+pub fn info_json(runtime: &Runtime) -> serde_json::Value {
+    json!({
+        "name": runtime.name,
+        "root_pid": runtime.root_pid,
+        "env_spec": runtime.env_spec,
+        "since_unix": runtime.since_unix,
+        "editable": runtime.editable,
+        "durable": runtime.durable,
+        "running": runtime.running,
+        "status": status_word(runtime),
+        "stack": runtime.stack,
+        "repositories": runtime.repositories,
+        "scratch_dir": runtime.scratch_dir,
     })
 }
 
@@ -78,25 +127,43 @@ pub fn runtime_info(name: Option<&str>) -> ExitCode {
         let config = Config::from_env()?;
         let (runtimes, _) = client_runtime().block_on(live(&config))?;
         let runtime = find(&runtimes, &name)?;
-        let info = json!({
-            "name": runtime.name,
-            "root_pid": runtime.root_pid,
-            "env_spec": runtime.env_spec,
-            "since_unix": runtime.since_unix,
-            "editable": false,
-            "durable": false,
-            "status": "running",
-        });
         let mut out = Out::new();
-        out.line(serde_json::to_string_pretty(&info).unwrap_or_default())?;
+        out.line(serde_json::to_string_pretty(&info_json(runtime)).unwrap_or_default())?;
         out.finish()?;
         Ok(ExitCode::SUCCESS)
     })
 }
 
-/// `spfs runtime remove NAME... [--force]`: ends live runtimes now. A
-/// running runtime is only ended with `--force` (its processes lose `/spfs`).
-pub fn runtime_remove(names: &[String], force: bool) -> ExitCode {
+/// Why `spfs runtime remove` will not remove a runtime.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// Its processes still run (exit 1, as spfs for a live monitor).
+    Running(String),
+    /// Durable, and `--remove-durable` was not given (exit 2, as spfs).
+    Durable(String),
+}
+
+fn check_removal(runtime: &Runtime, force: bool, remove_durable: bool) -> Option<Refusal> {
+    if runtime.running && !force {
+        return Some(Refusal::Running(format!(
+            "won't remove {} (pid {}): still running, and its processes would lose /spfs; use --force to end it now",
+            runtime.name, runtime.root_pid
+        )));
+    }
+    if !runtime.running && runtime.durable && !remove_durable {
+        return Some(Refusal::Durable(format!(
+            "won't remove {}: the runtime is durable (--keep-runtime) and its changes would be lost; use --remove-durable to remove it",
+            runtime.name
+        )));
+    }
+    None
+}
+
+/// `spfs runtime remove NAME... [--force] [--remove-durable]`: deletes
+/// stopped runtimes and their changes, and ends running ones now (only
+/// with `--force`: their processes lose `/spfs`). Nothing is removed if
+/// any NAME is refused.
+pub fn runtime_remove(names: &[String], force: bool, remove_durable: bool) -> ExitCode {
     repo::run("spfs runtime remove", || {
         let config = Config::from_env()?;
         client_runtime().block_on(async {
@@ -105,29 +172,150 @@ pub fn runtime_remove(names: &[String], force: bool) -> ExitCode {
                 .iter()
                 .map(|name| find(&runtimes, name))
                 .collect::<Result<Vec<_>>>()?;
-            if !force {
-                let running: Vec<String> = targets
-                    .iter()
-                    .map(|r| format!("{} (pid {})", r.name, r.root_pid))
-                    .collect();
-                return Err(Error::Config(format!(
-                    "won't remove {}: still running, and its processes would lose /spfs; use --force to end it now",
-                    running.join(", ")
-                )));
+            for runtime in &targets {
+                match check_removal(runtime, force, remove_durable) {
+                    None => {}
+                    Some(Refusal::Running(why)) => return Err(Error::Config(why)),
+                    Some(Refusal::Durable(why)) => {
+                        eprintln!("spfs runtime remove: error: {why}");
+                        return Ok(ExitCode::from(2));
+                    }
+                }
             }
             let Some(channel) = channel else {
                 return Ok(ExitCode::SUCCESS);
             };
             for runtime in targets {
-                ControlClient::new(channel.clone())
-                    .unmount(crate::telemetry::otel::traced(UnmountRequest {
-                        root_pid: runtime.root_pid,
-                    }))
-                    .await
-                    .map_err(|s| Error::rpc(format!("cannot remove {}", runtime.name), s))?;
+                if runtime.running {
+                    ControlClient::new(channel.clone())
+                        .unmount(crate::telemetry::otel::traced(UnmountRequest {
+                            root_pid: runtime.root_pid,
+                        }))
+                        .await
+                        .map_err(|s| Error::rpc(format!("cannot remove {}", runtime.name), s))?;
+                } else {
+                    current::remove_runtime(&channel, &runtime.name).await?;
+                }
                 eprintln!("removed runtime {}", runtime.name);
             }
             Ok(ExitCode::SUCCESS)
         })
     })
+}
+
+/// The stopped runtimes `spfs runtime prune` removes: every one that is
+/// not durable, and the durable ones too with `remove_durable`.
+fn prunable(runtimes: &[Runtime], remove_durable: bool) -> (Vec<&Runtime>, Vec<&Runtime>) {
+    runtimes
+        .iter()
+        .filter(|r| !r.running)
+        .partition(|r| remove_durable || !r.durable)
+}
+
+/// `spfs runtime prune [--remove-durable]`: removes the stopped runtimes
+/// and their changes (durable ones only with `--remove-durable`); running
+/// runtimes are never touched. Prints `Pruned runtime NAME` for each, as
+/// spfs does.
+pub fn runtime_prune(remove_durable: bool) -> ExitCode {
+    repo::run("spfs runtime prune", || {
+        let config = Config::from_env()?;
+        client_runtime().block_on(async {
+            let (runtimes, channel) = live(&config).await?;
+            let Some(channel) = channel else {
+                return Ok(ExitCode::SUCCESS);
+            };
+            let (prune, kept) = prunable(&runtimes, remove_durable);
+            for runtime in kept {
+                eprintln!(
+                    "Won't delete {}: the runtime is durable; use --remove-durable to remove durable runtimes",
+                    runtime.name
+                );
+            }
+            let mut code = ExitCode::SUCCESS;
+            for runtime in prune {
+                match current::remove_runtime(&channel, &runtime.name).await {
+                    Ok(()) => eprintln!("Pruned runtime {}", runtime.name),
+                    Err(err) => {
+                        eprintln!("spfs runtime prune: error: {err}");
+                        code = ExitCode::FAILURE;
+                    }
+                }
+            }
+            Ok(code)
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime(name: &str, running: bool, durable: bool) -> Runtime {
+        Runtime {
+            name: name.into(),
+            root_pid: if running { 42 } else { 0 },
+            env_spec: "base".into(),
+            editable: true,
+            durable,
+            running,
+            ..Runtime::default()
+        }
+    }
+
+    #[test]
+    fn list_lines_show_state_as_spfs_does() {
+        let line = list_line(&runtime("rt-1", true, false));
+        assert_eq!(
+            line,
+            format!(
+                "{:37}\trunning=true\tpid=42     \teditable=true\tdurable=false\tstatus=running\tref=base",
+                "rt-1"
+            )
+        );
+        let saved = list_line(&runtime("rt-2", false, true));
+        assert!(saved.contains("running=false\tpid=unknown\t"), "{saved}");
+        assert!(saved.contains("status=saved"), "{saved}");
+        assert_eq!(status_word(&runtime("x", false, false)), "stopped");
+        let info = info_json(&runtime("rt-2", false, true));
+        assert_eq!(info["status"], "saved");
+        assert_eq!(info["running"], false);
+    }
+
+    #[test]
+    fn removal_refuses_running_and_durable_runtimes_unless_told() {
+        let running = runtime("a", true, false);
+        assert!(matches!(
+            check_removal(&running, false, false),
+            Some(Refusal::Running(_))
+        ));
+        assert_eq!(check_removal(&running, true, false), None);
+        let saved = runtime("b", false, true);
+        assert!(matches!(
+            check_removal(&saved, true, false),
+            Some(Refusal::Durable(_))
+        ));
+        assert_eq!(check_removal(&saved, false, true), None);
+        assert_eq!(
+            check_removal(&runtime("c", false, false), false, false),
+            None
+        );
+    }
+
+    #[test]
+    fn prune_takes_stopped_runtimes_and_durable_ones_only_when_told() {
+        let all = [
+            runtime("run", true, false),
+            runtime("saved", false, true),
+            runtime("left", false, false),
+        ];
+        let names = |list: Vec<&Runtime>| list.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+        let (prune, kept) = prunable(&all, false);
+        assert_eq!(
+            (names(prune), names(kept)),
+            (vec!["left".to_string()], vec!["saved".to_string()])
+        );
+        let (prune, kept) = prunable(&all, true);
+        assert_eq!(names(prune), ["saved", "left"]);
+        assert!(kept.is_empty());
+    }
 }

@@ -6,9 +6,15 @@
 //! them; a durable runtime's directory outlives its processes and the
 //! service, so `spfs run --rerun NAME` finds it again.
 //!
+//! - [`scratch`], the on-disk format (upper/, masks/, runtime.json).
+//! - [`changes`], the changes against the runtime's stack: listed (`spfs
+//!   diff`), committed as a layer (`spfs commit`), dropped (`spfs reset`).
+//! - [`state`], `runtime.json`.
+//!
 //! The live side (which processes are in which runtime, which view they
 //! see) is the service's: `service::runtimes` and `fs`.
 
+pub mod changes;
 pub mod scratch;
 pub mod state;
 

@@ -53,41 +53,125 @@ struct Found {
     size: u64,
 }
 
+/// The mode of a mask entry written for a deletion: a character device with
+/// no permission bits, as overlayfs makes its whiteouts (and so as spfs
+/// records the deletions of a runtime).
+pub const MASK_MODE: u32 = 0o020000;
+
+/// A directory read from disk: its tree, with the files and symlinks whose
+/// payloads are still to be read. [`DirWalk::store`] writes them to a
+/// repository (a commit); [`DirWalk::hash`] only computes their digests (a
+/// directory layer's manifest, a diff).
+pub struct DirWalk {
+    root: Entry,
+    found: Vec<Found>,
+}
+
+/// Reads the tree under `dir` (never following symlinks); no payload is read yet.
+pub fn walk_dir(dir: &Path) -> Result<DirWalk, StorageError> {
+    let meta = std::fs::metadata(dir).map_err(|e| StorageError::io("read", dir, e))?;
+    let mut root = Entry::dir(meta.mode());
+    let mut found = Vec::new();
+    scan(dir, &mut root, &mut Vec::new(), &mut found)?;
+    Ok(DirWalk { root, found })
+}
+
+impl DirWalk {
+    /// The tree as walked: blobs have a NULL object until stored or hashed.
+    pub fn root(&self) -> &Entry {
+        &self.root
+    }
+
+    /// The tree as walked, payloads unread (blob objects NULL, sizes from disk).
+    pub fn into_root(self) -> Entry {
+        self.root
+    }
+
+    /// Stores every payload (and its Blob object) in `repo`, reporting
+    /// progress; returns the tree with every blob's digest and size.
+    pub fn store(
+        self,
+        repo: &FsRepository,
+        progress: &mut dyn FnMut(CommitStats),
+    ) -> Result<Entry, StorageError> {
+        self.finish(Some(repo), progress)
+    }
+
+    /// Computes every payload digest without writing anything.
+    pub fn hash(self) -> Result<Entry, StorageError> {
+        self.finish(None, &mut |_| {})
+    }
+
+    fn finish(
+        self,
+        repo: Option<&FsRepository>,
+        progress: &mut dyn FnMut(CommitStats),
+    ) -> Result<Entry, StorageError> {
+        let DirWalk { mut root, found } = self;
+        let mut stats = CommitStats {
+            total_files: found.len() as u64,
+            total_bytes: found.iter().map(|f| f.size).sum(),
+            ..CommitStats::default()
+        };
+        progress(stats);
+        let results = process_all(repo, &found, &mut stats, progress)?;
+        for (item, (digest, size)) in found.iter().zip(results) {
+            // the walk inserted every found item, so the lookup always succeeds
+            if let Some(entry) = entry_at_mut(&mut root, &item.at) {
+                entry.object = digest;
+                entry.size = size;
+            }
+        }
+        Ok(root)
+    }
+}
+
 /// Commit `dir` as a new layer in `repo`; returns (layer, manifest) digests.
 pub fn commit_dir(
     repo: &FsRepository,
     dir: &Path,
     progress: &mut dyn FnMut(CommitStats),
 ) -> Result<(Digest, Digest), StorageError> {
-    let meta = std::fs::metadata(dir).map_err(|e| StorageError::io("read", dir, e))?;
-    let mut root = Entry::dir(meta.mode());
-    let mut found = Vec::new();
-    scan(dir, &mut root, &mut Vec::new(), &mut found)?;
+    let root = walk_dir(dir)?.store(repo, progress)?;
+    write_layer(repo, &Manifest::new(root))
+}
 
-    let mut stats = CommitStats {
-        total_files: found.len() as u64,
-        total_bytes: found.iter().map(|f| f.size).sum(),
-        ..CommitStats::default()
-    };
-    progress(stats);
-    let results = store_all(repo, &found, &mut stats, progress)?;
+/// The manifest of `dir` as a commit would record it, without writing anything.
+pub fn manifest_of_dir(dir: &Path) -> Result<Manifest, StorageError> {
+    Ok(Manifest::new(walk_dir(dir)?.hash()?))
+}
 
-    for (item, (digest, size)) in found.iter().zip(results) {
-        // the walk inserted every found item, so the lookup always succeeds
-        if let Some(entry) = entry_at_mut(&mut root, &item.at) {
-            entry.object = digest;
-            entry.size = size;
-        }
-    }
-
-    let manifest = Manifest::new(root).to_graph();
-    let manifest_digest = repo.write_object(&Object::Manifest(manifest))?;
+/// Writes `manifest` and a Layer of it; returns (layer, manifest) digests.
+/// Every blob it names must already be stored.
+pub fn write_layer(
+    repo: &FsRepository,
+    manifest: &Manifest,
+) -> Result<(Digest, Digest), StorageError> {
+    let manifest_digest = repo.write_object(&Object::Manifest(manifest.to_graph()))?;
     let layer = Layer {
         manifest: Some(manifest_digest),
         annotations: Vec::new(),
     };
     let layer_digest = repo.write_object(&Object::Layer(layer))?;
     Ok((layer_digest, manifest_digest))
+}
+
+/// The payload digest of one file or symlink (its target) on disk, as a
+/// commit would record it.
+pub fn payload_digest(path: &Path) -> Result<Digest, StorageError> {
+    let meta = std::fs::symlink_metadata(path).map_err(|e| StorageError::io("stat", path, e))?;
+    let job = if meta.file_type().is_symlink() {
+        let target =
+            std::fs::read_link(path).map_err(|e| StorageError::io("read the link", path, e))?;
+        Job::Link {
+            target: target.as_os_str().as_bytes().to_vec(),
+        }
+    } else {
+        Job::File {
+            path: path.to_owned(),
+        }
+    };
+    hash_one(&job).map(|(digest, _)| digest)
 }
 
 fn entry_at_mut<'e>(root: &'e mut Entry, at: &[String]) -> Option<&'e mut Entry> {
@@ -186,11 +270,12 @@ fn scan(
     Ok(())
 }
 
-/// Store every found payload, a few at a time; results in `found` order.
-/// Small files go through one [`BatchWriter`] per worker, flushed before
-/// the worker ends, so everything is durable when this returns `Ok`.
-fn store_all(
-    repo: &FsRepository,
+/// Store (or with no repository, only hash) every found payload, a few at
+/// a time; results in `found` order. Small files go through one
+/// [`BatchWriter`] per worker, flushed before the worker ends, so
+/// everything is durable when this returns `Ok`.
+fn process_all(
+    repo: Option<&FsRepository>,
     found: &[Found],
     stats: &mut CommitStats,
     progress: &mut dyn FnMut(CommitStats),
@@ -212,11 +297,14 @@ fn store_all(
             let tx = tx.clone();
             let (next, stop) = (&next, &stop);
             scope.spawn(move || {
-                let mut batch = BatchWriter::new(repo);
+                let mut batch = repo.map(BatchWriter::new);
                 while !stop.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(item) = found.get(i) else { break };
-                    let result = store_one(repo, &mut batch, &item.job);
+                    let result = match (repo, batch.as_mut()) {
+                        (Some(repo), Some(batch)) => store_one(repo, batch, &item.job),
+                        _ => hash_one(&item.job),
+                    };
                     let failed = result.is_err();
                     let _ = tx.send(result.map(|(digest, size)| (i, digest, size)));
                     if failed {
@@ -224,7 +312,7 @@ fn store_all(
                         return;
                     }
                 }
-                if let Err(e) = batch.flush() {
+                if let Some(Err(e)) = batch.as_mut().map(BatchWriter::flush) {
                     stop.store(true, Ordering::Relaxed);
                     let _ = tx.send(Err(e));
                 }
@@ -262,6 +350,21 @@ fn store_all(
             })
         })
         .collect()
+}
+
+/// The payload digest and size of one item, read but not stored.
+fn hash_one(job: &Job) -> Result<(Digest, u64), StorageError> {
+    match job {
+        Job::Link { target } => Ok((Digest::of(target), target.len() as u64)),
+        Job::File { path } => {
+            let mut file =
+                std::fs::File::open(path).map_err(|e| StorageError::io("open", path, e))?;
+            let mut hasher = crate::storage::encoding::Hasher::new();
+            let size = std::io::copy(&mut file, &mut hasher)
+                .map_err(|e| StorageError::io("read", path, e))?;
+            Ok((hasher.finish(), size))
+        }
+    }
 }
 
 fn store_one(

@@ -12,5 +12,5 @@ pub mod commit;
 pub mod env_spec;
 pub mod manifest;
 
-pub use commit::{commit_dir, commit_platform, CommitStats};
+pub use commit::{commit_dir, commit_platform, manifest_of_dir, walk_dir, CommitStats, DirWalk};
 pub use manifest::{Entry, Manifest};

@@ -1,0 +1,229 @@
+//! The runtime a command runs in: its name (`SPFS_RUNTIME`), the service
+//! that holds it (never started here: with no service there is no runtime),
+//! and its facts (`GetRuntime`; the service checks that the caller is one
+//! of its processes). Also the other control calls on one runtime that
+//! `spfs commit`, `edit`, `reset`, `diff` and `runtime` share.
+
+use std::path::{Path, PathBuf};
+
+use tonic::transport::Channel;
+
+use crate::client::ControlClient;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::launcher::probe::{probe, Probe};
+use crate::proto::{
+    ChangeStackRequest, EditRequest, Editability, GetRuntimeRequest, RemoveRuntimeRequest,
+    ResetRequest, Runtime,
+};
+use crate::runtime::Scratch;
+use crate::storage::proxy::ProxyRepository;
+use crate::telemetry::otel::traced;
+
+/// What a command inside a runtime tells the user to do when there is none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hint {
+    /// Any command that needs the runtime.
+    Run,
+    /// `spfs commit`, which can also commit a directory.
+    Commit,
+}
+
+/// The name of the runtime this process runs in, from `value` (the value
+/// of `SPFS_RUNTIME`), or the error spfs gives outside a runtime.
+pub fn runtime_name(value: Option<String>, hint: Hint) -> Result<String> {
+    match value.filter(|v| !v.is_empty()) {
+        Some(name) => Ok(name),
+        None => {
+            let what = match hint {
+                Hint::Run => "run this inside a runtime: `spfs run -e REF -- CMD` or `spfs shell -e REF`",
+                Hint::Commit => "run this inside an editable runtime (`spfs shell -e REF`), or commit a directory with `spfs commit --path DIR`",
+            };
+            Err(Error::Config(format!(
+                "no active runtime: {} is not set; {what}",
+                crate::platform::RUNTIME_VAR
+            )))
+        }
+    }
+}
+
+/// [`runtime_name`] from this process's environment.
+pub fn active_name(hint: Hint) -> Result<String> {
+    runtime_name(std::env::var(crate::platform::RUNTIME_VAR).ok(), hint)
+}
+
+/// A channel to the running service; never starts one.
+pub async fn connect(config: &Config, name: &str) -> Result<Channel> {
+    let socket = config.paths.socket();
+    match probe(&socket).await {
+        Probe::Serving(channel, _) | Probe::NotServing(channel) => Ok(channel),
+        Probe::Absent { .. } => Err(Error::Config(format!(
+            "no active runtime: {}={name:?}, but no spfs service is running on {} (it stopped, and the runtime with it); start a new runtime with `spfs run` or `spfs shell`",
+            crate::platform::RUNTIME_VAR,
+            socket.display()
+        ))),
+        refused => Err(refused.refusal(&config.paths)),
+    }
+}
+
+/// A control call's failure, worded for the user: a service too old for
+/// the call says so.
+pub fn rpc_error(what: &str, call: &str, status: tonic::Status) -> Error {
+    if status.code() == tonic::Code::Unimplemented {
+        Error::Config(format!(
+            "{what}: the running service does not offer {call} (an older version?); once no runtime uses it, restart it with `spfs service stop`"
+        ))
+    } else {
+        Error::rpc(what.to_owned(), status)
+    }
+}
+
+pub async fn get_runtime(channel: &Channel, name: &str) -> Result<Runtime> {
+    let response = ControlClient::new(channel.clone())
+        .get_runtime(traced(GetRuntimeRequest { name: name.into() }))
+        .await
+        .map_err(|s| rpc_error(&format!("cannot read runtime {name}"), "GetRuntime", s))?;
+    response
+        .into_inner()
+        .runtime
+        .ok_or_else(|| Error::Config(format!("the service sent no runtime for {name}")))
+}
+
+pub async fn edit(channel: &Channel, name: &str, editable: bool) -> Result<Runtime> {
+    let what = if editable {
+        format!("cannot make runtime {name} editable")
+    } else {
+        format!("cannot make runtime {name} read-only")
+    };
+    let response = ControlClient::new(channel.clone())
+        .edit(traced(EditRequest {
+            name: name.into(),
+            editable,
+        }))
+        .await
+        .map_err(|s| rpc_error(&what, "Edit", s))?;
+    response
+        .into_inner()
+        .runtime
+        .ok_or_else(|| Error::Config(format!("the service sent no runtime for {name}")))
+}
+
+pub async fn reset(channel: &Channel, name: &str, paths: Vec<String>) -> Result<Runtime> {
+    let response = ControlClient::new(channel.clone())
+        .reset(traced(ResetRequest {
+            name: name.into(),
+            paths,
+        }))
+        .await
+        .map_err(|s| rpc_error(&format!("cannot reset runtime {name}"), "Reset", s))?;
+    response
+        .into_inner()
+        .runtime
+        .ok_or_else(|| Error::Config(format!("the service sent no runtime for {name}")))
+}
+
+/// What `ChangeStack` is asked to do.
+pub struct StackChange<'a> {
+    pub env_spec: &'a str,
+    /// Refuse unless the stack is still this (empty: no check).
+    pub expected_stack: &'a str,
+    pub drop_changes: bool,
+    pub editable: Editability,
+}
+
+pub async fn change_stack(
+    channel: &Channel,
+    name: &str,
+    change: StackChange<'_>,
+) -> Result<Runtime> {
+    let response = ControlClient::new(channel.clone())
+        .change_stack(traced(ChangeStackRequest {
+            name: name.into(),
+            env_spec: change.env_spec.into(),
+            expected_stack: change.expected_stack.into(),
+            drop_changes: change.drop_changes,
+            editable: change.editable as i32,
+        }))
+        .await
+        .map_err(|s| {
+            rpc_error(
+                &format!("cannot change the stack of runtime {name}"),
+                "ChangeStack",
+                s,
+            )
+        })?;
+    response
+        .into_inner()
+        .runtime
+        .ok_or_else(|| Error::Config(format!("the service sent no runtime for {name}")))
+}
+
+pub async fn remove_runtime(channel: &Channel, name: &str) -> Result<()> {
+    ControlClient::new(channel.clone())
+        .remove_runtime(traced(RemoveRuntimeRequest { name: name.into() }))
+        .await
+        .map_err(|s| rpc_error(&format!("cannot remove runtime {name}"), "RemoveRuntime", s))?;
+    Ok(())
+}
+
+/// The runtime's stack as the env spec `ChangeStack` expects (`A+B`).
+pub fn stack_spec(runtime: &Runtime) -> String {
+    runtime.stack.join("+")
+}
+
+/// The repositories a runtime reads its layers from, local first (the
+/// configured ones if the service named none).
+pub fn runtime_repositories(runtime: &Runtime) -> Result<ProxyRepository> {
+    let roots: Vec<PathBuf> = runtime.repositories.iter().map(PathBuf::from).collect();
+    if roots.is_empty() {
+        super::repo::readable(None)
+    } else {
+        Ok(ProxyRepository::open(&roots)?)
+    }
+}
+
+/// The runtime's changes on disk; none for a runtime never made editable.
+pub fn open_scratch(runtime: &Runtime) -> Result<Option<Scratch>> {
+    if runtime.scratch_dir.is_empty() {
+        return Ok(None);
+    }
+    Scratch::open(Path::new(&runtime.scratch_dir))
+        .map(Some)
+        .map_err(|e| {
+            Error::io(
+                format!(
+                    "cannot read the runtime's changes in {}",
+                    runtime.scratch_dir
+                ),
+                e,
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outside_a_runtime_the_error_says_what_to_do() {
+        assert_eq!(
+            runtime_name(Some("rt-1".into()), Hint::Run).unwrap(),
+            "rt-1"
+        );
+        for value in [None, Some(String::new())] {
+            let err = runtime_name(value, Hint::Commit).unwrap_err().to_string();
+            assert!(err.starts_with("no active runtime"), "{err}");
+            assert!(err.contains("--path"), "{err}");
+        }
+        let err = runtime_name(None, Hint::Run).unwrap_err().to_string();
+        assert!(err.contains("spfs run"), "{err}");
+    }
+
+    #[test]
+    fn an_old_service_is_named_as_the_cause() {
+        let err = rpc_error("cannot x", "Edit", tonic::Status::unimplemented("no"));
+        assert!(err.to_string().contains("does not offer Edit"), "{err}");
+        let err = rpc_error("cannot x", "Edit", tonic::Status::not_found("no runtime y"));
+        assert_eq!(err.to_string(), "cannot x: no runtime y");
+    }
+}
