@@ -79,7 +79,10 @@ fn an_empty_runtime_is_editable_and_its_files_belong_to_the_user() {
     );
     assert_eq!(lines[4], format!("{me} 644"), "{out}");
     assert_eq!(lines[5], format!("{me} 755"), "{out}");
-    assert_ne!(lines[6], "0", "du must not report 0 for a written file: {out}");
+    assert_ne!(
+        lines[6], "0",
+        "du must not report 0 for a written file: {out}"
+    );
     // A new runtime starts empty again, and the ended one's changes are gone.
     let again = sh_ok(&env, &["-"], "ls -A $M | wc -l");
     assert_eq!(again.trim(), "0");
@@ -135,8 +138,7 @@ fn renames_move_files_and_directories_and_replace_what_was_there() {
          mv $M/share $M/share2; ls $M/share2; test ! -e $M/share && echo layer-dir-moved",
     );
     assert_eq!(
-        out,
-        "delete me\nversion\nf\nold-name-gone\nkept\ntree\nlayer-dir-moved\n",
+        out, "delete me\nversion\nf\nold-name-gone\nkept\ntree\nlayer-dir-moved\n",
         "a file replaced another, a new tree moved, and a directory of the \
          layer moved too (by copy, as mv does after EXDEV)"
     );

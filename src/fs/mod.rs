@@ -343,9 +343,8 @@ impl Filesystem for SpfsFs {
             Ok((Shown::View(view), node)) => {
                 self.offload(move || open_into_reply(&handles, view, node, reply))
             }
-            Ok((Shown::Overlay(overlay), node)) => self.offload(move || {
-                open_overlay_into_reply(&handles, overlay, node, flags.0, reply)
-            }),
+            Ok((Shown::Overlay(overlay), node)) => self
+                .offload(move || open_overlay_into_reply(&handles, overlay, node, flags.0, reply)),
             Err(errno) => reply.error(errno),
         }
     }
@@ -522,13 +521,7 @@ impl Filesystem for SpfsFs {
                     file: Arc::new(opened.file),
                     writes,
                 });
-                reply.created(
-                    &ttl,
-                    &attr,
-                    Generation(0),
-                    fh,
-                    FopenFlags::empty(),
-                );
+                reply.created(&ttl, &attr, Generation(0), fh, FopenFlags::empty());
             }
             Err(errno) => reply.error(errno),
         }

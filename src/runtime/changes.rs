@@ -16,7 +16,7 @@
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
-use super::scratch::{check_relative, remove_any, Scratch};
+use super::scratch::Scratch;
 use crate::error::{Error, Result};
 use crate::storage::encoding::Digest;
 use crate::storage::error::StorageError;
@@ -107,30 +107,6 @@ pub struct LayerCommit {
     pub manifest: Digest,
     /// How many paths it changes; 0 for the empty layer `--allow-empty` makes.
     pub changes: usize,
-}
-
-/// Drops changes: with no paths, every one (`upper/` and `masks/` are
-/// emptied, and kept); else the files, directories and markers at and below
-/// each path (relative to the mountpoint, see [`mount_relative`]), so the
-/// layers show there again. A marker on an ancestor of a path still hides
-/// the layers there: reset that ancestor to show them.
-pub fn reset(scratch: &Scratch, paths: &[PathBuf]) -> io::Result<()> {
-    if paths.is_empty() {
-        for dir in [scratch.upper(), scratch.masks_dir()] {
-            for entry in std::fs::read_dir(dir)? {
-                remove_any(&entry?.path())?;
-            }
-        }
-        return Ok(());
-    }
-    for path in paths {
-        check_relative(path)?;
-    }
-    for path in paths {
-        remove_any(&scratch.upper().join(path))?;
-        scratch.remove_mask(path)?;
-    }
-    Ok(())
 }
 
 /// A path as the user gives it to `spfs reset`: absolute under the

@@ -164,8 +164,11 @@ impl Scratch {
         std::fs::symlink_metadata(self.masks.join(path)).is_ok_and(|m| !m.is_dir())
     }
 
-    /// Drops changes: all of them (no paths), or those at and below each
-    /// path (relative to the mountpoint). The layers show there again.
+    /// Drops changes: with no paths, every one (`upper/` and `masks/` are
+    /// emptied, and kept); else the files, directories and markers at and
+    /// below each path (relative to the mountpoint), so the layers show
+    /// there again. A marker on an ancestor of a path still hides the
+    /// layers there: reset that ancestor to show them.
     pub fn reset(&self, paths: &[PathBuf]) -> io::Result<()> {
         if paths.is_empty() {
             for dir in [&self.upper, &self.masks] {
@@ -175,8 +178,11 @@ impl Scratch {
             }
             return Ok(());
         }
+        // All checked before anything is dropped.
         for path in paths {
             check_relative(path)?;
+        }
+        for path in paths {
             remove_any(&self.upper.join(path))?;
             remove_any(&self.masks.join(path))?;
         }

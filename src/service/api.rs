@@ -9,11 +9,10 @@ use tonic::{Request, Response, Status};
 
 use super::guard::Caller;
 use super::runtimes::{self, checked_pid, MountError, Runtimes};
+use super::shutdown::Shutdown;
 use super::views::{self, Built};
 use crate::fs::overlay::Overlay;
 use crate::fs::router::Shown;
-use crate::runtime::RuntimeState;
-use super::shutdown::Shutdown;
 use crate::platform;
 use crate::proto::vfs_service_server::VfsService;
 use crate::proto::{
@@ -21,6 +20,7 @@ use crate::proto::{
     RemoveRuntimeRequest, RemoveRuntimeResponse, ResetRequest, RuntimeResponse, ShutdownRequest,
     ShutdownResponse, StatusRequest, StatusResponse, UnmountRequest, UnmountResponse,
 };
+use crate::runtime::RuntimeState;
 use crate::tracking::env_spec::SpecError;
 
 /// What `Status` reports about the service itself.
@@ -254,10 +254,12 @@ impl Api {
         built: &Built,
         scratch: Arc<crate::runtime::Scratch>,
     ) -> Result<(crate::proto::Runtime, Shown), MountError> {
-        scratch.write_state(&state).map_err(|e| MountError::Scratch {
-            what: format!("cannot save runtime {:?}", state.name),
-            error: e,
-        })?;
+        scratch
+            .write_state(&state)
+            .map_err(|e| MountError::Scratch {
+                what: format!("cannot save runtime {:?}", state.name),
+                error: e,
+            })?;
         let overlay = Overlay::new(
             self.runtimes.router().next_view_id(),
             Arc::clone(&built.view),
@@ -348,9 +350,7 @@ impl Api {
 
 /// The calling process, which the new RPCs act for.
 fn caller_pid(caller: Option<Caller>) -> Result<i32, MountError> {
-    caller
-        .and_then(|c| c.pid)
-        .ok_or(MountError::UnknownCaller)
+    caller.and_then(|c| c.pid).ok_or(MountError::UnknownCaller)
 }
 
 /// Logs a runtime RPC's outcome (its own event, or
@@ -368,9 +368,30 @@ fn answer(
             let running = runtime.running;
             // One literal per event, so docs/logging.md is checked against them.
             match request {
-                "service.edit" => tracing::info!(event = "service.edit", runtime = runtime_name, editable, running, elapsed_ms, "runtime request done"),
-                "service.reset" => tracing::info!(event = "service.reset", runtime = runtime_name, editable, running, elapsed_ms, "runtime request done"),
-                _ => tracing::info!(event = "service.change_stack", runtime = runtime_name, editable, running, elapsed_ms, "runtime request done"),
+                "service.edit" => tracing::info!(
+                    event = "service.edit",
+                    runtime = runtime_name,
+                    editable,
+                    running,
+                    elapsed_ms,
+                    "runtime request done"
+                ),
+                "service.reset" => tracing::info!(
+                    event = "service.reset",
+                    runtime = runtime_name,
+                    editable,
+                    running,
+                    elapsed_ms,
+                    "runtime request done"
+                ),
+                _ => tracing::info!(
+                    event = "service.change_stack",
+                    runtime = runtime_name,
+                    editable,
+                    running,
+                    elapsed_ms,
+                    "runtime request done"
+                ),
             }
             Ok(Response::new(RuntimeResponse {
                 runtime: Some(runtime),
@@ -529,7 +550,13 @@ impl VfsService for Api {
         let ResetRequest { name, paths } = request.into_inner();
         let paths = paths
             .iter()
-            .map(|p| relative_to_mountpoint(p, &self.identity.mountpoint))
+            .map(|p| {
+                crate::runtime::changes::mount_relative(
+                    p,
+                    std::path::Path::new(&self.identity.mountpoint),
+                )
+                .map_err(Status::invalid_argument)
+            })
             .collect::<Result<Vec<_>, Status>>()?;
         let runtimes = Arc::clone(&self.runtimes);
         let asked = name.clone();
@@ -567,23 +594,4 @@ impl VfsService for Api {
             .map_err(|e| Status::internal(e.to_string()))??;
         Ok(Response::new(RemoveRuntimeResponse {}))
     }
-}
-
-/// A path as `spfs reset` gives it (`bin/x`, `/spfs/bin/x`) relative to the
-/// mountpoint, or INVALID_ARGUMENT naming it.
-fn relative_to_mountpoint(path: &str, mountpoint: &str) -> Result<std::path::PathBuf, Status> {
-    let path = std::path::Path::new(path);
-    let relative = match path.strip_prefix(mountpoint) {
-        Ok(rest) => rest,
-        Err(_) if path.is_absolute() => {
-            return Err(Status::invalid_argument(format!(
-                "{} is not below the mountpoint {mountpoint}",
-                path.display()
-            )))
-        }
-        Err(_) => path,
-    };
-    crate::runtime::scratch::check_relative(relative)
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    Ok(relative.to_owned())
 }

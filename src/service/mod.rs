@@ -21,8 +21,8 @@ pub mod pidfile;
 pub mod readiness;
 mod runtimes;
 mod shutdown;
-mod views;
 mod socket;
+mod views;
 
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -100,10 +100,7 @@ pub enum MountError {
     #[error("runtime {0:?} has no changes: it was never editable")]
     NoChanges(String),
     #[error("{what}: {error}")]
-    Scratch {
-        what: String,
-        error: std::io::Error,
-    },
+    Scratch { what: String, error: std::io::Error },
 }
 
 impl MountError {
@@ -547,10 +544,20 @@ impl Runtimes {
         scratch
             .reset(paths)
             .map_err(|e| MountError::scratch("cannot drop the changes", e))?;
-        let overlay = Overlay::new(self.router.next_view_id(), lower, Arc::clone(&scratch), editable)
-            .map_err(|e| MountError::scratch("cannot read the runtime's changes", e))?;
+        let overlay = Overlay::new(
+            self.router.next_view_id(),
+            lower,
+            Arc::clone(&scratch),
+            editable,
+        )
+        .map_err(|e| MountError::scratch("cannot read the runtime's changes", e))?;
         let state = member.state.clone();
-        self.update(&member, state, Shown::Overlay(Arc::new(overlay)), Some(scratch))
+        self.update(
+            &member,
+            state,
+            Shown::Overlay(Arc::new(overlay)),
+            Some(scratch),
+        )
     }
 
     /// `RemoveRuntime`: deletes a stopped runtime and its changes.
@@ -568,7 +575,11 @@ impl Runtimes {
         }
         crate::runtime::scratch::remove_any(&path)
             .map_err(|e| MountError::scratch(format!("cannot delete {}", path.display()), e))?;
-        tracing::info!(event = "service.runtime_removed", runtime = name, "stopped runtime removed");
+        tracing::info!(
+            event = "service.runtime_removed",
+            runtime = name,
+            "stopped runtime removed"
+        );
         Ok(())
     }
 

@@ -137,4 +137,3 @@ fn stack_key(repositories: &[std::path::PathBuf], stack: &[StackItem]) -> Option
         manifests,
     })
 }
-

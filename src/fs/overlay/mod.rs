@@ -287,9 +287,7 @@ impl Overlay {
         let path = self.path(tree, dir).join(name);
         let upper = match std::fs::symlink_metadata(self.scratch.upper().join(&path)) {
             Ok(_) => true,
-            Err(err) if matches!(err.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
-                false
-            }
+            Err(err) if matches!(err.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => false,
             Err(err) => return Err(errno(err)),
         };
         let lower = if tree.masks.contains(&path) {

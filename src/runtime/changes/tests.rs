@@ -218,15 +218,17 @@ fn reset_drops_changes_at_and_below_paths_or_all_of_them() {
     write(upper, "top", "changed");
     f.scratch.add_mask(Path::new("b/c")).unwrap();
     f.scratch.add_mask(Path::new("d/q")).unwrap();
-    reset(&f.scratch, &[PathBuf::from("a/x"), PathBuf::from("b")]).unwrap();
+    f.scratch
+        .reset(&[PathBuf::from("a/x"), PathBuf::from("b")])
+        .unwrap();
     assert!(!upper.join("a/x").exists());
     assert!(upper.join("a/new").exists());
     assert_eq!(
         f.scratch.masks().unwrap().into_iter().collect::<Vec<_>>(),
         [PathBuf::from("d/q")]
     );
-    assert!(reset(&f.scratch, &[PathBuf::from("../etc")]).is_err());
-    reset(&f.scratch, &[]).unwrap();
+    assert!(f.scratch.reset(&[PathBuf::from("../etc")]).is_err());
+    f.scratch.reset(&[]).unwrap();
     assert_eq!(std::fs::read_dir(upper).unwrap().count(), 0);
     assert!(f.scratch.masks().unwrap().is_empty());
     assert!(Scratch::open(f.scratch.root()).is_ok());
