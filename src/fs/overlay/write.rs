@@ -232,7 +232,7 @@ impl Overlay {
         umask: u32,
         owner: Owner,
     ) -> Result<(u32, FileAttr), Errno> {
-        if mode & libc::S_IFMT as u32 != libc::S_IFREG as u32 {
+        if crate::storage::graph::mode::file_type(mode) != crate::storage::graph::mode::REGULAR {
             return Err(Errno::EPERM);
         }
         let (node, attr, _) = self.create(dir, name, mode, umask, libc::O_EXCL, owner)?;
