@@ -307,3 +307,16 @@ fn a_service_stopped_under_an_editable_runtime_keeps_its_changes() {
     );
     let _ = Path::new(&notes).metadata().map(|m| m.uid());
 }
+
+#[test]
+fn a_deleted_file_stays_readable_through_a_descriptor_still_open() {
+    let env = env_with_base();
+    let out = sh_ok(
+        &env,
+        &["-e", "base"],
+        "set -e; echo scratch > $M/tmp-file; exec 3< $M/tmp-file; exec 4< $M/etc/version; \
+         rm $M/tmp-file $M/etc/version; cat <&3; cat <&4; \
+         test ! -e $M/tmp-file && test ! -e $M/etc/version && echo both-gone",
+    );
+    assert_eq!(out, "scratch\n1.0\nboth-gone\n");
+}

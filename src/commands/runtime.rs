@@ -1,7 +1,8 @@
 //! `spfs runtime list|info|remove|prune`: the runtimes the service knows,
 //! running and stopped (durable ones, and those a dead service left), by
-//! name, as spfs's runtime commands name them. With no service running
-//! there is no runtime to show.
+//! name, as spfs's runtime commands name them. With no service running,
+//! nothing runs, and the stopped runtimes are read from (and removed in)
+//! the scratch dir directly, without starting one.
 
 use std::process::ExitCode;
 
@@ -15,12 +16,20 @@ use crate::error::{Error, Result};
 use crate::launcher::probe::{probe, Probe};
 use crate::proto::{Runtime, StatusRequest, UnmountRequest};
 
-/// The live runtimes, and a channel to their service (if one runs).
+/// Every runtime, running then stopped, and a channel to their service
+/// (if one runs; else the stopped ones come from the scratch dir).
 async fn live(config: &Config) -> Result<(Vec<Runtime>, Option<tonic::transport::Channel>)> {
     let socket = config.paths.socket();
     let channel = match probe(&socket).await {
         Probe::Serving(channel, _) | Probe::NotServing(channel) => channel,
-        Probe::Absent { .. } => return Ok((Vec::new(), None)),
+        Probe::Absent { .. } => {
+            let scratch_dir = &config.paths.scratch_dir;
+            let stopped = crate::runtime::state::on_disk(scratch_dir)
+                .values()
+                .map(|state| state.to_stopped_proto(scratch_dir))
+                .collect();
+            return Ok((stopped, None));
+        }
         refused => return Err(refused.refusal(&config.paths)),
     };
     let status = ControlClient::new(channel.clone())
@@ -28,7 +37,26 @@ async fn live(config: &Config) -> Result<(Vec<Runtime>, Option<tonic::transport:
         .await
         .map_err(|s| Error::rpc("Status failed", s))?
         .into_inner();
-    Ok((status.runtimes, Some(channel)))
+    let mut all = status.runtimes;
+    all.extend(status.stopped);
+    Ok((all, Some(channel)))
+}
+
+/// Deletes stopped runtime `name`: through the service when one runs (it
+/// owns the list), else in the scratch dir (no service: nothing runs).
+async fn remove_stopped(
+    config: &Config,
+    channel: &Option<tonic::transport::Channel>,
+    name: &str,
+) -> Result<()> {
+    match channel {
+        Some(channel) => current::remove_runtime(channel, name).await,
+        None => {
+            let path = config.paths.scratch_dir.join(name);
+            crate::runtime::scratch::remove_any(&path)
+                .map_err(|e| Error::io(format!("cannot delete {}", path.display()), e))
+        }
+    }
 }
 
 fn find<'a>(runtimes: &'a [Runtime], name: &str) -> Result<&'a Runtime> {
@@ -182,11 +210,8 @@ pub fn runtime_remove(names: &[String], force: bool, remove_durable: bool) -> Ex
                     }
                 }
             }
-            let Some(channel) = channel else {
-                return Ok(ExitCode::SUCCESS);
-            };
             for runtime in targets {
-                if runtime.running {
+                if let (true, Some(channel)) = (runtime.running, &channel) {
                     ControlClient::new(channel.clone())
                         .unmount(crate::telemetry::otel::traced(UnmountRequest {
                             root_pid: runtime.root_pid,
@@ -194,7 +219,7 @@ pub fn runtime_remove(names: &[String], force: bool, remove_durable: bool) -> Ex
                         .await
                         .map_err(|s| Error::rpc(format!("cannot remove {}", runtime.name), s))?;
                 } else {
-                    current::remove_runtime(&channel, &runtime.name).await?;
+                    remove_stopped(&config, &channel, &runtime.name).await?;
                 }
                 eprintln!("removed runtime {}", runtime.name);
             }
@@ -221,9 +246,6 @@ pub fn runtime_prune(remove_durable: bool) -> ExitCode {
         let config = Config::from_env()?;
         client_runtime().block_on(async {
             let (runtimes, channel) = live(&config).await?;
-            let Some(channel) = channel else {
-                return Ok(ExitCode::SUCCESS);
-            };
             let (prune, kept) = prunable(&runtimes, remove_durable);
             for runtime in kept {
                 eprintln!(
@@ -233,7 +255,7 @@ pub fn runtime_prune(remove_durable: bool) -> ExitCode {
             }
             let mut code = ExitCode::SUCCESS;
             for runtime in prune {
-                match current::remove_runtime(&channel, &runtime.name).await {
+                match remove_stopped(&config, &channel, &runtime.name).await {
                     Ok(()) => eprintln!("Pruned runtime {}", runtime.name),
                     Err(err) => {
                         eprintln!("spfs runtime prune: error: {err}");

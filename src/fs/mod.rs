@@ -220,9 +220,11 @@ fn open_overlay_into_reply(
     match overlay.open(node, flags) {
         Ok(opened) => {
             let writes = opened.writable.then(|| Arc::clone(&overlay));
+            let file = Arc::new(opened.file);
+            overlay.opened(node, &file);
             let fh = handles.add(Handle::File {
                 _shown: Shown::Overlay(overlay),
-                file: Arc::new(opened.file),
+                file,
                 writes,
             });
             // Contents may change under this inode: no KEEP_CACHE.
@@ -302,11 +304,31 @@ impl Filesystem for SpfsFs {
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         if ino == INodeNo::ROOT {
             // The mount root itself is the service's: the same for every process,
             // so the kernel may cache it; only its entries differ per process.
             return reply.attr(&MOUNT_ROOT_TTL, &self.root);
+        }
+        // `fstat` of a file of an editable view: the open file answers, even
+        // when its path is gone (unlinked, reset, committed away).
+        let open = fh.and_then(|fh| match self.handles().get(&fh.0) {
+            Some(Handle::File {
+                _shown: Shown::Overlay(_),
+                file,
+                ..
+            }) => Some(Arc::clone(file)),
+            _ => None,
+        });
+        if let Some(file) = open {
+            return match nix::sys::stat::fstat(&*file) {
+                Ok(stat) => {
+                    let mut attr = view::attr_of(&stat);
+                    attr.ino = ino;
+                    reply.attr(&self.view_ttl.min(EDIT_TTL), &attr)
+                }
+                Err(errno) => reply.error(Errno::from_i32(errno as i32)),
+            };
         }
         match self.resolve(ino) {
             Ok((Shown::View(view), node)) => {
@@ -514,11 +536,13 @@ impl Filesystem for SpfsFs {
         };
         let ttl = self.entry_ttl(parent);
         match overlay.create(dir, name, mode, umask, flags, owner(req)) {
-            Ok((_, attr, opened)) => {
+            Ok((node, attr, opened)) => {
                 let writes = opened.writable.then(|| Arc::clone(&overlay));
+                let file = Arc::new(opened.file);
+                overlay.opened(node, &file);
                 let fh = self.add_handle(Handle::File {
                     _shown: Shown::Overlay(overlay),
-                    file: Arc::new(opened.file),
+                    file,
                     writes,
                 });
                 reply.created(&ttl, &attr, Generation(0), fh, FopenFlags::empty());

@@ -71,6 +71,60 @@ impl RuntimeState {
     }
 }
 
+/// The runtimes whose directories are in `scratch_dir`, by name: durable
+/// ones whose processes exited, and those a service that died or stopped
+/// left behind. A directory without a readable state is skipped and
+/// logged (`spfs runtime remove NAME` deletes it).
+pub fn on_disk(scratch_dir: &Path) -> std::collections::BTreeMap<String, RuntimeState> {
+    let mut found = std::collections::BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(scratch_dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        match RuntimeState::read(&entry.path()) {
+            Ok(state) if state.name == name => {
+                found.insert(name, state);
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(
+                event = "service.scratch_failed",
+                runtime = name.as_str(),
+                error = error.as_str(),
+                "a runtime directory without a readable state was skipped"
+            ),
+        }
+    }
+    found
+}
+
+impl RuntimeState {
+    /// As the control API reports a stopped runtime (no process, so no pid).
+    pub fn to_stopped_proto(&self, scratch_dir: &Path) -> crate::proto::Runtime {
+        crate::proto::Runtime {
+            root_pid: 0,
+            env_spec: self.env_spec.clone(),
+            since_unix: self.created_unix,
+            name: self.name.clone(),
+            editable: self.editable,
+            durable: self.durable,
+            running: false,
+            scratch_dir: scratch_dir.join(&self.name).display().to_string(),
+            stack: self.stack.clone(),
+            repositories: self
+                .repositories
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -637,18 +637,7 @@ impl Entry {
 }
 
 fn stopped_proto(state: &RuntimeState, scratch_dir: &Path) -> Runtime {
-    Runtime {
-        root_pid: 0,
-        env_spec: state.env_spec.clone(),
-        since_unix: state.created_unix,
-        name: state.name.clone(),
-        editable: state.editable,
-        durable: state.durable,
-        running: false,
-        scratch_dir: scratch_dir.join(&state.name).display().to_string(),
-        stack: state.stack.clone(),
-        repositories: repositories_text(&state.repositories),
-    }
+    state.to_stopped_proto(scratch_dir)
 }
 
 fn repositories_text(repositories: &[PathBuf]) -> Vec<String> {
@@ -665,35 +654,11 @@ pub fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-/// Runtimes whose changes a durable run, or a service that died or
-/// stopped, left in `scratch_dir`. A directory without a readable state is
-/// skipped (and logged): `spfs runtime remove NAME` deletes it.
+/// The stopped runtimes in `scratch_dir` whose names the service accepts.
 fn load_stopped(scratch_dir: &Path) -> BTreeMap<String, RuntimeState> {
-    let mut stopped = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir(scratch_dir) else {
-        return stopped;
-    };
-    for entry in entries.flatten() {
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            continue;
-        };
-        if check_name(&name).is_err() || !entry.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        match RuntimeState::read(&entry.path()) {
-            Ok(state) if state.name == name => {
-                stopped.insert(name, state);
-            }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(
-                event = "service.scratch_failed",
-                runtime = name.as_str(),
-                error = error.as_str(),
-                "a runtime directory without a readable state was skipped"
-            ),
-        }
-    }
-    stopped
+    let mut found = crate::runtime::state::on_disk(scratch_dir);
+    found.retain(|name, _| check_name(name).is_ok());
+    found
 }
 
 fn destroy(scratch: Scratch, name: &str) {

@@ -24,7 +24,7 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use fuser::{Errno, FileAttr, FileType};
 
@@ -60,6 +60,11 @@ struct Node {
     lower: Option<u32>,
     /// `upper/PATH` exists.
     upper: bool,
+    /// Unlinked, or renamed over: no path leads to it any more.
+    gone: bool,
+    /// The file last opened through this node: an unlinked (or reset, or
+    /// committed-away) file's attributes come from it while it is open.
+    open: Weak<File>,
 }
 
 /// One entry of a directory listing.
@@ -94,6 +99,8 @@ impl Overlay {
             name: OsString::new(),
             lower: Some(0),
             upper: true,
+            gone: false,
+            open: Weak::new(),
         };
         Ok(Overlay {
             id,
@@ -325,6 +332,8 @@ impl Overlay {
             name: name.to_owned(),
             lower,
             upper,
+            gone: false,
+            open: Weak::new(),
         });
         tree.index.insert((parent, name.to_owned()), index);
         Ok(index)
@@ -348,16 +357,34 @@ impl Overlay {
 
     fn attr(&self, tree: &Tree, node: u32) -> Result<FileAttr, Errno> {
         let found = tree.nodes.get(node as usize).ok_or(Errno::ESTALE)?;
-        let mut attr = if found.upper {
-            let stat = nix::sys::stat::lstat(&self.upper_path(tree, node))
-                .map_err(|e| Errno::from_i32(e as i32))?;
-            view::attr_of(&stat)
+        let open_file = || -> Result<FileAttr, Errno> {
+            let file = found.open.upgrade().ok_or(Errno::ESTALE)?;
+            let stat = nix::sys::stat::fstat(&*file).map_err(|e| Errno::from_i32(e as i32))?;
+            Ok(view::attr_of(&stat))
+        };
+        let mut attr = if found.gone {
+            open_file()?
+        } else if found.upper {
+            match nix::sys::stat::lstat(&self.upper_path(tree, node)) {
+                Ok(stat) => view::attr_of(&stat),
+                // Its file went away under it (a reset or commit made a new
+                // overlay): while it is open, the open file answers.
+                Err(nix::errno::Errno::ENOENT) => open_file().map_err(|_| Errno::ENOENT)?,
+                Err(err) => return Err(Errno::from_i32(err as i32)),
+            }
         } else {
             let lower = found.lower.ok_or(Errno::ESTALE)?;
             self.lower.node(lower).ok_or(Errno::ESTALE)?.attr
         };
         attr.ino = encode(self.id, node);
         Ok(attr)
+    }
+
+    /// Remembers `file` as open through `node` (see `Node::open`).
+    pub fn opened(&self, node: u32, file: &Arc<File>) {
+        if let Some(found) = self.lock().nodes.get_mut(node as usize) {
+            found.open = Arc::downgrade(file);
+        }
     }
 }
 

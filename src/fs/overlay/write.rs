@@ -287,7 +287,8 @@ impl Overlay {
 
     /// Takes `node` out of the tree: its name no longer leads to it.
     fn retire(&self, tree: &mut Tree, node: u32) {
-        let found = &tree.nodes[node as usize];
+        let found = &mut tree.nodes[node as usize];
+        found.gone = true;
         let key = (found.parent, found.name.clone());
         if tree.index.get(&key) == Some(&node) {
             tree.index.remove(&key);
@@ -431,6 +432,7 @@ impl Overlay {
                 .and_then(|l| self.lower.child(l, newname)),
         };
         let moved = &mut tree.nodes[source as usize];
+        moved.gone = false;
         moved.parent = newdir;
         moved.name = newname.to_owned();
         moved.lower = lower;
