@@ -320,3 +320,47 @@ fn a_deleted_file_stays_readable_through_a_descriptor_still_open() {
     );
     assert_eq!(out, "scratch\n1.0\nboth-gone\n");
 }
+
+#[test]
+fn a_rename_from_another_runtimes_tree_is_refused_and_loses_nothing() {
+    let env = env_with_base();
+    // A process of runtime B sits in B's /spfs/etc.
+    let (b, line) = env.hold_run(
+        &["-e", "base"],
+        &format!("cd {}/etc && echo up", env.mountpoint.display()),
+    );
+    assert_eq!(line, "up");
+    let b_cwd = format!("/proc/{}/cwd", b.id());
+    // Runtime A reaches into B's tree through B's working directory.
+    let out = sh(
+        &env,
+        &["-e", "base"],
+        &format!("mv {b_cwd}/version $M/stolen"),
+    );
+    // The rename fails (EXDEV), so mv copies and then cannot delete the
+    // original: another runtime's tree is read-only to this one.
+    assert!(!out.status.success(), "a move across runtimes succeeded");
+    assert!(
+        stderr(&out).contains("Read-only file system"),
+        "{}",
+        stderr(&out)
+    );
+    let direct = sh(
+        &env,
+        &["-e", "base"],
+        &format!("echo x > {b_cwd}/planted; rm {b_cwd}/version; chmod 600 {b_cwd}/version"),
+    );
+    assert!(!direct.status.success());
+    assert_eq!(
+        stderr(&direct).matches("Read-only file system").count(),
+        3,
+        "{}",
+        stderr(&direct)
+    );
+    assert_eq!(
+        std::fs::read_to_string(format!("{b_cwd}/version")).unwrap(),
+        "1.0\n",
+        "B's file is still there"
+    );
+    release(b);
+}

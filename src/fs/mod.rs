@@ -141,27 +141,35 @@ impl SpfsFs {
     /// A directory to change: in the mount root, the caller's runtime's
     /// root. Outside every runtime, and in read-only ones, nothing changes.
     fn editable_dir(&self, req: &Request, parent: INodeNo) -> Result<(Arc<Overlay>, u32), Errno> {
-        let (shown, dir) = if parent == INodeNo::ROOT {
-            (
-                self.router.view_for_caller(req.pid()).ok_or(Errno::EROFS)?,
-                0,
-            )
-        } else {
-            self.resolve(parent)?
-        };
-        match shown {
-            Shown::Overlay(overlay) => Ok((overlay, dir)),
-            Shown::View(_) => Err(Errno::EROFS),
+        if parent == INodeNo::ROOT {
+            return match self.router.view_for_caller(req.pid()) {
+                Some(Shown::Overlay(overlay)) => Ok((overlay, 0)),
+                _ => Err(Errno::EROFS),
+            };
         }
+        self.editable_node(req, parent)
     }
 
-    fn editable_node(&self, ino: INodeNo) -> Result<(Arc<Overlay>, u32), Errno> {
+    /// A node to change: of an editable view, and of the caller's own
+    /// runtime. Another runtime's tree (reached through `/proc/PID/cwd`, say)
+    /// is read-only to the caller, so a process can only change its own.
+    fn editable_node(&self, req: &Request, ino: INodeNo) -> Result<(Arc<Overlay>, u32), Errno> {
         if ino == INodeNo::ROOT {
             return Err(Errno::EROFS);
         }
-        match self.resolve(ino)? {
-            (Shown::Overlay(overlay), node) => Ok((overlay, node)),
-            (Shown::View(_), _) => Err(Errno::EROFS),
+        let (overlay, node) = match self.resolve(ino)? {
+            (Shown::Overlay(overlay), node) => (overlay, node),
+            (Shown::View(_), _) => return Err(Errno::EROFS),
+        };
+        self.check_caller(req, &overlay)?;
+        Ok((overlay, node))
+    }
+
+    /// EROFS unless the caller's runtime shows `overlay` now.
+    fn check_caller(&self, req: &Request, overlay: &Arc<Overlay>) -> Result<(), Errno> {
+        match self.router.view_for_caller(req.pid()) {
+            Some(Shown::Overlay(mine)) if Arc::ptr_eq(&mine, overlay) => Ok(()),
+            _ => Err(Errno::EROFS),
         }
     }
 
@@ -354,7 +362,7 @@ impl Filesystem for SpfsFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let writing = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         let handles = Arc::clone(&self.handles);
         // Opening may block (a network filesystem, a spun-down disk, a
@@ -364,6 +372,12 @@ impl Filesystem for SpfsFs {
             Ok((Shown::View(_), _)) if writing => reply.error(Errno::EROFS),
             Ok((Shown::View(view), node)) => {
                 self.offload(move || open_into_reply(&handles, view, node, reply))
+            }
+            // Opening another runtime's file for writing: read-only to us.
+            Ok((Shown::Overlay(overlay), _))
+                if writing && self.check_caller(req, &overlay).is_err() =>
+            {
+                reply.error(Errno::EROFS)
             }
             Ok((Shown::Overlay(overlay), node)) => self
                 .offload(move || open_overlay_into_reply(&handles, overlay, node, flags.0, reply)),
@@ -475,7 +489,7 @@ impl Filesystem for SpfsFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -491,7 +505,7 @@ impl Filesystem for SpfsFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let (overlay, node) = match self.editable_node(ino) {
+        let (overlay, node) = match self.editable_node(req, ino) {
             Ok(found) => found,
             Err(errno) => return reply.error(errno),
         };

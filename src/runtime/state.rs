@@ -60,8 +60,12 @@ impl RuntimeState {
     /// Writes `dir/runtime.json` whole or not at all (a temporary file
     /// renamed over it), so a crash never leaves half a state.
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        // Unique per write: two threads of the service may save one state
+        // at once (a runtime ending while it is re-entered).
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = dir.join(STATE_FILE);
-        let temp = dir.join(format!(".{STATE_FILE}.{}", std::process::id()));
+        let temp = dir.join(format!(".{STATE_FILE}.{}.{n}", std::process::id()));
         let mut file = std::fs::File::create(&temp)?;
         let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
         file.write_all(&text)?;
