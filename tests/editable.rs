@@ -68,7 +68,8 @@ fn an_empty_runtime_is_editable_and_its_files_belong_to_the_user() {
          printf '#!/bin/sh\\necho tool\\n' > $M/opt/tool/bin/run; chmod 755 $M/opt/tool/bin/run; \
          $M/opt/tool/bin/run; cat $M/greeting; ln -s greeting $M/link; cat $M/link; \
          echo more >> $M/greeting; wc -l < $M/greeting; \
-         stat -c '%u %a' $M/greeting $M/opt/tool/bin/run; du -k $M/greeting | cut -f1",
+         stat -c '%u %a' $M/greeting $M/opt/tool/bin/run; du -k $M/greeting | cut -f1; \
+         df -k $M | tail -1 | awk '{print ($4 > 0) ? \"space\" : \"full\"}'",
     );
     let me = nix::unistd::geteuid().as_raw();
     let lines: Vec<&str> = out.lines().collect();

@@ -29,8 +29,8 @@ use std::time::Duration;
 use fuser::{
     BackgroundSession, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, SessionACL,
-    TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
+    SessionACL, TimeOrNow, WriteFlags,
 };
 
 use crate::platform;
@@ -783,6 +783,32 @@ impl Filesystem for SpfsFs {
             }
         }
         reply.ok();
+    }
+
+    /// `df` in an editable runtime shows the space left for its changes
+    /// (the scratch directory's filesystem); elsewhere nothing can be
+    /// written, so no space is free.
+    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let shown = match ino == INodeNo::ROOT {
+            true => self.router.view_for_caller(req.pid()),
+            false => self.resolve(ino).ok().map(|(shown, _)| shown),
+        };
+        if let Some(Shown::Overlay(overlay)) = shown {
+            if let Ok(st) = nix::sys::statvfs::statvfs(overlay.scratch.upper()) {
+                return reply.statfs(
+                    st.blocks() as u64,
+                    st.blocks_free() as u64,
+                    st.blocks_available() as u64,
+                    st.files() as u64,
+                    st.files_free() as u64,
+                    st.block_size() as u32,
+                    st.name_max().min(255) as u32,
+                    st.fragment_size() as u32,
+                );
+            }
+        }
+        reply.statfs(0, 0, 0, 0, 0, 4096, 255, 4096);
     }
 
     fn releasedir(
