@@ -307,3 +307,34 @@ fn a_service_stopped_under_an_editable_runtime_keeps_its_changes() {
     );
     let _ = Path::new(&notes).metadata().map(|m| m.uid());
 }
+
+#[test]
+fn a_deleted_file_still_open_keeps_working_and_stays_deleted() {
+    let env = env_with_base();
+    // Open, delete, then change through the open file: fstat, fchmod,
+    // ftruncate and futimens reach the open file and bring nothing back.
+    let out = sh_ok(
+        &env,
+        &["-e", "base"],
+        r#"set -e; cd $M; python3 -c "
+import os
+for path in ['etc/version', 'new-temp']:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    os.unlink(path)
+    os.pwrite(fd, b'changed', 0)
+    os.fchmod(fd, 0o600)
+    os.ftruncate(fd, 4)
+    os.utime(fd, (1000000000, 1000000000))
+    st = os.fstat(fd)
+    print(path, st.st_size, oct(st.st_mode & 0o777), int(st.st_mtime), os.pread(fd, 10, 0))
+    os.close(fd)
+    print(path, 'exists' if os.path.lexists(path) else 'deleted')
+"; ls etc"#,
+    );
+    assert_eq!(
+        out,
+        "etc/version 4 0o600 1000000000 b'chan'\netc/version deleted\n\
+         new-temp 4 0o600 1000000000 b'chan'\nnew-temp deleted\ngone\n",
+        "the layer's file must not come back from a change through a deleted file's fd"
+    );
+}

@@ -53,6 +53,8 @@ const EDIT_TTL: Duration = Duration::from_secs(1);
 enum Handle {
     File {
         _shown: Shown,
+        /// The inode it was opened as.
+        ino: INodeNo,
         file: Arc<File>,
         /// Set when writes through it go to this editable view.
         writes: Option<Arc<Overlay>>,
@@ -165,6 +167,25 @@ impl SpfsFs {
         }
     }
 
+    /// An open file of inode `ino`: handle `fh` if it is one, else any
+    /// (`writable`: one that writes to an editable view).
+    fn open_file(&self, ino: INodeNo, fh: Option<FileHandle>, writable: bool) -> Option<Arc<File>> {
+        let handles = self.handles();
+        let fits = |handle: &Handle| match handle {
+            Handle::File {
+                ino: opened,
+                file,
+                writes,
+                ..
+            } if *opened == ino && (writes.is_some() || !writable) => Some(Arc::clone(file)),
+            _ => None,
+        };
+        if let Some(found) = fh.and_then(|fh| handles.get(&fh.0)).and_then(fits) {
+            return Some(found);
+        }
+        handles.values().find_map(fits)
+    }
+
     /// Runs `work` on the blocking pool (inline without one): file I/O that
     /// may block must not hold the FUSE thread other processes wait on.
     fn offload(&self, work: impl FnOnce() + Send + 'static) {
@@ -197,6 +218,7 @@ fn open_into_reply(handles: &Handles, view: Arc<View>, node: u32, reply: ReplyOp
     match view.open(node) {
         Ok(file) => {
             let fh = handles.add(Handle::File {
+                ino: encode(view.id, node),
                 _shown: Shown::View(view),
                 file: Arc::new(file),
                 writes: None,
@@ -221,6 +243,7 @@ fn open_overlay_into_reply(
         Ok(opened) => {
             let writes = opened.writable.then(|| Arc::clone(&overlay));
             let fh = handles.add(Handle::File {
+                ino: encode(overlay.id, node),
                 _shown: Shown::Overlay(overlay),
                 file: Arc::new(opened.file),
                 writes,
@@ -302,7 +325,7 @@ impl Filesystem for SpfsFs {
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         if ino == INodeNo::ROOT {
             // The mount root itself is the service's: the same for every process,
             // so the kernel may cache it; only its entries differ per process.
@@ -312,10 +335,21 @@ impl Filesystem for SpfsFs {
             Ok((Shown::View(view), node)) => {
                 reply.attr(&self.view_ttl, &attr_with_ino(&view, node))
             }
-            Ok((Shown::Overlay(overlay), node)) => match overlay.getattr(node) {
-                Ok(attr) => reply.attr(&self.view_ttl.min(EDIT_TTL), &attr),
-                Err(errno) => reply.error(errno),
-            },
+            Ok((Shown::Overlay(overlay), node)) => {
+                // A deleted file still open (`fstat` after `unlink`) has
+                // no path: its open file has the attributes.
+                let found =
+                    overlay
+                        .getattr(node)
+                        .or_else(|errno| match self.open_file(ino, fh, false) {
+                            Some(file) if overlay.is_gone(node) => overlay.open_attr(node, &file),
+                            _ => Err(errno),
+                        });
+                match found {
+                    Ok(attr) => reply.attr(&self.view_ttl.min(EDIT_TTL), &attr),
+                    Err(errno) => reply.error(errno),
+                }
+            }
             Err(errno) => reply.error(errno),
         }
     }
@@ -481,6 +515,14 @@ impl Filesystem for SpfsFs {
             }) => Some(Arc::clone(file)),
             _ => None,
         });
+        // `fchmod`, `futimens` and the like come without a handle: a
+        // deleted file has only its open files to change.
+        let open = match open {
+            None if overlay.is_gone(node) => self
+                .open_file(ino, None, true)
+                .or_else(|| self.open_file(ino, None, false)),
+            open => open,
+        };
         let change = SetAttr {
             mode,
             uid,
@@ -517,6 +559,7 @@ impl Filesystem for SpfsFs {
             Ok((_, attr, opened)) => {
                 let writes = opened.writable.then(|| Arc::clone(&overlay));
                 let fh = self.add_handle(Handle::File {
+                    ino: attr.ino,
                     _shown: Shown::Overlay(overlay),
                     file: Arc::new(opened.file),
                     writes,

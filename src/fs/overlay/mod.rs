@@ -60,6 +60,10 @@ struct Node {
     lower: Option<u32>,
     /// `upper/PATH` exists.
     upper: bool,
+    /// Deleted (unlinked, removed, renamed over): its path now names
+    /// something else or nothing, so nothing may be done through it by
+    /// path. Its open files still work (`Overlay::setattr` with one).
+    gone: bool,
 }
 
 /// One entry of a directory listing.
@@ -94,6 +98,7 @@ impl Overlay {
             name: OsString::new(),
             lower: Some(0),
             upper: true,
+            gone: false,
         };
         Ok(Overlay {
             id,
@@ -144,6 +149,29 @@ impl Overlay {
         (index as usize) < self.lock().nodes.len()
     }
 
+    /// Whether node `index` was deleted (it, or a directory above it).
+    pub fn is_gone(&self, index: u32) -> bool {
+        let tree = self.lock();
+        (index as usize) < tree.nodes.len() && self.live(&tree, index).is_err()
+    }
+
+    /// ENOENT when `node` or a directory above it was deleted: its path
+    /// names something else now (perhaps a symlink a process made there,
+    /// which a path built on it would follow out of the scratch directory).
+    fn live(&self, tree: &Tree, node: u32) -> Result<(), Errno> {
+        let mut current = node;
+        loop {
+            let found = tree.nodes.get(current as usize).ok_or(Errno::ESTALE)?;
+            if found.gone {
+                return Err(Errno::ENOENT);
+            }
+            if current == 0 {
+                return Ok(());
+            }
+            current = found.parent;
+        }
+    }
+
     /// The child `name` of directory `dir`: its node and attributes.
     pub fn lookup(&self, dir: u32, name: &OsStr) -> Result<(u32, FileAttr), Errno> {
         let mut tree = self.lock();
@@ -159,6 +187,7 @@ impl Overlay {
     /// The target of a symlink node.
     pub fn read_link(&self, node: u32) -> Result<Vec<u8>, Errno> {
         let tree = self.lock();
+        self.live(&tree, node)?;
         let found = tree.nodes.get(node as usize).ok_or(Errno::ESTALE)?;
         if found.upper {
             let target = std::fs::read_link(self.upper_path(&tree, node)).map_err(errno)?;
@@ -174,9 +203,7 @@ impl Overlay {
     pub fn open(&self, node: u32, flags: i32) -> Result<Opened, Errno> {
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let mut tree = self.lock();
-        if (node as usize) >= tree.nodes.len() {
-            return Err(Errno::ESTALE);
-        }
+        self.live(&tree, node)?;
         if writing {
             self.check_editable()?;
             if self.attr(&tree, node)?.kind == FileType::Directory {
@@ -243,6 +270,7 @@ impl Overlay {
     /// The names shown in directory `dir`: the scratch directory's and the
     /// layers' (less what markers hide).
     fn names(&self, tree: &Tree, dir: u32) -> Result<BTreeSet<OsString>, Errno> {
+        self.live(tree, dir)?;
         let node = tree.nodes.get(dir as usize).ok_or(Errno::ESTALE)?;
         let mut names = BTreeSet::new();
         if node.upper {
@@ -277,9 +305,7 @@ impl Overlay {
     /// The live node of `dir`'s child `name`, numbering it on first sight;
     /// None when nothing shows there.
     fn child(&self, tree: &mut Tree, dir: u32, name: &OsStr) -> Result<Option<u32>, Errno> {
-        if (dir as usize) >= tree.nodes.len() {
-            return Err(Errno::ESTALE);
-        }
+        self.live(tree, dir)?;
         if let Some(&found) = tree.index.get(&(dir, name.to_owned())) {
             return Ok(Some(found));
         }
@@ -325,6 +351,7 @@ impl Overlay {
             name: name.to_owned(),
             lower,
             upper,
+            gone: false,
         });
         tree.index.insert((parent, name.to_owned()), index);
         Ok(index)
@@ -347,6 +374,7 @@ impl Overlay {
     }
 
     fn attr(&self, tree: &Tree, node: u32) -> Result<FileAttr, Errno> {
+        self.live(tree, node)?;
         let found = tree.nodes.get(node as usize).ok_or(Errno::ESTALE)?;
         let mut attr = if found.upper {
             let stat = nix::sys::stat::lstat(&self.upper_path(tree, node))
@@ -356,6 +384,18 @@ impl Overlay {
             let lower = found.lower.ok_or(Errno::ESTALE)?;
             self.lower.node(lower).ok_or(Errno::ESTALE)?.attr
         };
+        attr.ino = encode(self.id, node);
+        Ok(attr)
+    }
+}
+
+impl Overlay {
+    /// The attributes of `node` as a file it has open shows them (a
+    /// deleted node's, which has no path any more).
+    pub fn open_attr(&self, node: u32, file: &File) -> Result<FileAttr, Errno> {
+        let stat = nix::sys::stat::fstat(std::os::fd::AsFd::as_fd(file))
+            .map_err(|e| Errno::from_i32(e as i32))?;
+        let mut attr = view::attr_of(&stat);
         attr.ino = encode(self.id, node);
         Ok(attr)
     }

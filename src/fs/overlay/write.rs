@@ -84,6 +84,8 @@ impl Overlay {
         if tree.nodes[node as usize].upper {
             return Ok(());
         }
+        // A deleted file must not come back from the layers.
+        self.live(tree, node)?;
         let parent = tree.nodes[node as usize].parent;
         self.copy_up(tree, parent, false)?;
         let lower = tree.nodes[node as usize].lower.ok_or(Errno::ESTALE)?;
@@ -285,6 +287,12 @@ impl Overlay {
         Ok(())
     }
 
+    /// Takes a deleted `node` out of the tree for good: see `Node::gone`.
+    fn bury(&self, tree: &mut Tree, node: u32) {
+        self.retire(tree, node);
+        tree.nodes[node as usize].gone = true;
+    }
+
     /// Takes `node` out of the tree: its name no longer leads to it.
     fn retire(&self, tree: &mut Tree, node: u32) {
         let found = &tree.nodes[node as usize];
@@ -305,12 +313,14 @@ impl Overlay {
                 Errno::EPERM
             });
         }
+        // The marker first: a crash in between leaves upper/PATH over a
+        // marker (our file, shown), never the layers' file back.
+        self.mask(&mut tree, node)?;
         if tree.nodes[node as usize].upper {
             std::fs::remove_file(self.upper_path(&tree, node)).map_err(errno)?;
             tree.nodes[node as usize].upper = false;
         }
-        self.mask(&mut tree, node)?;
-        self.retire(&mut tree, node);
+        self.bury(&mut tree, node);
         Ok(())
     }
 
@@ -324,13 +334,14 @@ impl Overlay {
         if !self.names(&tree, node)?.is_empty() {
             return Err(Errno::ENOTEMPTY);
         }
+        // The marker first, as in `unlink`.
+        self.mask(&mut tree, node)?;
         if tree.nodes[node as usize].upper {
             // Shown entries are all gone, so the scratch directory is empty.
             std::fs::remove_dir(self.upper_path(&tree, node)).map_err(errno)?;
             tree.nodes[node as usize].upper = false;
         }
-        self.mask(&mut tree, node)?;
-        self.retire(&mut tree, node);
+        self.bury(&mut tree, node);
         Ok(())
     }
 
@@ -395,16 +406,15 @@ impl Overlay {
         self.copy_up(&mut tree, newdir, false)?;
         let from = self.upper_path(&tree, source);
         let to = self.upper_path(&tree, newdir).join(newname);
-        // rename(2) replaces our file, or our (empty) directory, there.
-        std::fs::rename(&from, &to).map_err(errno)?;
+        // The markers first, as in `unlink`: a crash before the rename
+        // leaves markers under our own files (shown as they were), never
+        // the layers' entries back.
         // What the layers showed at the new name: a file is hidden by ours;
         // a directory must not merge into the one moved there.
         if let Some(target) = target {
             if source_is_dir {
                 self.mask(&mut tree, target)?;
             }
-            tree.nodes[target as usize].upper = false;
-            self.retire(&mut tree, target);
         } else if source_is_dir {
             let path = self.path(&tree, newdir).join(newname);
             let shown_below = !tree.masks.contains(&path)
@@ -420,6 +430,12 @@ impl Overlay {
         }
         // What the layers showed at the old name stays hidden.
         self.mask(&mut tree, source)?;
+        // rename(2) replaces our file, or our (empty) directory, there.
+        std::fs::rename(&from, &to).map_err(errno)?;
+        if let Some(target) = target {
+            tree.nodes[target as usize].upper = false;
+            self.bury(&mut tree, target);
+        }
         self.retire(&mut tree, source);
         // What the layers still have under the new name (a file ours now
         // hides), so deleting it later hides that too.
@@ -451,6 +467,12 @@ impl Overlay {
         let mut tree = self.lock();
         if (node as usize) >= tree.nodes.len() {
             return Err(Errno::ESTALE);
+        }
+        if self.live(&tree, node).is_err() {
+            // Deleted but still open (`fchmod`, `ftruncate` after `unlink`):
+            // the change goes to the open file; by path it would bring the
+            // layers' file back, or change whatever has that name now.
+            return self.setattr_open(node, change, open.ok_or(Errno::ENOENT)?);
         }
         let truncating = change.size == Some(0) && open.is_none();
         self.copy_up(&mut tree, node, truncating)?;
@@ -497,5 +519,34 @@ impl Overlay {
             .map_err(nix_errno)?;
         }
         self.attr(&tree, node)
+    }
+
+    /// `setattr` on a deleted node, through a file it has open.
+    fn setattr_open(&self, node: u32, change: SetAttr, file: &File) -> Result<FileAttr, Errno> {
+        use std::os::fd::AsFd;
+        if let Some(mode) = change.mode {
+            file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+                .map_err(errno)?;
+        }
+        if change.uid.is_some() || change.gid.is_some() {
+            nix::unistd::fchown(
+                file.as_fd(),
+                change.uid.map(nix::unistd::Uid::from_raw),
+                change.gid.map(nix::unistd::Gid::from_raw),
+            )
+            .map_err(nix_errno)?;
+        }
+        if let Some(size) = change.size {
+            file.set_len(size).map_err(errno)?;
+        }
+        if change.atime.is_some() || change.mtime.is_some() {
+            nix::sys::stat::futimens(
+                file.as_fd(),
+                &timespec(change.atime),
+                &timespec(change.mtime),
+            )
+            .map_err(nix_errno)?;
+        }
+        self.open_attr(node, file)
     }
 }
