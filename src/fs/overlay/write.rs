@@ -303,8 +303,10 @@ impl Overlay {
     }
 
     pub fn unlink(&self, dir: u32, name: &OsStr) -> Result<(), Errno> {
-        self.check_editable()?;
+        // Checked under the lock: `set_editable(false)` (Reset, ChangeStack)
+        // then knows no change is still on its way to the disk.
         let mut tree = self.lock();
+        self.check_editable()?;
         let node = self.child(&mut tree, dir, name)?.ok_or(Errno::ENOENT)?;
         if self.attr(&tree, node)?.kind == FileType::Directory {
             return Err(if cfg!(target_os = "linux") {
@@ -325,8 +327,10 @@ impl Overlay {
     }
 
     pub fn rmdir(&self, dir: u32, name: &OsStr) -> Result<(), Errno> {
-        self.check_editable()?;
+        // Checked under the lock: `set_editable(false)` (Reset, ChangeStack)
+        // then knows no change is still on its way to the disk.
         let mut tree = self.lock();
+        self.check_editable()?;
         let node = self.child(&mut tree, dir, name)?.ok_or(Errno::ENOENT)?;
         if self.attr(&tree, node)?.kind != FileType::Directory {
             return Err(Errno::ENOTDIR);
@@ -356,11 +360,11 @@ impl Overlay {
         noreplace: bool,
         exchange: bool,
     ) -> Result<(), Errno> {
-        self.check_editable()?;
         if exchange {
             return Err(Errno::EINVAL);
         }
         let mut tree = self.lock();
+        self.check_editable()?;
         let source = self.child(&mut tree, dir, name)?.ok_or(Errno::ENOENT)?;
         if self.attr(&tree, newdir)?.kind != FileType::Directory {
             return Err(Errno::ENOTDIR);
@@ -463,8 +467,10 @@ impl Overlay {
         change: SetAttr,
         open: Option<&File>,
     ) -> Result<FileAttr, Errno> {
-        self.check_editable()?;
+        // Checked under the lock: `set_editable(false)` (Reset, ChangeStack)
+        // then knows no change is still on its way to the disk.
         let mut tree = self.lock();
+        self.check_editable()?;
         if (node as usize) >= tree.nodes.len() {
             return Err(Errno::ESTALE);
         }
@@ -473,6 +479,17 @@ impl Overlay {
             // the change goes to the open file; by path it would bring the
             // layers' file back, or change whatever has that name now.
             return self.setattr_open(node, change, open.ok_or(Errno::ENOENT)?);
+        }
+        let keeps_nothing = change.mode.is_none()
+            && change.uid.is_none()
+            && change.gid.is_none()
+            && change.size.is_none()
+            && change.atime.is_none()
+            && change.mtime.is_none();
+        if keeps_nothing {
+            // Only what the scratch directory does not keep (macOS: BSD
+            // flags, creation and backup times): no copy-up for nothing.
+            return self.attr(&tree, node);
         }
         let truncating = change.size == Some(0) && open.is_none();
         self.copy_up(&mut tree, node, truncating)?;
