@@ -290,6 +290,11 @@ fn owner(req: &Request) -> Owner {
 }
 
 impl Filesystem for SpfsFs {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> io::Result<()> {
+        platform::fuse_init(config);
+        Ok(())
+    }
+
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (shown, dir, ttl) = if parent == INodeNo::ROOT {
             match self.router.view_for_caller(req.pid()) {
@@ -555,6 +560,7 @@ impl Filesystem for SpfsFs {
             Err(errno) => return reply.error(errno),
         };
         let ttl = self.entry_ttl(parent);
+        let flags = platform::create_flags(flags);
         match overlay.create(dir, name, mode, umask, flags, owner(req)) {
             Ok((_, attr, opened)) => {
                 let writes = opened.writable.then(|| Arc::clone(&overlay));
@@ -663,6 +669,9 @@ impl Filesystem for SpfsFs {
                 flags.contains(RenameFlags::RENAME_NOREPLACE),
                 flags.contains(RenameFlags::RENAME_EXCHANGE),
             );
+            // macOS `renamex_np(2)`: RENAME_SWAP 0x2, RENAME_EXCL 0x4, as
+            // macFUSE passes them. fuser 0.18 passes none on macOS (see
+            // `platform::fuse_init`); a fuser that forwards them lands here.
             #[cfg(not(target_os = "linux"))]
             let (noreplace, exchange) = (flags.bits() & 0x4 != 0, flags.bits() & 0x2 != 0);
             overlay.rename(dir, name, newdir, newname, noreplace, exchange)
