@@ -338,3 +338,36 @@ for path in ['etc/version', 'new-temp']:
         "the layer's file must not come back from a change through a deleted file's fd"
     );
 }
+
+#[test]
+fn after_a_reset_a_directory_held_open_looks_nothing_up_through_the_old_tree() {
+    let env = env_with_base();
+    let outside = env.root.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("secret"), "outside the scratch dir\n").unwrap();
+    // A process keeps its cwd in the old tree (and a file open, which keeps
+    // the old overlay alive); after the reset the runtime puts a symlink
+    // to a directory outside where that cwd was. Nothing may be read or
+    // written there through the old tree.
+    let output = env
+        .spfs(&[
+            "run",
+            "-e",
+            "base",
+            "--",
+            "sh",
+            "-c",
+            r#"set -e; cd $M/share/tree; exec 3< $M/etc/version; "$SPFS" reset;
+               rm -rf $M/share/tree; ln -s "$OUT" $M/share/tree; ls $M/share/tree;
+               if cat secret 2>/dev/null; then echo read-through; else echo refused; fi;
+               if echo x 2>/dev/null > new; then echo wrote; else echo not-written; fi"#,
+        ])
+        .env("M", &env.mountpoint)
+        .env("OUT", &outside)
+        .env("SPFS", SPFS)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "secret\nrefused\nnot-written\n");
+    assert!(!outside.join("new").exists());
+}

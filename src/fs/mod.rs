@@ -132,7 +132,9 @@ impl SpfsFs {
         let shown = self.router.shown(view_id).ok_or(Errno::ESTALE)?;
         let exists = match &shown {
             Shown::View(view) => view.node(node).is_some(),
-            Shown::Overlay(overlay) => overlay.has_node(node),
+            // A superseded overlay's tree is stale: its open files work on,
+            // nothing else (`Overlay::superseded`).
+            Shown::Overlay(overlay) => overlay.has_node(node) && !overlay.is_superseded(),
         };
         if !exists {
             return Err(Errno::ESTALE);

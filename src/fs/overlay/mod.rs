@@ -42,6 +42,12 @@ pub struct Overlay {
     pub lower: Arc<View>,
     pub scratch: Arc<Scratch>,
     editable: AtomicBool,
+    /// No runtime shows it any more (it was reset, shows another stack, or
+    /// ended); only its open files still work. Its tree no longer matches
+    /// the scratch directory, where another overlay may make anything
+    /// (a symlink where this one saw a directory), so nothing is looked
+    /// up through it again.
+    superseded: AtomicBool,
     tree: Mutex<Tree>,
 }
 
@@ -105,6 +111,7 @@ impl Overlay {
             lower,
             scratch,
             editable: AtomicBool::new(editable),
+            superseded: AtomicBool::new(false),
             tree: Mutex::new(Tree {
                 nodes: vec![root],
                 index: HashMap::new(),
@@ -122,6 +129,18 @@ impl Overlay {
     pub fn set_editable(&self, editable: bool) {
         let _tree = self.lock();
         self.editable.store(editable, Ordering::Release);
+    }
+
+    /// No runtime shows it any more: read-only, and its nodes are stale
+    /// (see `superseded`). Under the lock, so a change under way finishes.
+    pub fn supersede(&self) {
+        let _tree = self.lock();
+        self.editable.store(false, Ordering::Release);
+        self.superseded.store(true, Ordering::Release);
+    }
+
+    pub fn is_superseded(&self) -> bool {
+        self.superseded.load(Ordering::Acquire)
     }
 
     fn lock(&self) -> MutexGuard<'_, Tree> {
