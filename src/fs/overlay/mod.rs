@@ -99,6 +99,9 @@ impl Overlay {
         editable: bool,
     ) -> io::Result<Overlay> {
         let masks: HashSet<PathBuf> = scratch.masks()?.into_iter().collect();
+        // Copies left half-made by a crash (or by the overlay this one
+        // replaces, which takes no more writes): never anyone's file.
+        let _ = crate::runtime::scratch::remove_any(&scratch.root().join("work"));
         let root = Node {
             parent: 0,
             name: OsString::new(),
@@ -228,7 +231,16 @@ impl Overlay {
             if self.attr(&tree, node)?.kind == FileType::Directory {
                 return Err(Errno::EISDIR);
             }
-            self.copy_up(&mut tree, node, flags & libc::O_TRUNC != 0)?;
+            let truncate = flags & libc::O_TRUNC != 0;
+            let mut prepared = None;
+            if !truncate {
+                prepared = self.prepare_copy(tree, node);
+                tree = self.lock();
+                // What changed meanwhile (deleted, made read-only) counts.
+                self.live(&tree, node)?;
+                self.check_editable()?;
+            }
+            self.copy_up_with(&mut tree, node, truncate, prepared)?;
             let file = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)

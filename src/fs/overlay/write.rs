@@ -11,6 +11,8 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::MutexGuard;
 use std::time::SystemTime;
 
 use fuser::{Errno, FileAttr, FileType, TimeOrNow};
@@ -74,13 +76,95 @@ fn give_to(path: &Path, owner: Owner) -> Result<(), Errno> {
     .map_err(nix_errno)
 }
 
+/// A copy of a file of the layers in the scratch directory's `work/`,
+/// not yet in its place; deleted when dropped unless it was moved there.
+pub struct Prepared {
+    lower: u32,
+    path: PathBuf,
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        // Gone already when it was renamed into place.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Numbers copies in `work/`, so concurrent ones never share a name.
+static COPIES: AtomicU64 = AtomicU64::new(0);
+
 impl Overlay {
+    /// Copies the file of the layers `lower` (or makes it empty) into
+    /// `work/`, with the layers' mode and times.
+    fn copy_to_work(&self, lower: u32, empty: bool) -> io::Result<Prepared> {
+        let attr = self
+            .lower
+            .node(lower)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESTALE))?
+            .attr;
+        let work = self.scratch.root().join("work");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&work)?;
+        let number = COPIES.fetch_add(1, Ordering::Relaxed);
+        let copy = Prepared {
+            lower,
+            path: work.join(format!("copy-up-{}-{number}", self.id)),
+        };
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&copy.path)?;
+        if !empty {
+            let mut from = self.lower.open(lower)?;
+            io::copy(&mut from, &mut out)?;
+        }
+        out.set_permissions(std::fs::Permissions::from_mode(u32::from(attr.perm)))?;
+        Ok(copy)
+    }
+
+    /// For a writing open of a file of the layers not copied up yet: its
+    /// copy, made without the lock. A big file takes a while, and every
+    /// other request of this runtime waits for the lock meanwhile (on
+    /// macOS the one FUSE thread, and so every runtime, with it).
+    pub(super) fn prepare_copy(&self, tree: MutexGuard<'_, Tree>, node: u32) -> Option<Prepared> {
+        let found = tree.nodes.get(node as usize)?;
+        if found.upper {
+            return None;
+        }
+        let lower = found.lower?;
+        if !matches!(
+            self.lower.node(lower)?.content,
+            Content::File(_) | Content::Payload(_)
+        ) {
+            return None;
+        }
+        drop(tree);
+        // On failure, `copy_up` tries again under the lock and reports it.
+        self.copy_to_work(lower, false).ok()
+    }
+
     /// Makes `node` exist in the scratch directory, with its directories
     /// above it: a directory is made with the layers' mode and times; a
     /// file is copied whole (or made empty when `empty`, for a truncating
     /// open) through a temporary file, so a crash never leaves half a copy
     /// in its place; a symlink is made again.
     pub(super) fn copy_up(&self, tree: &mut Tree, node: u32, empty: bool) -> Result<(), Errno> {
+        self.copy_up_with(tree, node, empty, None)
+    }
+
+    /// `copy_up`, using `prepared` (a copy of the node's file of the layers
+    /// made without the lock) when it still fits.
+    pub(super) fn copy_up_with(
+        &self,
+        tree: &mut Tree,
+        node: u32,
+        empty: bool,
+        mut prepared: Option<Prepared>,
+    ) -> Result<(), Errno> {
         if tree.nodes[node as usize].upper {
             return Ok(());
         }
@@ -110,30 +194,11 @@ impl Overlay {
                 std::os::unix::fs::symlink(link, &target).map_err(errno)?;
             }
             Content::File(_) | Content::Payload(_) => {
-                let work = self.scratch.root().join("work");
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(&work)
-                    .map_err(errno)?;
-                let temp = work.join(format!("copy-up-{}-{node}", self.id));
-                let copied = (|| -> io::Result<()> {
-                    let mut out = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .mode(0o600)
-                        .custom_flags(libc::O_NOFOLLOW)
-                        .open(&temp)?;
-                    if !empty {
-                        let mut from = self.lower.open(lower)?;
-                        io::copy(&mut from, &mut out)?;
-                    }
-                    out.set_permissions(std::fs::Permissions::from_mode(u32::from(attr.perm)))?;
-                    std::fs::rename(&temp, &target)
-                })();
-                if let Err(err) = copied {
-                    let _ = std::fs::remove_file(&temp);
+                let copy = match prepared.take() {
+                    Some(copy) if copy.lower == lower && !empty => Ok(copy),
+                    _ => self.copy_to_work(lower, empty),
+                };
+                if let Err(err) = copy.and_then(|copy| std::fs::rename(&copy.path, &target)) {
                     tracing::warn!(
                         event = "service.copy_up_failed",
                         view_id = self.id,
