@@ -371,3 +371,17 @@ fn after_a_reset_a_directory_held_open_looks_nothing_up_through_the_old_tree() {
     assert_eq!(stdout(&output), "secret\nrefused\nnot-written\n");
     assert!(!outside.join("new").exists());
 }
+
+#[test]
+fn an_editable_runtime_reports_its_scratch_disks_free_space() {
+    let env = env_with_base();
+    // `df` (and Finder, installers) check free space before writing: an
+    // editable runtime has its scratch directory's; a read-only one none.
+    let editable = sh_ok(&env, &["-e", "base"], "stat -f -c '%a %b' $M $M/etc");
+    let read_only = sh_ok(&env, &["base"], "stat -f -c '%a' $M/etc");
+    for line in editable.lines() {
+        let free: u64 = line.split(' ').next().unwrap().parse().unwrap();
+        assert!(free > 0, "no free blocks reported: {editable}");
+    }
+    assert_eq!(read_only, "0\n");
+}

@@ -29,8 +29,8 @@ use std::time::Duration;
 use fuser::{
     BackgroundSession, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, SessionACL,
-    TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
+    SessionACL, TimeOrNow, WriteFlags,
 };
 
 use crate::platform;
@@ -255,6 +255,11 @@ fn open_overlay_into_reply(
         }
         Err(errno) => reply.error(errno),
     }
+}
+
+/// A statvfs count as FUSE sends it (u32 on macOS, u64 on Linux).
+fn widen(count: impl Into<u64>) -> u64 {
+    count.into()
 }
 
 /// A lookup answer that means ENOENT, cached like an entry (inode 0).
@@ -696,6 +701,32 @@ impl Filesystem for SpfsFs {
         match self.resolve(newparent) {
             Ok((Shown::View(_), _)) => reply.error(Errno::EROFS),
             _ => reply.error(Errno::EPERM),
+        }
+    }
+
+    /// An editable runtime's free space is its scratch directory's disk's
+    /// (Finder, installers and `df` check it before writing); read-only
+    /// views and processes outside every runtime have none.
+    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let shown = match ino == INodeNo::ROOT {
+            true => self.router.view_for_caller(req.pid()),
+            false => self.resolve(ino).ok().map(|(shown, _)| shown),
+        };
+        let Some(Shown::Overlay(overlay)) = shown else {
+            return reply.statfs(0, 0, 0, 0, 0, 512, 255, 0);
+        };
+        match nix::sys::statvfs::statvfs(overlay.scratch.root()) {
+            Ok(stat) => reply.statfs(
+                widen(stat.blocks()),
+                widen(stat.blocks_free()),
+                widen(stat.blocks_available()),
+                widen(stat.files()),
+                widen(stat.files_free()),
+                stat.block_size() as u32,
+                255,
+                stat.fragment_size() as u32,
+            ),
+            Err(err) => reply.error(Errno::from_i32(err as i32)),
         }
     }
 
