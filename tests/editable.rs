@@ -365,3 +365,81 @@ fn a_rename_from_another_runtimes_tree_is_refused_and_loses_nothing() {
     );
     release(b);
 }
+
+#[test]
+fn a_deleted_file_still_open_keeps_working_and_stays_deleted() {
+    let env = env_with_base();
+    // Open, delete, then change through the open file: fstat, fchmod,
+    // ftruncate and futimens reach the open file and bring nothing back.
+    let out = sh_ok(
+        &env,
+        &["-e", "base"],
+        r#"set -e; cd $M; python3 -c "
+import os
+for path in ['etc/version', 'new-temp']:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    os.unlink(path)
+    os.pwrite(fd, b'changed', 0)
+    os.fchmod(fd, 0o600)
+    os.ftruncate(fd, 4)
+    os.utime(fd, (1000000000, 1000000000))
+    st = os.fstat(fd)
+    print(path, st.st_size, oct(st.st_mode & 0o777), int(st.st_mtime), os.pread(fd, 10, 0))
+    os.close(fd)
+    print(path, 'exists' if os.path.lexists(path) else 'deleted')
+"; ls etc"#,
+    );
+    assert_eq!(
+        out,
+        "etc/version 4 0o600 1000000000 b'chan'\netc/version deleted\n\
+         new-temp 4 0o600 1000000000 b'chan'\nnew-temp deleted\ngone\n",
+        "the layer's file must not come back from a change through a deleted file's fd"
+    );
+}
+
+#[test]
+fn after_a_reset_a_directory_held_open_looks_nothing_up_through_the_old_tree() {
+    let env = env_with_base();
+    let outside = env.root.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("secret"), "outside the scratch dir\n").unwrap();
+    // A process keeps its cwd in the old tree (and a file open, which keeps
+    // the old overlay alive); after the reset the runtime puts a symlink
+    // to a directory outside where that cwd was. Nothing may be read or
+    // written there through the old tree.
+    let output = env
+        .spfs(&[
+            "run",
+            "-e",
+            "base",
+            "--",
+            "sh",
+            "-c",
+            r#"set -e; cd $M/share/tree; exec 3< $M/etc/version; "$SPFS" reset;
+               rm -rf $M/share/tree; ln -s "$OUT" $M/share/tree; ls $M/share/tree;
+               if cat secret 2>/dev/null; then echo read-through; else echo refused; fi;
+               if echo x 2>/dev/null > new; then echo wrote; else echo not-written; fi"#,
+        ])
+        .env("M", &env.mountpoint)
+        .env("OUT", &outside)
+        .env("SPFS", SPFS)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "secret\nrefused\nnot-written\n");
+    assert!(!outside.join("new").exists());
+}
+
+#[test]
+fn an_editable_runtime_reports_its_scratch_disks_free_space() {
+    let env = env_with_base();
+    // `df` (and Finder, installers) check free space before writing: an
+    // editable runtime has its scratch directory's; a read-only one none.
+    let editable = sh_ok(&env, &["-e", "base"], "stat -f -c '%a %b' $M $M/etc");
+    let read_only = sh_ok(&env, &["base"], "stat -f -c '%a' $M/etc");
+    for line in editable.lines() {
+        let free: u64 = line.split(' ').next().unwrap().parse().unwrap();
+        assert!(free > 0, "no free blocks reported: {editable}");
+    }
+    assert_eq!(read_only, "0\n");
+}

@@ -53,6 +53,8 @@ const EDIT_TTL: Duration = Duration::from_secs(1);
 enum Handle {
     File {
         _shown: Shown,
+        /// The inode it was opened as.
+        ino: INodeNo,
         file: Arc<File>,
         /// Set when writes through it go to this editable view.
         writes: Option<Arc<Overlay>>,
@@ -130,7 +132,9 @@ impl SpfsFs {
         let shown = self.router.shown(view_id).ok_or(Errno::ESTALE)?;
         let exists = match &shown {
             Shown::View(view) => view.node(node).is_some(),
-            Shown::Overlay(overlay) => overlay.has_node(node),
+            // A superseded overlay's tree is stale: its open files work on,
+            // nothing else (`Overlay::superseded`).
+            Shown::Overlay(overlay) => overlay.has_node(node) && !overlay.is_superseded(),
         };
         if !exists {
             return Err(Errno::ESTALE);
@@ -173,6 +177,37 @@ impl SpfsFs {
         }
     }
 
+    /// An open file of inode `ino`: handle `fh` if it is one, else any
+    /// (`writable`: one that writes to an editable view).
+    fn open_file(&self, ino: INodeNo, fh: Option<FileHandle>, writable: bool) -> Option<Arc<File>> {
+        let handles = self.handles();
+        let fits = |handle: &Handle| match handle {
+            Handle::File {
+                ino: opened,
+                file,
+                writes,
+                ..
+            } if *opened == ino && (writes.is_some() || !writable) => Some(Arc::clone(file)),
+            _ => None,
+        };
+        if let Some(found) = fh.and_then(|fh| handles.get(&fh.0)).and_then(fits) {
+            return Some(found);
+        }
+        handles.values().find_map(fits)
+    }
+
+    /// Replies with the attributes of a file open as inode `ino`.
+    fn reply_open_attr(&self, file: &File, ino: INodeNo, reply: ReplyAttr) {
+        match nix::sys::stat::fstat(file) {
+            Ok(stat) => {
+                let mut attr = view::attr_of(&stat);
+                attr.ino = ino;
+                reply.attr(&self.view_ttl.min(EDIT_TTL), &attr)
+            }
+            Err(errno) => reply.error(Errno::from_i32(errno as i32)),
+        }
+    }
+
     /// Runs `work` on the blocking pool (inline without one): file I/O that
     /// may block must not hold the FUSE thread other processes wait on.
     fn offload(&self, work: impl FnOnce() + Send + 'static) {
@@ -205,6 +240,7 @@ fn open_into_reply(handles: &Handles, view: Arc<View>, node: u32, reply: ReplyOp
     match view.open(node) {
         Ok(file) => {
             let fh = handles.add(Handle::File {
+                ino: encode(view.id, node),
                 _shown: Shown::View(view),
                 file: Arc::new(file),
                 writes: None,
@@ -231,6 +267,7 @@ fn open_overlay_into_reply(
             let file = Arc::new(opened.file);
             overlay.opened(node, &file);
             let fh = handles.add(Handle::File {
+                ino: encode(overlay.id, node),
                 _shown: Shown::Overlay(overlay),
                 file,
                 writes,
@@ -240,6 +277,11 @@ fn open_overlay_into_reply(
         }
         Err(errno) => reply.error(errno),
     }
+}
+
+/// A statvfs count as FUSE sends it (u32 on macOS, u64 on Linux).
+fn widen(count: impl Into<u64>) -> u64 {
+    count.into()
 }
 
 /// A lookup answer that means ENOENT, cached like an entry (inode 0).
@@ -277,6 +319,11 @@ fn owner(req: &Request) -> Owner {
 }
 
 impl Filesystem for SpfsFs {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> io::Result<()> {
+        platform::fuse_init(config);
+        Ok(())
+    }
+
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (shown, dir, ttl) = if parent == INodeNo::ROOT {
             match self.router.view_for_caller(req.pid()) {
@@ -329,22 +376,32 @@ impl Filesystem for SpfsFs {
             _ => None,
         });
         if let Some(file) = open {
-            return match nix::sys::stat::fstat(&*file) {
-                Ok(stat) => {
-                    let mut attr = view::attr_of(&stat);
-                    attr.ino = ino;
-                    reply.attr(&self.view_ttl.min(EDIT_TTL), &attr)
-                }
-                Err(errno) => reply.error(Errno::from_i32(errno as i32)),
-            };
+            return self.reply_open_attr(&file, ino, reply);
         }
         match self.resolve(ino) {
             Ok((Shown::View(view), node)) => {
                 reply.attr(&self.view_ttl, &attr_with_ino(&view, node))
             }
-            Ok((Shown::Overlay(overlay), node)) => match overlay.getattr(node) {
-                Ok(attr) => reply.attr(&self.view_ttl.min(EDIT_TTL), &attr),
-                Err(errno) => reply.error(errno),
+            Ok((Shown::Overlay(overlay), node)) => {
+                // A deleted file still open (`fstat` after `unlink`) has
+                // no path: its open file has the attributes.
+                let found =
+                    overlay
+                        .getattr(node)
+                        .or_else(|errno| match self.open_file(ino, fh, false) {
+                            Some(file) if overlay.is_gone(node) => overlay.open_attr(node, &file),
+                            _ => Err(errno),
+                        });
+                match found {
+                    Ok(attr) => reply.attr(&self.view_ttl.min(EDIT_TTL), &attr),
+                    Err(errno) => reply.error(errno),
+                }
+            }
+            // A superseded overlay (the runtime was reset, committed or
+            // shows another stack): a file still open through it answers.
+            Err(Errno::ESTALE) => match self.open_file(ino, fh, false) {
+                Some(file) => self.reply_open_attr(&file, ino, reply),
+                None => reply.error(Errno::ESTALE),
             },
             Err(errno) => reply.error(errno),
         }
@@ -517,6 +574,14 @@ impl Filesystem for SpfsFs {
             }) => Some(Arc::clone(file)),
             _ => None,
         });
+        // `fchmod`, `futimens` and the like come without a handle: a
+        // deleted file has only its open files to change.
+        let open = match open {
+            None if overlay.is_gone(node) => self
+                .open_file(ino, None, true)
+                .or_else(|| self.open_file(ino, None, false)),
+            open => open,
+        };
         let change = SetAttr {
             mode,
             uid,
@@ -549,12 +614,14 @@ impl Filesystem for SpfsFs {
             Err(errno) => return reply.error(errno),
         };
         let ttl = self.entry_ttl(parent);
+        let flags = platform::create_flags(flags);
         match overlay.create(dir, name, mode, umask, flags, owner(req)) {
             Ok((node, attr, opened)) => {
                 let writes = opened.writable.then(|| Arc::clone(&overlay));
                 let file = Arc::new(opened.file);
                 overlay.opened(node, &file);
                 let fh = self.add_handle(Handle::File {
+                    ino: attr.ino,
                     _shown: Shown::Overlay(overlay),
                     file,
                     writes,
@@ -658,6 +725,9 @@ impl Filesystem for SpfsFs {
                 flags.contains(RenameFlags::RENAME_NOREPLACE),
                 flags.contains(RenameFlags::RENAME_EXCHANGE),
             );
+            // macOS `renamex_np(2)`: RENAME_SWAP 0x2, RENAME_EXCL 0x4, as
+            // macFUSE passes them. fuser 0.18 passes none on macOS (see
+            // `platform::fuse_init`); a fuser that forwards them lands here.
             #[cfg(not(target_os = "linux"))]
             let (noreplace, exchange) = (flags.bits() & 0x4 != 0, flags.bits() & 0x2 != 0);
             overlay.rename(dir, name, newdir, newname, noreplace, exchange)
@@ -680,6 +750,32 @@ impl Filesystem for SpfsFs {
         match self.resolve(newparent) {
             Ok((Shown::View(_), _)) => reply.error(Errno::EROFS),
             _ => reply.error(Errno::EPERM),
+        }
+    }
+
+    /// An editable runtime's free space is its scratch directory's disk's
+    /// (Finder, installers and `df` check it before writing); read-only
+    /// views and processes outside every runtime have none.
+    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let shown = match ino == INodeNo::ROOT {
+            true => self.router.view_for_caller(req.pid()),
+            false => self.resolve(ino).ok().map(|(shown, _)| shown),
+        };
+        let Some(Shown::Overlay(overlay)) = shown else {
+            return reply.statfs(0, 0, 0, 0, 0, 512, 255, 0);
+        };
+        match nix::sys::statvfs::statvfs(overlay.scratch.root()) {
+            Ok(stat) => reply.statfs(
+                widen(stat.blocks()),
+                widen(stat.blocks_free()),
+                widen(stat.blocks_available()),
+                widen(stat.files()),
+                widen(stat.files_free()),
+                stat.block_size() as u32,
+                255,
+                stat.fragment_size() as u32,
+            ),
+            Err(err) => reply.error(Errno::from_i32(err as i32)),
         }
     }
 
@@ -783,32 +879,6 @@ impl Filesystem for SpfsFs {
             }
         }
         reply.ok();
-    }
-
-    /// `df` in an editable runtime shows the space left for its changes
-    /// (the scratch directory's filesystem); elsewhere nothing can be
-    /// written, so no space is free.
-    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
-    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        let shown = match ino == INodeNo::ROOT {
-            true => self.router.view_for_caller(req.pid()),
-            false => self.resolve(ino).ok().map(|(shown, _)| shown),
-        };
-        if let Some(Shown::Overlay(overlay)) = shown {
-            if let Ok(st) = nix::sys::statvfs::statvfs(overlay.scratch.upper()) {
-                return reply.statfs(
-                    st.blocks() as u64,
-                    st.blocks_free() as u64,
-                    st.blocks_available() as u64,
-                    st.files() as u64,
-                    st.files_free() as u64,
-                    st.block_size() as u32,
-                    st.name_max().min(255) as u32,
-                    st.fragment_size() as u32,
-                );
-            }
-        }
-        reply.statfs(0, 0, 0, 0, 0, 4096, 255, 4096);
     }
 
     fn releasedir(

@@ -223,6 +223,9 @@ impl Router {
             state.runtimes.remove(&id)
         };
         let found = removed.is_some();
+        if let Some(Shown::Overlay(overlay)) = removed.as_ref().map(|route| &route.shown) {
+            overlay.supersede();
+        }
         drop(removed);
         self.forget_dropped();
         found
@@ -253,6 +256,10 @@ impl Router {
     /// open files hold it. False when the runtime is gone.
     pub fn set_shown(&self, id: RuntimeId, shown: Shown) -> bool {
         self.register(&shown);
+        let new_overlay = match &shown {
+            Shown::Overlay(overlay) => Some(Arc::clone(overlay)),
+            Shown::View(_) => None,
+        };
         let old = {
             let mut state = write(&self.state);
             match state.runtimes.get_mut(&id) {
@@ -261,6 +268,11 @@ impl Router {
             }
         };
         let found = old.is_some();
+        if let Some(Shown::Overlay(old)) = &old {
+            if !new_overlay.is_some_and(|new| Arc::ptr_eq(&new, old)) {
+                old.supersede();
+            }
+        }
         drop(old);
         self.forget_dropped();
         found

@@ -307,6 +307,15 @@ pub fn mount_options() -> Vec<fuser::MountOption> {
     vec![fuser::MountOption::Subtype("spfs".into())]
 }
 
+/// FUSE_INIT: fuser's defaults are right for the Linux kernel.
+pub fn fuse_init(_config: &mut fuser::KernelConfig) {}
+
+/// The open flags a `create` request means: Linux passes the caller's own
+/// (O_EXCL, O_TRUNC, O_APPEND...).
+pub fn create_flags(flags: i32) -> i32 {
+    flags
+}
+
 /// How to make `path` usable as the mountpoint when it is not the user's.
 pub fn mountpoint_fix(path: &Path) -> String {
     format!(

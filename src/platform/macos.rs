@@ -527,6 +527,53 @@ pub fn mount_options() -> Vec<fuser::MountOption> {
     .collect()
 }
 
+/// macFUSE's FUSE_INIT flag for `renamex_np(2)`'s RENAME_EXCL (macFUSE's
+/// `fuse_kernel.h`; fuser 0.18 does not name it).
+const FUSE_RENAME_EXCL: u64 = 1 << 26;
+
+/// FUSE_INIT for macFUSE. fuser 0.18 always parses a rename request as
+/// macFUSE 4 sends it, with the extended 16-byte `fuse_rename_in`; macFUSE
+/// 5 sends that layout only to a filesystem that asked for RENAME_SWAP or
+/// RENAME_EXCL at init, and the 8-byte one otherwise, which fuser would
+/// read with the names shifted (cberner/fuser#710, #341; macfuse#839). So
+/// on macFUSE 5 ask for RENAME_EXCL. fuser 0.18 drops the flags of a rename
+/// (it passes `RenameFlags::empty()` on macOS), so a `renamex_np` with
+/// RENAME_EXCL over an existing name replaces it like `rename(2)`;
+/// RENAME_SWAP is not asked for (macOS then refuses it with ENOTSUP before
+/// it reaches us) because a swap done as a rename would lose the swapped
+/// file. A fuser with #711 forwards the flags, and `SpfsFs::rename` reads
+/// them.
+pub fn fuse_init(config: &mut fuser::KernelConfig) {
+    let major = sysctl_bytes(MACFUSE_VERSION_SYSCTL).and_then(|raw| {
+        let text = String::from_utf8_lossy(&raw)
+            .trim_end_matches('\0')
+            .to_owned();
+        text.split('.').next()?.trim().parse::<u32>().ok()
+    });
+    // macFUSE 4 sends the extended layout anyway: keep RENAME_EXCL refused.
+    if major.is_some_and(|major| major < 5) {
+        return;
+    }
+    let excl = fuser::InitFlags::from_bits_retain(FUSE_RENAME_EXCL);
+    if let Err(missing) = config.add_capabilities(excl) {
+        tracing::warn!(
+            event = "service.fuse_init",
+            missing = missing.bits(),
+            "macFUSE does not offer RENAME_EXCL: renames may arrive in a layout fuser misreads"
+        );
+    }
+}
+
+/// The open flags a `create` request means. macFUSE always sends
+/// `O_CREAT | O_RDWR` (the caller's O_EXCL stays in the kernel), and calls
+/// `create` only after a lookup found nothing; macOS's `vn_open_auth` then
+/// retries as a plain open on EEXIST unless the caller asked for O_EXCL.
+/// So a name created meanwhile must get EEXIST, or two racing
+/// `open(O_CREAT|O_EXCL)` (lock files) would both succeed.
+pub fn create_flags(flags: i32) -> i32 {
+    flags | libc::O_EXCL
+}
+
 /// How to make `path` usable as the mountpoint when it is missing or is not
 /// the user's: `/` is read-only, so `/spfs` must come from /etc/synthetic.conf
 /// as a symlink to a directory the user owns (a non-root user may mount only

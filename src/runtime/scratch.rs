@@ -13,6 +13,10 @@
 //!                  directory made again after its deletion shows none of
 //!                  the layers' entries). Directories under masks/ only hold
 //!                  other markers.
+//!   work/          copies of the layers' files on their way into upper/
+//!                  (renamed there when complete); whatever is left here
+//!                  is a crash's leftover, deleted when the runtime is
+//!                  next shown, and never a change
 //! ```
 //!
 //! The format is plain files so a crash of the service loses nothing that

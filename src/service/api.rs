@@ -309,12 +309,39 @@ impl Api {
         if let Shown::Overlay(overlay) = &member.shown {
             overlay.set_editable(false);
         }
+        let changed = self.swap_stack(&member, state, built, request.drop_changes);
+        // Failed: the runtime goes on as it was, not silently read-only.
+        if let (Err(_), Shown::Overlay(overlay)) = (&changed, &member.shown) {
+            overlay.set_editable(member.state.editable);
+        }
+        let runtime = changed?;
+        tracing::info!(
+            event = "service.stack_changed",
+            runtime = runtime.name.as_str(),
+            env_spec = crate::tracking::env_spec::shorten(&runtime.env_spec),
+            drop_changes = request.drop_changes,
+            editable,
+            "runtime shows another stack"
+        );
+        Ok(runtime)
+    }
+
+    /// The second half of `ChangeStack`, once the old overlay takes no
+    /// more writes: drops the changes if asked, and shows the new stack.
+    fn swap_stack(
+        &self,
+        member: &crate::service::runtimes::Member,
+        state: crate::runtime::state::RuntimeState,
+        built: Built,
+        drop_changes: bool,
+    ) -> Result<crate::proto::Runtime, MountError> {
+        let editable = state.editable;
         let scratch = match (&member.scratch, editable) {
             (Some(scratch), _) => Some(Arc::clone(scratch)),
             (None, true) => Some(self.runtimes.new_scratch(&state.name)?),
             (None, false) => None,
         };
-        if let (Some(scratch), true) = (&scratch, request.drop_changes) {
+        if let (Some(scratch), true) = (&scratch, drop_changes) {
             scratch.reset(&[]).map_err(|e| MountError::Scratch {
                 what: "cannot drop the changes".into(),
                 error: e,
@@ -335,16 +362,7 @@ impl Api {
             )),
             None => Shown::View(Arc::clone(&built.view)),
         };
-        let runtime = self.runtimes.update(&member, state, shown, scratch)?;
-        tracing::info!(
-            event = "service.stack_changed",
-            runtime = runtime.name.as_str(),
-            env_spec = crate::tracking::env_spec::shorten(&runtime.env_spec),
-            drop_changes = request.drop_changes,
-            editable,
-            "runtime shows another stack"
-        );
-        Ok(runtime)
+        self.runtimes.update(member, state, shown, scratch)
     }
 }
 

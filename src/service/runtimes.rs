@@ -541,23 +541,30 @@ impl Runtimes {
         if let Shown::Overlay(overlay) = &member.shown {
             overlay.set_editable(false);
         }
-        scratch
-            .reset(paths)
-            .map_err(|e| MountError::scratch("cannot drop the changes", e))?;
-        let overlay = Overlay::new(
-            self.router.next_view_id(),
-            lower,
-            Arc::clone(&scratch),
-            editable,
-        )
-        .map_err(|e| MountError::scratch("cannot read the runtime's changes", e))?;
-        let state = member.state.clone();
-        self.update(
-            &member,
-            state,
-            Shown::Overlay(Arc::new(overlay)),
-            Some(scratch),
-        )
+        let reset = (|| {
+            scratch
+                .reset(paths)
+                .map_err(|e| MountError::scratch("cannot drop the changes", e))?;
+            let overlay = Overlay::new(
+                self.router.next_view_id(),
+                lower,
+                Arc::clone(&scratch),
+                editable,
+            )
+            .map_err(|e| MountError::scratch("cannot read the runtime's changes", e))?;
+            let state = member.state.clone();
+            self.update(
+                &member,
+                state,
+                Shown::Overlay(Arc::new(overlay)),
+                Some(scratch),
+            )
+        })();
+        // Failed: the runtime goes on as it was, not silently read-only.
+        if let (Err(_), Shown::Overlay(overlay)) = (&reset, &member.shown) {
+            overlay.set_editable(editable);
+        }
+        reset
     }
 
     /// `RemoveRuntime`: deletes a stopped runtime and its changes.

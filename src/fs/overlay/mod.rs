@@ -42,6 +42,12 @@ pub struct Overlay {
     pub lower: Arc<View>,
     pub scratch: Arc<Scratch>,
     editable: AtomicBool,
+    /// No runtime shows it any more (it was reset, shows another stack, or
+    /// ended); only its open files still work. Its tree no longer matches
+    /// the scratch directory, where another overlay may make anything
+    /// (a symlink where this one saw a directory), so nothing is looked
+    /// up through it again.
+    superseded: AtomicBool,
     tree: Mutex<Tree>,
 }
 
@@ -60,10 +66,13 @@ struct Node {
     lower: Option<u32>,
     /// `upper/PATH` exists.
     upper: bool,
-    /// Unlinked, or renamed over: no path leads to it any more.
+    /// Deleted (unlinked, removed, renamed over): its path now names
+    /// something else or nothing, so nothing may be done through it by
+    /// path. Its open files still work (`Overlay::setattr` with one).
     gone: bool,
-    /// The file last opened through this node: an unlinked (or reset, or
-    /// committed-away) file's attributes come from it while it is open.
+    /// The file last opened through this node: when its scratch file went
+    /// away under an old overlay (a reset or commit made a new one), its
+    /// attributes come from the open file.
     open: Weak<File>,
 }
 
@@ -94,6 +103,9 @@ impl Overlay {
         editable: bool,
     ) -> io::Result<Overlay> {
         let masks: HashSet<PathBuf> = scratch.masks()?.into_iter().collect();
+        // Copies left half-made by a crash (or by the overlay this one
+        // replaces, which takes no more writes): never anyone's file.
+        let _ = crate::runtime::scratch::remove_any(&scratch.root().join("work"));
         let root = Node {
             parent: 0,
             name: OsString::new(),
@@ -107,6 +119,7 @@ impl Overlay {
             lower,
             scratch,
             editable: AtomicBool::new(editable),
+            superseded: AtomicBool::new(false),
             tree: Mutex::new(Tree {
                 nodes: vec![root],
                 index: HashMap::new(),
@@ -124,6 +137,18 @@ impl Overlay {
     pub fn set_editable(&self, editable: bool) {
         let _tree = self.lock();
         self.editable.store(editable, Ordering::Release);
+    }
+
+    /// No runtime shows it any more: read-only, and its nodes are stale
+    /// (see `superseded`). Under the lock, so a change under way finishes.
+    pub fn supersede(&self) {
+        let _tree = self.lock();
+        self.editable.store(false, Ordering::Release);
+        self.superseded.store(true, Ordering::Release);
+    }
+
+    pub fn is_superseded(&self) -> bool {
+        self.superseded.load(Ordering::Acquire)
     }
 
     fn lock(&self) -> MutexGuard<'_, Tree> {
@@ -151,6 +176,29 @@ impl Overlay {
         (index as usize) < self.lock().nodes.len()
     }
 
+    /// Whether node `index` was deleted (it, or a directory above it).
+    pub fn is_gone(&self, index: u32) -> bool {
+        let tree = self.lock();
+        (index as usize) < tree.nodes.len() && self.live(&tree, index).is_err()
+    }
+
+    /// ENOENT when `node` or a directory above it was deleted: its path
+    /// names something else now (perhaps a symlink a process made there,
+    /// which a path built on it would follow out of the scratch directory).
+    fn live(&self, tree: &Tree, node: u32) -> Result<(), Errno> {
+        let mut current = node;
+        loop {
+            let found = tree.nodes.get(current as usize).ok_or(Errno::ESTALE)?;
+            if found.gone {
+                return Err(Errno::ENOENT);
+            }
+            if current == 0 {
+                return Ok(());
+            }
+            current = found.parent;
+        }
+    }
+
     /// The child `name` of directory `dir`: its node and attributes.
     pub fn lookup(&self, dir: u32, name: &OsStr) -> Result<(u32, FileAttr), Errno> {
         let mut tree = self.lock();
@@ -166,6 +214,7 @@ impl Overlay {
     /// The target of a symlink node.
     pub fn read_link(&self, node: u32) -> Result<Vec<u8>, Errno> {
         let tree = self.lock();
+        self.live(&tree, node)?;
         let found = tree.nodes.get(node as usize).ok_or(Errno::ESTALE)?;
         if found.upper {
             let target = std::fs::read_link(self.upper_path(&tree, node)).map_err(errno)?;
@@ -181,15 +230,22 @@ impl Overlay {
     pub fn open(&self, node: u32, flags: i32) -> Result<Opened, Errno> {
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let mut tree = self.lock();
-        if (node as usize) >= tree.nodes.len() {
-            return Err(Errno::ESTALE);
-        }
+        self.live(&tree, node)?;
         if writing {
             self.check_editable()?;
             if self.attr(&tree, node)?.kind == FileType::Directory {
                 return Err(Errno::EISDIR);
             }
-            self.copy_up(&mut tree, node, flags & libc::O_TRUNC != 0)?;
+            let truncate = flags & libc::O_TRUNC != 0;
+            let mut prepared = None;
+            if !truncate {
+                prepared = self.prepare_copy(tree, node);
+                tree = self.lock();
+                // What changed meanwhile (deleted, made read-only) counts.
+                self.live(&tree, node)?;
+                self.check_editable()?;
+            }
+            self.copy_up_with(&mut tree, node, truncate, prepared)?;
             let file = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -250,6 +306,7 @@ impl Overlay {
     /// The names shown in directory `dir`: the scratch directory's and the
     /// layers' (less what markers hide).
     fn names(&self, tree: &Tree, dir: u32) -> Result<BTreeSet<OsString>, Errno> {
+        self.live(tree, dir)?;
         let node = tree.nodes.get(dir as usize).ok_or(Errno::ESTALE)?;
         let mut names = BTreeSet::new();
         if node.upper {
@@ -284,9 +341,7 @@ impl Overlay {
     /// The live node of `dir`'s child `name`, numbering it on first sight;
     /// None when nothing shows there.
     fn child(&self, tree: &mut Tree, dir: u32, name: &OsStr) -> Result<Option<u32>, Errno> {
-        if (dir as usize) >= tree.nodes.len() {
-            return Err(Errno::ESTALE);
-        }
+        self.live(tree, dir)?;
         if let Some(&found) = tree.index.get(&(dir, name.to_owned())) {
             return Ok(Some(found));
         }
@@ -356,15 +411,14 @@ impl Overlay {
     }
 
     fn attr(&self, tree: &Tree, node: u32) -> Result<FileAttr, Errno> {
+        self.live(tree, node)?;
         let found = tree.nodes.get(node as usize).ok_or(Errno::ESTALE)?;
         let open_file = || -> Result<FileAttr, Errno> {
             let file = found.open.upgrade().ok_or(Errno::ESTALE)?;
             let stat = nix::sys::stat::fstat(&*file).map_err(|e| Errno::from_i32(e as i32))?;
             Ok(view::attr_of(&stat))
         };
-        let mut attr = if found.gone {
-            open_file()?
-        } else if found.upper {
+        let mut attr = if found.upper {
             match nix::sys::stat::lstat(&self.upper_path(tree, node)) {
                 Ok(stat) => view::attr_of(&stat),
                 // Its file went away under it (a reset or commit made a new
@@ -385,6 +439,18 @@ impl Overlay {
         if let Some(found) = self.lock().nodes.get_mut(node as usize) {
             found.open = Arc::downgrade(file);
         }
+    }
+}
+
+impl Overlay {
+    /// The attributes of `node` as a file it has open shows them (a
+    /// deleted node's, which has no path any more).
+    pub fn open_attr(&self, node: u32, file: &File) -> Result<FileAttr, Errno> {
+        let stat = nix::sys::stat::fstat(std::os::fd::AsFd::as_fd(file))
+            .map_err(|e| Errno::from_i32(e as i32))?;
+        let mut attr = view::attr_of(&stat);
+        attr.ino = encode(self.id, node);
+        Ok(attr)
     }
 }
 

@@ -11,6 +11,8 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::MutexGuard;
 use std::time::SystemTime;
 
 use fuser::{Errno, FileAttr, FileType, TimeOrNow};
@@ -74,16 +76,100 @@ fn give_to(path: &Path, owner: Owner) -> Result<(), Errno> {
     .map_err(nix_errno)
 }
 
+/// A copy of a file of the layers in the scratch directory's `work/`,
+/// not yet in its place; deleted when dropped unless it was moved there.
+pub struct Prepared {
+    lower: u32,
+    path: PathBuf,
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        // Gone already when it was renamed into place.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Numbers copies in `work/`, so concurrent ones never share a name.
+static COPIES: AtomicU64 = AtomicU64::new(0);
+
 impl Overlay {
+    /// Copies the file of the layers `lower` (or makes it empty) into
+    /// `work/`, with the layers' mode and times.
+    fn copy_to_work(&self, lower: u32, empty: bool) -> io::Result<Prepared> {
+        let attr = self
+            .lower
+            .node(lower)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESTALE))?
+            .attr;
+        let work = self.scratch.root().join("work");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&work)?;
+        let number = COPIES.fetch_add(1, Ordering::Relaxed);
+        let copy = Prepared {
+            lower,
+            path: work.join(format!("copy-up-{}-{number}", self.id)),
+        };
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&copy.path)?;
+        if !empty {
+            let mut from = self.lower.open(lower)?;
+            io::copy(&mut from, &mut out)?;
+        }
+        out.set_permissions(std::fs::Permissions::from_mode(u32::from(attr.perm)))?;
+        Ok(copy)
+    }
+
+    /// For a writing open of a file of the layers not copied up yet: its
+    /// copy, made without the lock. A big file takes a while, and every
+    /// other request of this runtime waits for the lock meanwhile (on
+    /// macOS the one FUSE thread, and so every runtime, with it).
+    pub(super) fn prepare_copy(&self, tree: MutexGuard<'_, Tree>, node: u32) -> Option<Prepared> {
+        let found = tree.nodes.get(node as usize)?;
+        if found.upper {
+            return None;
+        }
+        let lower = found.lower?;
+        if !matches!(
+            self.lower.node(lower)?.content,
+            Content::File(_) | Content::Payload(_)
+        ) {
+            return None;
+        }
+        drop(tree);
+        // On failure, `copy_up` tries again under the lock and reports it.
+        self.copy_to_work(lower, false).ok()
+    }
+
     /// Makes `node` exist in the scratch directory, with its directories
     /// above it: a directory is made with the layers' mode and times; a
     /// file is copied whole (or made empty when `empty`, for a truncating
     /// open) through a temporary file, so a crash never leaves half a copy
     /// in its place; a symlink is made again.
     pub(super) fn copy_up(&self, tree: &mut Tree, node: u32, empty: bool) -> Result<(), Errno> {
+        self.copy_up_with(tree, node, empty, None)
+    }
+
+    /// `copy_up`, using `prepared` (a copy of the node's file of the layers
+    /// made without the lock) when it still fits.
+    pub(super) fn copy_up_with(
+        &self,
+        tree: &mut Tree,
+        node: u32,
+        empty: bool,
+        mut prepared: Option<Prepared>,
+    ) -> Result<(), Errno> {
         if tree.nodes[node as usize].upper {
             return Ok(());
         }
+        // A deleted file must not come back from the layers.
+        self.live(tree, node)?;
         let parent = tree.nodes[node as usize].parent;
         self.copy_up(tree, parent, false)?;
         let lower = tree.nodes[node as usize].lower.ok_or(Errno::ESTALE)?;
@@ -108,30 +194,11 @@ impl Overlay {
                 std::os::unix::fs::symlink(link, &target).map_err(errno)?;
             }
             Content::File(_) | Content::Payload(_) => {
-                let work = self.scratch.root().join("work");
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(&work)
-                    .map_err(errno)?;
-                let temp = work.join(format!("copy-up-{}-{node}", self.id));
-                let copied = (|| -> io::Result<()> {
-                    let mut out = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .mode(0o600)
-                        .custom_flags(libc::O_NOFOLLOW)
-                        .open(&temp)?;
-                    if !empty {
-                        let mut from = self.lower.open(lower)?;
-                        io::copy(&mut from, &mut out)?;
-                    }
-                    out.set_permissions(std::fs::Permissions::from_mode(u32::from(attr.perm)))?;
-                    std::fs::rename(&temp, &target)
-                })();
-                if let Err(err) = copied {
-                    let _ = std::fs::remove_file(&temp);
+                let copy = match prepared.take() {
+                    Some(copy) if copy.lower == lower && !empty => Ok(copy),
+                    _ => self.copy_to_work(lower, empty),
+                };
+                if let Err(err) = copy.and_then(|copy| std::fs::rename(&copy.path, &target)) {
                     tracing::warn!(
                         event = "service.copy_up_failed",
                         view_id = self.id,
@@ -285,6 +352,12 @@ impl Overlay {
         Ok(())
     }
 
+    /// Takes a deleted `node` out of the tree for good: see `Node::gone`.
+    fn bury(&self, tree: &mut Tree, node: u32) {
+        self.retire(tree, node);
+        tree.nodes[node as usize].gone = true;
+    }
+
     /// Takes `node` out of the tree: its name no longer leads to it.
     fn retire(&self, tree: &mut Tree, node: u32) {
         let found = &mut tree.nodes[node as usize];
@@ -296,8 +369,10 @@ impl Overlay {
     }
 
     pub fn unlink(&self, dir: u32, name: &OsStr) -> Result<(), Errno> {
-        self.check_editable()?;
+        // Checked under the lock: `set_editable(false)` (Reset, ChangeStack)
+        // then knows no change is still on its way to the disk.
         let mut tree = self.lock();
+        self.check_editable()?;
         let node = self.child(&mut tree, dir, name)?.ok_or(Errno::ENOENT)?;
         if self.attr(&tree, node)?.kind == FileType::Directory {
             return Err(if cfg!(target_os = "linux") {
@@ -306,18 +381,22 @@ impl Overlay {
                 Errno::EPERM
             });
         }
+        // The marker first: a crash in between leaves upper/PATH over a
+        // marker (our file, shown), never the layers' file back.
+        self.mask(&mut tree, node)?;
         if tree.nodes[node as usize].upper {
             std::fs::remove_file(self.upper_path(&tree, node)).map_err(errno)?;
             tree.nodes[node as usize].upper = false;
         }
-        self.mask(&mut tree, node)?;
-        self.retire(&mut tree, node);
+        self.bury(&mut tree, node);
         Ok(())
     }
 
     pub fn rmdir(&self, dir: u32, name: &OsStr) -> Result<(), Errno> {
-        self.check_editable()?;
+        // Checked under the lock: `set_editable(false)` (Reset, ChangeStack)
+        // then knows no change is still on its way to the disk.
         let mut tree = self.lock();
+        self.check_editable()?;
         let node = self.child(&mut tree, dir, name)?.ok_or(Errno::ENOENT)?;
         if self.attr(&tree, node)?.kind != FileType::Directory {
             return Err(Errno::ENOTDIR);
@@ -325,13 +404,14 @@ impl Overlay {
         if !self.names(&tree, node)?.is_empty() {
             return Err(Errno::ENOTEMPTY);
         }
+        // The marker first, as in `unlink`.
+        self.mask(&mut tree, node)?;
         if tree.nodes[node as usize].upper {
             // Shown entries are all gone, so the scratch directory is empty.
             std::fs::remove_dir(self.upper_path(&tree, node)).map_err(errno)?;
             tree.nodes[node as usize].upper = false;
         }
-        self.mask(&mut tree, node)?;
-        self.retire(&mut tree, node);
+        self.bury(&mut tree, node);
         Ok(())
     }
 
@@ -346,11 +426,11 @@ impl Overlay {
         noreplace: bool,
         exchange: bool,
     ) -> Result<(), Errno> {
-        self.check_editable()?;
         if exchange {
             return Err(Errno::EINVAL);
         }
         let mut tree = self.lock();
+        self.check_editable()?;
         let source = self.child(&mut tree, dir, name)?.ok_or(Errno::ENOENT)?;
         if self.attr(&tree, newdir)?.kind != FileType::Directory {
             return Err(Errno::ENOTDIR);
@@ -396,16 +476,15 @@ impl Overlay {
         self.copy_up(&mut tree, newdir, false)?;
         let from = self.upper_path(&tree, source);
         let to = self.upper_path(&tree, newdir).join(newname);
-        // rename(2) replaces our file, or our (empty) directory, there.
-        std::fs::rename(&from, &to).map_err(errno)?;
+        // The markers first, as in `unlink`: a crash before the rename
+        // leaves markers under our own files (shown as they were), never
+        // the layers' entries back.
         // What the layers showed at the new name: a file is hidden by ours;
         // a directory must not merge into the one moved there.
         if let Some(target) = target {
             if source_is_dir {
                 self.mask(&mut tree, target)?;
             }
-            tree.nodes[target as usize].upper = false;
-            self.retire(&mut tree, target);
         } else if source_is_dir {
             let path = self.path(&tree, newdir).join(newname);
             let shown_below = !tree.masks.contains(&path)
@@ -421,6 +500,12 @@ impl Overlay {
         }
         // What the layers showed at the old name stays hidden.
         self.mask(&mut tree, source)?;
+        // rename(2) replaces our file, or our (empty) directory, there.
+        std::fs::rename(&from, &to).map_err(errno)?;
+        if let Some(target) = target {
+            tree.nodes[target as usize].upper = false;
+            self.bury(&mut tree, target);
+        }
         self.retire(&mut tree, source);
         // What the layers still have under the new name (a file ours now
         // hides), so deleting it later hides that too.
@@ -449,10 +534,29 @@ impl Overlay {
         change: SetAttr,
         open: Option<&File>,
     ) -> Result<FileAttr, Errno> {
-        self.check_editable()?;
+        // Checked under the lock: `set_editable(false)` (Reset, ChangeStack)
+        // then knows no change is still on its way to the disk.
         let mut tree = self.lock();
+        self.check_editable()?;
         if (node as usize) >= tree.nodes.len() {
             return Err(Errno::ESTALE);
+        }
+        if self.live(&tree, node).is_err() {
+            // Deleted but still open (`fchmod`, `ftruncate` after `unlink`):
+            // the change goes to the open file; by path it would bring the
+            // layers' file back, or change whatever has that name now.
+            return self.setattr_open(node, change, open.ok_or(Errno::ENOENT)?);
+        }
+        let keeps_nothing = change.mode.is_none()
+            && change.uid.is_none()
+            && change.gid.is_none()
+            && change.size.is_none()
+            && change.atime.is_none()
+            && change.mtime.is_none();
+        if keeps_nothing {
+            // Only what the scratch directory does not keep (macOS: BSD
+            // flags, creation and backup times): no copy-up for nothing.
+            return self.attr(&tree, node);
         }
         let truncating = change.size == Some(0) && open.is_none();
         self.copy_up(&mut tree, node, truncating)?;
@@ -499,5 +603,34 @@ impl Overlay {
             .map_err(nix_errno)?;
         }
         self.attr(&tree, node)
+    }
+
+    /// `setattr` on a deleted node, through a file it has open.
+    fn setattr_open(&self, node: u32, change: SetAttr, file: &File) -> Result<FileAttr, Errno> {
+        use std::os::fd::AsFd;
+        if let Some(mode) = change.mode {
+            file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+                .map_err(errno)?;
+        }
+        if change.uid.is_some() || change.gid.is_some() {
+            nix::unistd::fchown(
+                file.as_fd(),
+                change.uid.map(nix::unistd::Uid::from_raw),
+                change.gid.map(nix::unistd::Gid::from_raw),
+            )
+            .map_err(nix_errno)?;
+        }
+        if let Some(size) = change.size {
+            file.set_len(size).map_err(errno)?;
+        }
+        if change.atime.is_some() || change.mtime.is_some() {
+            nix::sys::stat::futimens(
+                file.as_fd(),
+                &timespec(change.atime),
+                &timespec(change.mtime),
+            )
+            .map_err(nix_errno)?;
+        }
+        self.open_attr(node, file)
     }
 }
