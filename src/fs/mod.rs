@@ -265,7 +265,6 @@ fn open_overlay_into_reply(
         Ok(opened) => {
             let writes = opened.writable.then(|| Arc::clone(&overlay));
             let file = Arc::new(opened.file);
-            overlay.opened(node, &file);
             let fh = handles.add(Handle::File {
                 ino: encode(overlay.id, node),
                 _shown: Shown::Overlay(overlay),
@@ -616,10 +615,9 @@ impl Filesystem for SpfsFs {
         let ttl = self.entry_ttl(parent);
         let flags = platform::create_flags(flags);
         match overlay.create(dir, name, mode, umask, flags, owner(req)) {
-            Ok((node, attr, opened)) => {
+            Ok((_, attr, opened)) => {
                 let writes = opened.writable.then(|| Arc::clone(&overlay));
                 let file = Arc::new(opened.file);
-                overlay.opened(node, &file);
                 let fh = self.add_handle(Handle::File {
                     ino: attr.ino,
                     _shown: Shown::Overlay(overlay),

@@ -24,7 +24,7 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use fuser::{Errno, FileAttr, FileType};
 
@@ -70,10 +70,6 @@ struct Node {
     /// something else or nothing, so nothing may be done through it by
     /// path. Its open files still work (`Overlay::setattr` with one).
     gone: bool,
-    /// The file last opened through this node: when its scratch file went
-    /// away under an old overlay (a reset or commit made a new one), its
-    /// attributes come from the open file.
-    open: Weak<File>,
 }
 
 /// One entry of a directory listing.
@@ -112,7 +108,6 @@ impl Overlay {
             lower: Some(0),
             upper: true,
             gone: false,
-            open: Weak::new(),
         };
         Ok(Overlay {
             id,
@@ -388,7 +383,6 @@ impl Overlay {
             lower,
             upper,
             gone: false,
-            open: Weak::new(),
         });
         tree.index.insert((parent, name.to_owned()), index);
         Ok(index)
@@ -413,32 +407,16 @@ impl Overlay {
     fn attr(&self, tree: &Tree, node: u32) -> Result<FileAttr, Errno> {
         self.live(tree, node)?;
         let found = tree.nodes.get(node as usize).ok_or(Errno::ESTALE)?;
-        let open_file = || -> Result<FileAttr, Errno> {
-            let file = found.open.upgrade().ok_or(Errno::ESTALE)?;
-            let stat = nix::sys::stat::fstat(&*file).map_err(|e| Errno::from_i32(e as i32))?;
-            Ok(view::attr_of(&stat))
-        };
         let mut attr = if found.upper {
-            match nix::sys::stat::lstat(&self.upper_path(tree, node)) {
-                Ok(stat) => view::attr_of(&stat),
-                // Its file went away under it (a reset or commit made a new
-                // overlay): while it is open, the open file answers.
-                Err(nix::errno::Errno::ENOENT) => open_file().map_err(|_| Errno::ENOENT)?,
-                Err(err) => return Err(Errno::from_i32(err as i32)),
-            }
+            let stat = nix::sys::stat::lstat(&self.upper_path(tree, node))
+                .map_err(|e| Errno::from_i32(e as i32))?;
+            view::attr_of(&stat)
         } else {
             let lower = found.lower.ok_or(Errno::ESTALE)?;
             self.lower.node(lower).ok_or(Errno::ESTALE)?.attr
         };
         attr.ino = encode(self.id, node);
         Ok(attr)
-    }
-
-    /// Remembers `file` as open through `node` (see `Node::open`).
-    pub fn opened(&self, node: u32, file: &Arc<File>) {
-        if let Some(found) = self.lock().nodes.get_mut(node as usize) {
-            found.open = Arc::downgrade(file);
-        }
     }
 }
 
