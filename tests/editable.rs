@@ -12,43 +12,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// Runs `sh -c SCRIPT` in `spfs run ARGS...`, with `$M` the mountpoint.
-fn sh(env: &TestEnv, args: &[&str], script: &str) -> std::process::Output {
-    let mut full = vec!["run"];
-    full.extend_from_slice(args);
-    full.extend_from_slice(&["--", "sh", "-c", script]);
-    env.spfs(&full)
-        .env("M", &env.mountpoint)
-        .output()
-        .expect("spfs run")
-}
-
-fn sh_ok(env: &TestEnv, args: &[&str], script: &str) -> String {
-    let output = sh(env, args, script);
-    assert!(
-        output.status.success(),
-        "spfs run {args:?} -- sh -c {script:?}: {:?}\nstdout: {}\nstderr: {}",
-        output.status,
-        stdout(&output),
-        stderr(&output)
-    );
-    stdout(&output)
-}
-
-/// A base layer with a file to edit, one to delete, and a tree to delete.
-fn env_with_base() -> TestEnv {
-    let env = TestEnv::new();
-    let base = env.layers.join("base");
-    std::fs::create_dir_all(base.join("etc")).unwrap();
-    std::fs::write(base.join("etc/version"), "1.0\n").unwrap();
-    std::fs::write(base.join("etc/gone"), "delete me\n").unwrap();
-    std::fs::create_dir_all(base.join("share/tree/deep")).unwrap();
-    std::fs::write(base.join("share/tree/deep/file"), "x\n").unwrap();
-    std::fs::write(base.join("share/kept"), "stays\n").unwrap();
-    env.tag_layers();
-    env
-}
-
 fn scratch_entries(env: &TestEnv) -> Vec<String> {
     match std::fs::read_dir(&env.scratch) {
         Ok(entries) => entries
@@ -61,8 +24,7 @@ fn scratch_entries(env: &TestEnv) -> Vec<String> {
 #[test]
 fn an_empty_runtime_is_editable_and_its_files_belong_to_the_user() {
     let env = TestEnv::new();
-    let out = sh_ok(
-        &env,
+    let out = env.sh_ok(
         &["-"],
         "set -e; echo hello > $M/greeting; mkdir -p $M/opt/tool/bin; \
          printf '#!/bin/sh\\necho tool\\n' > $M/opt/tool/bin/run; chmod 755 $M/opt/tool/bin/run; \
@@ -85,7 +47,7 @@ fn an_empty_runtime_is_editable_and_its_files_belong_to_the_user() {
         "du must not report 0 for a written file: {out}"
     );
     // A new runtime starts empty again, and the ended one's changes are gone.
-    let again = sh_ok(&env, &["-"], "ls -A $M | wc -l");
+    let again = env.sh_ok(&["-"], "ls -A $M | wc -l");
     assert_eq!(again.trim(), "0");
     assert!(
         env.wait_for(Duration::from_secs(5), || scratch_entries(&env).is_empty()),
@@ -96,9 +58,8 @@ fn an_empty_runtime_is_editable_and_its_files_belong_to_the_user() {
 
 #[test]
 fn editing_on_a_stack_copies_up_and_deletions_hide_files_and_trees() {
-    let env = env_with_base();
-    let out = sh_ok(
-        &env,
+    let env = TestEnv::with_base_to_edit();
+    let out = env.sh_ok(
         &["-e", "base"],
         "set -e; echo 2.0 > $M/etc/version; cat $M/etc/version; rm $M/etc/gone; \
          rm -rf $M/share/tree; ls $M/etc; echo --; ls $M/share; \
@@ -119,8 +80,7 @@ fn editing_on_a_stack_copies_up_and_deletions_hide_files_and_trees() {
         "{out}"
     );
     // The layer itself is untouched: a read-only runtime of it shows it whole.
-    let base = sh_ok(
-        &env,
+    let base = env.sh_ok(
         &["base"],
         "cat $M/etc/version $M/etc/gone $M/share/tree/deep/file",
     );
@@ -129,9 +89,8 @@ fn editing_on_a_stack_copies_up_and_deletions_hide_files_and_trees() {
 
 #[test]
 fn renames_move_files_and_directories_and_replace_what_was_there() {
-    let env = env_with_base();
-    let out = sh_ok(
-        &env,
+    let env = TestEnv::with_base_to_edit();
+    let out = env.sh_ok(
         &["-e", "base"],
         "set -e; mv $M/etc/gone $M/etc/version; cat $M/etc/version; ls $M/etc; \
          mkdir -p $M/new/a; echo f > $M/new/a/f; mv $M/new $M/moved; cat $M/moved/a/f; \
@@ -147,7 +106,7 @@ fn renames_move_files_and_directories_and_replace_what_was_there() {
 
 #[test]
 fn a_read_only_runtime_refuses_every_write_with_erofs() {
-    let env = env_with_base();
+    let env = TestEnv::with_base_to_edit();
     for (what, script) in [
         ("create", "echo x > $M/new"),
         ("write", "echo x >> $M/etc/version"),
@@ -159,7 +118,7 @@ fn a_read_only_runtime_refuses_every_write_with_erofs() {
         ("symlink", "ln -s x $M/link"),
         ("truncate", "truncate -s 0 $M/etc/version"),
     ] {
-        let output = sh(&env, &["base"], script);
+        let output = env.sh(&["base"], script);
         assert!(!output.status.success(), "{what} succeeded");
         assert!(
             stderr(&output).contains("Read-only file system"),
@@ -168,7 +127,7 @@ fn a_read_only_runtime_refuses_every_write_with_erofs() {
         );
     }
     assert_eq!(
-        sh_ok(&env, &["base"], "cat $M/etc/version"),
+        env.sh_ok(&["base"], "cat $M/etc/version"),
         "1.0\n",
         "nothing changed"
     );
@@ -177,7 +136,7 @@ fn a_read_only_runtime_refuses_every_write_with_erofs() {
 
 #[test]
 fn two_editable_runtimes_on_one_base_never_see_each_others_writes() {
-    let env = env_with_base();
+    let env = TestEnv::with_base_to_edit();
     let (first, line) = env.hold_run(
         &["-e", "base"],
         &format!(
@@ -195,8 +154,7 @@ fn two_editable_runtimes_on_one_base_never_see_each_others_writes() {
     );
     assert_eq!(line, "ready");
     // A third runtime of the same base sees the layer as it is.
-    let third = sh_ok(
-        &env,
+    let third = env.sh_ok(
         &["base"],
         "cat $M/etc/version; cat $M/etc/gone; test ! -e $M/only-one && echo clean",
     );
@@ -218,7 +176,7 @@ fn two_editable_runtimes_on_one_base_never_see_each_others_writes() {
 
 #[test]
 fn durable_changes_survive_a_killed_service_and_the_runtime_can_be_re_entered() {
-    let env = env_with_base();
+    let env = TestEnv::with_base_to_edit();
     let (held, line) = env.hold_run(
         &["--keep-runtime", "--runtime-name", "build-1", "-e", "base"],
         &format!(
@@ -227,13 +185,7 @@ fn durable_changes_survive_a_killed_service_and_the_runtime_can_be_re_entered() 
         ),
     );
     assert_eq!(line, "ready");
-    let service = env.service_pid().expect("service running");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(service),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    assert!(env.wait_for(Duration::from_secs(5), || !is_alive(service)));
+    env.kill_service();
     release(held);
     // The changes are on disk, as the runtime left them.
     let scratch = env.scratch.join("build-1");
@@ -243,8 +195,7 @@ fn durable_changes_survive_a_killed_service_and_the_runtime_can_be_re_entered() 
     );
     assert!(scratch.join("masks/etc/gone").is_file());
     // A new service finds the stopped runtime; re-entering shows the changes.
-    let out = sh_ok(
-        &env,
+    let out = env.sh_ok(
         &["--rerun", "build-1"],
         "cat $M/etc/version; test ! -e $M/etc/gone && echo still-deleted; \
          echo more >> $M/etc/version; echo $SPFS_RUNTIME",
@@ -256,11 +207,11 @@ fn durable_changes_survive_a_killed_service_and_the_runtime_can_be_re_entered() 
             == Some("unsaved\nmore\n".into())
     }));
     assert_eq!(
-        sh_ok(&env, &["--rerun", "build-1"], "cat $M/etc/version"),
+        env.sh_ok(&["--rerun", "build-1"], "cat $M/etc/version"),
         "unsaved\nmore\n"
     );
     // Its name is taken while it is stopped.
-    let taken = sh(&env, &["--runtime-name", "build-1", "base"], "true");
+    let taken = env.sh(&["--runtime-name", "build-1", "base"], "true");
     assert!(!taken.status.success());
     assert!(
         stderr(&taken).contains("--rerun build-1"),
@@ -272,7 +223,7 @@ fn durable_changes_survive_a_killed_service_and_the_runtime_can_be_re_entered() 
 #[test]
 fn bad_rerun_and_names_get_clear_errors() {
     let env = TestEnv::new();
-    let unknown = sh(&env, &["--rerun", "no-such-runtime"], "true");
+    let unknown = env.sh(&["--rerun", "no-such-runtime"], "true");
     assert!(!unknown.status.success());
     assert!(
         stderr(&unknown).contains("no runtime named \"no-such-runtime\""),
@@ -280,7 +231,7 @@ fn bad_rerun_and_names_get_clear_errors() {
         stderr(&unknown)
     );
     let (held, _) = env.hold_run(&["--runtime-name", "busy", "-"], "echo up");
-    let running = sh(&env, &["--rerun", "busy"], "true");
+    let running = env.sh(&["--rerun", "busy"], "true");
     assert!(!running.status.success());
     assert!(
         stderr(&running).contains("is running"),
@@ -302,7 +253,7 @@ fn a_service_stopped_under_an_editable_runtime_keeps_its_changes() {
     let notes = env.scratch.join("unsaved/upper/notes");
     assert_eq!(std::fs::read_to_string(&notes).unwrap(), "work\n");
     assert_eq!(
-        sh_ok(&env, &["--rerun", "unsaved"], "cat $M/notes"),
+        env.sh_ok(&["--rerun", "unsaved"], "cat $M/notes"),
         "work\n",
         "the runtime can be re-entered, so nothing was lost"
     );
@@ -311,9 +262,8 @@ fn a_service_stopped_under_an_editable_runtime_keeps_its_changes() {
 
 #[test]
 fn a_deleted_file_stays_readable_through_a_descriptor_still_open() {
-    let env = env_with_base();
-    let out = sh_ok(
-        &env,
+    let env = TestEnv::with_base_to_edit();
+    let out = env.sh_ok(
         &["-e", "base"],
         "set -e; echo scratch > $M/tmp-file; exec 3< $M/tmp-file; exec 4< $M/etc/version; \
          rm $M/tmp-file $M/etc/version; cat <&3; cat <&4; \
@@ -324,7 +274,7 @@ fn a_deleted_file_stays_readable_through_a_descriptor_still_open() {
 
 #[test]
 fn a_rename_from_another_runtimes_tree_is_refused_and_loses_nothing() {
-    let env = env_with_base();
+    let env = TestEnv::with_base_to_edit();
     // A process of runtime B sits in B's /spfs/etc.
     let (b, line) = env.hold_run(
         &["-e", "base"],
@@ -333,11 +283,7 @@ fn a_rename_from_another_runtimes_tree_is_refused_and_loses_nothing() {
     assert_eq!(line, "up");
     let b_cwd = format!("/proc/{}/cwd", b.id());
     // Runtime A reaches into B's tree through B's working directory.
-    let out = sh(
-        &env,
-        &["-e", "base"],
-        &format!("mv {b_cwd}/version $M/stolen"),
-    );
+    let out = env.sh(&["-e", "base"], &format!("mv {b_cwd}/version $M/stolen"));
     // The rename fails (EXDEV), so mv copies and then cannot delete the
     // original: another runtime's tree is read-only to this one.
     assert!(!out.status.success(), "a move across runtimes succeeded");
@@ -346,8 +292,7 @@ fn a_rename_from_another_runtimes_tree_is_refused_and_loses_nothing() {
         "{}",
         stderr(&out)
     );
-    let direct = sh(
-        &env,
+    let direct = env.sh(
         &["-e", "base"],
         &format!("echo x > {b_cwd}/planted; rm {b_cwd}/version; chmod 600 {b_cwd}/version"),
     );
@@ -368,11 +313,10 @@ fn a_rename_from_another_runtimes_tree_is_refused_and_loses_nothing() {
 
 #[test]
 fn a_deleted_file_still_open_keeps_working_and_stays_deleted() {
-    let env = env_with_base();
+    let env = TestEnv::with_base_to_edit();
     // Open, delete, then change through the open file: fstat, fchmod,
     // ftruncate and futimens reach the open file and bring nothing back.
-    let out = sh_ok(
-        &env,
+    let out = env.sh_ok(
         &["-e", "base"],
         r#"set -e; cd $M; python3 -c "
 import os
@@ -399,7 +343,7 @@ for path in ['etc/version', 'new-temp']:
 
 #[test]
 fn after_a_reset_a_directory_held_open_looks_nothing_up_through_the_old_tree() {
-    let env = env_with_base();
+    let env = TestEnv::with_base_to_edit();
     let outside = env.root.path().join("outside");
     std::fs::create_dir_all(&outside).unwrap();
     std::fs::write(outside.join("secret"), "outside the scratch dir\n").unwrap();
@@ -432,11 +376,11 @@ fn after_a_reset_a_directory_held_open_looks_nothing_up_through_the_old_tree() {
 
 #[test]
 fn an_editable_runtime_reports_its_scratch_disks_free_space() {
-    let env = env_with_base();
+    let env = TestEnv::with_base_to_edit();
     // `df` (and Finder, installers) check free space before writing: an
     // editable runtime has its scratch directory's; a read-only one none.
-    let editable = sh_ok(&env, &["-e", "base"], "stat -f -c '%a %b' $M $M/etc");
-    let read_only = sh_ok(&env, &["base"], "stat -f -c '%a' $M/etc");
+    let editable = env.sh_ok(&["-e", "base"], "stat -f -c '%a %b' $M $M/etc");
+    let read_only = env.sh_ok(&["base"], "stat -f -c '%a' $M/etc");
     for line in editable.lines() {
         let free: u64 = line.split(' ').next().unwrap().parse().unwrap();
         assert!(free > 0, "no free blocks reported: {editable}");

@@ -331,6 +331,56 @@ mod os {
     }
 }
 
+impl TestEnv {
+    /// `spfs run ARGS... -- sh -c SCRIPT`, with `$M` the mountpoint and
+    /// `$SPFS` our binary in the script's environment.
+    pub fn sh(&self, args: &[&str], script: &str) -> Output {
+        let mut full = vec!["run"];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["--", "sh", "-c", script]);
+        self.spfs(&full)
+            .env("M", &self.mountpoint)
+            .env("SPFS", SPFS)
+            .output()
+            .expect("spfs run")
+    }
+
+    /// [`TestEnv::sh`] that must succeed; its stdout.
+    pub fn sh_ok(&self, args: &[&str], script: &str) -> String {
+        let output = self.sh(args, script);
+        assert!(
+            output.status.success(),
+            "spfs run {args:?} -- sh -c {script:?}: {:?}\nstdout: {}\nstderr: {}",
+            output.status,
+            stdout(&output),
+            stderr(&output)
+        );
+        stdout(&output)
+    }
+
+    /// A layer `base` to edit: `etc/version` (1.0), `etc/gone`, and
+    /// `share/kept` beside a tree `share/tree/deep/file`.
+    pub fn with_base_to_edit() -> TestEnv {
+        let env = TestEnv::new();
+        let base = env.layers.join("base");
+        std::fs::create_dir_all(base.join("etc")).unwrap();
+        std::fs::write(base.join("etc/version"), "1.0\n").unwrap();
+        std::fs::write(base.join("etc/gone"), "delete me\n").unwrap();
+        std::fs::create_dir_all(base.join("share/tree/deep")).unwrap();
+        std::fs::write(base.join("share/tree/deep/file"), "x\n").unwrap();
+        std::fs::write(base.join("share/kept"), "stays\n").unwrap();
+        env.tag_layers();
+        env
+    }
+
+    /// Kills the service with SIGKILL (a crash) and waits until it is gone.
+    pub fn kill_service(&self) {
+        let service = self.service_pid().expect("a service is running");
+        kill(Pid::from_raw(service), Signal::SIGKILL).unwrap();
+        assert!(self.wait_for(Duration::from_secs(5), || !is_alive(service)));
+    }
+}
+
 /// Lets a command started by [`TestEnv::hold_run`] finish; it must succeed.
 pub fn release(mut child: std::process::Child) {
     use std::io::Write;
