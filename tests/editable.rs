@@ -387,3 +387,28 @@ fn an_editable_runtime_reports_its_scratch_disks_free_space() {
     }
     assert_eq!(read_only, "0\n");
 }
+
+#[test]
+fn what_one_process_writes_the_next_sees_at_once_whatever_the_kernel_cached() {
+    let env = TestEnv::with_base_to_edit();
+    // Every step reads through the kernel's caches (pages kept across
+    // opens, attributes and entries cached below the root) right after
+    // another process changed the file.
+    let out = env.sh_ok(
+        &["-e", "base"],
+        "set -e; cat $M/etc/version; sh -c 'echo 2.0 > $M/etc/version'; cat $M/etc/version; \
+         stat -c %s $M/etc/version; sh -c 'head -c 1048576 /dev/zero >> $M/etc/version'; \
+         stat -c %s $M/etc/version; du -k $M/etc/version | cut -f1; \
+         sh -c 'mv $M/etc/version $M/etc/v2 && echo 3.0 > $M/etc/version'; cat $M/etc/version; \
+         sh -c 'rm $M/etc/version'; test ! -e $M/etc/version && echo removed; \
+         sh -c 'chmod 600 $M/etc/v2'; stat -c %a $M/etc/v2; \
+         $SPFS reset etc/version; cat $M/etc/version",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..4], ["1.0", "2.0", "4", "1048580"], "{out}");
+    assert!(
+        lines[4].parse::<u64>().unwrap() >= 1024,
+        "du sees the appended MiB: {out}"
+    );
+    assert_eq!(&lines[5..], ["3.0", "removed", "600", "1.0"], "{out}");
+}
