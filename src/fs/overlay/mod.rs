@@ -342,11 +342,16 @@ impl Overlay {
         }
         check_name(name)?;
         let path = self.path(tree, dir).join(name);
-        let upper = match std::fs::symlink_metadata(self.scratch.upper().join(&path)) {
-            Ok(_) => true,
-            Err(err) if matches!(err.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => false,
-            Err(err) => return Err(errno(err)),
-        };
+        // Nothing of a directory that is not in the scratch directory can
+        // be: most of a stack is looked up without touching the disk.
+        let upper = tree.nodes[dir as usize].upper
+            && match std::fs::symlink_metadata(self.scratch.upper().join(&path)) {
+                Ok(_) => true,
+                Err(err) if matches!(err.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                    false
+                }
+                Err(err) => return Err(errno(err)),
+            };
         let lower = if tree.masks.contains(&path) {
             None
         } else {
