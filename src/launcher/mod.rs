@@ -20,6 +20,7 @@ mod lock;
 pub mod probe;
 pub mod spawn;
 mod stop;
+pub mod warm;
 
 pub use stop::stop_service;
 

@@ -3,11 +3,13 @@
 //! `SO_PEERCRED` on Linux, `getpeereid`/`LOCAL_PEERPID` on macOS), the caller's
 //! identity for handlers, the last-activity time for the idle timeout, and the
 //! `spfs-service-version` header on every response, so a launcher learns the
-//! version from its health probe without another call.
+//! version from its health probe without another call, and the refusal of
+//! `Mount` until the service is SERVING (the launcher's warm path sends its
+//! `Mount` without waiting for a health Check: see `launcher/warm.rs`).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -20,6 +22,9 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Header carrying the service's version on every response.
 pub const VERSION_HEADER: &str = "spfs-service-version";
+
+/// The one call refused until the service is SERVING.
+const MOUNT_PATH: &str = "/spfs.vfs.v1.VfsService/Mount";
 
 /// Who is calling, for handlers (`Mount` checks the root pid against it).
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +42,8 @@ pub struct GuardState {
     /// Requests whose handler has not answered yet: while any runs (a long
     /// `Mount`), the service is busy, whatever the idle timeout.
     in_flight: AtomicU64,
+    /// Health is SERVING: FUSE is mounted and shutdown has not begun.
+    serving: AtomicBool,
 }
 
 impl GuardState {
@@ -46,7 +53,13 @@ impl GuardState {
             started: Instant::now(),
             last_request_ms: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            serving: AtomicBool::new(false),
         })
+    }
+
+    /// Follows the health status: `Mount` is answered only while SERVING.
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::SeqCst);
     }
 
     /// Time since the last request ended (or since start); zero while a
@@ -150,6 +163,17 @@ where
                 );
                 return Box::pin(async move { Ok(with_version(status.into_http())) });
             }
+        }
+        // Before FUSE is mounted a runtime could not be shown: UNAVAILABLE,
+        // which the launcher answers by waiting for SERVING (the start path).
+        if request.uri().path() == MOUNT_PATH && !self.state.serving.load(Ordering::SeqCst) {
+            let status = tonic::Status::unavailable(
+                "the service is not serving yet (its FUSE mount is not up); retry",
+            );
+            return Box::pin(async move {
+                drop(in_flight);
+                Ok(with_version(status.into_http()))
+            });
         }
         // The handler's span joins the caller's trace (traceparent metadata).
         let span = tracing::info_span!("rpc", rpc.method = request.uri().path());
