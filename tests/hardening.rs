@@ -18,6 +18,7 @@ fn mount_request(env: &TestEnv, pid: i64, spec: &str) -> MountRequest {
         env_spec: spec.into(),
         repositories: vec![env.repo.to_string_lossy().into_owned()],
         name: String::new(),
+        ..Default::default()
     }
 }
 

@@ -53,6 +53,7 @@ fn unmount_drops_a_runtime_before_its_process_exits() {
                 env_spec: "base".into(),
                 repositories: vec![env.repo.to_string_lossy().into_owned()],
                 name: String::new(),
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -76,6 +77,7 @@ fn unmount_drops_a_runtime_before_its_process_exits() {
                 env_spec: "base".into(),
                 repositories: vec![],
                 name: String::new(),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -87,6 +89,7 @@ fn unmount_drops_a_runtime_before_its_process_exits() {
                 env_spec: "base".into(),
                 repositories: vec!["repo".into()],
                 name: String::new(),
+                ..Default::default()
             })
             .await
             .unwrap_err();
