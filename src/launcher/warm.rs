@@ -18,7 +18,9 @@
 //!
 //! When it succeeds it logs what the start path logs for a running service:
 //! `launcher.probe` (attempt 1, `serving`, the Check's time), `launcher.ensure`
-//! (`already_running`), and the caller logs `launcher.mount`.
+//! (`already_running`), and the caller logs `launcher.mount`. Its trace spans
+//! are `warm_path` and `check` (the start path's `ensure_service_running`
+//! follows when it falls back).
 
 use std::future::Future;
 use std::time::Instant;
@@ -51,7 +53,7 @@ where
     // The socket is only trusted inside a directory that is ours alone; the
     // start path reports what is wrong with it.
     config.paths.ensure_runtime_dir().ok()?;
-    let span = tracing::info_span!("ensure_service_running");
+    let span = tracing::info_span!("warm_path");
     let socket = config.paths.socket();
     let channel = tokio::time::timeout(PROBE_TIMEOUT, client::connect(&socket))
         .instrument(span.clone())
@@ -62,7 +64,7 @@ where
     let mount = mount(channel.clone());
     tokio::pin!(mount);
     let check = tokio::time::timeout(PROBE_TIMEOUT, check_with_version(&channel))
-        .instrument(tracing::info_span!(parent: &span, "probe", attempt = 1));
+        .instrument(tracing::info_span!(parent: &span, "check"));
     tokio::pin!(check);
     // The Check is answered first in practice; the Mount goes on meanwhile.
     let mut mounted = None;
