@@ -199,11 +199,8 @@ async fn ensure_and_mount(config: &Config, request: &MountRequest) -> Result<()>
     // A service may stop (idle timeout, `spfs service stop`) between our probe
     // and our Mount; then the next ensure starts a fresh one.
     let mut attempt = 1;
-    // Warm path first: Check and Mount in one round trip (launcher/warm.rs).
-    let mut warm = crate::launcher::warm::mount_first(config, request.root_pid, |channel| {
-        mount_once(channel, request)
-    })
-    .await;
+    // Warm path first: a running service mounts in one round trip (launcher/warm.rs).
+    let mut warm = crate::launcher::warm::mount_first(config, request).await;
     loop {
         let result = match warm.take() {
             Some(result) => result,

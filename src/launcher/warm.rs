@@ -1,30 +1,37 @@
 //! The warm path: when the service is already up (the usual case), the
-//! launcher sends its health Check and its `Mount` together on one new
-//! connection, instead of one after the other: one round trip fewer.
+//! launcher connects and sends its `Mount` at once, without a health Check
+//! first: one round trip instead of two.
 //!
 //! The probe's guarantees stay:
 //!
-//! - **SERVING only**: the service refuses `Mount` until it is SERVING
-//!   (`service/guard.rs`), and the Check's answer is waited for before the
-//!   `Mount` counts; NOT_SERVING, no answer within the probe's deadline, or
-//!   anything else drops the `Mount` (the service cancels it) and the launcher
-//!   takes the start path (`ensure_service_running`, then `Mount`).
-//! - **Version check**: a SERVING service of another version is left to the
-//!   start path, which restarts or keeps it as before; a `Mount` it already
-//!   made is taken back first (`Unmount`), so nothing differs from a launcher
-//!   that checked before mounting.
-//! - **Clear errors**: every failure to connect or to be understood goes the
-//!   start path, whose probe names what is on the socket.
+//! - **SERVING only**: the service answers `Mount` with UNAVAILABLE until it
+//!   is SERVING, and again once shutdown has begun (`service/guard.rs`,
+//!   `service/api.rs`); the launcher then takes the start path
+//!   (`ensure_service_running`, then `Mount`), which waits for SERVING.
+//! - **No hang**: a `Mount` unanswered within the probe's deadline is followed
+//!   by a health Check on the same connection; unless that says SERVING within
+//!   its own deadline (a big stack takes long to mount), the `Mount` is dropped
+//!   (the service cancels it) and the start path names the stopped service.
+//! - **Version check**: every answer carries the service's version
+//!   (`spfs-service-version`). A service of another version is left to the
+//!   start path, which restarts or keeps it as before; a `Mount` it made is
+//!   taken back first (`Unmount`), so nothing differs from a launcher that
+//!   checked before mounting.
+//! - **Clear errors**: no socket, a refused connect, an answer without our
+//!   version header (something else on the socket) all go the start path,
+//!   whose probe names what is there. A refusal from our service (a bad ref,
+//!   say) is the command's error, as before; a connection that broke while a
+//!   service died (a dead FUSE mount is left) is handed back as such, so the
+//!   caller reports it instead of starting a service into a crash loop.
 //!
 //! When it succeeds it logs what the start path logs for a running service:
-//! `launcher.probe` (attempt 1, `serving`, the Check's time), `launcher.ensure`
-//! (`already_running`), and the caller logs `launcher.mount`. Its trace spans
-//! are `warm_path` and `check` (the start path's `ensure_service_running`
-//! follows when it falls back).
+//! `launcher.probe` (attempt 1, `serving`, `via` `mount`), `launcher.ensure`
+//! (`already_running`), then `launcher.mount` (or `launcher.mount_failed`).
+//! Its trace spans are `warm_path` and, when the `Mount` is slow, `check`.
 
-use std::future::Future;
 use std::time::Instant;
 
+use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tracing::Instrument;
@@ -32,23 +39,21 @@ use tracing::Instrument;
 use super::probe::{check_with_version, PROBE_TIMEOUT};
 use crate::client::{self, ControlClient};
 use crate::config::Config;
-use crate::proto::UnmountRequest;
+use crate::proto::{MountRequest, UnmountRequest};
+use crate::service::guard::VERSION_HEADER;
 use crate::telemetry::metrics::{attr, metrics};
+use crate::tracking::env_spec;
 
-/// Connects, then runs the health Check and `mount(channel)` concurrently.
+/// Connects and mounts `request`.
 ///
-/// `Some(result)`: a SERVING service of our version answered the Check, and
-/// `result` is its answer to the `Mount`, to be handled as any `Mount`'s.
-/// `None`: take the start path (nothing was mounted, or it was taken back).
-pub async fn mount_first<F, Fut>(
+/// `Some(result)`: our service, of our version, answered the `Mount` (or the
+/// connection broke while it died); handle `result` as any `Mount`'s answer.
+/// `None`: take the start path (nothing is mounted: it was refused, never
+/// sent, dropped unanswered, or taken back).
+pub async fn mount_first(
     config: &Config,
-    root_pid: i64,
-    mount: F,
-) -> Option<Result<(), tonic::Status>>
-where
-    F: FnOnce(Channel) -> Fut,
-    Fut: Future<Output = Result<(), tonic::Status>>,
-{
+    request: &MountRequest,
+) -> Option<Result<(), tonic::Status>> {
     let started = Instant::now();
     // The socket is only trusted inside a directory that is ours alone; the
     // start path reports what is wrong with it.
@@ -60,71 +65,133 @@ where
         .await
         .ok()?
         .ok()?;
+    let connect_ms = ms_since(started);
 
-    let mount = mount(channel.clone());
-    tokio::pin!(mount);
-    let check = tokio::time::timeout(PROBE_TIMEOUT, check_with_version(&channel))
-        .instrument(tracing::info_span!(parent: &span, "check"));
-    tokio::pin!(check);
-    // The Check is answered first in practice; the Mount goes on meanwhile.
-    let mut mounted = None;
-    let checked = tokio::select! {
-        biased;
-        checked = &mut check => checked,
-        result = &mut mount => {
-            mounted = Some(result);
-            check.await
-        }
+    let mount_started = Instant::now();
+    let answer = call_mount(&channel, request)
+        .instrument(span.clone())
+        .await?;
+    let mount_ms = ms_since(mount_started);
+    let metadata = match &answer {
+        Ok(metadata) => metadata,
+        Err(status) => status.metadata(),
     };
-    let probe_ms = ms_since(started);
-    let version = match checked {
-        Ok(Ok((ServingStatus::Serving, version))) => version,
-        // Not SERVING, no answer, or not our service: the Mount is dropped
-        // unanswered (the service refuses or cancels it).
-        _ => return None,
-    };
-    if version.as_deref() != Some(crate::service::VERSION) {
-        // Another version: the start path decides (restart or keep); take
-        // back a Mount it already made, so that decision sees no runtime of ours.
-        let result = match mounted {
-            Some(result) => result,
-            None => mount.await,
-        };
-        if result.is_ok() {
-            let _ = ControlClient::new(channel.clone())
-                .unmount(UnmountRequest { root_pid })
+    let version = metadata
+        .get(VERSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match (&answer, version.as_deref()) {
+        (Ok(_), Some(crate::service::VERSION)) => {}
+        (Ok(_), _) => {
+            // Another version: the start path decides (restart or keep);
+            // take the runtime back, so that decision sees none of ours.
+            let _ = ControlClient::new(channel)
+                .unmount(UnmountRequest {
+                    root_pid: request.root_pid,
+                })
+                .instrument(span)
                 .await;
+            return None;
         }
-        return None;
+        // Not SERVING (yet, or any more): the start path waits for one that is.
+        (Err(status), _) if status.code() == tonic::Code::Unavailable => return None,
+        // Our service refused the Mount: that is the answer.
+        (Err(_), Some(crate::service::VERSION)) => {}
+        // The connection broke: a service that died leaves a dead FUSE mount,
+        // which the caller reports; anything else is the start path's to name.
+        (Err(status), None) if is_transport_failure(status) && dead_mount(config) => {}
+        (Err(_), _) => return None,
     }
-    {
-        let _in_span = span.enter();
-        tracing::info!(
-            event = "launcher.probe",
-            attempt = 1,
-            result = "serving",
-            elapsed_ms = probe_ms,
-            "probed the service"
-        );
-        metrics()
-            .ensure_duration
-            .record(probe_ms, &attr("outcome", "already_running"));
-        tracing::info!(
-            event = "launcher.ensure",
-            outcome = "already_running",
-            elapsed_ms = probe_ms,
-            probe_ms,
-            lock_wait_ms = 0.0,
-            spawn_ms = 0.0,
-            readiness_wait_ms = 0.0,
-            confirm_ms = 0.0,
-            "service is serving"
-        );
-    }
-    Some(match mounted {
-        Some(result) => result,
-        None => mount.await,
+
+    let _in_span = span.enter();
+    tracing::info!(
+        event = "launcher.probe",
+        attempt = 1,
+        result = "serving",
+        via = "mount",
+        elapsed_ms = connect_ms,
+        "probed the service"
+    );
+    metrics()
+        .ensure_duration
+        .record(connect_ms, &attr("outcome", "already_running"));
+    tracing::info!(
+        event = "launcher.ensure",
+        outcome = "already_running",
+        elapsed_ms = connect_ms,
+        probe_ms = connect_ms,
+        lock_wait_ms = 0.0,
+        spawn_ms = 0.0,
+        readiness_wait_ms = 0.0,
+        confirm_ms = 0.0,
+        "service is serving"
+    );
+    let (pid, reference) = (request.root_pid, request.env_spec.as_str());
+    Some(match answer {
+        Ok(_) => {
+            tracing::info!(
+                event = "launcher.mount",
+                root_pid = pid,
+                env_spec = env_spec::shorten(reference),
+                elapsed_ms = mount_ms,
+                "the service mounted the environment"
+            );
+            Ok(())
+        }
+        Err(status) => {
+            tracing::error!(
+                event = "launcher.mount_failed",
+                root_pid = pid,
+                env_spec = env_spec::shorten(reference),
+                error = status.message(),
+                elapsed_ms = mount_ms,
+                "the service refused the mount"
+            );
+            Err(status)
+        }
     })
+}
+
+/// The `Mount` call: its answer's metadata, or its error. `None` when it was
+/// not answered within the probe's deadline and a health Check then found no
+/// SERVING service (the call is dropped).
+async fn call_mount(
+    channel: &Channel,
+    request: &MountRequest,
+) -> Option<Result<MetadataMap, tonic::Status>> {
+    let call = async {
+        ControlClient::new(channel.clone())
+            .mount(crate::telemetry::otel::traced(request.clone()))
+            .await
+            .map(|response| response.metadata().clone())
+    };
+    tokio::pin!(call);
+    if let Ok(answer) = tokio::time::timeout(PROBE_TIMEOUT, &mut call).await {
+        return Some(answer);
+    }
+    // Slow: a big stack, or a service that does not answer at all.
+    let check = tokio::time::timeout(PROBE_TIMEOUT, check_with_version(channel))
+        .instrument(tracing::info_span!("check"));
+    tokio::pin!(check);
+    tokio::select! {
+        answer = &mut call => Some(answer),
+        checked = &mut check => match checked {
+            Ok(Ok((ServingStatus::Serving, _))) => Some(call.await),
+            _ => None,
+        },
+    }
+}
+
+/// A status the client made from a broken connection, not one the service sent.
+fn is_transport_failure(status: &tonic::Status) -> bool {
+    use std::error::Error as _;
+    status.source().is_some()
+}
+
+/// Whether a service died under its FUSE mount (ENOTCONN), as a killed one does.
+fn dead_mount(config: &Config) -> bool {
+    std::fs::metadata(&config.paths.mountpoint)
+        .is_err_and(|err| crate::platform::is_stale_mount_error(&err))
 }
 
 fn ms_since(start: Instant) -> f64 {

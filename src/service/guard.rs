@@ -3,9 +3,10 @@
 //! `SO_PEERCRED` on Linux, `getpeereid`/`LOCAL_PEERPID` on macOS), the caller's
 //! identity for handlers, the last-activity time for the idle timeout, and the
 //! `spfs-service-version` header on every response, so a launcher learns the
-//! version from its health probe without another call, and the refusal of
-//! `Mount` until the service is SERVING (the launcher's warm path sends its
-//! `Mount` without waiting for a health Check: see `launcher/warm.rs`).
+//! version from its health probe, or from its `Mount` itself, without another
+//! call; and the refusal of `Mount` until the service is SERVING (the
+//! launcher's warm path sends its `Mount` with no health Check before it: see
+//! `launcher/warm.rs`).
 
 use std::future::Future;
 use std::pin::Pin;
