@@ -8,7 +8,9 @@
 //! launcher processes, `spfs run REF -- true` against `true`, service memory;
 //! then the whole-process figures of `process.rs` (`spfs run - -- true` warm,
 //! cold, 64 racing; service RSS idle), against an earlier build given as
-//! `SPFS_BENCH_BEFORE=DIR`. `SPFS_BENCH_ONLY=process` runs only those.
+//! `SPFS_BENCH_BEFORE=DIR` (and this build's from `SPFS_BENCH_AFTER=DIR`:
+//! `cargo bench` builds its own binaries with the dev-dependencies' features,
+//! which makes them larger). `SPFS_BENCH_ONLY=process` runs only those.
 
 mod baseline;
 mod process;
@@ -531,12 +533,15 @@ fn main() {
 
     eprintln!("whole processes ...");
     let root = bench._root.path().to_owned();
-    let mut builds = vec![process::Build::new(
-        "after",
-        Path::new(SPFS_BIN),
-        Path::new(SERVICE_BIN),
-        &root,
-    )];
+    // `cargo bench` builds the binaries with the dev-dependencies' features
+    // too (about 1 MB larger here, and slower to start): for a comparison,
+    // give both sides `cargo build --release` binaries.
+    let after = std::env::var_os("SPFS_BENCH_AFTER").map(PathBuf::from);
+    let (spfs_bin, service_bin) = match &after {
+        Some(dir) => (dir.join("spfs"), dir.join("spfs-fuse-macos")),
+        None => (PathBuf::from(SPFS_BIN), PathBuf::from(SERVICE_BIN)),
+    };
+    let mut builds = vec![process::Build::new("after", &spfs_bin, &service_bin, &root)];
     let before = std::env::var_os("SPFS_BENCH_BEFORE").map(PathBuf::from);
     if let Some(dir) = &before {
         builds.insert(
@@ -552,7 +557,11 @@ fn main() {
     let (process_table, process_json) = process::whole_process(&builds, scale);
     bench.results.insert(
         "whole processes".into(),
-        json!({"before_dir": before.map(|d| d.display().to_string()), "builds": process_json}),
+        json!({
+            "before_dir": before.map(|d| d.display().to_string()),
+            "after_dir": after.map(|d| d.display().to_string()),
+            "builds": process_json,
+        }),
     );
 
     let machine = json!({
