@@ -296,6 +296,12 @@ fn another_version_is_restarted_when_idle_and_kept_with_a_warning_when_busy() {
     let restarted = env.launcher_events("launcher.version_restart");
     assert_eq!(restarted.len(), 1);
     assert_eq!(restarted[0]["service_version"], "0.0.1-old");
+    // The old service refused the warm path's Mount before recording a runtime.
+    assert_eq!(env.service_events("service.mount").len(), 1);
+    assert!(env
+        .service_events("service.runtime_ended")
+        .iter()
+        .all(|e| e["reason"] != "request"));
 
     // With a runtime active: kept, one warning with the remedy.
     run_ok(&mut env.spfs(&["service", "stop"]));

@@ -12,11 +12,13 @@
 //!   by a health Check on the same connection; unless that says SERVING within
 //!   its own deadline (a big stack takes long to mount), the `Mount` is dropped
 //!   (the service cancels it) and the start path names the stopped service.
-//! - **Version check**: every answer carries the service's version
-//!   (`spfs-service-version`). A service of another version is left to the
-//!   start path, which restarts or keeps it as before; a `Mount` it made is
-//!   taken back first (`Unmount`), so nothing differs from a launcher that
-//!   checked before mounting.
+//! - **Version check**: the `Mount` carries the launcher's version
+//!   (`spfs-launcher-version`) and every answer the service's
+//!   (`spfs-service-version`). A service of another version refuses it
+//!   (FAILED_PRECONDITION) and is left to the start path, which restarts or
+//!   keeps it as before; a service older than that check mounts anyway, and
+//!   its `Mount` is taken back (`Unmount`) first, so nothing differs from a
+//!   launcher that checked before mounting.
 //! - **Clear errors**: no socket, a refused connect, an answer without our
 //!   version header (something else on the socket) all go the start path,
 //!   whose probe names what is there. A refusal from our service (a bad ref,
@@ -40,7 +42,7 @@ use super::probe::{check_with_version, PROBE_TIMEOUT};
 use crate::client::{self, ControlClient};
 use crate::config::Config;
 use crate::proto::{MountRequest, UnmountRequest};
-use crate::service::guard::VERSION_HEADER;
+use crate::service::guard::{LAUNCHER_VERSION_HEADER, VERSION_HEADER};
 use crate::telemetry::metrics::{attr, metrics};
 use crate::tracking::env_spec;
 
@@ -80,6 +82,7 @@ pub async fn mount_first(
         .get(VERSION_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let ours = version.as_deref() == Some(crate::service::VERSION);
     match (&answer, version.as_deref()) {
         (Ok(_), Some(crate::service::VERSION)) => {}
         (Ok(_), _) => {
@@ -104,28 +107,9 @@ pub async fn mount_first(
     }
 
     let _in_span = span.enter();
-    tracing::info!(
-        event = "launcher.probe",
-        attempt = 1,
-        result = "serving",
-        via = "mount",
-        elapsed_ms = connect_ms,
-        "probed the service"
-    );
-    metrics()
-        .ensure_duration
-        .record(connect_ms, &attr("outcome", "already_running"));
-    tracing::info!(
-        event = "launcher.ensure",
-        outcome = "already_running",
-        elapsed_ms = connect_ms,
-        probe_ms = connect_ms,
-        lock_wait_ms = 0.0,
-        spawn_ms = 0.0,
-        readiness_wait_ms = 0.0,
-        confirm_ms = 0.0,
-        "service is serving"
-    );
+    if ours {
+        log_running(connect_ms);
+    }
     let (pid, reference) = (request.root_pid, request.env_spec.as_str());
     Some(match answer {
         Ok(_) => {
@@ -152,6 +136,32 @@ pub async fn mount_first(
     })
 }
 
+/// What the start path logs when its first probe finds the service running.
+fn log_running(connect_ms: f64) {
+    tracing::info!(
+        event = "launcher.probe",
+        attempt = 1,
+        result = "serving",
+        via = "mount",
+        elapsed_ms = connect_ms,
+        "probed the service"
+    );
+    metrics()
+        .ensure_duration
+        .record(connect_ms, &attr("outcome", "already_running"));
+    tracing::info!(
+        event = "launcher.ensure",
+        outcome = "already_running",
+        elapsed_ms = connect_ms,
+        probe_ms = connect_ms,
+        lock_wait_ms = 0.0,
+        spawn_ms = 0.0,
+        readiness_wait_ms = 0.0,
+        confirm_ms = 0.0,
+        "service is serving"
+    );
+}
+
 /// The `Mount` call: its answer's metadata, or its error. `None` when it was
 /// not answered within the probe's deadline and a health Check then found no
 /// SERVING service (the call is dropped).
@@ -159,9 +169,15 @@ async fn call_mount(
     channel: &Channel,
     request: &MountRequest,
 ) -> Option<Result<MetadataMap, tonic::Status>> {
+    let mut traced = crate::telemetry::otel::traced(request.clone());
+    // A service of another version refuses it before recording anything.
+    traced.metadata_mut().insert(
+        LAUNCHER_VERSION_HEADER,
+        tonic::metadata::MetadataValue::from_static(crate::service::VERSION),
+    );
     let call = async {
         ControlClient::new(channel.clone())
-            .mount(crate::telemetry::otel::traced(request.clone()))
+            .mount(traced)
             .await
             .map(|response| response.metadata().clone())
     };

@@ -24,6 +24,9 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// Header carrying the service's version on every response.
 pub const VERSION_HEADER: &str = "spfs-service-version";
 
+/// Header of a launcher's warm-path `Mount`: the launcher's version.
+pub const LAUNCHER_VERSION_HEADER: &str = "spfs-launcher-version";
+
 /// The one call refused until the service is SERVING.
 const MOUNT_PATH: &str = "/spfs.vfs.v1.VfsService/Mount";
 
@@ -61,6 +64,29 @@ impl GuardState {
     /// Follows the health status: `Mount` is answered only while SERVING.
     pub fn set_serving(&self, serving: bool) {
         self.serving.store(serving, Ordering::SeqCst);
+    }
+
+    /// Why a `Mount` is not handled, if it is not: before FUSE is mounted a
+    /// runtime could not be shown (UNAVAILABLE, which the launcher answers by
+    /// waiting for SERVING on its start path); and a launcher's warm-path
+    /// `Mount` that names another version than ours is left to the launcher's
+    /// version rules (restart this service or keep it) before anything is
+    /// recorded.
+    fn mount_refusal(&self, headers: &http::HeaderMap) -> Option<tonic::Status> {
+        if !self.serving.load(Ordering::SeqCst) {
+            return Some(tonic::Status::unavailable(
+                "the service is not serving yet (its FUSE mount is not up); retry",
+            ));
+        }
+        let ours = super::reported_version();
+        match headers.get(LAUNCHER_VERSION_HEADER).map(|v| v.to_str()) {
+            Some(Ok(theirs)) if theirs == ours => None,
+            None => None,
+            Some(theirs) => Some(tonic::Status::failed_precondition(format!(
+                "this service is version {ours} and the launcher {}: the launcher's start path decides whether to restart it",
+                theirs.unwrap_or("(not text)")
+            ))),
+        }
     }
 
     /// Time since the last request ended (or since start); zero while a
@@ -165,16 +191,13 @@ where
                 return Box::pin(async move { Ok(with_version(status.into_http())) });
             }
         }
-        // Before FUSE is mounted a runtime could not be shown: UNAVAILABLE,
-        // which the launcher answers by waiting for SERVING (the start path).
-        if request.uri().path() == MOUNT_PATH && !self.state.serving.load(Ordering::SeqCst) {
-            let status = tonic::Status::unavailable(
-                "the service is not serving yet (its FUSE mount is not up); retry",
-            );
-            return Box::pin(async move {
-                drop(in_flight);
-                Ok(with_version(status.into_http()))
-            });
+        if request.uri().path() == MOUNT_PATH {
+            if let Some(status) = self.state.mount_refusal(request.headers()) {
+                return Box::pin(async move {
+                    drop(in_flight);
+                    Ok(with_version(status.into_http()))
+                });
+            }
         }
         // The handler's span joins the caller's trace (traceparent metadata).
         let span = tracing::info_span!("rpc", rpc.method = request.uri().path());
