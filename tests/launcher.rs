@@ -49,6 +49,15 @@ fn first_run_starts_the_service_and_the_second_reuses_it() {
     let ensures = env.launcher_events("launcher.ensure");
     assert_eq!(ensures.len(), 2);
     assert_eq!(ensures[1]["outcome"], "already_running");
+    // The warm path: one probe (its Check went beside the Mount), then the Mount.
+    let probes = env.launcher_events("launcher.probe");
+    let warm_probe = probes.last().unwrap();
+    assert_eq!(warm_probe["attempt"], 1);
+    assert_eq!(warm_probe["result"], "serving");
+    assert_eq!(warm_probe["pid"], ensures[1]["pid"]);
+    let mounts = env.launcher_events("launcher.mount");
+    assert_eq!(mounts.len(), 2, "{mounts:?}");
+    assert_eq!(mounts[1]["pid"], ensures[1]["pid"]);
     assert_eq!(env.service_events("service.starting").len(), 1);
     env.assert_logs_are_json();
 }

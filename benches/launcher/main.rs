@@ -5,9 +5,15 @@
 //!
 //! Prints a table and writes `target/bench-results/launcher.json`.
 //! Figures: cold start, warm check, concurrent cold start with 4/16/64
-//! launcher processes, `spfs run REF -- true` against `true`, service memory.
+//! launcher processes, `spfs run REF -- true` against `true`, service memory;
+//! then the whole-process figures of `process.rs` (`spfs run - -- true` warm,
+//! cold, 64 racing; service RSS idle), against an earlier build given as
+//! `SPFS_BENCH_BEFORE=DIR` (and this build's from `SPFS_BENCH_AFTER=DIR`:
+//! `cargo bench` builds its own binaries with the dev-dependencies' features,
+//! which makes them larger). `SPFS_BENCH_ONLY=process` runs only those.
 
 mod baseline;
+mod process;
 mod stats;
 
 use std::io::{Read, Write};
@@ -60,6 +66,7 @@ fn env_for(cmd: &mut Command, paths: &Paths) {
     cmd.env("SPFS_RUNTIME_DIR", &paths.runtime_dir)
         .env("SPFS_LOG_DIR", &paths.log_dir)
         .env("SPFS_MOUNTPOINT", &paths.mountpoint)
+        .env("SPFS_SCRATCH_DIR", &paths.scratch_dir)
         .env("SPFS_FUSE_SERVICE_BIN", SERVICE_BIN);
 }
 
@@ -173,6 +180,7 @@ impl Bench {
         std::env::set_var("SPFS_RUNTIME_DIR", &paths.runtime_dir);
         std::env::set_var("SPFS_LOG_DIR", &paths.log_dir);
         std::env::set_var("SPFS_MOUNTPOINT", &paths.mountpoint);
+        std::env::set_var("SPFS_SCRATCH_DIR", &paths.scratch_dir);
         Bench {
             _root: root,
             paths,
@@ -505,20 +513,56 @@ fn main() {
     let mut bench = Bench::new();
     spfs::telemetry::init(spfs::telemetry::Program::Launcher, &bench.paths.log_dir);
 
-    eprintln!("cold start ...");
-    bench.cold_start(scale(30));
-    bench.cold_start_phases();
-    eprintln!("warm check ...");
-    bench.warm_check(scale(10), 200);
-    for launchers in [4, 16, 64] {
-        eprintln!("{launchers} concurrent launchers ...");
-        bench.concurrent(launchers, scale(5));
+    let only_process = std::env::var("SPFS_BENCH_ONLY").is_ok_and(|v| v == "process");
+    if !only_process {
+        eprintln!("cold start ...");
+        bench.cold_start(scale(30));
+        bench.cold_start_phases();
+        eprintln!("warm check ...");
+        bench.warm_check(scale(10), 200);
+        for launchers in [4, 16, 64] {
+            eprintln!("{launchers} concurrent launchers ...");
+            bench.concurrent(launchers, scale(5));
+        }
+        eprintln!("run overhead ...");
+        bench.run_overhead(scale(200));
+        eprintln!("memory ...");
+        bench.memory(100);
+        stop_service(&bench.paths);
     }
-    eprintln!("run overhead ...");
-    bench.run_overhead(scale(200));
-    eprintln!("memory ...");
-    bench.memory(100);
-    stop_service(&bench.paths);
+
+    eprintln!("whole processes ...");
+    let root = bench._root.path().to_owned();
+    // `cargo bench` builds the binaries with the dev-dependencies' features
+    // too (about 1 MB larger here, and slower to start): for a comparison,
+    // give both sides `cargo build --release` binaries.
+    let after = std::env::var_os("SPFS_BENCH_AFTER").map(PathBuf::from);
+    let (spfs_bin, service_bin) = match &after {
+        Some(dir) => (dir.join("spfs"), dir.join("spfs-fuse-macos")),
+        None => (PathBuf::from(SPFS_BIN), PathBuf::from(SERVICE_BIN)),
+    };
+    let mut builds = vec![process::Build::new("after", &spfs_bin, &service_bin, &root)];
+    let before = std::env::var_os("SPFS_BENCH_BEFORE").map(PathBuf::from);
+    if let Some(dir) = &before {
+        builds.insert(
+            0,
+            process::Build::new(
+                "before",
+                &dir.join("spfs"),
+                &dir.join("spfs-fuse-macos"),
+                &root,
+            ),
+        );
+    }
+    let (process_table, process_json) = process::whole_process(&builds, scale);
+    bench.results.insert(
+        "whole processes".into(),
+        json!({
+            "before_dir": before.map(|d| d.display().to_string()),
+            "after_dir": after.map(|d| d.display().to_string()),
+            "builds": process_json,
+        }),
+    );
 
     let machine = json!({
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
@@ -529,6 +573,11 @@ fn main() {
     println!("\n| figure | ours: median (p95) [min-max] | baseline: median (p95) [min-max] | baseline / ours |");
     println!("|---|---:|---:|---:|");
     for line in &bench.table {
+        println!("{line}");
+    }
+    println!("\n| whole processes | median (p95) | against | difference |");
+    println!("|---|---:|---:|---:|");
+    for line in &process_table {
         println!("{line}");
     }
     let out_dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-results"));

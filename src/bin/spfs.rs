@@ -249,6 +249,40 @@ enum Command {
     },
 }
 
+/// `spfs run` alone. Scripts and build tools call it thousands of times, and
+/// building the parser of every subcommand costs about 0.1 ms, so a command
+/// line starting with `run` is parsed with this first. Whatever it does not
+/// accept (`--help`, a mistake) goes to the full parser, so help and errors
+/// are the same either way.
+#[derive(Parser)]
+#[command(name = "spfs")]
+struct RunOnly {
+    #[command(subcommand)]
+    command: RunCommand,
+}
+
+#[derive(Subcommand)]
+enum RunCommand {
+    Run {
+        #[command(flatten)]
+        runtime: RunArgs,
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
+}
+
+fn parse() -> Command {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "run") {
+        if let Ok(RunOnly {
+            command: RunCommand::Run { runtime, command },
+        }) = RunOnly::try_parse()
+        {
+            return Command::Run { runtime, command };
+        }
+    }
+    Cli::parse().command
+}
+
 /// `-r/--remote NAME`: a configured remote instead of the local repository.
 #[derive(Args)]
 struct Remote {
@@ -344,7 +378,7 @@ enum ServiceAction {
 }
 
 fn main() -> ExitCode {
-    let code = match Cli::parse().command {
+    let code = match parse() {
         Command::Run { runtime, command } => {
             let (reference, options) = runtime.split();
             spfs::commands::run(&reference, &command, &options)

@@ -199,9 +199,17 @@ async fn ensure_and_mount(config: &Config, request: &MountRequest) -> Result<()>
     // A service may stop (idle timeout, `spfs service stop`) between our probe
     // and our Mount; then the next ensure starts a fresh one.
     let mut attempt = 1;
+    // Warm path first: a running service mounts in one round trip (launcher/warm.rs).
+    let mut warm = crate::launcher::warm::mount_first(config, request).await;
     loop {
-        let running = ensure_service_running(config).await?;
-        match mount_once(running.channel, request).await {
+        let result = match warm.take() {
+            Some(result) => result,
+            None => {
+                let running = ensure_service_running(config).await?;
+                mount_once(running.channel, request).await
+            }
+        };
+        match result {
             Err(status)
                 if status.code() == tonic::Code::Unavailable && attempt < MOUNT_ATTEMPTS =>
             {

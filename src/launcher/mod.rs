@@ -20,6 +20,7 @@ mod lock;
 pub mod probe;
 pub mod spawn;
 mod stop;
+pub mod warm;
 
 pub use stop::stop_service;
 
@@ -169,13 +170,22 @@ async fn ensure(
     // 2. lock_wait
     let lock_started = Instant::now();
     let lock_path = paths.spawn_lock();
-    let lock = tokio::task::spawn_blocking(move || SpawnLock::acquire(&lock_path));
-    let _lock = match timeout_at(deadline, lock)
-        .instrument(tracing::info_span!("lock_wait"))
-        .await
-    {
-        Ok(joined) => joined.map_err(|e| Error::io("spawn lock", std::io::Error::other(e)))??,
-        Err(_) => return Err(timeout("lock_wait")),
+    let free = tracing::info_span!("lock_wait").in_scope(|| SpawnLock::try_acquire(&lock_path))?;
+    let _lock = match free {
+        Some(free) => free,
+        // Another launcher is starting it: wait on a blocking thread.
+        None => {
+            let lock = tokio::task::spawn_blocking(move || SpawnLock::acquire(&lock_path));
+            match timeout_at(deadline, lock)
+                .instrument(tracing::info_span!("lock_wait"))
+                .await
+            {
+                Ok(joined) => {
+                    joined.map_err(|e| Error::io("spawn lock", std::io::Error::other(e)))??
+                }
+                Err(_) => return Err(timeout("lock_wait")),
+            }
+        }
     };
     phases.lock_wait = ms_since(lock_started);
     tracing::info!(

@@ -178,7 +178,7 @@ async fn probe_inner(socket: &Path) -> Result<Probe, String> {
 
 /// One health Check of the control API on an open channel, and the version
 /// header the service sends with every response.
-async fn check_with_version(
+pub(crate) async fn check_with_version(
     channel: &Channel,
 ) -> Result<(ServingStatus, Option<String>), tonic::Status> {
     let response = HealthClient::new(channel.clone())

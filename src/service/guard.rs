@@ -3,11 +3,14 @@
 //! `SO_PEERCRED` on Linux, `getpeereid`/`LOCAL_PEERPID` on macOS), the caller's
 //! identity for handlers, the last-activity time for the idle timeout, and the
 //! `spfs-service-version` header on every response, so a launcher learns the
-//! version from its health probe without another call.
+//! version from its health probe, or from its `Mount` itself, without another
+//! call; and the refusal of `Mount` until the service is SERVING (the
+//! launcher's warm path sends its `Mount` with no health Check before it: see
+//! `launcher/warm.rs`).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -20,6 +23,12 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Header carrying the service's version on every response.
 pub const VERSION_HEADER: &str = "spfs-service-version";
+
+/// Header of a launcher's warm-path `Mount`: the launcher's version.
+pub const LAUNCHER_VERSION_HEADER: &str = "spfs-launcher-version";
+
+/// The one call refused until the service is SERVING.
+const MOUNT_PATH: &str = "/spfs.vfs.v1.VfsService/Mount";
 
 /// Who is calling, for handlers (`Mount` checks the root pid against it).
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +46,8 @@ pub struct GuardState {
     /// Requests whose handler has not answered yet: while any runs (a long
     /// `Mount`), the service is busy, whatever the idle timeout.
     in_flight: AtomicU64,
+    /// Health is SERVING: FUSE is mounted and shutdown has not begun.
+    serving: AtomicBool,
 }
 
 impl GuardState {
@@ -46,7 +57,36 @@ impl GuardState {
             started: Instant::now(),
             last_request_ms: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            serving: AtomicBool::new(false),
         })
+    }
+
+    /// Follows the health status: `Mount` is answered only while SERVING.
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::SeqCst);
+    }
+
+    /// Why a `Mount` is not handled, if it is not: before FUSE is mounted a
+    /// runtime could not be shown (UNAVAILABLE, which the launcher answers by
+    /// waiting for SERVING on its start path); and a launcher's warm-path
+    /// `Mount` that names another version than ours is left to the launcher's
+    /// version rules (restart this service or keep it) before anything is
+    /// recorded.
+    fn mount_refusal(&self, headers: &http::HeaderMap) -> Option<tonic::Status> {
+        if !self.serving.load(Ordering::SeqCst) {
+            return Some(tonic::Status::unavailable(
+                "the service is not serving yet (its FUSE mount is not up); retry",
+            ));
+        }
+        let ours = super::reported_version();
+        match headers.get(LAUNCHER_VERSION_HEADER).map(|v| v.to_str()) {
+            Some(Ok(theirs)) if theirs == ours => None,
+            None => None,
+            Some(theirs) => Some(tonic::Status::failed_precondition(format!(
+                "this service is version {ours} and the launcher {}: the launcher's start path decides whether to restart it",
+                theirs.unwrap_or("(not text)")
+            ))),
+        }
     }
 
     /// Time since the last request ended (or since start); zero while a
@@ -149,6 +189,14 @@ where
                     "this spfs service belongs to another user; start your own with `spfs service start`",
                 );
                 return Box::pin(async move { Ok(with_version(status.into_http())) });
+            }
+        }
+        if request.uri().path() == MOUNT_PATH {
+            if let Some(status) = self.state.mount_refusal(request.headers()) {
+                return Box::pin(async move {
+                    drop(in_flight);
+                    Ok(with_version(status.into_http()))
+                });
             }
         }
         // The handler's span joins the caller's trace (traceparent metadata).

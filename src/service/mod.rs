@@ -291,6 +291,7 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
     );
 
     async {
+        guard.set_serving(true);
         health.set_service_status("", ServingStatus::Serving).await;
         health
             .set_service_status(VFS_SERVICE_NAME, ServingStatus::Serving)
@@ -337,7 +338,7 @@ async fn stop(started: Started) {
     let Started {
         pidfile,
         socket,
-        guard: _,
+        guard,
         health,
         server,
         fuse,
@@ -347,6 +348,7 @@ async fn stop(started: Started) {
     let reason = shutdown.triggered().await;
     let stop_started = Instant::now();
     metrics().health.record(0, &[]);
+    guard.set_serving(false);
     health
         .set_service_status(VFS_SERVICE_NAME, ServingStatus::NotServing)
         .await;

@@ -181,20 +181,23 @@ impl DailyLog {
     }
 
     /// Points the symlink at today's file and prunes; errors only cost tidiness.
+    /// A link already on today's file means today's first process did both:
+    /// the launcher then skips listing the dir, which every `spfs run` would pay.
     fn on_new_day(&self) {
         let target = current_file_name(self.prefix);
         let link = self.dir.join(format!("{}.log", self.prefix));
-        if std::fs::read_link(&link).ok().as_deref() != Some(Path::new(&target)) {
-            // Replace atomically: a reader running `tail -F` never sees it missing.
-            let temp = self
-                .dir
-                .join(format!(".{}.log.{}", self.prefix, std::process::id()));
+        if std::fs::read_link(&link).ok().as_deref() == Some(Path::new(&target)) {
+            return;
+        }
+        // Replace atomically: a reader running `tail -F` never sees it missing.
+        let temp = self
+            .dir
+            .join(format!(".{}.log.{}", self.prefix, std::process::id()));
+        let _ = std::fs::remove_file(&temp);
+        if std::os::unix::fs::symlink(&target, &temp).is_ok()
+            && std::fs::rename(&temp, &link).is_err()
+        {
             let _ = std::fs::remove_file(&temp);
-            if std::os::unix::fs::symlink(&target, &temp).is_ok()
-                && std::fs::rename(&temp, &link).is_err()
-            {
-                let _ = std::fs::remove_file(&temp);
-            }
         }
         self.prune();
     }
