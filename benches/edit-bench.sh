@@ -3,7 +3,7 @@
 # cache TTL of editable views costs, side by side in one run:
 #   native     a plain directory (a fresh copy of the layers every round)
 #   ro         `spfs run tree+big`      (read-only view; writes not measured)
-#   edit       `spfs run -e tree+big`   (overlay, default TTLs: 1 s below the root)
+#   edit       `spfs run -e tree+big`   (overlay, default TTLs: EDIT_TTL below the root, 60 s now)
 #   edit-ttl0  `spfs run -e tree+big` with SPFS_KERNEL_CACHE=off in the
 #              service's environment (every TTL 0: no kernel caching)
 # Workloads (benches/edit_probe.py): warm walk with lstat of every entry
@@ -137,7 +137,7 @@ measures = [
     ("walk after the writes (~22,000 entries), ms", "walk_after_writes_s", 1000),
 ]
 fmt = lambda x: "n/a" if x is None else (f"{x:,.0f}" if x >= 100 else f"{x:.2f}" if x < 10 else f"{x:.1f}")
-print("| measure | native | read-only | editable, TTL 1 s | editable, TTL 0 | editable / read-only | TTL 0 / TTL 1 s |")
+print("| measure | native | read-only | editable (default TTLs) | editable, TTL 0 | editable / read-only | TTL 0 / default |")
 print("|---|---:|---:|---:|---:|---:|---:|")
 out = []
 for label, key, scale in measures:
