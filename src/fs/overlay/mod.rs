@@ -158,14 +158,6 @@ impl Overlay {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.lock().nodes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
     /// Whether node `index` was handed out by this overlay.
     pub fn has_node(&self, index: u32) -> bool {
         (index as usize) < self.lock().nodes.len()
