@@ -39,6 +39,10 @@ use crate::platform;
 /// trees (a chain longer than this is treated as not reaching a runtime).
 const MAX_ANCESTRY: usize = 65_536;
 
+/// How long a runtime whose last known process exited waits before the
+/// second look for processes carrying its name.
+const EXEC_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Identifies one runtime for the router's life (never reused).
 pub type RuntimeId = u64;
 
@@ -445,11 +449,26 @@ impl Router {
             return;
         };
         let me = std::process::id() as i32;
-        let carriers: Vec<(i32, u64)> = platform::processes_with_marker(&name, uid)
-            .into_iter()
-            .filter(|(pid, _)| *pid != me)
-            .filter(|(_, start)| !platform::START_TIMES_ORDERED || *start >= root_start)
-            .collect();
+        let young = |start: u64| !platform::START_TIMES_ORDERED || start >= root_start;
+        let scan = || {
+            let found = platform::processes_with_marker(&name, uid);
+            let carriers: Vec<(i32, u64)> = found
+                .carriers
+                .into_iter()
+                .filter(|(pid, start)| *pid != me && young(*start))
+                .collect();
+            let unsure = found.in_exec.into_iter().any(young);
+            (carriers, unsure)
+        };
+        let (mut carriers, unsure) = scan();
+        if carriers.is_empty() && unsure {
+            // A process in the middle of `exec` shows an empty environment
+            // for a moment (Linux fills it in after switching address
+            // spaces): a daemon exec'ing `setsid` as its parent exits was
+            // missed about one time in ten. Look once more before ending.
+            std::thread::sleep(EXEC_GRACE);
+            carriers = scan().0;
+        }
         let mut joined = Vec::new();
         {
             let mut state = write(&self.state);

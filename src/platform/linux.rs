@@ -367,25 +367,61 @@ pub fn runtime_marker(pid: i32) -> Option<String> {
     super::marker_in_environ(&block)
 }
 
-/// Every process of `uid` that carries runtime name `name`, with its start time.
-pub fn processes_with_marker(name: &str, uid: u32) -> Vec<(i32, u64)> {
+/// Every process of `uid` that carries runtime name `name`, with its start
+/// time, and the user's processes caught in the middle of `exec` (their
+/// environment reads empty until the new image is set up).
+pub fn processes_with_marker(name: &str, uid: u32) -> super::MarkerScan {
     use std::os::unix::fs::MetadataExt;
+    let mut scan = super::MarkerScan::default();
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
+        return scan;
     };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
-            if entry.metadata().ok()?.uid() != uid {
-                return None;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if entry.metadata().map(|m| m.uid()).ok() != Some(uid) {
+            continue;
+        }
+        let Ok(block) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if block.is_empty() {
+            if !is_kernel_thread(pid) {
+                if let Ok(info) = process_info(pid) {
+                    scan.in_exec.push(info.start_time);
+                }
             }
-            if runtime_marker(pid)? != name {
-                return None;
+            continue;
+        }
+        if super::marker_in_environ(&block).as_deref() == Some(name) {
+            if let Ok(info) = process_info(pid) {
+                scan.carriers.push((pid, info.start_time));
             }
-            Some((pid, process_info(pid).ok()?.start_time))
+        }
+    }
+    scan
+}
+
+/// Kernel threads have no environment at all (`PF_KTHREAD` in the flags,
+/// field 9 of `/proc/PID/stat`).
+fn is_kernel_thread(pid: i32) -> bool {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after_name = &stat[stat.rfind(')')? + 1..];
+            after_name
+                .split_whitespace()
+                .nth(9 - 3)?
+                .parse::<u64>()
+                .ok()
         })
-        .collect()
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
 }
 
 /// A live `spfs-fuse-macos service` of this user serving `mountpoint`,

@@ -677,11 +677,11 @@ pub fn runtime_marker(pid: i32) -> Option<String> {
 }
 
 /// Every process of `uid` that carries runtime name `name`, with its start time.
-pub fn processes_with_marker(name: &str, uid: u32) -> Vec<(i32, u64)> {
+pub fn processes_with_marker(name: &str, uid: u32) -> super::MarkerScan {
     // SAFETY: a null buffer asks for the number of pids.
     let count = unsafe { libc::proc_listallpids(std::ptr::null_mut(), 0) };
     if count <= 0 {
-        return Vec::new();
+        return super::MarkerScan::default();
     }
     // Room for processes started in between.
     let mut pids = vec![0 as libc::pid_t; count as usize + 64];
@@ -689,13 +689,20 @@ pub fn processes_with_marker(name: &str, uid: u32) -> Vec<(i32, u64)> {
     // SAFETY: the buffer holds `bytes` bytes of pid_t.
     let filled = unsafe { libc::proc_listallpids(pids.as_mut_ptr().cast(), bytes) };
     if filled <= 0 {
-        return Vec::new();
+        return super::MarkerScan::default();
     }
     pids.truncate(filled as usize);
-    pids.into_iter()
+    // KERN_PROCARGS2 is not known to read empty during exec: nothing is
+    // reported in_exec on macOS.
+    let carriers = pids
+        .into_iter()
         .filter(|pid| *pid > 0)
         .filter(|pid| process_uid(*pid).ok() == Some(uid))
         .filter(|pid| runtime_marker(*pid).as_deref() == Some(name))
         .filter_map(|pid| Some((pid, process_info(pid).ok()?.start_time)))
-        .collect()
+        .collect();
+    super::MarkerScan {
+        carriers,
+        in_exec: Vec::new(),
+    }
 }

@@ -71,6 +71,17 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     Ok(soft)
 }
 
+/// Processes found carrying a runtime's name.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MarkerScan {
+    /// Each carrier's pid and start time.
+    pub carriers: Vec<(i32, u64)>,
+    /// Start times of the user's processes whose environment read empty:
+    /// caught in the middle of `exec`, before the kernel shows the new
+    /// image's environment. Any of them may be a carrier a moment later.
+    pub in_exec: Vec<u64>,
+}
+
 /// What routing needs to know of a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcInfo {
