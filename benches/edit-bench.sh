@@ -30,21 +30,7 @@ mkdir -p "$work/layers"
 export SPFS_STORAGE_ROOT=$work/repo XDG_CONFIG_HOME=$work/config
 export SPFS_FUSE_SERVICE_BIN=$bin/spfs-fuse-macos
 tree=$work/layers/tree big=$work/layers/big
-python3 - "$tree" <<'PY'
-import os, sys
-tree = sys.argv[1]
-if not os.path.isdir(os.path.join(tree, "d099")):
-    for d in range(100):
-        path = os.path.join(tree, "d%03d" % d)
-        os.makedirs(path, exist_ok=True)
-        for f in range(99):
-            open(os.path.join(path, "f%03d.txt" % f), "w").write("file %d/%d\n" % (d, f))
-    deep = os.path.join(tree, *["deep%02d" % i for i in range(20)])
-    os.makedirs(deep, exist_ok=True)
-    for f in range(80):
-        open(os.path.join(deep, "leaf%02d.txt" % f), "w").write("deep\n")
-    open(os.path.join(tree, "top.txt"), "w").write("top\n")
-PY
+python3 benches/bench_layers.py tree "$tree"
 if [ ! -f "$big/data/100mib.bin" ]; then
     mkdir -p "$big/data"
     head -c 104857600 /dev/urandom > "$big/data/100mib.bin"

@@ -13,6 +13,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fs_probe import read_throughput  # noqa: E402
+
 
 def walk_stat(root):
     """Like `find ROOT -ls`: list every directory, lstat every entry."""
@@ -41,18 +44,6 @@ def stat_us(path, n):
     for _ in range(n):
         os.stat(path)
     return (time.perf_counter() - start) / n * 1e6
-
-
-def read_mib_s(path):
-    size = 0
-    start = time.perf_counter()
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            chunk = f.read(1 << 20)
-            if not chunk:
-                break
-            size += len(chunk)
-    return size / (time.perf_counter() - start) / (1 << 20)
 
 
 def create_files(root, dirs=20, per_dir=100):
@@ -111,8 +102,8 @@ def main():
     r["stat_deep_after_idle_us"] = median(idle)
     # (c) 100 MiB read twice.
     big_path = os.path.join(root, big)
-    r["read_first_mib_s"] = read_mib_s(big_path)
-    r["read_second_mib_s"] = read_mib_s(big_path)
+    r["read_first_mib_s"] = read_throughput(big_path)
+    r["read_second_mib_s"] = read_throughput(big_path)
     if not read_only:
         # (d) writes.
         new = os.path.join(root, "new")

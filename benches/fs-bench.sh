@@ -16,25 +16,7 @@ if [ ! -f "$big/data/one-gib.bin" ]; then
     mkdir -p "$big/data"
     head -c 1073741824 /dev/urandom > "$big/data/one-gib.bin"
 fi
-if [ ! -d "$tree/d099" ]; then
-    python3 - "$tree" <<'PY'
-import os, sys
-root = sys.argv[1]
-for d in range(100):
-    path = os.path.join(root, "d%03d" % d)
-    os.makedirs(path, exist_ok=True)
-    for f in range(99):
-        with open(os.path.join(path, "f%03d.txt" % f), "w") as out:
-            out.write("file %d/%d\n" % (d, f))
-deep = os.path.join(root, *["deep%02d" % i for i in range(20)])
-os.makedirs(deep, exist_ok=True)
-for f in range(80):
-    with open(os.path.join(deep, "leaf%02d.txt" % f), "w") as out:
-        out.write("deep\n")
-with open(os.path.join(root, "top.txt"), "w") as out:
-    out.write("top\n")
-PY
-fi
+python3 benches/bench_layers.py tree "$tree"
 # The merged view of big+tree, natively: the two layers do not overlap, so a
 # directory holding both (by bind-free symlink-free copy of names) is the same
 # tree; measure each part on its own layer directory.

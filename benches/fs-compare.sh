@@ -20,27 +20,8 @@ if [ ! -f "$big/data/one-gib.bin" ]; then
     mkdir -p "$big/data"
     head -c 1073741824 /dev/urandom > "$big/data/one-gib.bin"
 fi
-python3 - "$tree" "$huge" <<'PY'
-import os, sys
-tree, huge = sys.argv[1:3]
-if not os.path.isdir(os.path.join(tree, "d099")):
-    for d in range(100):
-        path = os.path.join(tree, "d%03d" % d)
-        os.makedirs(path, exist_ok=True)
-        for f in range(99):
-            open(os.path.join(path, "f%03d.txt" % f), "w").write("file %d/%d\n" % (d, f))
-    deep = os.path.join(tree, *["deep%02d" % i for i in range(20)])
-    os.makedirs(deep, exist_ok=True)
-    for f in range(80):
-        open(os.path.join(deep, "leaf%02d.txt" % f), "w").write("deep\n")
-    open(os.path.join(tree, "top.txt"), "w").write("top\n")
-if not os.path.isdir(os.path.join(huge, "d999")):
-    for d in range(1000):
-        path = os.path.join(huge, "d%03d" % d)
-        os.makedirs(path, exist_ok=True)
-        for f in range(99):
-            open(os.path.join(path, "f%03d.txt" % f), "w").write("%d/%d\n" % (d, f))
-PY
+python3 benches/bench_layers.py tree "$tree"
+python3 benches/bench_layers.py huge "$huge"
 for layer in big tree huge; do
     "$after/spfs" commit --path "$work/layers/$layer" -t "bench/$layer" >/dev/null 2>&1
 done

@@ -177,16 +177,7 @@ fn two_editable_runtimes_on_one_base_never_see_each_others_writes() {
 #[test]
 fn durable_changes_survive_a_killed_service_and_the_runtime_can_be_re_entered() {
     let env = TestEnv::with_base_to_edit();
-    let (held, line) = env.hold_run(
-        &["--keep-runtime", "--runtime-name", "build-1", "-e", "base"],
-        &format!(
-            "echo unsaved > {m}/etc/version; rm {m}/etc/gone; echo ready",
-            m = env.mountpoint.display()
-        ),
-    );
-    assert_eq!(line, "ready");
-    env.kill_service();
-    release(held);
+    env.durable_runtime_of_a_killed_service("build-1");
     // The changes are on disk, as the runtime left them.
     let scratch = env.scratch.join("build-1");
     assert_eq!(

@@ -167,16 +167,7 @@ fn changing_the_stack_keeps_the_changes_unless_asked_to_drop_them() {
 #[test]
 fn a_durable_runtime_left_by_a_killed_service_can_still_be_committed() {
     let env = TestEnv::with_base_to_edit();
-    let (held, line) = env.hold_run(
-        &["--keep-runtime", "--runtime-name", "build-7", "-e", "base"],
-        &format!(
-            "echo unsaved > {m}/etc/version; rm {m}/etc/gone; echo ready",
-            m = env.mountpoint.display()
-        ),
-    );
-    assert_eq!(line, "ready");
-    env.kill_service();
-    release(held);
+    env.durable_runtime_of_a_killed_service("build-7");
     let listed = stdout(&run_ok(&mut env.spfs(&["runtime", "list"])));
     assert!(
         listed.contains("build-7") && listed.contains("running=false"),

@@ -373,6 +373,23 @@ impl TestEnv {
         env
     }
 
+    /// A durable editable runtime `name` of `base` (from
+    /// [`TestEnv::with_base_to_edit`]) with unsaved changes (`etc/version`
+    /// rewritten, `etc/gone` deleted), left behind by a service killed with
+    /// SIGKILL while its command still ran.
+    pub fn durable_runtime_of_a_killed_service(&self, name: &str) {
+        let (held, line) = self.hold_run(
+            &["--keep-runtime", "--runtime-name", name, "-e", "base"],
+            &format!(
+                "echo unsaved > {m}/etc/version; rm {m}/etc/gone; echo ready",
+                m = self.mountpoint.display()
+            ),
+        );
+        assert_eq!(line, "ready");
+        self.kill_service();
+        release(held);
+    }
+
     /// Kills the service with SIGKILL (a crash) and waits until it is gone.
     pub fn kill_service(&self) {
         let service = self.service_pid().expect("a service is running");
