@@ -10,7 +10,11 @@
 //! 4. **spawn** the service detached, with a readiness pipe.
 //! 5. **readiness_wait**: the service writes one line when SERVING, or an
 //!    error; if it dies first we learn at once, with its exit status.
-//! 6. **confirm** with a health Check, release the lock, return.
+//! 6. **confirm** with a health Check, release the lock, return. For a
+//!    `Mount` ([`ensure_service_to_mount`]) the confirm is the connect alone:
+//!    the `Mount` that follows is refused (UNAVAILABLE) by a service that is
+//!    not SERVING, and `spfs run` then starts one again, so a Check would
+//!    only add a round trip to every cold start.
 //!
 //! All of it runs under one deadline (`SPFS_SERVICE_START_TIMEOUT`, default
 //! 10 s). Each phase is logged with its `elapsed_ms`, and `launcher.ensure`
@@ -80,13 +84,34 @@ fn ms_since(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1000.0
 }
 
+/// How a service this launcher started is confirmed before it is handed on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Confirm {
+    /// A health Check says SERVING.
+    Check,
+    /// A connection is open; the caller's own call confirms it (`Mount`,
+    /// which a service that is not SERVING refuses with UNAVAILABLE).
+    Connect,
+}
+
 /// Makes sure the service is SERVING; starts it if not. See the module docs.
 pub async fn ensure_service_running(config: &Config) -> Result<Running> {
+    ensure_logged(config, Confirm::Check).await
+}
+
+/// As [`ensure_service_running`], for a caller whose next call is `Mount`:
+/// a service it starts is confirmed by that `Mount`, not by a Check first.
+/// The caller must start again when the `Mount` answers UNAVAILABLE.
+pub async fn ensure_service_to_mount(config: &Config) -> Result<Running> {
+    ensure_logged(config, Confirm::Connect).await
+}
+
+async fn ensure_logged(config: &Config, confirm: Confirm) -> Result<Running> {
     let started = Instant::now();
     let deadline = tokio::time::Instant::from_std(started + config.start_timeout);
     let mut phases = Phases::default();
     let span = tracing::info_span!("ensure_service_running");
-    let result = ensure(config, deadline, &mut phases)
+    let result = ensure(config, deadline, &mut phases, confirm)
         .instrument(span.clone())
         .await;
     let _in_span = span.enter();
@@ -137,6 +162,7 @@ async fn ensure(
     config: &Config,
     deadline: tokio::time::Instant,
     phases: &mut Phases,
+    confirm: Confirm,
 ) -> Result<Running> {
     let paths = &config.paths;
     let socket = paths.socket();
@@ -316,7 +342,7 @@ async fn ensure(
 
         // 6. confirm
         let confirm_started = Instant::now();
-        let confirmed = timeout_at(deadline, probe(&socket))
+        let confirmed = timeout_at(deadline, confirm_started_service(&socket, confirm))
             .instrument(tracing::info_span!("confirm"))
             .await;
         phases.confirm = ms_since(confirm_started);
@@ -343,6 +369,17 @@ async fn ensure(
             }
             Err(_) => return Err(timeout("confirm")),
         }
+    }
+}
+
+/// Step 6: a health Check, or (for a `Mount` to follow) just a connection.
+async fn confirm_started_service(socket: &std::path::Path, confirm: Confirm) -> Probe {
+    match confirm {
+        Confirm::Check => probe(socket).await,
+        Confirm::Connect => match crate::client::connect(socket).await {
+            Ok(channel) => Probe::Serving(channel, None),
+            Err(_) => probe(socket).await,
+        },
     }
 }
 

@@ -110,8 +110,14 @@ impl Scratch {
         RuntimeState::read(&self.root)
     }
 
+    /// Saves `state`; synced to disk when the runtime is durable.
     pub fn write_state(&self, state: &RuntimeState) -> io::Result<()> {
-        state.write(&self.root)
+        state.write(&self.root, state.durable)
+    }
+
+    /// Saves the state of a runtime kept after its end, synced to disk.
+    pub fn keep_state(&self, state: &RuntimeState) -> io::Result<()> {
+        state.write(&self.root, true)
     }
 
     /// Every deletion marker, as paths relative to the mountpoint.

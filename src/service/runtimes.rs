@@ -350,7 +350,7 @@ impl Runtimes {
         if kept {
             // Already in the stopped list (taken there with the runtime out
             // of the live one, so a `--rerun` never finds it in neither).
-            if let Err(err) = scratch.write_state(&entry.state) {
+            if let Err(err) = scratch.keep_state(&entry.state) {
                 tracing::warn!(event = "service.scratch_failed", runtime = entry.state.name.as_str(), error = %err, "cannot save a stopped runtime's state");
             }
             return;

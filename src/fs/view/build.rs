@@ -74,8 +74,13 @@ const BUILD_STACK: usize = 64 << 20;
 ///
 /// Runs on a thread of its own with a [`BUILD_STACK`]-byte stack: the
 /// caller's (a tokio blocking thread has 2 MiB) could not hold
-/// [`MAX_DEPTH`] levels, and overflowing it aborts the whole service.
+/// [`MAX_DEPTH`] levels, and overflowing it aborts the whole service. An
+/// empty stack (`spfs run -`: nothing to recurse into) is built here, as
+/// starting the thread would be most of its cost.
 pub fn build(layers: &[Layer], budget: &Budget) -> Result<(Vec<Node>, u64), BuildError> {
+    if layers.is_empty() {
+        return build_here(layers, budget);
+    }
     std::thread::scope(|scope| {
         let builder = std::thread::Builder::new()
             .name("spfs-view-build".into())
