@@ -10,6 +10,8 @@ cargo build --release -q
 spfs=$PWD/target/release/spfs
 rm -rf "$work/repo" "$work/run" "$work/log"
 export SPFS_RUNTIME_DIR=$work/run SPFS_LOG_DIR=$work/log SPFS_MOUNTPOINT=$work/mnt SPFS_STORAGE_ROOT=$work/repo
+# Every Mount builds its view: none lingers from the run before.
+export SPFS_VIEW_LINGER=0
 tree=$work/tree
 if [ ! -d "$tree/d999" ]; then
     python3 - "$tree" <<'PY'

@@ -141,6 +141,66 @@ fn runtimes_of_one_stack_share_a_view_and_still_end_on_their_own() {
 }
 
 #[test]
+fn a_scripts_next_run_of_the_same_stack_reuses_the_lingering_view_until_its_time_is_up() {
+    let env = TestEnv::new();
+    with_layers(&env);
+    let version = env.mountpoint.join("etc/version");
+    let run = |stack: &str| {
+        let output = run_ok(
+            env.spfs(&["run", stack, "--", "cat", version.to_str().unwrap()])
+                .env("SPFS_VIEW_LINGER", "1500ms"),
+        );
+        // The runtime has ended before the next run begins, as in a script.
+        assert!(env.wait_for(Duration::from_secs(5), || runtimes(&env).is_empty()));
+        stdout(&output)
+    };
+    assert_eq!(run("base+app"), "app\n");
+    assert_eq!(run("base+app"), "app\n");
+    assert_eq!(run("base"), "base\n");
+    let mounts = env.service_events("service.mount");
+    assert_eq!(mounts.len(), 3);
+    assert_eq!(mounts[0]["view_shared"], false);
+    assert_eq!(
+        mounts[1]["view_shared"], true,
+        "the second run reuses the view the first one left"
+    );
+    assert_eq!(mounts[0]["view_id"], mounts[1]["view_id"]);
+    assert_eq!(
+        mounts[2]["view_shared"], false,
+        "another stack, another view"
+    );
+    assert!(
+        std::fs::metadata(&version).is_err(),
+        "a lingering view is shown to nobody"
+    );
+    assert!(
+        env.wait_for(Duration::from_secs(10), || env
+            .service_events("service.view_freed")
+            .len()
+            == 2),
+        "both views are freed when their time is up"
+    );
+    assert!(env.service_pid().is_some(), "the service itself goes on");
+}
+
+#[test]
+fn a_lingering_view_goes_with_the_service() {
+    let env = TestEnv::new();
+    with_layers(&env);
+    run_ok(
+        env.spfs(&["run", "base", "--", "true"])
+            .env("SPFS_VIEW_LINGER", "600"),
+    );
+    assert!(env.wait_for(Duration::from_secs(5), || runtimes(&env).is_empty()));
+    assert!(env.service_events("service.view_freed").is_empty());
+    let pid = env.service_pid().unwrap();
+    run_ok(&mut env.spfs(&["service", "stop"]));
+    assert!(env.wait_for(Duration::from_secs(5), || !is_alive(pid)));
+    assert_eq!(env.service_events("service.view_freed").len(), 1);
+    assert!(!env.is_mounted());
+}
+
+#[test]
 fn caches_never_show_one_runtimes_answer_to_another() {
     let env = TestEnv::new();
     with_layers(&env);

@@ -12,6 +12,7 @@
 //! mountpoint checks (including that the service's user owns it), the
 //! `allow_other` choice, and waiting until the kernel shows the mount.
 
+pub mod linger;
 pub mod overlay;
 pub mod router;
 pub mod view;

@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use fuser::INodeNo;
 use tokio::sync::mpsc;
 
+use super::linger::{Linger, Lingering};
 use super::overlay::Overlay;
 use super::view::View;
 use crate::platform;
@@ -68,6 +69,8 @@ pub struct Router {
     overlays: RwLock<HashMap<u64, Weak<Overlay>>>,
     /// Views by what they show, so runtimes of the same stack share one.
     shared: Mutex<HashMap<StackKey, Weak<View>>>,
+    /// Shared views kept a while after their last runtime let go of them.
+    lingering: Lingering,
     /// Exit watching; absent in unit tests (then members stay until removed).
     watcher: Mutex<Option<mpsc::UnboundedSender<Event>>>,
     /// Told when a runtime ends by itself.
@@ -227,8 +230,11 @@ impl Router {
             state.runtimes.remove(&id)
         };
         let found = removed.is_some();
-        if let Some(Shown::Overlay(overlay)) = removed.as_ref().map(|route| &route.shown) {
-            overlay.supersede();
+        if let Some(route) = &removed {
+            if let Shown::Overlay(overlay) = &route.shown {
+                overlay.supersede();
+            }
+            self.linger(route.shown.layers());
         }
         drop(removed);
         self.forget_dropped();
@@ -277,6 +283,9 @@ impl Router {
                 old.supersede();
             }
         }
+        if let Some(old) = &old {
+            self.linger(old.layers());
+        }
         drop(old);
         self.forget_dropped();
         found
@@ -304,6 +313,51 @@ impl Router {
     pub fn share(&self, key: StackKey, view: &Arc<View>) {
         write(&self.views).insert(view.id, Arc::downgrade(view));
         self.shared_views().insert(key, Arc::downgrade(view));
+    }
+
+    /// A runtime let go of `view`: a shared view lingers (`fs::linger`).
+    fn linger(&self, view: &Arc<View>) {
+        let shared = self
+            .shared_views()
+            .values()
+            .any(|weak| std::ptr::eq(weak.as_ptr(), Arc::as_ptr(view)));
+        if shared {
+            self.lingering.keep(view);
+        }
+    }
+
+    /// Keeps views `linger` long after their last runtime ended, checking
+    /// for expired ones on the current tokio runtime until the router goes.
+    pub fn start_lingering(self: &Arc<Self>, linger: Linger) {
+        self.lingering.set(linger);
+        if linger.time.is_zero() {
+            return;
+        }
+        let router = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(linger.tick());
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(router) = router.upgrade() else {
+                    break;
+                };
+                router.lingering.expire(std::time::Instant::now());
+                router.forget_dropped();
+            }
+        });
+    }
+
+    /// Frees the lingering views now (the service is stopping).
+    pub fn stop_lingering(&self) {
+        self.lingering.set(Linger::OFF);
+        self.lingering.clear();
+        self.forget_dropped();
+    }
+
+    /// How many views linger now.
+    pub fn lingering(&self) -> usize {
+        self.lingering.len()
     }
 
     fn shared_views(&self) -> std::sync::MutexGuard<'_, HashMap<StackKey, Weak<View>>> {

@@ -162,6 +162,7 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
         .ensure_runtime_dir()
         .map_err(|e| fail("unsafe_runtime_dir", e.to_string()))?;
     let mount_limits = views::MountLimits::from_env().map_err(|m| fail("config", m))?;
+    let linger = crate::fs::linger::Linger::from_env().map_err(|m| fail("config", m))?;
     let pidfile = PidFile::acquire(&paths.pidfile()).map_err(|err| match err {
         PidFileError::AlreadyRunning(_) => fail(
             "already_running",
@@ -227,6 +228,7 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
     let router = Arc::new(Router::default());
     let runtimes = Runtimes::new(Arc::clone(&router), paths.scratch_dir.clone());
     runtimes.start();
+    router.start_lingering(linger);
     let api = Api {
         identity: Identity {
             pid: std::process::id().into(),

@@ -366,6 +366,8 @@ impl Runtimes {
     /// Service shutdown: every runtime ends; editable ones keep their
     /// changes as stopped runtimes (nothing unsaved is lost).
     pub fn end_all(&self) {
+        // Nothing lingers from here on: each view goes with its last runtime.
+        self.router.stop_lingering();
         let all: Vec<Entry> = {
             let mut table = self.lock();
             let all: Vec<Entry> = table.live.drain().map(|(_, e)| e).collect();
@@ -396,6 +398,7 @@ impl Runtimes {
             kept = is_kept(entry, reason),
             active_runtimes = self.len(),
             live_views = self.router.live_views(),
+            lingering_views = self.router.lingering(),
             "runtime ended"
         );
     }

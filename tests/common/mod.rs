@@ -95,6 +95,9 @@ impl TestEnv {
             .env("SPFS_MOUNTPOINT", &self.mountpoint)
             .env("SPFS_STORAGE_ROOT", &self.repo)
             .env("SPFS_SCRATCH_DIR", &self.scratch)
+            // A view is freed with its last runtime, as the tests of freeing
+            // expect; the tests of lingering views set their own time.
+            .env("SPFS_VIEW_LINGER", "0")
             // No spfs config of the machine's user may leak into a test.
             .env("XDG_CONFIG_HOME", self.root.path().join("config"))
             .stdin(Stdio::null());
