@@ -57,6 +57,47 @@ fn an_empty_runtime_is_editable_and_its_files_belong_to_the_user() {
 }
 
 #[test]
+fn a_runtime_that_changes_nothing_leaves_nothing_on_disk_and_its_first_change_is_kept() {
+    let env = TestEnv::with_base_to_edit();
+    // Nothing written: no scratch directory, and every command that reads
+    // the changes sees none (as in a runtime whose changes were reset).
+    let untouched = env.sh(
+        &["-e", "base"],
+        "ls -A $S | wc -l; $SPFS diff; $SPFS reset; \
+         df -k $M | tail -1 | awk '{print ($4 > 0) ? \"space\" : \"full\"}'; \
+         $SPFS commit layer; echo commit=$?",
+    );
+    let out = stdout(&untouched);
+    assert_eq!(out, "0\nspace\ncommit=1\n", "{}", stderr(&untouched));
+    assert!(
+        stderr(&untouched).contains("no changes"),
+        "{}",
+        stderr(&untouched)
+    );
+    // The first change makes the directory, with the runtime's state.
+    let changed = env.sh_ok(
+        &["-e", "base"],
+        "rm $M/etc/gone; ls $S/*; cat $S/*/runtime.json | grep -c '\"editable\": true'; \
+         $SPFS diff",
+    );
+    assert!(
+        changed.contains("masks") && changed.contains("upper") && changed.contains("runtime.json"),
+        "{changed}"
+    );
+    assert!(
+        changed
+            .lines()
+            .any(|line| line.starts_with('-') && line.ends_with("etc/gone")),
+        "{changed}"
+    );
+    assert!(
+        env.wait_for(Duration::from_secs(5), || scratch_entries(&env).is_empty()),
+        "deleted at the runtime's end: {:?}",
+        scratch_entries(&env)
+    );
+}
+
+#[test]
 fn editing_on_a_stack_copies_up_and_deletions_hide_files_and_trees() {
     let env = TestEnv::with_base_to_edit();
     let out = env.sh_ok(

@@ -187,7 +187,8 @@ pub fn open_scratch(runtime: &Runtime) -> Result<Option<Scratch>> {
     if runtime.scratch_dir.is_empty() {
         return Ok(None);
     }
-    Scratch::open(Path::new(&runtime.scratch_dir))
+    // Never made: the runtime has changed nothing yet.
+    Scratch::open_to_read(Path::new(&runtime.scratch_dir))
         .map(Some)
         .map_err(|e| {
             Error::io(

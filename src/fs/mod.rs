@@ -770,7 +770,7 @@ impl Filesystem for SpfsFs {
         let Some(Shown::Overlay(overlay)) = shown else {
             return reply.statfs(0, 0, 0, 0, 0, 512, 255, 0);
         };
-        match nix::sys::statvfs::statvfs(overlay.scratch.root()) {
+        match nix::sys::statvfs::statvfs(overlay.scratch.disk_dir()) {
             Ok(stat) => reply.statfs(
                 widen(stat.blocks()),
                 widen(stat.blocks_free()),

@@ -24,7 +24,7 @@ use crate::storage::graph::EntryKind;
 use crate::storage::proxy::ProxyRepository;
 use crate::storage::FsRepository;
 use crate::tracking::commit::{
-    manifest_of_dir, payload_digest, walk_dir, write_layer, CommitStats, MASK_MODE,
+    manifest_of_dir, payload_digest, walk_dir, write_layer, CommitStats, DirWalk, MASK_MODE,
 };
 use crate::tracking::env_spec::{self, Layer};
 use crate::tracking::{Entry, Manifest};
@@ -177,7 +177,7 @@ pub fn spec_manifest(spec: &str, repos: &ProxyRepository) -> Result<Manifest> {
 /// as spfs lists it.
 pub fn diff(scratch: &Scratch, base: &Manifest) -> Result<Vec<Change>> {
     let upper = scratch.upper().to_owned();
-    let root = walk_dir(&upper)?.into_root();
+    let root = walk_upper(scratch)?.into_root();
     let changes = changes_tree(scratch, base, root)?;
     let mut out = Vec::new();
     let mut digest_of = |path: &str| payload_digest(&upper.join(path));
@@ -188,7 +188,7 @@ pub fn diff(scratch: &Scratch, base: &Manifest) -> Result<Vec<Change>> {
 /// What the runtime shows: `base` with its changes merged over it (every
 /// file of `upper/` hashed).
 pub fn visible_manifest(scratch: &Scratch, base: &Manifest) -> Result<Manifest> {
-    let root = walk_dir(scratch.upper())?.hash()?;
+    let root = walk_upper(scratch)?.hash()?;
     let changes = changes_tree(scratch, base, root)?;
     let mut shown = base.clone();
     shown.update(&Manifest::new(changes));
@@ -219,7 +219,7 @@ pub fn commit_changes(
     allow_empty: bool,
     progress: &mut dyn FnMut(CommitStats),
 ) -> Result<Option<LayerCommit>> {
-    let root = walk_dir(scratch.upper())?.store(repo, progress)?;
+    let root = walk_upper(scratch)?.store(repo, progress)?;
     let changes = changes_tree(scratch, base, root)?;
     let mut listed = Vec::new();
     // every blob is stored, so its digest is known and this is not called
@@ -240,6 +240,15 @@ pub fn commit_changes(
         manifest,
         changes: listed.len(),
     }))
+}
+
+/// The tree of `upper/`: an empty directory if the runtime changed nothing
+/// yet (its scratch directory was never made), as `upper/` is made.
+fn walk_upper(scratch: &Scratch) -> std::result::Result<DirWalk, StorageError> {
+    match scratch.is_made() {
+        true => walk_dir(scratch.upper()),
+        false => Ok(DirWalk::empty(0o040755)),
+    }
 }
 
 /// The tree of `upper/` (`root`) with the masks the markers stand for.

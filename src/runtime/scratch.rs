@@ -23,11 +23,20 @@
 //! was written, and so `spfs commit`, `spfs diff` and `spfs reset` read it
 //! directly. Paths given to this module are relative to the mountpoint
 //! (`bin/tool`), made only of normal components.
+//!
+//! The directory of a runtime that is not durable is made on its first
+//! change ([`Scratch::make`]), not when it is mounted: most runtimes of an
+//! empty environment (`spfs run - -- CMD`) never write, and making and
+//! deleting four entries on disk was a third of their `Mount`. Until then
+//! the runtime has no changes, its state waits in memory, and nothing is
+//! left on disk at its end.
 
 use std::collections::BTreeSet;
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use super::state::RuntimeState;
 
@@ -35,6 +44,10 @@ pub struct Scratch {
     root: PathBuf,
     upper: PathBuf,
     masks: PathBuf,
+    /// The directory and its state file are on disk.
+    made: AtomicBool,
+    /// The state to write when the directory is made; taken while making.
+    pending: Mutex<Option<RuntimeState>>,
 }
 
 /// A relative path of normal components only, or InvalidInput.
@@ -51,28 +64,29 @@ pub fn check_relative(path: &Path) -> io::Result<()> {
 }
 
 impl Scratch {
-    /// Makes the directory of a new runtime (private to the user).
+    /// The directory of a new runtime, made now (private to the user).
     pub fn create(root: &Path) -> io::Result<Scratch> {
-        if let Some(parent) = root.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(parent)?;
-        }
-        std::fs::DirBuilder::new().mode(0o700).create(root)?;
-        let scratch = Scratch::at(root);
-        std::fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&scratch.upper)?;
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&scratch.masks)?;
+        let scratch = Scratch::plan(root)?;
+        scratch.make()?;
         Ok(scratch)
+    }
+
+    /// The directory of a new runtime, made on its first change
+    /// ([`Scratch::make`]). AlreadyExists when something is at `root`.
+    pub fn plan(root: &Path) -> io::Result<Scratch> {
+        match std::fs::symlink_metadata(root) {
+            Ok(_) => Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists", root.display()),
+            )),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Scratch::at(root, false)),
+            Err(err) => Err(err),
+        }
     }
 
     /// Opens the directory of an existing runtime.
     pub fn open(root: &Path) -> io::Result<Scratch> {
-        let scratch = Scratch::at(root);
+        let scratch = Scratch::at(root, true);
         for dir in [&scratch.upper, &scratch.masks] {
             if !std::fs::symlink_metadata(dir)?.is_dir() {
                 return Err(io::Error::new(
@@ -84,12 +98,79 @@ impl Scratch {
         Ok(scratch)
     }
 
-    fn at(root: &Path) -> Scratch {
+    /// Opens the directory of a running runtime, to read its changes: one
+    /// that was never made (nothing changed yet) reads as no changes.
+    pub fn open_to_read(root: &Path) -> io::Result<Scratch> {
+        match std::fs::symlink_metadata(root) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Scratch::at(root, false)),
+            _ => Scratch::open(root),
+        }
+    }
+
+    fn at(root: &Path, made: bool) -> Scratch {
         Scratch {
             root: root.to_owned(),
             upper: root.join("upper"),
             masks: root.join("masks"),
+            made: AtomicBool::new(made),
+            pending: Mutex::new(None),
         }
+    }
+
+    /// Whether the directory is on disk (it holds changes, or may).
+    pub fn is_made(&self) -> bool {
+        self.made.load(Ordering::Acquire)
+    }
+
+    /// Makes the directory, with the state saved for it, unless it is
+    /// made already. A half-made one (a failure before) is completed.
+    pub fn make(&self) -> io::Result<()> {
+        if self.is_made() {
+            return Ok(());
+        }
+        let pending = self.lock_pending();
+        if self.is_made() {
+            return Ok(());
+        }
+        if let Some(parent) = self.root.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)?;
+        }
+        for (dir, mode) in [
+            (&self.root, 0o700),
+            (&self.upper, 0o755),
+            (&self.masks, 0o700),
+        ] {
+            match std::fs::DirBuilder::new().mode(mode).create(dir) {
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+                    if !std::fs::symlink_metadata(dir)?.is_dir() {
+                        return Err(err);
+                    }
+                }
+                other => other?,
+            }
+        }
+        if let Some(state) = pending.as_ref() {
+            state.write(&self.root, state.durable)?;
+        }
+        self.made.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn lock_pending(&self) -> MutexGuard<'_, Option<RuntimeState>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The nearest directory of it that exists, for the free space of its disk.
+    pub fn disk_dir(&self) -> &Path {
+        self.root
+            .ancestors()
+            .find(|dir| dir.is_dir())
+            .unwrap_or(Path::new("/"))
     }
 
     pub fn root(&self) -> &Path {
@@ -110,19 +191,40 @@ impl Scratch {
         RuntimeState::read(&self.root)
     }
 
-    /// Saves `state`; synced to disk when the runtime is durable.
+    /// Saves `state`; synced to disk when the runtime is durable. A
+    /// durable runtime's directory is made now, so it can be re-entered
+    /// whatever happens; another's keeps the state until it is made.
     pub fn write_state(&self, state: &RuntimeState) -> io::Result<()> {
+        if !self.is_made() {
+            let mut pending = self.lock_pending();
+            if !self.is_made() {
+                *pending = Some(state.clone());
+                drop(pending);
+                return match state.durable {
+                    true => self.make(),
+                    false => Ok(()),
+                };
+            }
+        }
         state.write(&self.root, state.durable)
     }
 
-    /// Saves the state of a runtime kept after its end, synced to disk.
+    /// Saves the state of a runtime kept after its end, synced to disk
+    /// (its directory made if it was not: a stopped runtime is on disk).
     pub fn keep_state(&self, state: &RuntimeState) -> io::Result<()> {
+        if !self.is_made() {
+            *self.lock_pending() = Some(state.clone());
+            self.make()?;
+        }
         state.write(&self.root, true)
     }
 
     /// Every deletion marker, as paths relative to the mountpoint.
     pub fn masks(&self) -> io::Result<BTreeSet<PathBuf>> {
         let mut found = BTreeSet::new();
+        if !self.is_made() {
+            return Ok(found);
+        }
         let mut pending = vec![PathBuf::new()];
         while let Some(relative) = pending.pop() {
             for entry in std::fs::read_dir(self.masks.join(&relative))? {
@@ -180,6 +282,10 @@ impl Scratch {
     /// there again. A marker on an ancestor of a path still hides the
     /// layers there: reset that ancestor to show them.
     pub fn reset(&self, paths: &[PathBuf]) -> io::Result<()> {
+        if !self.is_made() {
+            // Nothing changed yet: nothing to drop, once the paths are checked.
+            return paths.iter().try_for_each(|path| check_relative(path));
+        }
         if paths.is_empty() {
             for dir in [&self.upper, &self.masks] {
                 for entry in std::fs::read_dir(dir)? {
@@ -238,5 +344,54 @@ mod tests {
         assert!(scratch.add_mask(Path::new("../x")).is_err());
         let reopened = Scratch::open(scratch.root()).unwrap();
         assert!(reopened.masks().unwrap().is_empty());
+    }
+
+    fn state(durable: bool) -> RuntimeState {
+        RuntimeState {
+            name: "rt".into(),
+            env_spec: "-".into(),
+            stack: Vec::new(),
+            repositories: Vec::new(),
+            editable: true,
+            durable,
+            created_unix: 1,
+        }
+    }
+
+    #[test]
+    fn a_planned_directory_is_made_on_the_first_change_with_its_latest_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("runtimes/rt");
+        let scratch = Scratch::plan(&root).unwrap();
+        scratch.write_state(&state(false)).unwrap();
+        assert!(!root.exists(), "nothing on disk before a change");
+        assert!(scratch.masks().unwrap().is_empty());
+        scratch.reset(&[]).unwrap();
+        assert!(scratch.reset(&[PathBuf::from("/abs")]).is_err());
+        let mut later = state(false);
+        later.editable = false;
+        scratch.write_state(&later).unwrap();
+        scratch.make().unwrap();
+        assert!(scratch.upper().is_dir() && scratch.masks_dir().is_dir());
+        assert_eq!(scratch.read_state().unwrap(), later);
+        let reader = Scratch::open_to_read(&root).unwrap();
+        assert!(reader.is_made());
+        assert!(Scratch::plan(&root).is_err(), "a name in use is refused");
+    }
+
+    #[test]
+    fn a_durable_or_kept_runtime_is_on_disk_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let durable = Scratch::plan(&dir.path().join("durable")).unwrap();
+        durable.write_state(&state(true)).unwrap();
+        assert!(durable.is_made());
+        assert!(durable.read_state().unwrap().durable);
+        let kept = Scratch::plan(&dir.path().join("kept")).unwrap();
+        kept.write_state(&state(false)).unwrap();
+        kept.keep_state(&state(false)).unwrap();
+        assert!(Scratch::open(kept.root()).unwrap().read_state().is_ok());
+        let never = Scratch::open_to_read(&dir.path().join("never")).unwrap();
+        assert!(!never.is_made() && never.masks().unwrap().is_empty());
+        assert!(never.disk_dir().is_dir());
     }
 }

@@ -183,15 +183,17 @@ impl Runtimes {
         self.scratch_dir.join(name)
     }
 
-    /// A new, empty scratch directory for runtime `name`. Refused while a
-    /// stopped runtime of that name keeps its changes there.
+    /// A new, empty scratch directory for runtime `name`, made on the
+    /// runtime's first change (or at once for a durable runtime, when its
+    /// state is saved). Refused while a stopped runtime of that name keeps
+    /// its changes there.
     pub fn new_scratch(&self, name: &str) -> Result<Arc<Scratch>, MountError> {
         check_name(name)?;
         if self.lock().stopped.contains_key(name) {
             return Err(MountError::NameStopped(name.to_owned()));
         }
         let path = self.scratch_path(name);
-        match Scratch::create(&path) {
+        match Scratch::plan(&path) {
             Ok(scratch) => Ok(Arc::new(scratch)),
             Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
                 Err(MountError::NameStopped(name.to_owned()))

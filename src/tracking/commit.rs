@@ -77,6 +77,14 @@ pub fn walk_dir(dir: &Path) -> Result<DirWalk, StorageError> {
 }
 
 impl DirWalk {
+    /// The walk of an empty directory of `mode` (type bits included).
+    pub fn empty(mode: u32) -> DirWalk {
+        DirWalk {
+            root: Entry::dir(mode),
+            found: Vec::new(),
+        }
+    }
+
     /// The tree as walked: blobs have a NULL object until stored or hashed.
     pub fn root(&self) -> &Entry {
         &self.root

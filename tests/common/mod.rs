@@ -343,6 +343,7 @@ impl TestEnv {
         full.extend_from_slice(&["--", "sh", "-c", script]);
         self.spfs(&full)
             .env("M", &self.mountpoint)
+            .env("S", &self.scratch)
             .env("SPFS", SPFS)
             .output()
             .expect("spfs run")

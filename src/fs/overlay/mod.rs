@@ -106,7 +106,8 @@ impl Overlay {
             parent: 0,
             name: OsString::new(),
             lower: Some(0),
-            upper: true,
+            // Made on the first change (`begin_change`) if not yet.
+            upper: scratch.is_made(),
             gone: false,
         };
         Ok(Overlay {
@@ -156,6 +157,27 @@ impl Overlay {
         } else {
             Err(Errno::EROFS)
         }
+    }
+
+    /// Before any change: the overlay is editable, and the scratch
+    /// directory is made (on the runtime's first change; until then the
+    /// root has no `upper/` and nothing reads the disk for it).
+    fn begin_change(&self, tree: &mut Tree) -> Result<(), Errno> {
+        self.check_editable()?;
+        if !tree.nodes[0].upper {
+            self.scratch.make().map_err(|err| {
+                tracing::warn!(
+                    event = "service.scratch_failed",
+                    view_id = self.id,
+                    scratch_dir = %self.scratch.root().display(),
+                    error = %err,
+                    "cannot make the scratch directory of an editable runtime"
+                );
+                errno(err)
+            })?;
+            tree.nodes[0].upper = true;
+        }
+        Ok(())
     }
 
     /// Whether node `index` was handed out by this overlay.
@@ -219,7 +241,7 @@ impl Overlay {
         let mut tree = self.lock();
         self.live(&tree, node)?;
         if writing {
-            self.check_editable()?;
+            self.begin_change(&mut tree)?;
             if self.attr(&tree, node)?.kind == FileType::Directory {
                 return Err(Errno::EISDIR);
             }

@@ -226,7 +226,7 @@ impl Overlay {
     /// Ready to make `name` in directory `dir`: editable, `dir` a directory
     /// in the scratch directory, `name` free. Returns the new path.
     fn prepare_new(&self, tree: &mut Tree, dir: u32, name: &OsStr) -> Result<PathBuf, Errno> {
-        self.check_editable()?;
+        self.begin_change(tree)?;
         if self.attr(tree, dir)?.kind != FileType::Directory {
             return Err(Errno::ENOTDIR);
         }
@@ -372,7 +372,7 @@ impl Overlay {
         // Checked under the lock: `set_editable(false)` (Reset, ChangeStack)
         // then knows no change is still on its way to the disk.
         let mut tree = self.lock();
-        self.check_editable()?;
+        self.begin_change(&mut tree)?;
         let node = self.child(&mut tree, dir, name)?.ok_or(Errno::ENOENT)?;
         if self.attr(&tree, node)?.kind == FileType::Directory {
             return Err(if cfg!(target_os = "linux") {
@@ -396,7 +396,7 @@ impl Overlay {
         // Checked under the lock: `set_editable(false)` (Reset, ChangeStack)
         // then knows no change is still on its way to the disk.
         let mut tree = self.lock();
-        self.check_editable()?;
+        self.begin_change(&mut tree)?;
         let node = self.child(&mut tree, dir, name)?.ok_or(Errno::ENOENT)?;
         if self.attr(&tree, node)?.kind != FileType::Directory {
             return Err(Errno::ENOTDIR);
@@ -430,7 +430,7 @@ impl Overlay {
             return Err(Errno::EINVAL);
         }
         let mut tree = self.lock();
-        self.check_editable()?;
+        self.begin_change(&mut tree)?;
         let source = self.child(&mut tree, dir, name)?.ok_or(Errno::ENOENT)?;
         if self.attr(&tree, newdir)?.kind != FileType::Directory {
             return Err(Errno::ENOTDIR);
@@ -537,7 +537,7 @@ impl Overlay {
         // Checked under the lock: `set_editable(false)` (Reset, ChangeStack)
         // then knows no change is still on its way to the disk.
         let mut tree = self.lock();
-        self.check_editable()?;
+        self.begin_change(&mut tree)?;
         if (node as usize) >= tree.nodes.len() {
             return Err(Errno::ESTALE);
         }
