@@ -185,7 +185,10 @@ fn check_yaml_aliases(text: &str) -> Result<(), String> {
 
 /// Checks every file that [`SpfsConfig::load_from`] may read for `stem`
 /// (a superset: `STEM.conf`, `STEM.conf.ini`, `STEM.{toml,json,yaml,yml,ini}`).
-fn check_files(stem: &Path) -> Result<(), ConfigError> {
+/// False when none of them (nor `STEM` itself) exists: there is nothing
+/// for `config` to look for (it would look for each again, a dozen system
+/// calls on every `spfs run`).
+fn check_files(stem: &Path) -> Result<bool, ConfigError> {
     use config::FileFormat;
     let candidates = [
         (".conf", FileFormat::Ini),
@@ -196,19 +199,25 @@ fn check_files(stem: &Path) -> Result<(), ConfigError> {
         (".yml", FileFormat::Yaml),
         (".ini", FileFormat::Ini),
     ];
+    let mut any = std::fs::symlink_metadata(stem).is_ok();
     for (suffix, format) in candidates {
         let path = PathBuf::from(format!("{}{suffix}", stem.display()));
         // what cannot be read is for `config` to report
-        let Ok(bytes) = std::fs::read(&path) else {
-            continue;
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                any |= err.kind() != std::io::ErrorKind::NotFound;
+                continue;
+            }
         };
+        any = true;
         // the text as `config` reads it: without a UTF-8 BOM, and with
         // invalid UTF-8 replaced (U+FFFD)
         let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&bytes);
         check_text(&String::from_utf8_lossy(bytes), format)
             .map_err(|reason| ConfigError::Read(format!("{}: {reason}", path.display())))?;
     }
-    Ok(())
+    Ok(any)
 }
 
 /// Where configuration comes from; [`Sources::system`] is what spfs reads.
@@ -245,7 +254,9 @@ impl SpfsConfig {
         use config::{Environment, File, FileFormat};
         let mut builder = config::Config::builder();
         for stem in &sources.file_stems {
-            check_files(stem)?;
+            if !check_files(stem)? {
+                continue;
+            }
             let conf = PathBuf::from(format!("{}.conf", stem.display()));
             builder = builder
                 .add_source(File::new(&conf.to_string_lossy(), FileFormat::Ini).required(false))
