@@ -255,14 +255,14 @@ fn a_launcher_killed_while_holding_the_spawn_lock_does_not_block_the_next() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    assert!(env.wait_for(Duration::from_secs(10), || fake_pid.exists()));
-    env.track(
+    // The file exists a moment before the shell has written its pid.
+    let read_pid = || {
         std::fs::read_to_string(&fake_pid)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap(),
-    );
+            .ok()
+            .and_then(|text| text.trim().parse::<i32>().ok())
+    };
+    assert!(env.wait_for(Duration::from_secs(10), || read_pid().is_some()));
+    env.track(read_pid().unwrap());
     assert_eq!(env.launcher_events("launcher.lock_acquired").len(), 1);
     kill(Pid::from_raw(stuck.id() as i32), Signal::SIGKILL).unwrap();
     let _ = stuck.wait();

@@ -40,6 +40,22 @@ fn a_runtime_is_listed_while_its_command_runs_and_dropped_when_it_exits() {
 }
 
 #[test]
+fn a_script_may_stop_the_service_right_after_its_runs_end() {
+    let env = TestEnv::new();
+    // The end of a runtime is seen a moment after its command exits; the
+    // status the stop asks for must not count it still.
+    let script = format!(
+        "for i in $(seq 20); do {SPFS} run base -- true && {SPFS} service stop >/dev/null || exit 1; done"
+    );
+    let output = run_ok(env.command("sh").args(["-c", &script]));
+    assert_eq!(stderr(&output), "");
+    let ended = env.service_events("service.runtime_ended");
+    assert_eq!(ended.len(), 20);
+    assert!(ended.iter().all(|e| e["reason"] == "last_process_exited"));
+    assert!(!env.is_mounted());
+}
+
+#[test]
 fn unmount_drops_a_runtime_before_its_process_exits() {
     let env = TestEnv::new();
     run_ok(&mut env.spfs(&["service", "start"]));

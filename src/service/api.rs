@@ -510,6 +510,9 @@ impl VfsService for Api {
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        // Reads /proc (and may wait 20 ms for a process caught mid-exec).
+        let runtimes = Arc::clone(&self.runtimes);
+        let _ = tokio::task::spawn_blocking(move || runtimes.settle_all()).await;
         let id = &self.identity;
         Ok(Response::new(StatusResponse {
             pid: id.pid,

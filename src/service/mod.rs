@@ -201,17 +201,37 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
     )
     .map_err(|m| fail("mount_options", m))?;
 
+    // The FUSE mount (most of a start) runs on a blocking thread while the
+    // socket is bound and the API set up; it is awaited before SERVING.
+    let router = Arc::new(Router::default());
+    let mounting = {
+        let mountpoint = paths.mountpoint.clone();
+        let router = Arc::clone(&router);
+        let span = tracing::info_span!("fuse_mount");
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let mounted = span.in_scope(|| fs::mount(&mountpoint, router, allow_other));
+            (mounted, ms_since(started))
+        })
+    };
+
     // We hold the pidfile, so any socket file here is left from a dead service.
     let socket = paths.socket();
     let bind_span = tracing::info_span!("bind").entered();
-    let (control_socket, incoming) = ControlSocket::bind(&socket).map_err(|e| {
-        fail(
-            "bind",
-            format!("cannot listen on {}: {e}", socket.display()),
-        )
-    })?;
-    let control_socket = Arc::new(control_socket);
+    let bound = ControlSocket::bind(&socket);
     drop(bind_span);
+    let (control_socket, incoming) = match bound {
+        Ok(bound) => bound,
+        Err(e) => {
+            // Unmounted again (dropped) before the error is reported.
+            let _ = mounting.await;
+            return Err(fail(
+                "bind",
+                format!("cannot listen on {}: {e}", socket.display()),
+            ));
+        }
+    };
+    let control_socket = Arc::new(control_socket);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -222,10 +242,14 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
         .await;
 
     let shutdown = Shutdown::default();
-    shutdown
-        .listen_for_signals()
-        .map_err(|e| fail("signals", format!("cannot install signal handlers: {e}")))?;
-    let router = Arc::new(Router::default());
+    if let Err(e) = shutdown.listen_for_signals() {
+        let _ = mounting.await;
+        control_socket.remove();
+        return Err(fail(
+            "signals",
+            format!("cannot install signal handlers: {e}"),
+        ));
+    }
     let runtimes = Runtimes::new(Arc::clone(&router), paths.scratch_dir.clone());
     runtimes.start();
     router.start_lingering(linger);
@@ -263,18 +287,19 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
         "answering health checks (NOT_SERVING until mounted)"
     );
 
-    let mount_started = Instant::now();
-    let mountpoint = paths.mountpoint.clone();
-    let fuse = tokio::task::spawn_blocking(move || fs::mount(&mountpoint, router, allow_other))
-        .instrument(tracing::info_span!("fuse_mount"))
-        .await
-        .map_err(|e| fail("mount_failed", format!("FUSE mount task failed: {e}")))?
-        .map_err(|e| {
-            fail(
-                "mount_failed",
-                format!("cannot mount FUSE at {}: {e}", paths.mountpoint.display()),
-            )
-        });
+    let (fuse, mount_ms) = match mounting.await {
+        Ok((mounted, ms)) => (mounted, ms),
+        Err(e) => (
+            Err(std::io::Error::other(format!("the mount task failed: {e}"))),
+            0.0,
+        ),
+    };
+    let fuse = fuse.map_err(|e| {
+        fail(
+            "mount_failed",
+            format!("cannot mount FUSE at {}: {e}", paths.mountpoint.display()),
+        )
+    });
     let fuse = match fuse {
         Ok(fuse) => fuse,
         Err(err) => {
@@ -288,7 +313,7 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
     tracing::info!(
         event = "service.fuse_mounted",
         mountpoint = %paths.mountpoint.display(),
-        elapsed_ms = ms_since(mount_started),
+        elapsed_ms = mount_ms,
         "FUSE filesystem mounted"
     );
 

@@ -225,6 +225,19 @@ impl Runtimes {
         }
     }
 
+    /// Every runtime whose processes have all exited ends now (see
+    /// [`Runtimes::settle`]): `Status` then lists only runtimes with a live
+    /// process, so `spfs run ...; spfs service stop` in a script is not
+    /// refused for the runtime that has just ended.
+    pub fn settle_all(&self) {
+        let ids: Vec<RuntimeId> = self.lock().live.values().map(|e| e.id).collect();
+        for id in ids {
+            if self.router.reap(id) {
+                self.ended(id, "last_process_exited");
+            }
+        }
+    }
+
     /// Takes stopped runtime `name` out of the stopped list to re-enter
     /// it; [`Runtimes::put_back`] returns it if that fails.
     pub fn take_stopped(&self, name: &str) -> Result<(RuntimeState, Arc<Scratch>), MountError> {
