@@ -64,10 +64,12 @@ impl Build {
         ms(started.elapsed())
     }
 
+    /// Stops this build's service; every run has exited by now, so
+    /// `--force` only covers a runtime whose end is still being looked into.
     pub fn stop(&self) {
         let _ = self
             .command(&self.spfs)
-            .args(["service", "stop"])
+            .args(["service", "stop", "--force"])
             .stderr(Stdio::null())
             .status();
         let pidfile = self.root.join("run").join("service.pid");
@@ -75,6 +77,11 @@ impl Build {
         while spfs::service::pidfile::is_held(&pidfile) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
+        assert!(
+            !spfs::service::pidfile::is_held(&pidfile),
+            "{}: the service did not stop",
+            self.name
+        );
     }
 
     fn service_rss_mib(&self) -> f64 {

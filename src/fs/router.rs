@@ -499,13 +499,18 @@ impl Router {
                 _ => None,
             }
         };
-        let Some((runtime, name, uid, root_start)) = emptied else {
-            return;
-        };
+        if let Some((runtime, name, uid, root_start)) = emptied {
+            self.end_unless_claimed(runtime, &name, uid, root_start);
+        }
+    }
+
+    /// Runtime `runtime` has no known process left: the processes carrying
+    /// its name join it, or if there is none it ends.
+    fn end_unless_claimed(&self, runtime: RuntimeId, name: &str, uid: u32, root_start: u64) {
         let me = std::process::id() as i32;
         let young = |start: u64| !platform::START_TIMES_ORDERED || start >= root_start;
         let scan = || {
-            let found = platform::processes_with_marker(&name, uid);
+            let found = platform::processes_with_marker(name, uid);
             let carriers: Vec<(i32, u64)> = found
                 .carriers
                 .into_iter()
@@ -563,6 +568,16 @@ impl Router {
             if platform::start_time(pid).ok() != Some(start_time) {
                 self.member_exited(pid, start_time);
             }
+        }
+        // Emptied a moment ago, with its exit watch still looking for
+        // processes carrying its name: look now too, not wait for it.
+        let emptied = read(&self.state)
+            .runtimes
+            .get(&id)
+            .filter(|r| r.members == 0)
+            .map(|r| (r.name.clone(), r.uid, r.root_start_time));
+        if let Some((name, uid, root_start)) = emptied {
+            self.end_unless_claimed(id, &name, uid, root_start);
         }
         !read(&self.state).runtimes.contains_key(&id)
     }
