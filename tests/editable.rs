@@ -270,6 +270,16 @@ fn bad_rerun_and_names_get_clear_errors() {
         "{}",
         stderr(&running)
     );
+    // Its name is taken although it has written nothing (no directory yet),
+    // and a durable runtime of that name changes nothing of it.
+    let same_name = env.sh(&["--keep-runtime", "--runtime-name", "busy", "-"], "true");
+    assert!(!same_name.status.success());
+    assert!(
+        stderr(&same_name).contains("\"busy\""),
+        "{}",
+        stderr(&same_name)
+    );
+    assert!(!env.scratch.join("busy").exists());
     release(held);
 }
 

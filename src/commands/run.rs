@@ -15,7 +15,7 @@ use super::{client_runtime, launcher_config};
 use crate::client::ControlClient;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::launcher::ensure_service_to_mount;
+use crate::launcher::{ensure_service_running, ensure_service_to_mount};
 use crate::platform;
 use crate::proto::MountRequest;
 use crate::storage::config::SpfsConfig;
@@ -205,7 +205,12 @@ async fn ensure_and_mount(config: &Config, request: &MountRequest) -> Result<()>
         let result = match warm.take() {
             Some(result) => result,
             None => {
-                let running = ensure_service_to_mount(config).await?;
+                // The last try confirms with a health Check, so a service
+                // that keeps stopping as soon as it is ready is named as such.
+                let running = match attempt < MOUNT_ATTEMPTS {
+                    true => ensure_service_to_mount(config).await?,
+                    false => ensure_service_running(config).await?,
+                };
                 mount_once(running.channel, request).await
             }
         };

@@ -75,47 +75,45 @@ struct Kept {
     until: Instant,
 }
 
-/// The lingering views, oldest first.
+/// The lingering views, oldest first, and the settings they obey (one
+/// lock: a view offered as the service stops is refused, not kept on).
 pub struct Lingering {
-    settings: Mutex<Linger>,
-    kept: Mutex<VecDeque<Kept>>,
+    state: Mutex<(Linger, VecDeque<Kept>)>,
 }
 
 impl Default for Lingering {
     fn default() -> Self {
         Lingering {
-            settings: Mutex::new(Linger::OFF),
-            kept: Mutex::new(VecDeque::new()),
+            state: Mutex::new((Linger::OFF, VecDeque::new())),
         }
     }
 }
 
 impl Lingering {
     pub fn set(&self, linger: Linger) {
-        *lock(&self.settings) = linger;
+        lock(&self.state).0 = linger;
     }
 
     pub fn settings(&self) -> Linger {
-        *lock(&self.settings)
+        lock(&self.state).0
     }
 
     /// `view` was just let go of by a runtime: keep it for the linger time
     /// from now (again, if it was kept already).
     pub fn keep(&self, view: &Arc<View>) {
-        let linger = self.settings();
-        if linger.time.is_zero() || linger.max_views == 0 || view.len() > linger.max_nodes {
-            return;
-        }
-        let until = Instant::now() + linger.time;
         let mut pushed_out = Vec::new();
         {
-            let mut kept = lock(&self.kept);
+            let mut state = lock(&self.state);
+            let (linger, kept) = &mut *state;
+            if linger.time.is_zero() || linger.max_views == 0 || view.len() > linger.max_nodes {
+                return;
+            }
             if let Some(at) = kept.iter().position(|k| Arc::ptr_eq(&k.view, view)) {
                 pushed_out.extend(kept.remove(at));
             }
             kept.push_back(Kept {
                 view: Arc::clone(view),
-                until,
+                until: Instant::now() + linger.time,
             });
             let mut nodes: usize = kept.iter().map(|k| k.view.len()).sum();
             while kept.len() > linger.max_views || nodes > linger.max_nodes {
@@ -133,23 +131,29 @@ impl Lingering {
     /// Lets go of the views whose time is up at `now`.
     pub fn expire(&self, now: Instant) {
         let expired: Vec<Kept> = {
-            let mut kept = lock(&self.kept);
-            let (gone, stay): (Vec<Kept>, Vec<Kept>) = kept.drain(..).partition(|k| k.until <= now);
-            kept.extend(stay);
+            let mut state = lock(&self.state);
+            let (gone, stay): (Vec<Kept>, Vec<Kept>) =
+                state.1.drain(..).partition(|k| k.until <= now);
+            state.1.extend(stay);
             gone
         };
         drop(expired);
     }
 
-    /// Lets go of every view (the service is stopping).
-    pub fn clear(&self) {
-        let all: Vec<Kept> = lock(&self.kept).drain(..).collect();
+    /// Keeps nothing from now on and lets go of every view (the service
+    /// is stopping).
+    pub fn stop(&self) {
+        let all: Vec<Kept> = {
+            let mut state = lock(&self.state);
+            state.0 = Linger::OFF;
+            state.1.drain(..).collect()
+        };
         drop(all);
     }
 
     /// How many views linger now.
     pub fn len(&self) -> usize {
-        lock(&self.kept).len()
+        lock(&self.state).1.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -210,8 +214,11 @@ mod tests {
         drop(views);
         assert!(weak[1].upgrade().is_none(), "the oldest was pushed out");
         assert!(weak[0].upgrade().is_some() && weak[2].upgrade().is_some());
-        lingering.clear();
+        lingering.stop();
         assert!(weak.iter().all(|w| w.upgrade().is_none()));
+        let late = view(4);
+        lingering.keep(&late);
+        assert!(lingering.is_empty(), "nothing is kept once stopped");
     }
 
     #[test]

@@ -350,8 +350,7 @@ impl Router {
 
     /// Frees the lingering views now (the service is stopping).
     pub fn stop_lingering(&self) {
-        self.lingering.set(Linger::OFF);
-        self.lingering.clear();
+        self.lingering.stop();
         self.forget_dropped();
     }
 

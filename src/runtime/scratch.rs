@@ -46,6 +46,9 @@ pub struct Scratch {
     masks: PathBuf,
     /// The directory and its state file are on disk.
     made: AtomicBool,
+    /// This `Scratch` made `root` itself (a failed `make` is completed, but
+    /// a directory someone else made is never taken over).
+    root_made: AtomicBool,
     /// The state to write when the directory is made; taken while making.
     pending: Mutex<Option<RuntimeState>>,
 }
@@ -99,11 +102,16 @@ impl Scratch {
     }
 
     /// Opens the directory of a running runtime, to read its changes: one
-    /// that was never made (nothing changed yet) reads as no changes.
+    /// that was never made, or is being made (nothing changed yet), reads
+    /// as no changes.
     pub fn open_to_read(root: &Path) -> io::Result<Scratch> {
-        match std::fs::symlink_metadata(root) {
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Scratch::at(root, false)),
-            _ => Scratch::open(root),
+        let missing = ["upper", "masks"].iter().any(|dir| {
+            std::fs::symlink_metadata(root.join(dir))
+                .is_err_and(|err| err.kind() == io::ErrorKind::NotFound)
+        });
+        match missing {
+            true => Ok(Scratch::at(root, false)),
+            false => Scratch::open(root),
         }
     }
 
@@ -113,6 +121,7 @@ impl Scratch {
             upper: root.join("upper"),
             masks: root.join("masks"),
             made: AtomicBool::new(made),
+            root_made: AtomicBool::new(false),
             pending: Mutex::new(None),
         }
     }
@@ -123,7 +132,9 @@ impl Scratch {
     }
 
     /// Makes the directory, with the state saved for it, unless it is
-    /// made already. A half-made one (a failure before) is completed.
+    /// made already. A half-made one (a failure before) is completed; a
+    /// directory that appeared at its path meanwhile is refused
+    /// (AlreadyExists), never taken over: it is another runtime's.
     pub fn make(&self) -> io::Result<()> {
         if self.is_made() {
             return Ok(());
@@ -138,11 +149,11 @@ impl Scratch {
                 .mode(0o700)
                 .create(parent)?;
         }
-        for (dir, mode) in [
-            (&self.root, 0o700),
-            (&self.upper, 0o755),
-            (&self.masks, 0o700),
-        ] {
+        if !self.root_made.load(Ordering::Acquire) {
+            std::fs::DirBuilder::new().mode(0o700).create(&self.root)?;
+            self.root_made.store(true, Ordering::Release);
+        }
+        for (dir, mode) in [(&self.upper, 0o755), (&self.masks, 0o700)] {
             match std::fs::DirBuilder::new().mode(mode).create(dir) {
                 Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
                     if !std::fs::symlink_metadata(dir)?.is_dir() {
@@ -305,9 +316,13 @@ impl Scratch {
         Ok(())
     }
 
-    /// Deletes the whole runtime directory.
+    /// Deletes the whole runtime directory, if this `Scratch` has one: an
+    /// unmade one deletes nothing (whatever is at its path is another's).
     pub fn destroy(self) -> io::Result<()> {
-        remove_any(&self.root)
+        match self.is_made() {
+            true => remove_any(&self.root),
+            false => Ok(()),
+        }
     }
 }
 
@@ -377,6 +392,28 @@ mod tests {
         let reader = Scratch::open_to_read(&root).unwrap();
         assert!(reader.is_made());
         assert!(Scratch::plan(&root).is_err(), "a name in use is refused");
+    }
+
+    #[test]
+    fn a_directory_made_by_another_is_never_taken_over_or_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("rt");
+        // Two runtimes were given the same name before either made anything.
+        let first = Scratch::plan(&root).unwrap();
+        let second = Scratch::plan(&root).unwrap();
+        first.make().unwrap();
+        std::fs::write(first.upper().join("kept"), "x").unwrap();
+        let err = second.make().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        second.destroy().unwrap();
+        assert!(
+            first.upper().join("kept").exists(),
+            "the first's changes stay"
+        );
+        // A directory that appeared at its path before it was made is refused.
+        let third = Scratch::plan(&dir.path().join("rt3")).unwrap();
+        std::fs::create_dir_all(dir.path().join("rt3")).unwrap();
+        assert!(third.make().is_err(), "made by someone else meanwhile");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::guard::Caller;
-use super::runtimes::{self, checked_pid, MountError, Runtimes};
+use super::runtimes::{self, checked_pid, MountError, Runtimes, ScratchFor};
 use super::shutdown::Shutdown;
 use super::views::{self, Built};
 use crate::fs::overlay::Overlay;
@@ -222,7 +222,9 @@ impl Api {
             let runtime = self.runtimes.mount(ask.pid, state, shown.clone(), None)?;
             return Ok((runtime, built, shown));
         }
-        let scratch = self.runtimes.new_scratch(&ask.name)?;
+        let scratch = self
+            .runtimes
+            .new_scratch(&ask.name, ScratchFor::Mount(ask.pid))?;
         let mounted = self.mount_with_scratch(ask.pid, state, &built, Arc::clone(&scratch));
         if mounted.is_err() {
             if let Ok(scratch) = Arc::try_unwrap(scratch) {
@@ -338,7 +340,10 @@ impl Api {
         let editable = state.editable;
         let scratch = match (&member.scratch, editable) {
             (Some(scratch), _) => Some(Arc::clone(scratch)),
-            (None, true) => Some(self.runtimes.new_scratch(&state.name)?),
+            (None, true) => Some(
+                self.runtimes
+                    .new_scratch(&state.name, ScratchFor::Runtime(member.id))?,
+            ),
             (None, false) => None,
         };
         if let (Some(scratch), true) = (&scratch, drop_changes) {

@@ -187,11 +187,26 @@ impl Runtimes {
     /// runtime's first change (or at once for a durable runtime, when its
     /// state is saved). Refused while a stopped runtime of that name keeps
     /// its changes there.
-    pub fn new_scratch(&self, name: &str) -> Result<Arc<Scratch>, MountError> {
+    pub fn new_scratch(&self, name: &str, asker: ScratchFor) -> Result<Arc<Scratch>, MountError> {
         check_name(name)?;
-        if self.lock().stopped.contains_key(name) {
+        let table = self.lock();
+        if table.stopped.contains_key(name) {
             return Err(MountError::NameStopped(name.to_owned()));
         }
+        // Another live runtime of that name may have made nothing on disk
+        // yet: its name is taken all the same.
+        let other = |e: &Entry| match asker {
+            ScratchFor::Mount(pid) => e.root_pid != pid,
+            ScratchFor::Runtime(id) => e.id != id,
+        };
+        if table
+            .live
+            .values()
+            .any(|e| e.state.name == name && other(e))
+        {
+            return Err(MountError::NameTaken(name.to_owned()));
+        }
+        drop(table);
         let path = self.scratch_path(name);
         match Scratch::plan(&path) {
             Ok(scratch) => Ok(Arc::new(scratch)),
@@ -374,7 +389,8 @@ impl Runtimes {
         // open file's data lives on until it is closed, as on any disk).
         match Arc::try_unwrap(scratch) {
             Ok(scratch) => destroy(scratch, &entry.state.name),
-            Err(shared) => destroy_at(shared.root(), &entry.state.name),
+            Err(shared) if shared.is_made() => destroy_at(shared.root(), &entry.state.name),
+            Err(_) => {}
         }
     }
 
@@ -528,7 +544,7 @@ impl Runtimes {
             }
             (Shown::View(_), false) => self.get(name),
             (Shown::View(view), true) => {
-                let scratch = self.new_scratch(name)?;
+                let scratch = self.new_scratch(name, ScratchFor::Runtime(member.id))?;
                 let overlay = Overlay::new(
                     self.router.next_view_id(),
                     Arc::clone(view),
@@ -614,6 +630,14 @@ impl Runtimes {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// Who asks for a new scratch directory: a `Mount` for a root pid (which
+/// replaces that pid's runtime), or a live runtime that becomes editable.
+#[derive(Clone, Copy)]
+pub enum ScratchFor {
+    Mount(i32),
+    Runtime(RuntimeId),
 }
 
 /// Whether an ended runtime's changes are kept: it is durable, or the

@@ -101,7 +101,9 @@ impl Overlay {
         let masks: HashSet<PathBuf> = scratch.masks()?.into_iter().collect();
         // Copies left half-made by a crash (or by the overlay this one
         // replaces, which takes no more writes): never anyone's file.
-        let _ = crate::runtime::scratch::remove_any(&scratch.root().join("work"));
+        if scratch.is_made() {
+            let _ = crate::runtime::scratch::remove_any(&scratch.root().join("work"));
+        }
         let root = Node {
             parent: 0,
             name: OsString::new(),
