@@ -509,7 +509,7 @@ impl Router {
         let me = std::process::id() as i32;
         let young = |start: u64| !platform::START_TIMES_ORDERED || start >= root_start;
         let scan = || {
-            let found = platform::processes_with_marker(name, uid);
+            let found = platform::processes_with_marker(name, uid, root_start);
             let carriers: Vec<(i32, u64)> = found
                 .carriers
                 .into_iter()

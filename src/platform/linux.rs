@@ -369,8 +369,10 @@ pub fn runtime_marker(pid: i32) -> Option<String> {
 
 /// Every process of `uid` that carries runtime name `name`, with its start
 /// time, and the user's processes caught in the middle of `exec` (their
-/// environment reads empty until the new image is set up).
-pub fn processes_with_marker(name: &str, uid: u32) -> super::MarkerScan {
+/// environment reads empty until the new image is set up). `_root_start`
+/// is not used here: telling a process's start time takes a read of
+/// `/proc/PID/stat`, which costs more than reading its environment.
+pub fn processes_with_marker(name: &str, uid: u32, _root_start: u64) -> super::MarkerScan {
     use std::os::unix::fs::MetadataExt;
     let mut scan = super::MarkerScan::default();
     let Ok(entries) = std::fs::read_dir("/proc") else {

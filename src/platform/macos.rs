@@ -255,15 +255,20 @@ fn kinfo(pid: i32) -> io::Result<KinfoProc> {
 /// only using it to reject a parent that started after its child.
 pub fn process_info(pid: i32) -> io::Result<super::ProcInfo> {
     let info = kinfo(pid)?;
-    // SAFETY: for KERN_PROC_PID the kernel fills the p_starttime arm.
-    let start = unsafe { info.kp_proc.p_un.p_starttime };
     Ok(super::ProcInfo {
         ppid: info.kp_eproc.e_ppid,
-        start_time: (start.tv_sec as u64)
-            .saturating_mul(1_000_000)
-            .saturating_add(start.tv_usec as u64),
+        start_time: start_time_of(&info),
         is_thread: false,
     })
+}
+
+/// A process's start time in microseconds since the epoch.
+fn start_time_of(info: &KinfoProc) -> u64 {
+    // SAFETY: for KERN_PROC_PID the kernel fills the p_starttime arm.
+    let start = unsafe { info.kp_proc.p_un.p_starttime };
+    (start.tv_sec as u64)
+        .saturating_mul(1_000_000)
+        .saturating_add(start.tv_usec as u64)
 }
 
 /// The user a process runs as (its effective uid).
@@ -676,8 +681,18 @@ pub fn runtime_marker(pid: i32) -> Option<String> {
     super::marker_in_environ(rest)
 }
 
-/// Every process of `uid` that carries runtime name `name`, with its start time.
-pub fn processes_with_marker(name: &str, uid: u32) -> super::MarkerScan {
+/// Processes that started this long before a runtime's root are not
+/// looked into: none of them can have been started from the runtime. Start
+/// times here are wall-clock times (`p_starttime`), which a clock set back
+/// could disorder, hence the margin rather than the root's start itself.
+const MARKER_SCAN_MARGIN_US: u64 = 3600 * 1_000_000;
+
+/// Every process of `uid` that carries runtime name `name`, with its start
+/// time. `root_start` is the runtime root's start time: reading a process's
+/// arguments and environment (`KERN_PROCARGS2`) costs far more than its
+/// `kinfo_proc`, so processes started well before it (most of a login's,
+/// started at login) are skipped on their `kinfo_proc` alone.
+pub fn processes_with_marker(name: &str, uid: u32, root_start: u64) -> super::MarkerScan {
     // SAFETY: a null buffer asks for the number of pids.
     let count = unsafe { libc::proc_listallpids(std::ptr::null_mut(), 0) };
     if count <= 0 {
@@ -694,12 +709,17 @@ pub fn processes_with_marker(name: &str, uid: u32) -> super::MarkerScan {
     pids.truncate(filled as usize);
     // KERN_PROCARGS2 is not known to read empty during exec: nothing is
     // reported in_exec on macOS.
+    let not_before = root_start.saturating_sub(MARKER_SCAN_MARGIN_US);
     let carriers = pids
         .into_iter()
         .filter(|pid| *pid > 0)
-        .filter(|pid| process_uid(*pid).ok() == Some(uid))
-        .filter(|pid| runtime_marker(*pid).as_deref() == Some(name))
-        .filter_map(|pid| Some((pid, process_info(pid).ok()?.start_time)))
+        .filter_map(|pid| {
+            let info = kinfo(pid).ok()?;
+            let start = start_time_of(&info);
+            let candidate = info.kp_eproc.e_ucred.cr_uid == uid && start >= not_before;
+            candidate.then_some((pid, start))
+        })
+        .filter(|(pid, _)| runtime_marker(*pid).as_deref() == Some(name))
         .collect();
     super::MarkerScan {
         carriers,
