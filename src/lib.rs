@@ -9,8 +9,9 @@
 //! - [`service`]: the background service: socket, health, control API,
 //!   runtimes table, pidfile, shutdown.
 //! - [`fs`]: the FUSE filesystem and mounting it safely: views over merged
-//!   manifests (`fs::view`), and which process belongs to which runtime
-//!   (`fs::router`).
+//!   manifests (`fs::view`), which process belongs to which runtime
+//!   (`fs::router`), and views kept for the next run of a stack
+//!   (`fs::linger`).
 //! - [`client`]: gRPC channels over the unix socket.
 //! - [`commands`]: what the two binaries do for each subcommand.
 //! - [`telemetry`]: JSON-lines log files with daily rotation, reading them

@@ -4,8 +4,9 @@
 //! of the same stack share one), or, once editable, an [`overlay::Overlay`]
 //! of its changes over that view; a process outside every runtime sees an
 //! empty directory. [`router`] keeps which process is in which runtime and
-//! decides which view a request is for; see `docs/architecture.md` for the
-//! whole picture.
+//! decides which view a request is for; [`linger`] keeps a view a while
+//! after its last runtime, for the next run of the same stack; see
+//! `docs/architecture.md` for the whole picture.
 //! Writes reach only editable runtimes' scratch directories (everywhere
 //! else they fail with EROFS); the filesystem never touches its own
 //! mountpoint. This module also owns mounting: the
