@@ -36,12 +36,13 @@ impl Linger {
         max_nodes: 0,
     };
 
-    /// The service's default: ten seconds, four views, two million
-    /// entries (a few hundred MiB at most, for the largest stacks).
+    /// The service's default: ten seconds, four views, 500,000 entries in
+    /// all (a view holds about 440 bytes per entry: 220 MB at most, for
+    /// ten seconds after the runs of the largest stacks).
     pub const DEFAULT: Linger = Linger {
         time: Duration::from_secs(10),
         max_views: 4,
-        max_nodes: 2_000_000,
+        max_nodes: 500_000,
     };
 
     /// The default, with the time from `SPFS_VIEW_LINGER` when set; a bad
