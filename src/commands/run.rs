@@ -276,32 +276,9 @@ async fn mount_once(
     request: &MountRequest,
 ) -> std::result::Result<(), tonic::Status> {
     let started = Instant::now();
-    let (pid, reference) = (request.root_pid, request.env_spec.as_str());
     let response = ControlClient::new(channel)
         .mount(crate::telemetry::otel::traced(request.clone()))
         .await;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    match response {
-        Ok(_) => {
-            tracing::info!(
-                event = "launcher.mount",
-                root_pid = pid,
-                env_spec = env_spec::shorten(reference),
-                elapsed_ms,
-                "the service mounted the environment"
-            );
-            Ok(())
-        }
-        Err(status) => {
-            tracing::error!(
-                event = "launcher.mount_failed",
-                root_pid = pid,
-                env_spec = env_spec::shorten(reference),
-                error = status.message(),
-                elapsed_ms,
-                "the service refused the mount"
-            );
-            Err(status)
-        }
-    }
+    crate::launcher::warm::log_mount(request, response.map(drop), elapsed_ms)
 }

@@ -110,30 +110,35 @@ pub async fn mount_first(
     if ours {
         log_running(connect_ms);
     }
+    Some(log_mount(request, answer.map(drop), mount_ms))
+}
+
+/// Logs the answer to `request` (`launcher.mount`, or `launcher.mount_failed`),
+/// on the warm path and the start path alike, and hands it back.
+pub fn log_mount(
+    request: &MountRequest,
+    answer: Result<(), tonic::Status>,
+    elapsed_ms: f64,
+) -> Result<(), tonic::Status> {
     let (pid, reference) = (request.root_pid, request.env_spec.as_str());
-    Some(match answer {
-        Ok(_) => {
-            tracing::info!(
-                event = "launcher.mount",
-                root_pid = pid,
-                env_spec = env_spec::shorten(reference),
-                elapsed_ms = mount_ms,
-                "the service mounted the environment"
-            );
-            Ok(())
-        }
-        Err(status) => {
-            tracing::error!(
-                event = "launcher.mount_failed",
-                root_pid = pid,
-                env_spec = env_spec::shorten(reference),
-                error = status.message(),
-                elapsed_ms = mount_ms,
-                "the service refused the mount"
-            );
-            Err(status)
-        }
-    })
+    match &answer {
+        Ok(()) => tracing::info!(
+            event = "launcher.mount",
+            root_pid = pid,
+            env_spec = env_spec::shorten(reference),
+            elapsed_ms,
+            "the service mounted the environment"
+        ),
+        Err(status) => tracing::error!(
+            event = "launcher.mount_failed",
+            root_pid = pid,
+            env_spec = env_spec::shorten(reference),
+            error = status.message(),
+            elapsed_ms,
+            "the service refused the mount"
+        ),
+    }
+    answer
 }
 
 /// What the start path logs when its first probe finds the service running.
