@@ -13,18 +13,7 @@ export SPFS_RUNTIME_DIR=$work/run SPFS_LOG_DIR=$work/log SPFS_MOUNTPOINT=$work/m
 # Every Mount builds its view: none lingers from the run before.
 export SPFS_VIEW_LINGER=0
 tree=$work/tree
-if [ ! -d "$tree/d999" ]; then
-    python3 - "$tree" <<'PY'
-import os, sys
-root = sys.argv[1]
-for d in range(1000):
-    path = os.path.join(root, "d%03d" % d)
-    os.makedirs(path, exist_ok=True)
-    for f in range(99):
-        with open(os.path.join(path, "f%03d.txt" % f), "w") as out:
-            out.write("file %d/%d\n" % (d, f))
-PY
-fi
+python3 benches/bench_layers.py huge "$tree"
 entries=$(find "$tree" -mindepth 1 | wc -l)
 files=$(find "$tree" -type f | wc -l)
 

@@ -98,6 +98,17 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Resident memory of process `pid` (`VmRSS`), MiB.
+fn rss_mib(pid: i32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    kib / 1024.0
+}
+
 /// Stops the service (if any) and waits until it has exited and unmounted.
 fn stop_service(paths: &Paths) {
     let mut cmd = Command::new(SPFS_BIN);
@@ -439,15 +450,7 @@ impl Bench {
             .block_on(ensure(Kind::Ours, &self.paths))
             .unwrap();
         let pid = spfs::service::pidfile::read_pid(&self.paths.pidfile()).unwrap();
-        let rss = || -> f64 {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-            let kib: f64 = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap();
-            kib / 1024.0
-        };
+        let rss = || rss_mib(pid);
         let idle = rss();
         // Each runtime's root gives itself a runtime, as a script would, then waits.
         let script = r#""$0" mount --root-process $$ "$1" >/dev/null && exec sleep 120"#;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::ms;
 use crate::stats::summarize;
 
 /// One build under test: its binaries and its own runtime, log and mount dirs.
@@ -87,18 +88,8 @@ impl Build {
     fn service_rss_mib(&self) -> f64 {
         let pidfile = self.root.join("run").join("service.pid");
         let pid = spfs::service::pidfile::read_pid(&pidfile).expect("service pid");
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap();
-        kib / 1024.0
+        crate::rss_mib(pid)
     }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 fn time_true() -> f64 {

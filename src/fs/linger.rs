@@ -95,10 +95,6 @@ impl Lingering {
         lock(&self.state).0 = linger;
     }
 
-    pub fn settings(&self) -> Linger {
-        lock(&self.state).0
-    }
-
     /// `view` was just let go of by a runtime: keep it for the linger time
     /// from now (again, if it was kept already).
     pub fn keep(&self, view: &Arc<View>) {
