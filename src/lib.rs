@@ -31,19 +31,19 @@
 
 pub mod client;
 pub mod commands;
-pub mod config;
 pub mod error;
-pub mod fs;
 pub mod launcher;
 pub mod paths;
 pub mod platform;
 pub mod proto;
 pub mod runtime;
 pub mod service;
+pub mod settings;
 pub mod storage;
 pub mod telemetry;
 pub mod tracking;
+pub mod vfs;
 
-pub use config::Config;
 pub use error::{Error, Result};
 pub use launcher::ensure_service_running;
+pub use settings::Settings;

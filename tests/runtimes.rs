@@ -1,4 +1,4 @@
-//! Runtimes as spfs users handle them: named, listed, described and ended by
+//! RuntimeTable as spfs users handle them: named, listed, described and ended by
 //! name, from inside and outside. Real service, real FUSE mounts.
 
 mod common;

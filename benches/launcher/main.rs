@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use spfs::client::{self, ControlClient};
 use spfs::launcher::probe::{probe, Probe};
 use spfs::paths::Paths;
-use spfs::Config;
+use spfs::Settings;
 use stats::summarize;
 
 const SERVICE_BIN: &str = env!("CARGO_BIN_EXE_spfs-fuse-macos");
@@ -53,8 +53,8 @@ impl Kind {
     }
 }
 
-fn config(paths: &Paths) -> Config {
-    Config {
+fn settings(paths: &Paths) -> Settings {
+    Settings {
         paths: paths.clone(),
         start_timeout: Duration::from_secs(10),
         service_bin: Some(PathBuf::from(SERVICE_BIN)),
@@ -72,7 +72,7 @@ fn env_for(cmd: &mut Command, paths: &Paths) {
 
 async fn ensure(kind: Kind, paths: &Paths) -> Result<(), String> {
     match kind {
-        Kind::Ours => spfs::ensure_service_running(&config(paths))
+        Kind::Ours => spfs::ensure_service_running(&settings(paths))
             .await
             .map(drop)
             .map_err(|e| e.to_string()),
@@ -150,15 +150,15 @@ fn child_main(kind: Kind, gate: &Path) {
         .map(|n| n == 1 && byte[0] != b'\n')
         .unwrap_or(false)
     {}
-    let config = Config::from_env().expect("config");
+    let settings = Settings::from_env().expect("settings");
     if kind == Kind::Ours {
-        spfs::telemetry::init(spfs::telemetry::Program::Launcher, &config.paths.log_dir);
+        spfs::telemetry::init(spfs::telemetry::Program::Launcher, &settings.paths.log_dir);
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    match runtime.block_on(ensure(kind, &config.paths)) {
+    match runtime.block_on(ensure(kind, &settings.paths)) {
         Ok(()) => println!("ok {}", now_ns()),
         Err(e) => println!("fail {} {}", now_ns(), e.replace('\n', " ")),
     }
@@ -242,7 +242,7 @@ impl Bench {
                 samples[i].push(ms(started.elapsed()));
                 let serving = matches!(
                     self.runtime.block_on(probe(&paths.socket())),
-                    Probe::Serving(..)
+                    Probe::Serving { .. }
                 );
                 if kind == Kind::Baseline && !serving {
                     baseline_unready += 1;

@@ -48,7 +48,7 @@ enum Command {
 }
 
 fn parse_idle(text: &str) -> Result<std::time::Duration, String> {
-    spfs::config::parse_duration(text)
+    spfs::settings::parse_duration(text)
 }
 
 fn main() -> ExitCode {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use super::repo::{self, Out, Progress};
-use super::{client_runtime, current};
+use super::{block_on, current};
 use crate::error::{Error, Result};
 use crate::proto::{Editability, Runtime};
 use crate::runtime::changes;
@@ -150,9 +150,9 @@ fn nothing_to_commit(kind: RuntimeCommit) -> Error {
 /// again if anything fails, so nothing is lost.
 fn commit_runtime(kind: RuntimeCommit, allow_empty: bool, tags: &[TagSpec]) -> Result<ExitCode> {
     let name = current::active_name(current::Hint::Commit)?;
-    let config = crate::config::Config::from_env()?;
-    client_runtime().block_on(async {
-        let channel = current::connect(&config, &name).await?;
+    let settings = crate::settings::Settings::from_env()?;
+    block_on(async {
+        let channel = current::connect(&settings, &name).await?;
         let runtime = current::get_runtime(&channel, &name).await?;
         if kind == RuntimeCommit::Platform {
             // refused before anything is committed or put on the stack
@@ -173,7 +173,9 @@ fn commit_runtime(kind: RuntimeCommit, allow_empty: bool, tags: &[TagSpec]) -> R
             Frozen::Done { repo, digest } => {
                 // nothing went on the stack: the runtime stays as it was
                 if let Err(err) = current::edit(&channel, &name, true).await {
-                    eprintln!("spfs commit: warning: {err}; make it editable again with `spfs edit`");
+                    eprintln!(
+                        "spfs commit: warning: {err}; make it editable again with `spfs edit`"
+                    );
                 }
                 (repo, digest, false)
             }

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use tonic::transport::Channel;
 
 use crate::client::ControlClient;
-use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::launcher::probe::{probe, Probe};
 use crate::proto::{
@@ -17,6 +16,7 @@ use crate::proto::{
     ResetRequest, Runtime,
 };
 use crate::runtime::Scratch;
+use crate::settings::Settings;
 use crate::storage::proxy::ProxyRepository;
 use crate::telemetry::otel::traced;
 
@@ -53,16 +53,16 @@ pub fn active_name(hint: Hint) -> Result<String> {
 }
 
 /// A channel to the running service; never starts one.
-pub async fn connect(config: &Config, name: &str) -> Result<Channel> {
-    let socket = config.paths.socket();
+pub async fn connect(settings: &Settings, name: &str) -> Result<Channel> {
+    let socket = settings.paths.socket();
     match probe(&socket).await {
-        Probe::Serving(channel, _) | Probe::NotServing(channel) => Ok(channel),
+        Probe::Serving { channel, .. } | Probe::NotServing(channel) => Ok(channel),
         Probe::Absent { .. } => Err(Error::Config(format!(
             "no active runtime: {}={name:?}, but no spfs service is running on {} (it stopped, and the runtime with it); start a new runtime with `spfs run` or `spfs shell`",
             crate::platform::RUNTIME_VAR,
             socket.display()
         ))),
-        refused => Err(refused.refusal(&config.paths)),
+        refused => Err(refused.refusal(&settings.paths)),
     }
 }
 

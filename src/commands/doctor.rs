@@ -4,14 +4,14 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use super::client_runtime;
+use super::block_on;
 use super::runner::{self, Out};
-use crate::config::Config;
 use crate::launcher::probe::{probe_service, Probe};
 use crate::launcher::spawn::find_service_binary;
 use crate::paths::{self, LAUNCHER_LOG_PREFIX};
 use crate::platform;
 use crate::service::VERSION;
+use crate::settings::Settings;
 use crate::telemetry::reader;
 
 struct Check {
@@ -45,8 +45,8 @@ pub fn doctor() -> ExitCode {
 
 fn run_checks() -> crate::error::Result<ExitCode> {
     let mut out = Out::new();
-    let config = match Config::from_env() {
-        Ok(config) => config,
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
         Err(err) => {
             out.line(format_args!("[FAIL] settings: {err}"))?;
             out.finish()?;
@@ -55,11 +55,11 @@ fn run_checks() -> crate::error::Result<ExitCode> {
     };
     let checks = vec![
         check_fuse(),
-        check_binary(&config),
-        check_runtime_dir(&config),
-        check_mountpoint(&config),
-        client_runtime().block_on(check_service(&config)),
-        check_last_failure(&config),
+        check_binary(&settings),
+        check_runtime_dir(&settings),
+        check_mountpoint(&settings),
+        block_on(check_service(&settings)),
+        check_last_failure(&settings),
     ];
     let mut all_passed = true;
     for check in &checks {
@@ -90,9 +90,9 @@ fn check_fuse() -> Check {
     }
 }
 
-fn check_binary(config: &Config) -> Check {
+fn check_binary(settings: &Settings) -> Check {
     let name = "service binary";
-    let binary = match find_service_binary(config) {
+    let binary = match find_service_binary(settings) {
         Ok(binary) => binary,
         Err(err) => {
             let text = err.to_string();
@@ -127,9 +127,9 @@ fn check_binary(config: &Config) -> Check {
     }
 }
 
-fn check_runtime_dir(config: &Config) -> Check {
+fn check_runtime_dir(settings: &Settings) -> Check {
     let name = "runtime dir";
-    let dir = &config.paths.runtime_dir;
+    let dir = &settings.paths.runtime_dir;
     if !dir.exists() {
         return pass(
             name,
@@ -152,10 +152,10 @@ fn check_runtime_dir(config: &Config) -> Check {
     }
 }
 
-fn check_mountpoint(config: &Config) -> Check {
+fn check_mountpoint(settings: &Settings) -> Check {
     let name = "mountpoint";
-    let path = config.paths.mountpoint.clone();
-    if let Err(message) = crate::fs::check_not_another_users_mount(&path) {
+    let path = settings.paths.mountpoint.clone();
+    if let Err(message) = crate::vfs::check_not_another_users_mount(&path) {
         let (what, fix) = message.split_once(" To fix it: ").unwrap_or((&message, ""));
         return fail(name, what, fix);
     }
@@ -166,7 +166,7 @@ fn check_mountpoint(config: &Config) -> Check {
         let _ = tx.send(std::fs::metadata(&probe_path));
     });
     match rx.recv_timeout(Duration::from_secs(2)) {
-        Err(_) => match crate::launcher::probe::locate_service(&config.paths) {
+        Err(_) => match crate::launcher::probe::locate_service(&settings.paths) {
             Some(pid) => fail(
                 name,
                 format!(
@@ -183,7 +183,7 @@ fn check_mountpoint(config: &Config) -> Check {
         },
         Ok(Ok(meta)) if meta.is_dir() => {
             use std::os::unix::fs::MetadataExt;
-            match crate::fs::check_mountpoint_owner(&path, meta.uid(), nix::unistd::geteuid().as_raw()) {
+            match crate::vfs::check_mountpoint_owner(&path, meta.uid(), nix::unistd::geteuid().as_raw()) {
                 Ok(()) => pass(name, format!("{} is a directory you own", path.display())),
                 Err(message) => {
                     let (what, fix) = message.split_once(" To fix it: ").unwrap_or((&message, ""));
@@ -219,11 +219,11 @@ fn check_mountpoint(config: &Config) -> Check {
     }
 }
 
-async fn check_service(config: &Config) -> Check {
+async fn check_service(settings: &Settings) -> Check {
     let name = "service";
-    let socket = config.paths.socket();
-    match probe_service(&config.paths).await {
-        Probe::Serving(_, version) => {
+    let socket = settings.paths.socket();
+    match probe_service(&settings.paths).await {
+        Probe::Serving { version, .. } => {
             let version = version.unwrap_or_else(|| "unknown".into());
             if version == VERSION {
                 pass(
@@ -275,9 +275,9 @@ async fn check_service(config: &Config) -> Check {
     }
 }
 
-fn check_last_failure(config: &Config) -> Check {
+fn check_last_failure(settings: &Settings) -> Check {
     let name = "last start";
-    let log_dir = &config.paths.log_dir;
+    let log_dir = &settings.paths.log_dir;
     let last = reader::last_event(
         log_dir,
         LAUNCHER_LOG_PREFIX,

@@ -8,22 +8,22 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::client_runtime;
+use super::block_on;
 use super::current::{self, Hint};
 use super::runner::{self, Out};
-use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::proto::Editability;
 use crate::runtime::changes::{self, Change, ChangeKind};
+use crate::settings::Settings;
 
 /// `spfs edit [--off]`: make the runtime editable, or read-only keeping
 /// its changes. As in spfs, making an editable runtime editable is an error.
 pub fn edit(off: bool) -> ExitCode {
     runner::run("spfs edit", || {
         let name = current::active_name(Hint::Run)?;
-        let config = Config::from_env()?;
-        client_runtime().block_on(async {
-            let channel = current::connect(&config, &name).await?;
+        let settings = Settings::from_env()?;
+        block_on(async {
+            let channel = current::connect(&settings, &name).await?;
             if off {
                 current::edit(&channel, &name, false).await?;
                 eprintln!("edit mode disabled");
@@ -46,10 +46,10 @@ pub fn edit(off: bool) -> ExitCode {
 pub fn reset(paths: &[String], edit: bool, reference: Option<&str>) -> ExitCode {
     runner::run("spfs reset", || {
         let name = current::active_name(Hint::Run)?;
-        let config = Config::from_env()?;
-        let relative = relative_paths(paths, &config.paths.mountpoint)?;
-        client_runtime().block_on(async {
-            let channel = current::connect(&config, &name).await?;
+        let settings = Settings::from_env()?;
+        let relative = relative_paths(paths, &settings.paths.mountpoint)?;
+        block_on(async {
+            let channel = current::connect(&settings, &name).await?;
             match reference {
                 Some(reference) => {
                     crate::tracking::env_spec::parse(reference)?;
@@ -109,7 +109,7 @@ fn relative_paths(paths: &[String], mountpoint: &Path) -> Result<Vec<String>> {
 /// runtime needed).
 pub fn diff(from: Option<&str>, to: Option<&str>) -> ExitCode {
     runner::run("spfs diff", || {
-        let config = Config::from_env()?;
+        let settings = Settings::from_env()?;
         let found = match (from, to) {
             (Some(from), Some(to)) => {
                 let repos = super::repo::readable(None)?;
@@ -120,8 +120,8 @@ pub fn diff(from: Option<&str>, to: Option<&str>) -> ExitCode {
             }
             (from, _) => {
                 let name = current::active_name(Hint::Run)?;
-                let runtime = client_runtime().block_on(async {
-                    let channel = current::connect(&config, &name).await?;
+                let runtime = block_on(async {
+                    let channel = current::connect(&settings, &name).await?;
                     current::get_runtime(&channel, &name).await
                 })?;
                 let repos = current::runtime_repositories(&runtime)?;
@@ -147,7 +147,7 @@ pub fn diff(from: Option<&str>, to: Option<&str>) -> ExitCode {
         let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         let mut out = Out::new();
         for change in &found {
-            out.line(diff_line(change, &config.paths.mountpoint, color))?;
+            out.line(diff_line(change, &settings.paths.mountpoint, color))?;
         }
         out.finish()?;
         Ok(ExitCode::SUCCESS)
@@ -175,9 +175,9 @@ pub fn change_stack(reference: &str, drop_changes: bool) -> ExitCode {
     runner::run("spfs runtime change-stack", || {
         crate::tracking::env_spec::parse(reference)?;
         let name = current::active_name(Hint::Run)?;
-        let config = Config::from_env()?;
-        let changed = client_runtime().block_on(async {
-            let channel = current::connect(&config, &name).await?;
+        let settings = Settings::from_env()?;
+        let changed = block_on(async {
+            let channel = current::connect(&settings, &name).await?;
             let runtime = current::get_runtime(&channel, &name).await?;
             let expected = current::stack_spec(&runtime);
             current::change_stack(

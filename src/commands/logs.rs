@@ -5,9 +5,9 @@
 use std::process::ExitCode;
 
 use super::runner::{self, Out};
-use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::paths::{LAUNCHER_LOG_PREFIX, SERVICE_LOG_PREFIX};
+use crate::settings::Settings;
 use crate::telemetry::reader;
 
 pub struct LogsOptions {
@@ -22,8 +22,8 @@ pub fn logs(options: LogsOptions) -> ExitCode {
 }
 
 fn show_logs(options: &LogsOptions) -> Result<ExitCode> {
-    let config = Config::from_env()?;
-    let paths = &config.paths;
+    let settings = Settings::from_env()?;
+    let paths = &settings.paths;
     let (prefix, link) = if options.launcher {
         (LAUNCHER_LOG_PREFIX, paths.launcher_log())
     } else {

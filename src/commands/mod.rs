@@ -26,20 +26,22 @@ pub use runtime::{runtime_info, runtime_list, runtime_prune, runtime_remove};
 pub use service::{serve, start, status, stop};
 pub use tags::{log, ls_tags, tag, tags, untag};
 
-use crate::config::Config;
+use crate::settings::Settings;
 use crate::telemetry::{self, Program};
 
-/// Reads the config and starts the launcher's log.
-fn launcher_config() -> crate::error::Result<Config> {
-    let config = Config::from_env()?;
-    telemetry::init(Program::Launcher, &config.paths.log_dir);
-    Ok(config)
+/// Reads the settings and starts the launcher's log.
+fn launcher_settings() -> crate::error::Result<Settings> {
+    let settings = Settings::from_env()?;
+    telemetry::init(Program::Launcher, &settings.paths.log_dir);
+    Ok(settings)
 }
 
-/// A runtime for short client work: one thread, nothing to spin up.
-fn client_runtime() -> tokio::runtime::Runtime {
+/// Runs `future` on a tokio runtime made for short client work: one
+/// thread, nothing to spin up.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("cannot create a tokio runtime")
+        .block_on(future)
 }

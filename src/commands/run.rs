@@ -11,13 +11,13 @@ use std::time::Instant;
 use tracing::Instrument;
 
 use super::runner::{self, Out};
-use super::{client_runtime, launcher_config};
+use super::{block_on, launcher_settings};
 use crate::client::ControlClient;
-use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::launcher::{ensure_service_running, ensure_service_to_mount};
 use crate::platform;
 use crate::proto::MountRequest;
+use crate::settings::Settings;
 use crate::storage::config::SpfsConfig;
 use crate::tracking::env_spec;
 
@@ -66,7 +66,7 @@ fn run_in_env(
     options: &RunOptions,
 ) -> ExitCode {
     runner::run(tool, || {
-        let config = launcher_config()?;
+        let settings = launcher_settings()?;
         let pid = std::process::id() as i32;
         let (reference, repositories) = match &options.rerun {
             Some(_) => ("", Vec::new()),
@@ -87,8 +87,7 @@ fn run_in_env(
         };
         // One trace per command: the start (if any) and the Mount call are its children.
         let span = tracing::info_span!("spfs.run", env_spec = env_spec::shorten(reference));
-        let mounted =
-            client_runtime().block_on(ensure_and_mount(&config, &request).instrument(span.clone()));
+        let mounted = block_on(ensure_and_mount(&settings, &request).instrument(span.clone()));
         drop(span);
         if let Err(err) = mounted {
             crate::telemetry::flush();
@@ -137,14 +136,14 @@ pub fn mount(root_process: Option<i32>, reference: &str, force: bool) -> ExitCod
         return ExitCode::from(2);
     }
     runner::run(tool, || {
-        let config = launcher_config()?;
+        let settings = launcher_settings()?;
         let request = MountRequest {
             root_pid: pid.into(),
             env_spec: reference.to_owned(),
             repositories: repositories_for(reference)?,
             ..MountRequest::default()
         };
-        client_runtime().block_on(ensure_and_mount(&config, &request))?;
+        block_on(ensure_and_mount(&settings, &request))?;
         let mut out = Out::new();
         out.line(format_args!(
             "mounted {:?} for process {pid}",
@@ -194,13 +193,13 @@ fn repositories_for(reference: &str) -> Result<Vec<String>> {
 /// service started or confirmed afresh.
 const MOUNT_ATTEMPTS: u32 = 5;
 
-async fn ensure_and_mount(config: &Config, request: &MountRequest) -> Result<()> {
+async fn ensure_and_mount(settings: &Settings, request: &MountRequest) -> Result<()> {
     let reference = request.env_spec.as_str();
     // A service may stop (idle timeout, `spfs service stop`) between our probe
     // and our Mount; then the next ensure starts a fresh one.
     let mut attempt = 1;
     // Warm path first: a running service mounts in one round trip (launcher/warm.rs).
-    let mut warm = crate::launcher::warm::mount_first(config, request).await;
+    let mut warm = crate::launcher::warm::mount_first(settings, request).await;
     loop {
         let result = match warm.take() {
             Some(result) => result,
@@ -208,8 +207,8 @@ async fn ensure_and_mount(config: &Config, request: &MountRequest) -> Result<()>
                 // The last try confirms with a health Check, so a service
                 // that keeps stopping as soon as it is ready is named as such.
                 let running = match attempt < MOUNT_ATTEMPTS {
-                    true => ensure_service_to_mount(config).await?,
-                    false => ensure_service_running(config).await?,
+                    true => ensure_service_to_mount(settings).await?,
+                    false => ensure_service_running(settings).await?,
                 };
                 mount_once(running.channel, request).await
             }
@@ -231,11 +230,11 @@ async fn ensure_and_mount(config: &Config, request: &MountRequest) -> Result<()>
             // crash loop. One that is stopping (idle timeout) unmounts
             // cleanly, like an UNAVAILABLE: retry.
             Err(status) if is_transport_failure(&status) => {
-                if attempt >= MOUNT_ATTEMPTS || service_died(config) {
+                if attempt >= MOUNT_ATTEMPTS || service_died(settings) {
                     return Err(Error::ServiceLost {
                         during: "Mount",
                         detail: status.message().to_owned(),
-                        log: config.paths.service_log(),
+                        log: settings.paths.service_log(),
                     });
                 }
                 tracing::info!(
@@ -259,8 +258,8 @@ async fn ensure_and_mount(config: &Config, request: &MountRequest) -> Result<()>
 
 /// Whether the service left a dead FUSE mount behind (ENOTCONN), as a killed
 /// or crashed service does; a service that stops cleanly unmounts first.
-fn service_died(config: &Config) -> bool {
-    std::fs::metadata(&config.paths.mountpoint)
+fn service_died(settings: &Settings) -> bool {
+    std::fs::metadata(&settings.paths.mountpoint)
         .is_err_and(|err| platform::is_stale_mount_error(&err))
 }
 

@@ -9,28 +9,28 @@ use std::process::ExitCode;
 use serde_json::json;
 
 use super::runner::{self as repo, Out};
-use super::{client_runtime, current};
+use super::{block_on, current};
 use crate::client::ControlClient;
-use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::launcher::probe::{probe, Probe};
 use crate::proto::{Runtime, StatusRequest, UnmountRequest};
+use crate::settings::Settings;
 
 /// Every runtime, running then stopped, and a channel to their service
 /// (if one runs; else the stopped ones come from the scratch dir).
-async fn live(config: &Config) -> Result<(Vec<Runtime>, Option<tonic::transport::Channel>)> {
-    let socket = config.paths.socket();
+async fn live(settings: &Settings) -> Result<(Vec<Runtime>, Option<tonic::transport::Channel>)> {
+    let socket = settings.paths.socket();
     let channel = match probe(&socket).await {
-        Probe::Serving(channel, _) | Probe::NotServing(channel) => channel,
+        Probe::Serving { channel, .. } | Probe::NotServing(channel) => channel,
         Probe::Absent { .. } => {
-            let scratch_dir = &config.paths.scratch_dir;
+            let scratch_dir = &settings.paths.scratch_dir;
             let stopped = crate::runtime::state::on_disk(scratch_dir)
                 .values()
                 .map(|state| state.to_stopped_proto(scratch_dir))
                 .collect();
             return Ok((stopped, None));
         }
-        refused => return Err(refused.refusal(&config.paths)),
+        refused => return Err(refused.refusal(&settings.paths)),
     };
     let status = ControlClient::new(channel.clone())
         .status(crate::telemetry::otel::traced(StatusRequest {}))
@@ -45,14 +45,14 @@ async fn live(config: &Config) -> Result<(Vec<Runtime>, Option<tonic::transport:
 /// Deletes stopped runtime `name`: through the service when one runs (it
 /// owns the list), else in the scratch dir (no service: nothing runs).
 async fn remove_stopped(
-    config: &Config,
+    settings: &Settings,
     channel: &Option<tonic::transport::Channel>,
     name: &str,
 ) -> Result<()> {
     match channel {
         Some(channel) => current::remove_runtime(channel, name).await,
         None => {
-            let path = config.paths.scratch_dir.join(name);
+            let path = settings.paths.scratch_dir.join(name);
             crate::runtime::scratch::remove_any(&path)
                 .map_err(|e| Error::io(format!("cannot delete {}", path.display()), e))
         }
@@ -105,8 +105,8 @@ pub fn list_line(runtime: &Runtime) -> String {
 /// (names only with `-q`).
 pub fn runtime_list(quiet: bool) -> ExitCode {
     repo::run("spfs runtime list", || {
-        let config = Config::from_env()?;
-        let (runtimes, _) = client_runtime().block_on(live(&config))?;
+        let settings = Settings::from_env()?;
+        let (runtimes, _) = block_on(live(&settings))?;
         let mut out = Out::new();
         for runtime in &runtimes {
             if quiet {
@@ -152,8 +152,8 @@ pub fn runtime_info(name: Option<&str>) -> ExitCode {
                     )
                 })?,
         };
-        let config = Config::from_env()?;
-        let (runtimes, _) = client_runtime().block_on(live(&config))?;
+        let settings = Settings::from_env()?;
+        let (runtimes, _) = block_on(live(&settings))?;
         let runtime = find(&runtimes, &name)?;
         let mut out = Out::new();
         out.line(serde_json::to_string_pretty(&info_json(runtime)).unwrap_or_default())?;
@@ -193,9 +193,9 @@ fn check_removal(runtime: &Runtime, force: bool, remove_durable: bool) -> Option
 /// any NAME is refused.
 pub fn runtime_remove(names: &[String], force: bool, remove_durable: bool) -> ExitCode {
     repo::run("spfs runtime remove", || {
-        let config = Config::from_env()?;
-        client_runtime().block_on(async {
-            let (runtimes, channel) = live(&config).await?;
+        let settings = Settings::from_env()?;
+        block_on(async {
+            let (runtimes, channel) = live(&settings).await?;
             let targets = names
                 .iter()
                 .map(|name| find(&runtimes, name))
@@ -219,7 +219,7 @@ pub fn runtime_remove(names: &[String], force: bool, remove_durable: bool) -> Ex
                         .await
                         .map_err(|s| Error::rpc(format!("cannot remove {}", runtime.name), s))?;
                 } else {
-                    remove_stopped(&config, &channel, &runtime.name).await?;
+                    remove_stopped(&settings, &channel, &runtime.name).await?;
                 }
                 eprintln!("removed runtime {}", runtime.name);
             }
@@ -243,9 +243,9 @@ fn prunable(runtimes: &[Runtime], remove_durable: bool) -> (Vec<&Runtime>, Vec<&
 /// spfs does.
 pub fn runtime_prune(remove_durable: bool) -> ExitCode {
     repo::run("spfs runtime prune", || {
-        let config = Config::from_env()?;
-        client_runtime().block_on(async {
-            let (runtimes, channel) = live(&config).await?;
+        let settings = Settings::from_env()?;
+        block_on(async {
+            let (runtimes, channel) = live(&settings).await?;
             let (prune, kept) = prunable(&runtimes, remove_durable);
             for runtime in kept {
                 eprintln!(
@@ -255,7 +255,7 @@ pub fn runtime_prune(remove_durable: bool) -> ExitCode {
             }
             let mut code = ExitCode::SUCCESS;
             for runtime in prune {
-                match remove_stopped(&config, &channel, &runtime.name).await {
+                match remove_stopped(&settings, &channel, &runtime.name).await {
                     Ok(()) => eprintln!("Pruned runtime {}", runtime.name),
                     Err(err) => {
                         eprintln!("spfs runtime prune: error: {err}");

@@ -7,15 +7,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::json;
 
 use super::runner::{self, Out};
-use super::{client_runtime, launcher_config};
+use super::{block_on, launcher_settings};
 use crate::client::ControlClient;
-use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::launcher::probe::{probe_service, Probe};
 use crate::launcher::{ensure_service_running, EnsureOutcome};
 use crate::paths::Paths;
 use crate::proto::{StatusRequest, StatusResponse};
 use crate::service::readiness::ReadyNotifier;
+use crate::settings::Settings;
 use crate::telemetry::{self, Program};
 
 /// Exit status of `status` when no service runs (as LSB init scripts use).
@@ -63,9 +63,9 @@ pub fn serve(
 /// `spfs service start`
 pub fn start() -> ExitCode {
     runner::run("spfs service start", || {
-        let config = launcher_config()?;
-        let (outcome, status) = client_runtime().block_on(async {
-            let running = ensure_service_running(&config).await?;
+        let settings = launcher_settings()?;
+        let (outcome, status) = block_on(async {
+            let running = ensure_service_running(&settings).await?;
             let status = fetch_status(&running.channel).await?;
             Ok::<_, Error>((running.outcome, status))
         })?;
@@ -86,12 +86,12 @@ pub fn start() -> ExitCode {
 /// `spfs service status [--json]`; exit 3 when not running.
 pub fn status(as_json: bool) -> ExitCode {
     runner::run("spfs service status", || {
-        let config = Config::from_env()?;
-        let paths = &config.paths;
+        let settings = Settings::from_env()?;
+        let paths = &settings.paths;
         let socket = paths.socket();
-        let found = client_runtime().block_on(async {
+        let found = block_on(async {
             match probe_service(paths).await {
-                Probe::Serving(channel, _) => Ok(Some((true, fetch_status(&channel).await?))),
+                Probe::Serving { channel, .. } => Ok(Some((true, fetch_status(&channel).await?))),
                 Probe::NotServing(channel) => Ok(Some((false, fetch_status(&channel).await?))),
                 Probe::Absent { .. } => Ok(None),
                 refused => Err(refused.refusal(paths)),
@@ -190,9 +190,8 @@ async fn fetch_status(channel: &tonic::transport::Channel) -> Result<StatusRespo
 /// runtimes are active, unless `force`.
 pub fn stop(tool: &str, force: bool) -> ExitCode {
     runner::run(tool, || {
-        let config = launcher_config()?;
-        let stopped =
-            client_runtime().block_on(crate::launcher::stop_service(&config.paths, force))?;
+        let settings = launcher_settings()?;
+        let stopped = block_on(crate::launcher::stop_service(&settings.paths, force))?;
         let mut out = Out::new();
         match stopped {
             Some(pid) => out.line(format_args!("stopped the spfs service (pid {pid})"))?,

@@ -34,8 +34,8 @@ use tokio::time::timeout_at;
 use tonic::transport::Channel;
 use tracing::Instrument;
 
-use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::settings::Settings;
 use crate::telemetry::metrics::{attr, metrics};
 use crate::telemetry::otel::traced;
 use lock::SpawnLock;
@@ -95,23 +95,23 @@ enum Confirm {
 }
 
 /// Makes sure the service is SERVING; starts it if not. See the module docs.
-pub async fn ensure_service_running(config: &Config) -> Result<Running> {
-    ensure_logged(config, Confirm::Check).await
+pub async fn ensure_service_running(settings: &Settings) -> Result<Running> {
+    ensure_logged(settings, Confirm::Check).await
 }
 
 /// As [`ensure_service_running`], for a caller whose next call is `Mount`:
 /// a service it starts is confirmed by that `Mount`, not by a Check first.
 /// The caller must start again when the `Mount` answers UNAVAILABLE.
-pub async fn ensure_service_to_mount(config: &Config) -> Result<Running> {
-    ensure_logged(config, Confirm::Connect).await
+pub async fn ensure_service_to_mount(settings: &Settings) -> Result<Running> {
+    ensure_logged(settings, Confirm::Connect).await
 }
 
-async fn ensure_logged(config: &Config, confirm: Confirm) -> Result<Running> {
+async fn ensure_logged(settings: &Settings, confirm: Confirm) -> Result<Running> {
     let started = Instant::now();
-    let deadline = tokio::time::Instant::from_std(started + config.start_timeout);
+    let deadline = tokio::time::Instant::from_std(started + settings.start_timeout);
     let mut phases = Phases::default();
     let span = tracing::info_span!("ensure_service_running");
-    let result = ensure(config, deadline, &mut phases, confirm)
+    let result = ensure(settings, deadline, &mut phases, confirm)
         .instrument(span.clone())
         .await;
     let _in_span = span.enter();
@@ -150,7 +150,7 @@ async fn ensure_logged(config: &Config, confirm: Confirm) -> Result<Running> {
                 spawn_ms = phases.spawn,
                 readiness_wait_ms = phases.readiness_wait,
                 confirm_ms = phases.confirm,
-                socket = %config.paths.socket().display(),
+                socket = %settings.paths.socket().display(),
                 "could not get a serving service"
             );
         }
@@ -159,16 +159,16 @@ async fn ensure_logged(config: &Config, confirm: Confirm) -> Result<Running> {
 }
 
 async fn ensure(
-    config: &Config,
+    settings: &Settings,
     deadline: tokio::time::Instant,
     phases: &mut Phases,
     confirm: Confirm,
 ) -> Result<Running> {
-    let paths = &config.paths;
+    let paths = &settings.paths;
     let socket = paths.socket();
     let timeout = |phase: &'static str| Error::StartTimeout {
         phase,
-        waited: config.start_timeout,
+        waited: settings.start_timeout,
         socket: socket.clone(),
         log: paths.service_log(),
     };
@@ -177,10 +177,10 @@ async fn ensure(
     paths.ensure_runtime_dir()?;
 
     // 1. probe
-    let first = logged_probe(config, 1, phases).await;
+    let first = logged_probe(settings, 1, phases).await;
     match first {
-        Probe::Serving(channel, version) => {
-            if !replace_other_version(config, &channel, version.as_deref()).await? {
+        Probe::Serving { channel, version } => {
+            if !replace_other_version(settings, &channel, version.as_deref()).await? {
                 return Ok(Running {
                     channel,
                     outcome: EnsureOutcome::AlreadyRunning,
@@ -225,8 +225,8 @@ async fn ensure(
     // The live service we already waited for, once, to answer or exit.
     let mut waited_for: Option<i32> = None;
     loop {
-        match logged_probe(config, attempt, phases).await {
-            Probe::Serving(channel, _) => {
+        match logged_probe(settings, attempt, phases).await {
+            Probe::Serving { channel, .. } => {
                 return Ok(Running {
                     channel,
                     outcome: EnsureOutcome::StartedByOther,
@@ -239,7 +239,7 @@ async fn ensure(
                     Err(_) => {
                         return Err(Error::NotServing {
                             socket,
-                            waited: config.start_timeout,
+                            waited: settings.start_timeout,
                             log: paths.service_log(),
                         })
                     }
@@ -292,9 +292,9 @@ async fn ensure(
 
         // 4. spawn
         let spawn_started = Instant::now();
-        let binary = spawn::find_service_binary(config)?;
+        let binary = spawn::find_service_binary(settings)?;
         // Inside the span, so the service's startup span can join this trace.
-        let starting = tracing::info_span!("spawn").in_scope(|| spawn::spawn(&binary, config))?;
+        let starting = tracing::info_span!("spawn").in_scope(|| spawn::spawn(&binary, settings))?;
         metrics().spawns.add(1, &[]);
         phases.spawn += ms_since(spawn_started);
         tracing::info!(
@@ -347,7 +347,7 @@ async fn ensure(
             .await;
         phases.confirm = ms_since(confirm_started);
         match confirmed {
-            Ok(Probe::Serving(channel, _)) => {
+            Ok(Probe::Serving { channel, .. }) => {
                 return Ok(Running {
                     channel,
                     outcome: EnsureOutcome::Started,
@@ -377,7 +377,10 @@ async fn confirm_started_service(socket: &std::path::Path, confirm: Confirm) -> 
     match confirm {
         Confirm::Check => probe(socket).await,
         Confirm::Connect => match crate::client::connect(socket).await {
-            Ok(channel) => Probe::Serving(channel, None),
+            Ok(channel) => Probe::Serving {
+                channel,
+                version: None,
+            },
             Err(_) => probe(socket).await,
         },
     }
@@ -387,7 +390,7 @@ async fn confirm_started_service(socket: &std::path::Path, confirm: Confirm) -> 
 /// runtimes it is stopped (true: start a new one); with runtimes it is kept
 /// and the user is told, once, how to switch when convenient.
 async fn replace_other_version(
-    config: &Config,
+    settings: &Settings,
     channel: &Channel,
     service_version: Option<&str>,
 ) -> Result<bool> {
@@ -409,7 +412,7 @@ async fn replace_other_version(
             service_pid = status.pid,
             "restarting a service of another version (no active runtimes)"
         );
-        stop_service(&config.paths, true).await?;
+        stop_service(&settings.paths, true).await?;
         return Ok(true);
     }
     tracing::warn!(
@@ -466,9 +469,9 @@ async fn wait_for_holder(
     phases.readiness_wait += ms_since(started);
 }
 
-async fn logged_probe(config: &Config, attempt: u32, phases: &mut Phases) -> Probe {
+async fn logged_probe(settings: &Settings, attempt: u32, phases: &mut Phases) -> Probe {
     let started = Instant::now();
-    let result = probe::probe_service(&config.paths)
+    let result = probe::probe_service(&settings.paths)
         .instrument(tracing::info_span!("probe", attempt))
         .await;
     let elapsed_ms = ms_since(started);

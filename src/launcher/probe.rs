@@ -27,7 +27,10 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 pub enum Probe {
     /// Answered SERVING; the channel is ready for control calls. The service's
     /// version comes from the `spfs-service-version` response header.
-    Serving(Channel, Option<String>),
+    Serving {
+        channel: Channel,
+        version: Option<String>,
+    },
     /// A service is there but still starting or already stopping.
     NotServing(Channel),
     /// Nobody is listening; `stale_socket` when a socket file is left behind.
@@ -46,7 +49,7 @@ impl Probe {
     /// Short name for logs.
     pub fn name(&self) -> &'static str {
         match self {
-            Probe::Serving(..) => "serving",
+            Probe::Serving { .. } => "serving",
             Probe::NotServing(_) => "not_serving",
             Probe::Absent {
                 stale_socket: false,
@@ -154,7 +157,7 @@ async fn probe_inner(socket: &Path) -> Result<Probe, String> {
         }
     };
     Ok(match check_with_version(&channel).await {
-        Ok((ServingStatus::Serving, version)) => Probe::Serving(channel, version),
+        Ok((ServingStatus::Serving, version)) => Probe::Serving { channel, version },
         Ok(_) => Probe::NotServing(channel),
         Err(status) if status.code() == tonic::Code::NotFound => Probe::Foreign(format!(
             "it speaks grpc.health.v1 but does not serve {VFS_SERVICE_NAME}"

@@ -33,8 +33,8 @@ use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::unix::pipe;
 
-use crate::config::{Config, SERVICE_BIN_NAME};
 use crate::error::{Error, Result};
+use crate::settings::{Settings, SERVICE_BIN_NAME};
 
 /// Variable telling the service which inherited fd is the readiness pipe.
 pub const READY_FD_VAR: &str = "SPFS_READY_FD";
@@ -45,9 +45,9 @@ const STDERR_TAIL_LINES: usize = 20;
 
 /// Finds the service binary: `SPFS_FUSE_SERVICE_BIN`, else beside the running
 /// program, else on PATH.
-pub fn find_service_binary(config: &Config) -> Result<PathBuf> {
+pub fn find_service_binary(settings: &Settings) -> Result<PathBuf> {
     let mut looked = Vec::new();
-    if let Some(explicit) = &config.service_bin {
+    if let Some(explicit) = &settings.service_bin {
         if explicit.is_file() {
             return Ok(explicit.clone());
         }
@@ -95,8 +95,8 @@ struct PipeLine {
 }
 
 /// Forks the nanny, which forks and execs `binary service MOUNTPOINT`.
-pub fn spawn(binary: &Path, config: &Config) -> Result<Starting> {
-    let paths = &config.paths;
+pub fn spawn(binary: &Path, settings: &Settings) -> Result<Starting> {
+    let paths = &settings.paths;
     // macOS: the service binary cannot even start without macFUSE's library;
     // say what to install instead of showing dyld's error.
     crate::platform::check_before_service_spawn().map_err(|message| Error::ServiceFailed {
@@ -144,7 +144,7 @@ pub fn spawn(binary: &Path, config: &Config) -> Result<Starting> {
         cstring(b"service")?,
         cstring(paths.mountpoint.as_os_str().as_bytes())?,
     ];
-    if let Some(idle) = config.idle_timeout {
+    if let Some(idle) = settings.idle_timeout {
         argv.push(cstring(b"--idle-timeout")?);
         argv.push(cstring(format!("{}ms", idle.as_millis()).as_bytes())?);
     }

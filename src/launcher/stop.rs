@@ -36,7 +36,7 @@ pub async fn stop_service(paths: &Paths, force: bool) -> Result<Option<i32>> {
     };
     let mut asked = false;
     match probe_service(paths).await {
-        Probe::Serving(channel, _) | Probe::NotServing(channel) => {
+        Probe::Serving { channel, .. } | Probe::NotServing(channel) => {
             if let Ok(status) = ControlClient::new(channel.clone())
                 .status(traced(StatusRequest {}))
                 .await

@@ -40,9 +40,9 @@ use tracing::Instrument;
 
 use super::probe::{check_with_version, PROBE_TIMEOUT};
 use crate::client::{self, ControlClient};
-use crate::config::Config;
 use crate::proto::{MountRequest, UnmountRequest};
 use crate::service::guard::{LAUNCHER_VERSION_HEADER, VERSION_HEADER};
+use crate::settings::Settings;
 use crate::telemetry::metrics::{attr, metrics};
 use crate::tracking::env_spec;
 
@@ -53,15 +53,15 @@ use crate::tracking::env_spec;
 /// `None`: take the start path (nothing is mounted: it was refused, never
 /// sent, dropped unanswered, or taken back).
 pub async fn mount_first(
-    config: &Config,
+    settings: &Settings,
     request: &MountRequest,
 ) -> Option<Result<(), tonic::Status>> {
     let started = Instant::now();
     // The socket is only trusted inside a directory that is ours alone; the
     // start path reports what is wrong with it.
-    config.paths.ensure_runtime_dir().ok()?;
+    settings.paths.ensure_runtime_dir().ok()?;
     let span = tracing::info_span!("warm_path");
-    let socket = config.paths.socket();
+    let socket = settings.paths.socket();
     let channel = tokio::time::timeout(PROBE_TIMEOUT, client::connect(&socket))
         .instrument(span.clone())
         .await
@@ -102,7 +102,7 @@ pub async fn mount_first(
         (Err(_), Some(crate::service::VERSION)) => {}
         // The connection broke: a service that died leaves a dead FUSE mount,
         // which the caller reports; anything else is the start path's to name.
-        (Err(status), None) if is_transport_failure(status) && dead_mount(config) => {}
+        (Err(status), None) if is_transport_failure(status) && dead_mount(settings) => {}
         (Err(_), _) => return None,
     }
 
@@ -210,8 +210,8 @@ fn is_transport_failure(status: &tonic::Status) -> bool {
 }
 
 /// Whether a service died under its FUSE mount (ENOTCONN), as a killed one does.
-fn dead_mount(config: &Config) -> bool {
-    std::fs::metadata(&config.paths.mountpoint)
+fn dead_mount(settings: &Settings) -> bool {
+    std::fs::metadata(&settings.paths.mountpoint)
         .is_err_and(|err| crate::platform::is_stale_mount_error(&err))
 }
 

@@ -1,4 +1,4 @@
-//! Runtimes as objects on disk: what an editable runtime changed (its
+//! RuntimeTable as objects on disk: what an editable runtime changed (its
 //! [`scratch`] directory) and what the runtime is (its [`state`] file), kept
 //! in one directory per runtime name under the scratch dir
 //! (`Paths::scratch_dir`). The service writes them while the runtime's

@@ -8,11 +8,9 @@ use std::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::guard::Caller;
-use super::runtimes::{self, checked_pid, MountError, Runtimes, ScratchFor};
+use super::runtimes::{self, checked_pid, RuntimeError, RuntimeTable, ScratchFor};
 use super::shutdown::Shutdown;
 use super::views::{self, Built};
-use crate::fs::overlay::Overlay;
-use crate::fs::router::Shown;
 use crate::platform;
 use crate::proto::vfs_service_server::VfsService;
 use crate::proto::{
@@ -22,6 +20,8 @@ use crate::proto::{
 };
 use crate::runtime::RuntimeState;
 use crate::tracking::env_spec::SpecError;
+use crate::vfs::overlay::Overlay;
+use crate::vfs::router::Shown;
 
 /// What `Status` reports about the service itself.
 #[derive(Clone, Debug)]
@@ -36,9 +36,9 @@ pub struct Identity {
 
 pub struct Api {
     pub identity: Identity,
-    pub runtimes: Arc<Runtimes>,
+    pub runtimes: Arc<RuntimeTable>,
     /// What one Mount may cost (SPFS_MOUNT_TIMEOUT, SPFS_MOUNT_MAX_ENTRIES).
-    pub mount_limits: views::MountLimits,
+    pub build_limits: views::BuildLimits,
     /// Once triggered, new mounts are refused, and a mount that finishes
     /// after it is undone, so no command runs on a service that is going away.
     pub shutdown: Shutdown,
@@ -50,34 +50,34 @@ fn shutting_down() -> Status {
     Status::unavailable("the service is shutting down; retry to start a new one")
 }
 
-impl From<MountError> for Status {
-    fn from(err: MountError) -> Status {
+impl From<RuntimeError> for Status {
+    fn from(err: RuntimeError) -> Status {
         match err {
-            MountError::Internal(_) => Status::internal(err.to_string()),
-            MountError::NameTaken(_) => Status::already_exists(err.to_string()),
-            MountError::Timeout { .. } => Status::deadline_exceeded(err.to_string()),
-            MountError::Build { .. } | MountError::Repository(_) => {
+            RuntimeError::Internal(_) => Status::internal(err.to_string()),
+            RuntimeError::NameTaken(_) => Status::already_exists(err.to_string()),
+            RuntimeError::Timeout { .. } => Status::deadline_exceeded(err.to_string()),
+            RuntimeError::Build { .. } | RuntimeError::Repository(_) => {
                 Status::failed_precondition(err.to_string())
             }
-            MountError::Spec(SpecError::Unknown { .. }) | MountError::NotFound(_) => {
+            RuntimeError::Spec(SpecError::Unknown { .. }) | RuntimeError::NotFound(_) => {
                 Status::not_found(err.to_string())
             }
-            MountError::NameStopped(_) => Status::already_exists(err.to_string()),
-            MountError::Running(_) | MountError::StackChanged { .. } | MountError::NoChanges(_) => {
-                Status::failed_precondition(err.to_string())
-            }
-            MountError::NotAMember { .. } => Status::permission_denied(err.to_string()),
-            MountError::Scratch { .. } => Status::internal(err.to_string()),
-            MountError::NotAnAncestor { .. }
-            | MountError::OtherUser { .. }
-            | MountError::UnknownCaller => Status::permission_denied(err.to_string()),
+            RuntimeError::NameStopped(_) => Status::already_exists(err.to_string()),
+            RuntimeError::Running(_)
+            | RuntimeError::StackChanged { .. }
+            | RuntimeError::NoChanges(_) => Status::failed_precondition(err.to_string()),
+            RuntimeError::NotAMember { .. } => Status::permission_denied(err.to_string()),
+            RuntimeError::Scratch { .. } => Status::internal(err.to_string()),
+            RuntimeError::NotAnAncestor { .. }
+            | RuntimeError::OtherUser { .. }
+            | RuntimeError::UnknownCaller => Status::permission_denied(err.to_string()),
             // Listed one by one: a new variant must choose its code here.
-            MountError::BadPid(_)
-            | MountError::NoSuchProcess(_)
-            | MountError::SpecTooLong(_)
-            | MountError::Spec(_)
-            | MountError::BadName(_)
-            | MountError::RelativeRepository(_) => Status::invalid_argument(err.to_string()),
+            RuntimeError::BadPid(_)
+            | RuntimeError::NoSuchProcess(_)
+            | RuntimeError::SpecTooLong(_)
+            | RuntimeError::Spec(_)
+            | RuntimeError::BadName(_)
+            | RuntimeError::RelativeRepository(_) => Status::invalid_argument(err.to_string()),
         }
     }
 }
@@ -85,19 +85,19 @@ impl From<MountError> for Status {
 /// A runtime may only be given to the caller's own process tree: the root pid
 /// must be the caller or an ancestor, and (unless the caller is root) run as
 /// the caller's user.
-fn authorize(caller: Option<Caller>, root: i32) -> Result<(), MountError> {
-    let caller = caller.ok_or(MountError::UnknownCaller)?;
-    let caller_pid = caller.pid.ok_or(MountError::UnknownCaller)?;
+fn authorize(caller: Option<Caller>, root: i32) -> Result<(), RuntimeError> {
+    let caller = caller.ok_or(RuntimeError::UnknownCaller)?;
+    let caller_pid = caller.pid.ok_or(RuntimeError::UnknownCaller)?;
     if !platform::is_same_or_ancestor(root, caller_pid) {
-        return Err(MountError::NotAnAncestor {
+        return Err(RuntimeError::NotAnAncestor {
             root,
             caller: caller_pid,
         });
     }
     if caller.uid != 0 {
-        let owner = platform::process_uid(root).map_err(|_| MountError::NoSuchProcess(root))?;
+        let owner = platform::process_uid(root).map_err(|_| RuntimeError::NoSuchProcess(root))?;
         if owner != caller.uid {
-            return Err(MountError::OtherUser {
+            return Err(RuntimeError::OtherUser {
                 root,
                 owner,
                 caller: caller.uid,
@@ -135,12 +135,12 @@ impl Api {
         &self,
         spec: String,
         repositories: Vec<std::path::PathBuf>,
-    ) -> Result<Built, MountError> {
+    ) -> Result<Built, RuntimeError> {
         let router = std::sync::Arc::clone(self.runtimes.router());
         // Dropped when this request is (the client went away) or finishes:
         // either way the build need not go on.
         let cancel = CancelOnDrop::default();
-        let budget = self.mount_limits.budget(Arc::clone(&cancel.0));
+        let budget = self.build_limits.budget(Arc::clone(&cancel.0));
         let shown_spec = crate::tracking::env_spec::shorten(&spec);
         let build = tokio::task::spawn_blocking(move || {
             views::build_view(&router, &repositories, spec, &budget)
@@ -148,22 +148,22 @@ impl Api {
         // The build checks its deadline itself; this bounds what it cannot
         // check (a read hung on a dead filesystem).
         let grace = std::time::Duration::from_millis(500);
-        let built = tokio::time::timeout(self.mount_limits.timeout + grace, build)
+        let built = tokio::time::timeout(self.build_limits.timeout + grace, build)
             .await
-            .map_err(|_| MountError::Timeout {
+            .map_err(|_| RuntimeError::Timeout {
                 spec: shown_spec,
-                seconds: self.mount_limits.timeout.as_secs_f64(),
+                seconds: self.build_limits.timeout.as_secs_f64(),
             })?
-            .map_err(|e| MountError::Internal(e.to_string()))??;
+            .map_err(|e| RuntimeError::Internal(e.to_string()))??;
         drop(cancel);
         Ok(built)
     }
 
-    async fn mount_runtime(
+    async fn attach_runtime(
         &self,
         caller: Option<Caller>,
         request: MountRequest,
-    ) -> Result<(crate::proto::Runtime, Built, Shown), MountError> {
+    ) -> Result<(crate::proto::Runtime, Built, Shown), RuntimeError> {
         let pid = checked_pid(request.root_pid)?;
         authorize(caller, pid)?;
         // A script's Mount may name no runtime: give it one of its own.
@@ -177,7 +177,7 @@ impl Api {
             .into_iter()
             .map(|root| match std::path::Path::new(&root).is_absolute() {
                 true => Ok(std::path::PathBuf::from(root)),
-                false => Err(MountError::RelativeRepository(root)),
+                false => Err(RuntimeError::RelativeRepository(root)),
             })
             .collect::<Result<Vec<_>, _>>()?;
         let ask = MountAsk {
@@ -190,21 +190,21 @@ impl Api {
             rerun: request.rerun,
         };
         if !ask.rerun {
-            return self.mount_new(ask).await;
+            return self.attach_new(ask).await;
         }
         // Re-entering a stopped runtime: its stack and changes come from disk.
         let (saved, scratch) = self.runtimes.take_stopped(&ask.name)?;
-        let result = self.mount_saved(&ask, saved.clone(), scratch).await;
+        let result = self.attach_saved(&ask, saved.clone(), scratch).await;
         if result.is_err() {
             self.runtimes.put_back(saved);
         }
         result
     }
 
-    async fn mount_new(
+    async fn attach_new(
         &self,
         ask: MountAsk,
-    ) -> Result<(crate::proto::Runtime, Built, Shown), MountError> {
+    ) -> Result<(crate::proto::Runtime, Built, Shown), RuntimeError> {
         let built = self
             .build(ask.env_spec.clone(), ask.repositories.clone())
             .await?;
@@ -219,13 +219,13 @@ impl Api {
         };
         if !ask.editable {
             let shown = Shown::View(Arc::clone(&built.view));
-            let runtime = self.runtimes.mount(ask.pid, state, shown.clone(), None)?;
+            let runtime = self.runtimes.attach(ask.pid, state, shown.clone(), None)?;
             return Ok((runtime, built, shown));
         }
         let scratch = self
             .runtimes
             .new_scratch(&ask.name, ScratchFor::Mount(ask.pid))?;
-        let mounted = self.mount_with_scratch(ask.pid, state, &built, Arc::clone(&scratch));
+        let mounted = self.attach_with_scratch(ask.pid, state, &built, Arc::clone(&scratch));
         if mounted.is_err() {
             if let Ok(scratch) = Arc::try_unwrap(scratch) {
                 let _ = scratch.destroy();
@@ -234,31 +234,31 @@ impl Api {
         mounted.map(|(runtime, shown)| (runtime, built, shown))
     }
 
-    async fn mount_saved(
+    async fn attach_saved(
         &self,
         ask: &MountAsk,
         mut state: RuntimeState,
         scratch: Arc<crate::runtime::Scratch>,
-    ) -> Result<(crate::proto::Runtime, Built, Shown), MountError> {
+    ) -> Result<(crate::proto::Runtime, Built, Shown), RuntimeError> {
         let built = self
             .build(state.stack_spec(), state.repositories.clone())
             .await?;
         state.editable |= ask.editable;
         state.durable |= ask.durable;
-        let (runtime, shown) = self.mount_with_scratch(ask.pid, state, &built, scratch)?;
+        let (runtime, shown) = self.attach_with_scratch(ask.pid, state, &built, scratch)?;
         Ok((runtime, built, shown))
     }
 
-    fn mount_with_scratch(
+    fn attach_with_scratch(
         &self,
         pid: i32,
         state: RuntimeState,
         built: &Built,
         scratch: Arc<crate::runtime::Scratch>,
-    ) -> Result<(crate::proto::Runtime, Shown), MountError> {
+    ) -> Result<(crate::proto::Runtime, Shown), RuntimeError> {
         scratch
             .write_state(&state)
-            .map_err(|e| MountError::Scratch {
+            .map_err(|e| RuntimeError::Scratch {
                 what: format!("cannot save runtime {:?}", state.name),
                 error: e,
             })?;
@@ -268,14 +268,14 @@ impl Api {
             Arc::clone(&scratch),
             state.editable,
         )
-        .map_err(|e| MountError::Scratch {
+        .map_err(|e| RuntimeError::Scratch {
             what: "cannot read the runtime's changes".into(),
             error: e,
         })?;
         let shown = Shown::Overlay(Arc::new(overlay));
         let runtime = self
             .runtimes
-            .mount(pid, state, shown.clone(), Some(scratch))?;
+            .attach(pid, state, shown.clone(), Some(scratch))?;
         Ok((runtime, shown))
     }
 
@@ -284,12 +284,12 @@ impl Api {
         &self,
         caller: Option<Caller>,
         request: ChangeStackRequest,
-    ) -> Result<crate::proto::Runtime, MountError> {
+    ) -> Result<crate::proto::Runtime, RuntimeError> {
         let pid = caller_pid(caller)?;
         let member = self.runtimes.member(&request.name, pid)?;
         let current = member.state.stack.join("+");
         if !request.expected_stack.is_empty() && request.expected_stack != current {
-            return Err(MountError::StackChanged {
+            return Err(RuntimeError::StackChanged {
                 name: request.name,
                 expected: crate::tracking::env_spec::shorten(&request.expected_stack),
                 actual: crate::tracking::env_spec::shorten(&current),
@@ -332,11 +332,11 @@ impl Api {
     /// more writes: drops the changes if asked, and shows the new stack.
     fn swap_stack(
         &self,
-        member: &crate::service::runtimes::Member,
+        member: &crate::service::runtimes::RuntimeMember,
         state: crate::runtime::state::RuntimeState,
         built: Built,
         drop_changes: bool,
-    ) -> Result<crate::proto::Runtime, MountError> {
+    ) -> Result<crate::proto::Runtime, RuntimeError> {
         let editable = state.editable;
         let scratch = match (&member.scratch, editable) {
             (Some(scratch), _) => Some(Arc::clone(scratch)),
@@ -347,7 +347,7 @@ impl Api {
             (None, false) => None,
         };
         if let (Some(scratch), true) = (&scratch, drop_changes) {
-            scratch.reset(&[]).map_err(|e| MountError::Scratch {
+            scratch.reset(&[]).map_err(|e| RuntimeError::Scratch {
                 what: "cannot drop the changes".into(),
                 error: e,
             })?;
@@ -360,7 +360,7 @@ impl Api {
                     Arc::clone(scratch),
                     editable,
                 )
-                .map_err(|e| MountError::Scratch {
+                .map_err(|e| RuntimeError::Scratch {
                     what: "cannot read the runtime's changes".into(),
                     error: e,
                 })?,
@@ -372,8 +372,10 @@ impl Api {
 }
 
 /// The calling process, which the new RPCs act for.
-fn caller_pid(caller: Option<Caller>) -> Result<i32, MountError> {
-    caller.and_then(|c| c.pid).ok_or(MountError::UnknownCaller)
+fn caller_pid(caller: Option<Caller>) -> Result<i32, RuntimeError> {
+    caller
+        .and_then(|c| c.pid)
+        .ok_or(RuntimeError::UnknownCaller)
 }
 
 /// Logs a runtime RPC's outcome (its own event, or
@@ -382,7 +384,7 @@ fn answer(
     request: &'static str,
     name: &str,
     started: Instant,
-    result: Result<crate::proto::Runtime, MountError>,
+    result: Result<crate::proto::Runtime, RuntimeError>,
 ) -> Result<Response<RuntimeResponse>, Status> {
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     match result {
@@ -447,7 +449,7 @@ impl VfsService for Api {
         let caller = request.extensions().get::<Caller>().copied();
         let request = request.into_inner();
         let root_pid = request.root_pid;
-        let result = self.mount_runtime(caller, request).await;
+        let result = self.attach_runtime(caller, request).await;
         if self.shutdown.is_triggered() {
             // Shutdown began while the view was built: the mount is about to
             // go, so the command must not run on it.

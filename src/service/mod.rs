@@ -33,18 +33,18 @@ use tonic_health::ServingStatus;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::fs::router::Router;
-use crate::fs::{self, FuseMount, Prepared};
 use crate::paths::Paths;
 use crate::platform;
 use crate::proto::vfs_service_server::VfsServiceServer;
 use crate::proto::VFS_SERVICE_NAME;
 use crate::telemetry::metrics::metrics;
+use crate::vfs::router::Router;
+use crate::vfs::{self, FuseMount, MountpointState};
 use api::{Api, Identity};
 use guard::{GuardLayer, GuardState};
 use pidfile::{PidFile, PidFileError};
 use readiness::ReadyNotifier;
-use runtimes::Runtimes;
+use runtimes::RuntimeTable;
 pub use runtimes::{generated_name as generated_runtime_name, MAX_ENV_SPEC_BYTES};
 use shutdown::Shutdown;
 use socket::ControlSocket;
@@ -91,7 +91,7 @@ struct Started {
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     fuse: FuseMount,
     shutdown: Shutdown,
-    runtimes: Arc<Runtimes>,
+    runtimes: Arc<RuntimeTable>,
 }
 
 /// Runs the service until it is told to stop. Reports readiness on `notifier`.
@@ -161,8 +161,8 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
     paths
         .ensure_runtime_dir()
         .map_err(|e| fail("unsafe_runtime_dir", e.to_string()))?;
-    let mount_limits = views::MountLimits::from_env().map_err(|m| fail("config", m))?;
-    let linger = crate::fs::linger::Linger::from_env().map_err(|m| fail("config", m))?;
+    let build_limits = views::BuildLimits::from_env().map_err(|m| fail("config", m))?;
+    let linger = crate::vfs::linger::Linger::from_env().map_err(|m| fail("config", m))?;
     let pidfile = PidFile::acquire(&paths.pidfile()).map_err(|err| match err {
         PidFileError::AlreadyRunning(_) => fail(
             "already_running",
@@ -181,20 +181,20 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
             "cannot raise the open-file limit; runtimes with many processes may run short"
         );
     }
-    match fs::prepare_mountpoint(&paths.mountpoint).map_err(|m| fail("mountpoint", m))? {
-        Prepared::CleanedStaleMount => tracing::warn!(
+    match vfs::prepare_mountpoint(&paths.mountpoint).map_err(|m| fail("mountpoint", m))? {
+        MountpointState::CleanedStaleMount => tracing::warn!(
             event = "service.stale_mount_cleaned",
             mountpoint = %paths.mountpoint.display(),
             "detached a dead FUSE mount left by a killed service"
         ),
-        Prepared::Created => tracing::info!(
+        MountpointState::Created => tracing::info!(
             event = "service.mountpoint_created",
             mountpoint = %paths.mountpoint.display(),
             "created the mountpoint"
         ),
-        Prepared::Ready => {}
+        MountpointState::Ready => {}
     }
-    let allow_other = fs::choose_allow_other(
+    let allow_other = vfs::choose_allow_other(
         std::env::var("SPFS_ALLOW_OTHER").ok().as_deref(),
         platform::ALLOW_OTHER_BY_DEFAULT,
         platform::allow_other_permitted(),
@@ -210,7 +210,7 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
         let span = tracing::info_span!("fuse_mount");
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let mounted = span.in_scope(|| fs::mount(&mountpoint, router, allow_other));
+            let mounted = span.in_scope(|| vfs::mount(&mountpoint, router, allow_other));
             (mounted, ms_since(started))
         })
     };
@@ -250,7 +250,7 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
             format!("cannot install signal handlers: {e}"),
         ));
     }
-    let runtimes = Runtimes::new(Arc::clone(&router), paths.scratch_dir.clone());
+    let runtimes = RuntimeTable::new(Arc::clone(&router), paths.scratch_dir.clone());
     runtimes.start();
     router.start_lingering(linger);
     let api = Api {
@@ -266,7 +266,7 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
             log_file: paths.service_log().display().to_string(),
         },
         runtimes: Arc::clone(&runtimes),
-        mount_limits,
+        build_limits,
         shutdown: shutdown.clone(),
     };
     let guard = GuardState::new();

@@ -14,19 +14,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::fs::overlay::Overlay;
-use crate::fs::router::{EndReason, Router, RuntimeId, RuntimeRoute, Shown};
-use crate::fs::view::BuildError;
 use crate::platform;
 use crate::proto::Runtime;
 use crate::runtime::{RuntimeState, Scratch};
 use crate::storage::error::StorageError;
 use crate::tracking::env_spec::{self, SpecError};
+use crate::vfs::overlay::Overlay;
+use crate::vfs::router::{EndReason, Router, RuntimeId, RuntimeRoute, Shown};
+use crate::vfs::view::BuildError;
 
 /// Longest env spec accepted; far beyond any real stack of layer names.
 pub const MAX_ENV_SPEC_BYTES: usize = 64 * 1024;
 
-pub struct Runtimes {
+pub struct RuntimeTable {
     table: Mutex<Table>,
     next_id: AtomicU64,
     router: Arc<Router>,
@@ -37,12 +37,12 @@ pub struct Runtimes {
 #[derive(Default)]
 struct Table {
     /// By root pid (what `Unmount` names).
-    live: HashMap<i32, Entry>,
-    /// Runtimes with changes on disk and no process, by name.
+    live: HashMap<i32, LiveRuntime>,
+    /// RuntimeTable with changes on disk and no process, by name.
     stopped: BTreeMap<String, RuntimeState>,
 }
 
-struct Entry {
+struct LiveRuntime {
     id: RuntimeId,
     root_pid: i32,
     since_unix: i64,
@@ -52,7 +52,7 @@ struct Entry {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum MountError {
+pub enum RuntimeError {
     #[error("root_pid must be a positive process id, got {0}")]
     BadPid(i64),
     #[error("root_pid {0}: no such process")]
@@ -103,9 +103,9 @@ pub enum MountError {
     Scratch { what: String, error: std::io::Error },
 }
 
-impl MountError {
-    fn scratch(what: impl Into<String>, error: std::io::Error) -> MountError {
-        MountError::Scratch {
+impl RuntimeError {
+    fn scratch(what: impl Into<String>, error: std::io::Error) -> RuntimeError {
+        RuntimeError::Scratch {
             what: what.into(),
             error,
         }
@@ -122,7 +122,7 @@ pub fn generated_name(pid: i32) -> String {
 }
 
 /// A runtime name as `SPFS_RUNTIME` carries it.
-pub fn check_name(name: &str) -> Result<(), MountError> {
+pub fn check_name(name: &str) -> Result<(), RuntimeError> {
     let ok = !name.is_empty()
         && name.len() <= 200
         && name
@@ -131,23 +131,23 @@ pub fn check_name(name: &str) -> Result<(), MountError> {
     if ok {
         Ok(())
     } else {
-        Err(MountError::BadName(env_spec::shorten(name)))
+        Err(RuntimeError::BadName(env_spec::shorten(name)))
     }
 }
 
 /// A pid from the wire: positive and within `pid_t`.
-pub fn checked_pid(pid: i64) -> Result<i32, MountError> {
+pub fn checked_pid(pid: i64) -> Result<i32, RuntimeError> {
     match i32::try_from(pid) {
         Ok(p) if p > 0 => Ok(p),
-        _ => Err(MountError::BadPid(pid)),
+        _ => Err(RuntimeError::BadPid(pid)),
     }
 }
 
-impl Runtimes {
+impl RuntimeTable {
     /// The table, with the stopped runtimes found in `scratch_dir`.
-    pub fn new(router: Arc<Router>, scratch_dir: PathBuf) -> Arc<Runtimes> {
+    pub fn new(router: Arc<Router>, scratch_dir: PathBuf) -> Arc<RuntimeTable> {
         let stopped = load_stopped(&scratch_dir);
-        Arc::new(Runtimes {
+        Arc::new(RuntimeTable {
             table: Mutex::new(Table {
                 live: HashMap::new(),
                 stopped,
@@ -187,15 +187,15 @@ impl Runtimes {
     /// runtime's first change (or at once for a durable runtime, when its
     /// state is saved). Refused while a stopped runtime of that name keeps
     /// its changes there.
-    pub fn new_scratch(&self, name: &str, asker: ScratchFor) -> Result<Arc<Scratch>, MountError> {
+    pub fn new_scratch(&self, name: &str, asker: ScratchFor) -> Result<Arc<Scratch>, RuntimeError> {
         check_name(name)?;
         let table = self.lock();
         if table.stopped.contains_key(name) {
-            return Err(MountError::NameStopped(name.to_owned()));
+            return Err(RuntimeError::NameStopped(name.to_owned()));
         }
         // Another live runtime of that name may have made nothing on disk
         // yet: its name is taken all the same.
-        let other = |e: &Entry| match asker {
+        let other = |e: &LiveRuntime| match asker {
             ScratchFor::Mount(pid) => e.root_pid != pid,
             ScratchFor::Runtime(id) => e.id != id,
         };
@@ -204,16 +204,16 @@ impl Runtimes {
             .values()
             .any(|e| e.state.name == name && other(e))
         {
-            return Err(MountError::NameTaken(name.to_owned()));
+            return Err(RuntimeError::NameTaken(name.to_owned()));
         }
         drop(table);
         let path = self.scratch_path(name);
         match Scratch::plan(&path) {
             Ok(scratch) => Ok(Arc::new(scratch)),
             Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-                Err(MountError::NameStopped(name.to_owned()))
+                Err(RuntimeError::NameStopped(name.to_owned()))
             }
-            Err(err) => Err(MountError::scratch(
+            Err(err) => Err(RuntimeError::scratch(
                 format!(
                     "cannot make the scratch directory {} (set SPFS_SCRATCH_DIR to a writable directory)",
                     path.display()
@@ -241,7 +241,7 @@ impl Runtimes {
     }
 
     /// Every runtime whose processes have all exited ends now (see
-    /// [`Runtimes::settle`]): `Status` then lists only runtimes with a live
+    /// [`RuntimeTable::settle`]): `Status` then lists only runtimes with a live
     /// process, so `spfs run ...; spfs service stop` in a script is not
     /// refused for the runtime that has just ended.
     pub fn settle_all(&self) {
@@ -254,24 +254,24 @@ impl Runtimes {
     }
 
     /// Takes stopped runtime `name` out of the stopped list to re-enter
-    /// it; [`Runtimes::put_back`] returns it if that fails.
-    pub fn take_stopped(&self, name: &str) -> Result<(RuntimeState, Arc<Scratch>), MountError> {
+    /// it; [`RuntimeTable::put_back`] returns it if that fails.
+    pub fn take_stopped(&self, name: &str) -> Result<(RuntimeState, Arc<Scratch>), RuntimeError> {
         check_name(name)?;
         self.settle(name);
         let mut table = self.lock();
         if table.live.values().any(|e| e.state.name == name) {
-            return Err(MountError::Running(name.to_owned()));
+            return Err(RuntimeError::Running(name.to_owned()));
         }
         let state = table
             .stopped
             .remove(name)
-            .ok_or_else(|| MountError::NotFound(name.to_owned()))?;
+            .ok_or_else(|| RuntimeError::NotFound(name.to_owned()))?;
         drop(table);
         match Scratch::open(&self.scratch_path(name)) {
             Ok(scratch) => Ok((state, Arc::new(scratch))),
             Err(err) => {
                 self.put_back(state);
-                Err(MountError::scratch(
+                Err(RuntimeError::scratch(
                     format!("cannot open the changes of runtime {name:?}"),
                     err,
                 ))
@@ -285,20 +285,20 @@ impl Runtimes {
 
     /// Records (or replaces) the runtime whose root is `pid`, showing
     /// `shown` to its processes.
-    pub fn mount(
+    pub fn attach(
         &self,
         pid: i32,
         state: RuntimeState,
         shown: Shown,
         scratch: Option<Arc<Scratch>>,
-    ) -> Result<Runtime, MountError> {
+    ) -> Result<Runtime, RuntimeError> {
         check_name(&state.name)?;
-        let start_time = platform::start_time(pid).map_err(|_| MountError::NoSuchProcess(pid))?;
-        let uid = platform::process_uid(pid).map_err(|_| MountError::NoSuchProcess(pid))?;
+        let start_time = platform::start_time(pid).map_err(|_| RuntimeError::NoSuchProcess(pid))?;
+        let uid = platform::process_uid(pid).map_err(|_| RuntimeError::NoSuchProcess(pid))?;
         let name = state.name.clone();
         self.settle(&name);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let entry = Entry {
+        let entry = LiveRuntime {
             id,
             root_pid: pid,
             since_unix: now_unix(),
@@ -313,10 +313,10 @@ impl Runtimes {
                 .values()
                 .any(|e| e.state.name == name && e.root_pid != pid)
             {
-                return Err(MountError::NameTaken(name));
+                return Err(RuntimeError::NameTaken(name));
             }
             if table.stopped.contains_key(&name) {
-                return Err(MountError::NameStopped(name));
+                return Err(RuntimeError::NameStopped(name));
             }
             let replaced = table.live.insert(pid, entry);
             if let Some(old) = &replaced {
@@ -370,7 +370,7 @@ impl Runtimes {
 
     /// A runtime ended: its changes are kept (durable, or the service is
     /// stopping under it) as a stopped runtime, or deleted.
-    fn finish(&self, entry: Entry, reason: &str) {
+    fn finish(&self, entry: LiveRuntime, reason: &str) {
         self.record_count();
         self.log_end(&entry, reason);
         let kept = is_kept(&entry, reason);
@@ -399,9 +399,9 @@ impl Runtimes {
     pub fn end_all(&self) {
         // Nothing lingers from here on: each view goes with its last runtime.
         self.router.stop_lingering();
-        let all: Vec<Entry> = {
+        let all: Vec<LiveRuntime> = {
             let mut table = self.lock();
-            let all: Vec<Entry> = table.live.drain().map(|(_, e)| e).collect();
+            let all: Vec<LiveRuntime> = table.live.drain().map(|(_, e)| e).collect();
             for entry in &all {
                 keep_if_kept(&mut table, entry, "shutdown");
             }
@@ -419,7 +419,7 @@ impl Runtimes {
             .record(self.len() as u64, &[]);
     }
 
-    fn log_end(&self, entry: &Entry, reason: &str) {
+    fn log_end(&self, entry: &LiveRuntime, reason: &str) {
         tracing::info!(
             event = "service.runtime_ended",
             root_pid = entry.root_pid,
@@ -437,7 +437,7 @@ impl Runtimes {
     /// Running runtimes, oldest first.
     pub fn list(&self) -> Vec<Runtime> {
         let table = self.lock();
-        let mut all: Vec<Runtime> = table.live.values().map(Entry::to_proto).collect();
+        let mut all: Vec<Runtime> = table.live.values().map(LiveRuntime::to_proto).collect();
         all.sort_by_key(|r| (r.since_unix, r.root_pid));
         all
     }
@@ -453,7 +453,7 @@ impl Runtimes {
     }
 
     /// One runtime by name, running or stopped.
-    pub fn get(&self, name: &str) -> Result<Runtime, MountError> {
+    pub fn get(&self, name: &str) -> Result<Runtime, RuntimeError> {
         let table = self.lock();
         if let Some(entry) = table.live.values().find(|e| e.state.name == name) {
             return Ok(entry.to_proto());
@@ -462,7 +462,7 @@ impl Runtimes {
             .stopped
             .get(name)
             .map(|state| stopped_proto(state, &self.scratch_dir))
-            .ok_or_else(|| MountError::NotFound(env_spec::shorten(name)))
+            .ok_or_else(|| RuntimeError::NotFound(env_spec::shorten(name)))
     }
 
     pub fn len(&self) -> usize {
@@ -471,7 +471,7 @@ impl Runtimes {
 
     /// The running runtime `name`, if `pid` is one of its processes: its id,
     /// state, scratch and what it shows.
-    pub fn member(&self, name: &str, pid: i32) -> Result<Member, MountError> {
+    pub fn member(&self, name: &str, pid: i32) -> Result<RuntimeMember, RuntimeError> {
         let (id, state, scratch) = {
             let table = self.lock();
             let entry = table
@@ -479,16 +479,16 @@ impl Runtimes {
                 .values()
                 .find(|e| e.state.name == name)
                 .ok_or_else(|| match table.stopped.contains_key(name) {
-                    true => MountError::NotAMember {
+                    true => RuntimeError::NotAMember {
                         name: name.to_owned(),
                         pid,
                     },
-                    false => MountError::NotFound(env_spec::shorten(name)),
+                    false => RuntimeError::NotFound(env_spec::shorten(name)),
                 })?;
             (entry.id, entry.state.clone(), entry.scratch.clone())
         };
         if self.router.runtime_of_process(pid) != Some(id) {
-            return Err(MountError::NotAMember {
+            return Err(RuntimeError::NotAMember {
                 name: env_spec::shorten(name),
                 pid,
             });
@@ -496,8 +496,8 @@ impl Runtimes {
         let shown = self
             .router
             .shown_by(id)
-            .ok_or_else(|| MountError::NotFound(env_spec::shorten(name)))?;
-        Ok(Member {
+            .ok_or_else(|| RuntimeError::NotFound(env_spec::shorten(name)))?;
+        Ok(RuntimeMember {
             id,
             state,
             scratch,
@@ -509,14 +509,14 @@ impl Runtimes {
     /// changes). Fails when the runtime ended meanwhile.
     pub fn update(
         &self,
-        member: &Member,
+        member: &RuntimeMember,
         state: RuntimeState,
         shown: Shown,
         scratch: Option<Arc<Scratch>>,
-    ) -> Result<Runtime, MountError> {
+    ) -> Result<Runtime, RuntimeError> {
         if let Some(scratch) = &scratch {
             scratch.write_state(&state).map_err(|e| {
-                MountError::scratch(format!("cannot save runtime {:?}", state.name), e)
+                RuntimeError::scratch(format!("cannot save runtime {:?}", state.name), e)
             })?;
         }
         let mut table = self.lock();
@@ -524,7 +524,7 @@ impl Runtimes {
             .live
             .values_mut()
             .find(|e| e.id == member.id)
-            .ok_or_else(|| MountError::NotFound(member.state.name.clone()))?;
+            .ok_or_else(|| RuntimeError::NotFound(member.state.name.clone()))?;
         entry.state = state;
         entry.scratch = scratch;
         self.router.set_shown(member.id, shown);
@@ -532,7 +532,7 @@ impl Runtimes {
     }
 
     /// `Edit`: accept writes, or refuse them keeping the changes.
-    pub fn edit(&self, name: &str, pid: i32, editable: bool) -> Result<Runtime, MountError> {
+    pub fn edit(&self, name: &str, pid: i32, editable: bool) -> Result<Runtime, RuntimeError> {
         let member = self.member(name, pid)?;
         let mut state = member.state.clone();
         state.editable = editable;
@@ -551,7 +551,7 @@ impl Runtimes {
                     Arc::clone(&scratch),
                     true,
                 )
-                .map_err(|e| MountError::scratch("cannot read the runtime's changes", e))?;
+                .map_err(|e| RuntimeError::scratch("cannot read the runtime's changes", e))?;
                 self.update(
                     &member,
                     state,
@@ -564,7 +564,7 @@ impl Runtimes {
 
     /// `Reset`: drops the changes (all, or under `paths`); the runtime shows
     /// a fresh overlay of what is left.
-    pub fn reset(&self, name: &str, pid: i32, paths: &[PathBuf]) -> Result<Runtime, MountError> {
+    pub fn reset(&self, name: &str, pid: i32, paths: &[PathBuf]) -> Result<Runtime, RuntimeError> {
         let member = self.member(name, pid)?;
         let Some(scratch) = member.scratch.clone() else {
             return self.get(name);
@@ -578,14 +578,14 @@ impl Runtimes {
         let reset = (|| {
             scratch
                 .reset(paths)
-                .map_err(|e| MountError::scratch("cannot drop the changes", e))?;
+                .map_err(|e| RuntimeError::scratch("cannot drop the changes", e))?;
             let overlay = Overlay::new(
                 self.router.next_view_id(),
                 lower,
                 Arc::clone(&scratch),
                 editable,
             )
-            .map_err(|e| MountError::scratch("cannot read the runtime's changes", e))?;
+            .map_err(|e| RuntimeError::scratch("cannot read the runtime's changes", e))?;
             let state = member.state.clone();
             self.update(
                 &member,
@@ -602,20 +602,20 @@ impl Runtimes {
     }
 
     /// `RemoveRuntime`: deletes a stopped runtime and its changes.
-    pub fn remove_stopped(&self, name: &str) -> Result<(), MountError> {
+    pub fn remove_stopped(&self, name: &str) -> Result<(), RuntimeError> {
         check_name(name)?;
         let mut table = self.lock();
         if table.live.values().any(|e| e.state.name == name) {
-            return Err(MountError::Running(name.to_owned()));
+            return Err(RuntimeError::Running(name.to_owned()));
         }
         let known = table.stopped.remove(name).is_some();
         drop(table);
         let path = self.scratch_path(name);
         if !known && !path.exists() {
-            return Err(MountError::NotFound(name.to_owned()));
+            return Err(RuntimeError::NotFound(name.to_owned()));
         }
         crate::runtime::scratch::remove_any(&path)
-            .map_err(|e| MountError::scratch(format!("cannot delete {}", path.display()), e))?;
+            .map_err(|e| RuntimeError::scratch(format!("cannot delete {}", path.display()), e))?;
         tracing::info!(
             event = "service.runtime_removed",
             runtime = name,
@@ -642,13 +642,13 @@ pub enum ScratchFor {
 
 /// Whether an ended runtime's changes are kept: it is durable, or the
 /// service is stopping under it.
-fn is_kept(entry: &Entry, reason: &str) -> bool {
+fn is_kept(entry: &LiveRuntime, reason: &str) -> bool {
     entry.scratch.is_some() && (entry.state.durable || reason == "shutdown")
 }
 
 /// Lists an ended runtime as stopped when its changes are kept; called
 /// with the runtime just taken out of the live list, under the same lock.
-fn keep_if_kept(table: &mut Table, entry: &Entry, reason: &str) {
+fn keep_if_kept(table: &mut Table, entry: &LiveRuntime, reason: &str) {
     if is_kept(entry, reason) {
         table
             .stopped
@@ -657,14 +657,14 @@ fn keep_if_kept(table: &mut Table, entry: &Entry, reason: &str) {
 }
 
 /// A running runtime, as a request from one of its processes finds it.
-pub struct Member {
+pub struct RuntimeMember {
     pub id: RuntimeId,
     pub state: RuntimeState,
     pub scratch: Option<Arc<Scratch>>,
     pub shown: Shown,
 }
 
-impl Entry {
+impl LiveRuntime {
     fn to_proto(&self) -> Runtime {
         Runtime {
             root_pid: self.root_pid.into(),

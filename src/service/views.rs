@@ -4,39 +4,39 @@
 
 use std::sync::Arc;
 
-use super::runtimes::{MountError, MAX_ENV_SPEC_BYTES};
-use crate::fs::router::{Router, StackKey};
-use crate::fs::view::{Budget, View};
+use super::runtimes::{RuntimeError, MAX_ENV_SPEC_BYTES};
 use crate::storage::proxy::ProxyRepository;
 use crate::tracking::env_spec::{self, StackItem};
+use crate::vfs::router::{Router, StackKey};
+use crate::vfs::view::{Budget, View};
 
 /// What one `Mount` may cost, from the service's environment.
 #[derive(Clone, Copy, Debug)]
-pub struct MountLimits {
+pub struct BuildLimits {
     /// `SPFS_MOUNT_TIMEOUT` (seconds, or `500ms`); default 60 s.
     pub timeout: std::time::Duration,
     /// `SPFS_MOUNT_MAX_ENTRIES`; default 5,000,000.
     pub max_entries: usize,
 }
 
-impl Default for MountLimits {
+impl Default for BuildLimits {
     fn default() -> Self {
-        MountLimits {
+        BuildLimits {
             timeout: std::time::Duration::from_secs(60),
             max_entries: 5_000_000,
         }
     }
 }
 
-impl MountLimits {
+impl BuildLimits {
     /// Reads the settings; a bad value is an error naming it.
-    pub fn from_env() -> Result<MountLimits, String> {
-        let mut limits = MountLimits::default();
+    pub fn from_env() -> Result<BuildLimits, String> {
+        let mut limits = BuildLimits::default();
         if let Some(text) = std::env::var("SPFS_MOUNT_TIMEOUT")
             .ok()
             .filter(|t| !t.trim().is_empty())
         {
-            limits.timeout = crate::config::parse_duration(&text)
+            limits.timeout = crate::settings::parse_duration(&text)
                 .map_err(|problem| format!("SPFS_MOUNT_TIMEOUT={text:?} is not a duration ({problem}); use seconds such as 60, or 500ms"))?;
         }
         if let Some(text) = std::env::var("SPFS_MOUNT_MAX_ENTRIES")
@@ -80,13 +80,13 @@ pub fn build_view(
     repositories: &[std::path::PathBuf],
     spec: String,
     budget: &Budget,
-) -> Result<Built, MountError> {
+) -> Result<Built, RuntimeError> {
     if spec.len() > MAX_ENV_SPEC_BYTES {
-        return Err(MountError::SpecTooLong(spec.len()));
+        return Err(RuntimeError::SpecTooLong(spec.len()));
     }
     // Syntax first: a bad spec is named before any repository is opened.
     env_spec::parse(&spec)?;
-    let repos = Arc::new(ProxyRepository::open(repositories).map_err(MountError::Repository)?);
+    let repos = Arc::new(ProxyRepository::open(repositories).map_err(RuntimeError::Repository)?);
     let stack = env_spec::resolve_stack(&spec, &repos)?;
     let names = stack.iter().map(stack_name).collect();
     let key = stack_key(repositories, &stack);
@@ -99,7 +99,7 @@ pub fn build_view(
     }
     let layers = env_spec::load(stack, &repos)?;
     let view = View::build(router.next_view_id(), spec.clone(), &layers, repos, budget).map_err(
-        |error| MountError::Build {
+        |error| RuntimeError::Build {
             spec: env_spec::shorten(&spec),
             error,
         },

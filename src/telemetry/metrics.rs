@@ -16,7 +16,7 @@ pub struct Metrics {
     pub start_failures: Counter<u64>,
     /// Service process start to SERVING.
     pub startup_duration: Histogram<f64>,
-    /// Runtimes the service holds now.
+    /// RuntimeTable the service holds now.
     pub active_runtimes: Gauge<u64>,
     /// `Mount` handling time, by `result` (`ok`, `refused`).
     pub mount_duration: Histogram<f64>,
@@ -50,7 +50,7 @@ pub fn metrics() -> &'static Metrics {
                 .build(),
             active_runtimes: meter
                 .u64_gauge("spfs.service.active_runtimes")
-                .with_description("Runtimes the service holds")
+                .with_description("RuntimeTable the service holds")
                 .build(),
             mount_duration: meter
                 .f64_histogram("spfs.service.mount.duration")

@@ -58,7 +58,7 @@ impl Linger {
                 linger.time = Duration::ZERO;
                 return Ok(linger);
             }
-            linger.time = crate::config::parse_duration(&text).map_err(|problem| {
+            linger.time = crate::settings::parse_duration(&text).map_err(|problem| {
                 format!("SPFS_VIEW_LINGER={text:?} is not a duration ({problem}); use seconds such as 10, 500ms, or 0 to free views at once")
             })?;
         }
@@ -170,7 +170,7 @@ mod tests {
 
     fn view(id: u64) -> Arc<View> {
         let empty = Arc::new(ProxyRepository::from_repositories(vec![]));
-        let budget = crate::fs::view::Budget::unlimited();
+        let budget = crate::vfs::view::Budget::unlimited();
         Arc::new(View::build(id, "-".into(), &[], empty, &budget).unwrap())
     }
 

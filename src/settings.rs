@@ -11,7 +11,7 @@ pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(10);
 pub const SERVICE_BIN_NAME: &str = "spfs-fuse-macos";
 
 #[derive(Debug, Clone)]
-pub struct Config {
+pub struct Settings {
     pub paths: Paths,
     /// Total deadline for `ensure_service_running` (`SPFS_SERVICE_START_TIMEOUT`).
     pub start_timeout: Duration,
@@ -21,8 +21,8 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
 }
 
-impl Config {
-    pub fn from_env() -> Result<Config> {
+impl Settings {
+    pub fn from_env() -> Result<Settings> {
         let start_timeout = match std::env::var("SPFS_SERVICE_START_TIMEOUT") {
             Ok(text) if !text.trim().is_empty() => {
                 parse_duration(&text).map_err(|problem| {
@@ -44,7 +44,7 @@ impl Config {
         let service_bin = std::env::var_os("SPFS_FUSE_SERVICE_BIN")
             .filter(|v| !v.is_empty())
             .map(PathBuf::from);
-        Ok(Config {
+        Ok(Settings {
             paths: Paths::from_env()?,
             start_timeout,
             service_bin,

@@ -293,7 +293,7 @@ impl Router {
 
     /// What runtime `id` shows now.
     pub fn shown_by(&self, id: RuntimeId) -> Option<Shown> {
-        read(&self.state).view_of(id)
+        read(&self.state).shown_of(id)
     }
 
     /// The view or overlay whose inode space is `id`, while it is alive.
@@ -368,7 +368,7 @@ impl Router {
     }
 
     /// What the process that sent a request (by its thread id) sees.
-    pub fn view_for_caller(&self, tid: u32) -> Option<Shown> {
+    pub fn shown_for_caller(&self, tid: u32) -> Option<Shown> {
         {
             let state = read(&self.state);
             if state.runtimes.is_empty() {
@@ -377,11 +377,11 @@ impl Router {
             // A live member's pid is its main thread's id and cannot have been
             // reused (its exit is watched): the hot path reads nothing.
             if let Some(member) = state.members.get(&(tid as i32)) {
-                return state.view_of(member.runtime);
+                return state.shown_of(member.runtime);
             }
         }
         let runtime = self.route_new_caller(tid as i32)?;
-        read(&self.state).view_of(runtime)
+        read(&self.state).shown_of(runtime)
     }
 
     /// The runtime a process is in (joining it, as a request from it would).
@@ -581,7 +581,7 @@ impl Router {
         !read(&self.state).runtimes.contains_key(&id)
     }
 
-    /// Runtimes live now.
+    /// RuntimeTable live now.
     pub fn runtime_count(&self) -> usize {
         read(&self.state).runtimes.len()
     }
@@ -605,7 +605,7 @@ impl Router {
 }
 
 impl State {
-    fn view_of(&self, runtime: RuntimeId) -> Option<Shown> {
+    fn shown_of(&self, runtime: RuntimeId) -> Option<Shown> {
         self.runtimes.get(&runtime).map(|r| r.shown.clone())
     }
 
@@ -661,7 +661,7 @@ mod tests {
                 "-".into(),
                 &[],
                 empty,
-                &crate::fs::view::Budget::unlimited(),
+                &crate::vfs::view::Budget::unlimited(),
             )
             .unwrap(),
         )
@@ -691,12 +691,12 @@ mod tests {
             child.id() as i32,
             RuntimeRoute::new(Arc::clone(&view), "rt-1".into(), uid, start),
         );
-        assert!(router.view_for_caller(child.id()).is_some());
-        assert!(router.view_for_caller(me as u32).is_none());
+        assert!(router.shown_for_caller(child.id()).is_some());
+        assert!(router.shown_for_caller(me as u32).is_none());
         assert_eq!(router.member_count(1), 1);
         assert!(router.remove_runtime(1));
         assert_eq!(router.runtime_count(), 0);
-        assert!(router.view_for_caller(child.id()).is_none());
+        assert!(router.shown_for_caller(child.id()).is_none());
         assert_eq!(router.live_views(), 1, "our Arc still holds it");
         drop(view);
         assert_eq!(router.live_views(), 0);
@@ -737,7 +737,7 @@ mod tests {
                 RuntimeRoute::new(view, "rt".into(), uid, recorded),
             );
             assert_eq!(
-                router.view_for_caller(child).is_some(),
+                router.shown_for_caller(child).is_some(),
                 sees,
                 "recorded {recorded}, real {start}"
             );

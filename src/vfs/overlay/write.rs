@@ -78,12 +78,12 @@ fn give_to(path: &Path, owner: Owner) -> Result<(), Errno> {
 
 /// A copy of a file of the layers in the scratch directory's `work/`,
 /// not yet in its place; deleted when dropped unless it was moved there.
-pub struct Prepared {
+pub struct StagedCopy {
     lower: u32,
     path: PathBuf,
 }
 
-impl Drop for Prepared {
+impl Drop for StagedCopy {
     fn drop(&mut self) {
         // Gone already when it was renamed into place.
         let _ = std::fs::remove_file(&self.path);
@@ -96,7 +96,7 @@ static COPIES: AtomicU64 = AtomicU64::new(0);
 impl Overlay {
     /// Copies the file of the layers `lower` (or makes it empty) into
     /// `work/`, with the layers' mode and times.
-    fn copy_to_work(&self, lower: u32, empty: bool) -> io::Result<Prepared> {
+    fn copy_to_work(&self, lower: u32, empty: bool) -> io::Result<StagedCopy> {
         let attr = self
             .lower
             .node(lower)
@@ -108,7 +108,7 @@ impl Overlay {
             .mode(0o700)
             .create(&work)?;
         let number = COPIES.fetch_add(1, Ordering::Relaxed);
-        let copy = Prepared {
+        let copy = StagedCopy {
             lower,
             path: work.join(format!("copy-up-{}-{number}", self.id)),
         };
@@ -130,7 +130,7 @@ impl Overlay {
     /// copy, made without the lock. A big file takes a while, and every
     /// other request of this runtime waits for the lock meanwhile (on
     /// macOS the one FUSE thread, and so every runtime, with it).
-    pub(super) fn prepare_copy(&self, tree: MutexGuard<'_, Tree>, node: u32) -> Option<Prepared> {
+    pub(super) fn prepare_copy(&self, tree: MutexGuard<'_, Tree>, node: u32) -> Option<StagedCopy> {
         let found = tree.nodes.get(node as usize)?;
         if found.upper {
             return None;
@@ -163,7 +163,7 @@ impl Overlay {
         tree: &mut Tree,
         node: u32,
         empty: bool,
-        mut prepared: Option<Prepared>,
+        mut prepared: Option<StagedCopy>,
     ) -> Result<(), Errno> {
         if tree.nodes[node as usize].upper {
             return Ok(());

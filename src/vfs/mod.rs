@@ -152,7 +152,7 @@ impl SpfsFs {
     /// root. Outside every runtime, and in read-only ones, nothing changes.
     fn editable_dir(&self, req: &Request, parent: INodeNo) -> Result<(Arc<Overlay>, u32), Errno> {
         if parent == INodeNo::ROOT {
-            return match self.router.view_for_caller(req.pid()) {
+            return match self.router.shown_for_caller(req.pid()) {
                 Some(Shown::Overlay(overlay)) => Ok((overlay, 0)),
                 _ => Err(Errno::EROFS),
             };
@@ -177,7 +177,7 @@ impl SpfsFs {
 
     /// EROFS unless the caller's runtime shows `overlay` now.
     fn check_caller(&self, req: &Request, overlay: &Arc<Overlay>) -> Result<(), Errno> {
-        match self.router.view_for_caller(req.pid()) {
+        match self.router.shown_for_caller(req.pid()) {
             Some(Shown::Overlay(mine)) if Arc::ptr_eq(&mine, overlay) => Ok(()),
             _ => Err(Errno::EROFS),
         }
@@ -334,7 +334,7 @@ impl Filesystem for SpfsFs {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (shown, dir, ttl) = if parent == INodeNo::ROOT {
-            match self.router.view_for_caller(req.pid()) {
+            match self.router.shown_for_caller(req.pid()) {
                 Some(shown) => (shown, 0, ROOT_ENTRY_TTL),
                 None => return reply.error(Errno::ENOENT),
             }
@@ -765,7 +765,7 @@ impl Filesystem for SpfsFs {
     /// views and processes outside every runtime have none.
     fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         let shown = match ino == INodeNo::ROOT {
-            true => self.router.view_for_caller(req.pid()),
+            true => self.router.shown_for_caller(req.pid()),
             false => self.resolve(ino).ok().map(|(shown, _)| shown),
         };
         let Some(Shown::Overlay(overlay)) = shown else {
@@ -847,7 +847,7 @@ impl Filesystem for SpfsFs {
         // every process.
         let (view, node) = match found {
             Some(found) => found,
-            None => match self.router.view_for_caller(req.pid()) {
+            None => match self.router.shown_for_caller(req.pid()) {
                 Some(Shown::View(view)) => (Some(view), 0),
                 Some(Shown::Overlay(overlay)) => {
                     let entries = match overlay_listing(&overlay, 0, ino) {
@@ -921,7 +921,7 @@ impl SpfsFs {
 
 /// What `prepare_mountpoint` had to do.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Prepared {
+pub enum MountpointState {
     Ready,
     /// It did not exist and was created.
     Created,
@@ -930,10 +930,10 @@ pub enum Prepared {
 }
 
 /// Makes `path` ready to mount on, or says precisely why it cannot be.
-pub fn prepare_mountpoint(path: &Path) -> Result<Prepared, String> {
+pub fn prepare_mountpoint(path: &Path) -> Result<MountpointState, String> {
     // Before touching the path: another user's FUSE mount may not even let us stat it.
     check_not_another_users_mount(path)?;
-    let mut prepared = Prepared::Ready;
+    let mut prepared = MountpointState::Ready;
     match std::fs::metadata(path) {
         Ok(meta) if meta.is_dir() => {
             check_mountpoint_owner(path, meta.uid(), nix::unistd::geteuid().as_raw())?
@@ -953,7 +953,7 @@ pub fn prepare_mountpoint(path: &Path) -> Result<Prepared, String> {
                     path.display()
                 )
             })?;
-            prepared = Prepared::CleanedStaleMount;
+            prepared = MountpointState::CleanedStaleMount;
         }
         Err(err) if err.kind() == io::ErrorKind::NotFound => {
             std::fs::create_dir_all(path).map_err(|e| {
@@ -963,7 +963,7 @@ pub fn prepare_mountpoint(path: &Path) -> Result<Prepared, String> {
                     platform::mountpoint_fix(path)
                 )
             })?;
-            return Ok(Prepared::Created);
+            return Ok(MountpointState::Created);
         }
         Err(err) => {
             return Err(format!("cannot use mountpoint {}: {err}", path.display()));
