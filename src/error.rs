@@ -81,7 +81,7 @@ pub enum Error {
     /// The service wrote an error line on its readiness pipe.
     #[error("the service failed to start: {message}{}", tail_block(stderr_tail))]
     ServiceFailed {
-        reason: String,
+        reason: crate::contract::StartReason,
         message: String,
         stderr_tail: String,
     },
@@ -159,7 +159,7 @@ pub enum Error {
 
     /// The pidfile cannot be used (a symlink or FIFO at its path, or I/O).
     #[error(transparent)]
-    PidFile(#[from] crate::service::pidfile::PidFileError),
+    PidFile(#[from] crate::contract::pidfile::PidFileError),
 
     #[error("{context}: {source}")]
     Io {
@@ -245,7 +245,7 @@ impl Error {
             Error::ServiceNotAnswering { .. } => "not_answering",
             Error::UnexpectedProbe { .. } => "unexpected_probe",
             Error::StartTimeout { .. } => "timeout",
-            Error::ServiceFailed { reason, .. } => reason,
+            Error::ServiceFailed { reason, .. } => reason.as_str(),
             Error::ServiceDied { .. } => "service_died",
             Error::StoppedAfterReady { .. } => "stopped_after_ready",
             Error::RuntimeDirParentGone { .. } => "runtime_dir_lost",

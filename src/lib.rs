@@ -31,6 +31,7 @@
 
 pub mod client;
 pub mod commands;
+pub mod contract;
 pub mod error;
 pub mod launcher;
 pub mod paths;

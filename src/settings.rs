@@ -8,7 +8,6 @@ use crate::error::{Error, Result};
 use crate::paths::Paths;
 
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(10);
-pub const SERVICE_BIN_NAME: &str = "spfs-fuse-macos";
 
 #[derive(Debug, Clone)]
 pub struct Settings {

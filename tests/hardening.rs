@@ -1221,7 +1221,7 @@ fn a_runtime_dir_whose_parent_is_gone_shuts_the_service_down_cleanly() {
         env.spfs(&["service", "start"])
             .env("SPFS_RUNTIME_DIR", &runtime_dir),
     );
-    let pid: i32 = spfs::service::pidfile::read_pid(&runtime_dir.join("service.pid"))
+    let pid: i32 = spfs::contract::pidfile::read_pid(&runtime_dir.join("service.pid"))
         .unwrap_or_else(|| panic!("no pid: {}", stdout(&output)));
     let _kill = KillOnDrop(pid);
     std::fs::remove_dir_all(&parent).unwrap();

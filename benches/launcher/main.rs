@@ -119,7 +119,7 @@ fn stop_service(paths: &Paths) {
     let _ = cmd.status();
     // Baseline racers may leave a second instance on its way out: wait for quiet.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while spfs::service::pidfile::is_held(&paths.pidfile()) && Instant::now() < deadline {
+    while spfs::contract::pidfile::is_held(&paths.pidfile()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -449,7 +449,7 @@ impl Bench {
         self.runtime
             .block_on(ensure(Kind::Ours, &self.paths))
             .unwrap();
-        let pid = spfs::service::pidfile::read_pid(&self.paths.pidfile()).unwrap();
+        let pid = spfs::contract::pidfile::read_pid(&self.paths.pidfile()).unwrap();
         let rss = || rss_mib(pid);
         let idle = rss();
         // Each runtime's root gives itself a runtime, as a script would, then waits.

@@ -75,11 +75,11 @@ impl Build {
             .status();
         let pidfile = self.root.join("run").join("service.pid");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while spfs::service::pidfile::is_held(&pidfile) && Instant::now() < deadline {
+        while spfs::contract::pidfile::is_held(&pidfile) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(
-            !spfs::service::pidfile::is_held(&pidfile),
+            !spfs::contract::pidfile::is_held(&pidfile),
             "{}: the service did not stop",
             self.name
         );
@@ -87,7 +87,7 @@ impl Build {
 
     fn service_rss_mib(&self) -> f64 {
         let pidfile = self.root.join("run").join("service.pid");
-        let pid = spfs::service::pidfile::read_pid(&pidfile).expect("service pid");
+        let pid = spfs::contract::pidfile::read_pid(&pidfile).expect("service pid");
         crate::rss_mib(pid)
     }
 }

@@ -41,7 +41,7 @@ pub fn runtime_name(value: Option<String>, hint: Hint) -> Result<String> {
             };
             Err(Error::Config(format!(
                 "no active runtime: {} is not set; {what}",
-                crate::platform::RUNTIME_VAR
+                crate::contract::RUNTIME_VAR
             )))
         }
     }
@@ -49,7 +49,7 @@ pub fn runtime_name(value: Option<String>, hint: Hint) -> Result<String> {
 
 /// [`runtime_name`] from this process's environment.
 pub fn active_name(hint: Hint) -> Result<String> {
-    runtime_name(std::env::var(crate::platform::RUNTIME_VAR).ok(), hint)
+    runtime_name(std::env::var(crate::contract::RUNTIME_VAR).ok(), hint)
 }
 
 /// A channel to the running service; never starts one.
@@ -59,7 +59,7 @@ pub async fn connect(settings: &Settings, name: &str) -> Result<Channel> {
         Probe::Serving { channel, .. } | Probe::NotServing(channel) => Ok(channel),
         Probe::Absent { .. } => Err(Error::Config(format!(
             "no active runtime: {}={name:?}, but no spfs service is running on {} (it stopped, and the runtime with it); start a new runtime with `spfs run` or `spfs shell`",
-            crate::platform::RUNTIME_VAR,
+            crate::contract::RUNTIME_VAR,
             socket.display()
         ))),
         refused => Err(refused.refusal(&settings.paths)),

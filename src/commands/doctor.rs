@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use super::block_on;
 use super::runner::{self, Out};
+use crate::contract::VERSION;
 use crate::launcher::probe::{probe_service, Probe};
 use crate::launcher::spawn::find_service_binary;
 use crate::paths::{self, LAUNCHER_LOG_PREFIX};
 use crate::platform;
-use crate::service::VERSION;
 use crate::settings::Settings;
 use crate::telemetry::reader;
 

@@ -74,7 +74,7 @@ fn run_in_env(
         };
         let name = match (&options.rerun, &options.name) {
             (Some(name), _) | (None, Some(name)) => name.clone(),
-            (None, None) => crate::service::generated_runtime_name(pid),
+            (None, None) => crate::contract::generated_name(pid),
         };
         let request = MountRequest {
             root_pid: pid.into(),
@@ -105,7 +105,7 @@ fn run_in_env(
         // parents stays in the runtime.
         let err = std::process::Command::new(program)
             .args(args)
-            .env(crate::platform::RUNTIME_VAR, &name)
+            .env(crate::contract::RUNTIME_VAR, &name)
             .exec();
         eprintln!(
             "{tool}: error: cannot run {}: {err}",
@@ -175,10 +175,10 @@ fn check_root_process(pid: i32, force: bool) -> std::result::Result<(), String> 
 /// Checks the ref's syntax (so a typo never starts a service) and reads the
 /// caller's spfs configuration: the repositories the ref means, local first.
 fn repositories_for(reference: &str) -> Result<Vec<String>> {
-    if reference.len() > crate::service::MAX_ENV_SPEC_BYTES {
+    if reference.len() > crate::contract::MAX_ENV_SPEC_BYTES {
         return Err(Error::RefTooLong {
             bytes: reference.len(),
-            max: crate::service::MAX_ENV_SPEC_BYTES,
+            max: crate::contract::MAX_ENV_SPEC_BYTES,
         });
     }
     env_spec::parse(reference)?;

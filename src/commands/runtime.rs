@@ -143,7 +143,7 @@ pub fn runtime_info(name: Option<&str>) -> ExitCode {
     repo::run("spfs runtime info", || {
         let name = match name {
             Some(name) => name.to_owned(),
-            None => std::env::var(crate::platform::RUNTIME_VAR)
+            None => std::env::var(crate::contract::RUNTIME_VAR)
                 .ok()
                 .filter(|n| !n.is_empty())
                 .ok_or_else(|| {

@@ -38,7 +38,7 @@ pub fn serve(
         Ok(paths) => paths,
         Err(err) => {
             if let Some(n) = notifier {
-                n.failed(err.reason(), &err.to_string());
+                n.failed(crate::contract::StartReason::Settings, &err.to_string());
             }
             return fail(err.to_string());
         }

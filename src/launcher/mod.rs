@@ -34,6 +34,7 @@ use tokio::time::timeout_at;
 use tonic::transport::Channel;
 use tracing::Instrument;
 
+use crate::contract::StartReason;
 use crate::error::{Error, Result};
 use crate::settings::Settings;
 use crate::telemetry::metrics::{attr, metrics};
@@ -324,19 +325,20 @@ async fn ensure(
             ),
             // An old instance still holds the pidfile while it exits: wait
             // for it to go (or answer), then try again, once.
-            Outcome::Failed(Error::ServiceFailed { reason, .. }) if reason == "already_running" => {
-                match probe::locate_service(paths) {
-                    Some(pid) if waited_for == Some(pid) => {
-                        return Err(Probe::Unanswering { pid }.refusal(paths))
-                    }
-                    holder => {
-                        waited_for = holder;
-                        wait_for_holder(paths, deadline, phases).await;
-                        retry(&mut attempt, "an old service was still exiting");
-                        continue;
-                    }
+            Outcome::Failed(Error::ServiceFailed {
+                reason: StartReason::AlreadyRunning,
+                ..
+            }) => match probe::locate_service(paths) {
+                Some(pid) if waited_for == Some(pid) => {
+                    return Err(Probe::Unanswering { pid }.refusal(paths))
                 }
-            }
+                holder => {
+                    waited_for = holder;
+                    wait_for_holder(paths, deadline, phases).await;
+                    retry(&mut attempt, "an old service was still exiting");
+                    continue;
+                }
+            },
             Outcome::Failed(err) => return Err(err),
         }
 
@@ -394,7 +396,7 @@ async fn replace_other_version(
     channel: &Channel,
     service_version: Option<&str>,
 ) -> Result<bool> {
-    let ours = crate::service::VERSION;
+    let ours = crate::contract::VERSION;
     if service_version == Some(ours) {
         return Ok(false);
     }

@@ -14,10 +14,10 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::HealthCheckRequest;
 
 use crate::client::{self, HealthClient};
+use crate::contract::VERSION_HEADER;
 use crate::error::Error;
 use crate::paths::Paths;
 use crate::proto::VFS_SERVICE_NAME;
-use crate::service::guard::VERSION_HEADER;
 
 /// Deadline for one probe (connect plus Check). A healthy service answers in
 /// well under a millisecond; this only bounds how long a hung peer can stall us.
@@ -104,7 +104,7 @@ pub async fn probe_service(paths: &Paths) -> Probe {
 /// process table is only searched when a FUSE mount of ours is there, so a
 /// cold start does not pay for it.
 pub fn locate_service(paths: &Paths) -> Option<i32> {
-    crate::service::pidfile::holder(&paths.pidfile()).or_else(|| {
+    crate::contract::pidfile::holder(&paths.pidfile()).or_else(|| {
         let me = nix::unistd::geteuid().as_raw();
         (crate::platform::fuse_mount_owner(&paths.mountpoint) == Some(me))
             .then(|| crate::platform::find_service_process(&paths.mountpoint))

@@ -13,10 +13,9 @@
 //! pipe; once the service says it is ready the launcher kills the nanny and the
 //! service is adopted by init.
 //!
-//! The readiness pipe carries JSON lines (see `docs/architecture.md`):
-//! `{"ready":true,"pid":N}` from the service when it is SERVING,
-//! `{"error":"...","reason":"..."}` from the service when startup fails,
-//! `{"exit_code":N}` or `{"signal":N}` from the nanny when the service exits.
+//! The readiness pipe carries the lines `contract::ready` defines: from the
+//! service when it is SERVING or its startup failed, from the nanny when the
+//! service exits (or cannot be started).
 
 use std::ffi::CString;
 use std::fs::OpenOptions;
@@ -29,15 +28,15 @@ use std::path::{Path, PathBuf};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
-use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::unix::pipe;
 
+use crate::contract::ready::{
+    NannyLine, NANNY_EXEC_FAILED, NANNY_EXITED, NANNY_FORK_FAILED, NANNY_SIGNALED,
+};
+use crate::contract::{ReadyLine, StartReason, READY_FD_VAR, SERVICE_BIN_NAME};
 use crate::error::{Error, Result};
-use crate::settings::{Settings, SERVICE_BIN_NAME};
-
-/// Variable telling the service which inherited fd is the readiness pipe.
-pub const READY_FD_VAR: &str = "SPFS_READY_FD";
+use crate::settings::Settings;
 
 /// Past this size the service's stderr file is moved aside before a start.
 const STDERR_ROTATE_BYTES: u64 = 1 << 20;
@@ -84,23 +83,13 @@ pub enum Outcome {
     Failed(Error),
 }
 
-#[derive(Deserialize, Default)]
-struct PipeLine {
-    ready: Option<bool>,
-    pid: Option<i32>,
-    error: Option<String>,
-    reason: Option<String>,
-    exit_code: Option<i32>,
-    signal: Option<i32>,
-}
-
 /// Forks the nanny, which forks and execs `binary service MOUNTPOINT`.
 pub fn spawn(binary: &Path, settings: &Settings) -> Result<Starting> {
     let paths = &settings.paths;
     // macOS: the service binary cannot even start without macFUSE's library;
     // say what to install instead of showing dyld's error.
     crate::platform::check_before_service_spawn().map_err(|message| Error::ServiceFailed {
-        reason: "fuse_unavailable".into(),
+        reason: StartReason::FuseUnavailable,
         message,
         stderr_tail: String::new(),
     })?;
@@ -252,7 +241,7 @@ fn passed_to_service(name: &str) -> bool {
     // The name of the runtime the launcher runs in: the service belongs to no
     // runtime, and must not look like a process of one when members are counted.
     !SET_SEPARATELY.contains(&name)
-        && name != crate::platform::RUNTIME_VAR
+        && name != crate::contract::RUNTIME_VAR
         && (EXACT.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p)))
 }
 
@@ -284,23 +273,11 @@ unsafe fn nanny_main(
         libc::fcntl(fds.ready, libc::F_SETFD, 0);
         crate::platform::mark_fds_cloexec_except(fds.ready);
         libc::execve(program, argv.as_ptr(), envp.as_ptr());
-        let errno = *errno_location();
-        write_line(
-            fds.ready,
-            b"{\"reason\":\"exec_failed\",\"error\":\"cannot execute the service binary, errno ",
-            errno,
-            b"\"}\n",
-        );
+        write_line(fds.ready, NANNY_EXEC_FAILED, *errno_location());
         libc::_exit(127);
     }
     if service < 0 {
-        let errno = *errno_location();
-        write_line(
-            fds.ready,
-            b"{\"reason\":\"fork_failed\",\"error\":\"fork failed, errno ",
-            errno,
-            b"\"}\n",
-        );
+        write_line(fds.ready, NANNY_FORK_FAILED, *errno_location());
         libc::_exit(1);
     }
     // Hold nothing but the pipe: an inherited spawn lock would outlive a killed launcher.
@@ -315,14 +292,9 @@ unsafe fn nanny_main(
         }
     }
     if libc::WIFSIGNALED(status) {
-        write_line(fds.ready, b"{\"signal\":", libc::WTERMSIG(status), b"}\n");
+        write_line(fds.ready, NANNY_SIGNALED, libc::WTERMSIG(status));
     } else {
-        write_line(
-            fds.ready,
-            b"{\"exit_code\":",
-            libc::WEXITSTATUS(status),
-            b"}\n",
-        );
+        write_line(fds.ready, NANNY_EXITED, libc::WEXITSTATUS(status));
     }
     libc::_exit(0);
 }
@@ -366,8 +338,9 @@ unsafe fn errno_location() -> *mut libc::c_int {
     libc::__error()
 }
 
-/// Writes `head`, `number` in decimal, `tail` as one `write`. Async-signal-safe.
-unsafe fn write_line(fd: libc::c_int, head: &[u8], number: i32, tail: &[u8]) {
+/// Writes `line`'s head, `number` in decimal, and its tail as one `write`.
+/// Async-signal-safe.
+unsafe fn write_line(fd: libc::c_int, (head, tail): NannyLine, number: i32) {
     let mut buf = [0u8; 256];
     let mut len = 0;
     let mut push = |bytes: &[u8]| {
@@ -402,35 +375,32 @@ impl Starting {
     /// the sense that dropping it (on the deadline) kills and reaps the nanny.
     pub async fn wait(mut self) -> Outcome {
         let mut lines = BufReader::new(&mut self.ready).lines();
-        let mut error: Option<(String, String)> = None;
+        let mut error: Option<(StartReason, String)> = None;
         loop {
             let line = match lines.next_line().await {
                 Ok(Some(line)) => line,
                 Ok(None) | Err(_) => break,
             };
-            let parsed: PipeLine = serde_json::from_str(&line).unwrap_or_default();
-            if parsed.ready == Some(true) {
-                return Outcome::Ready {
-                    pid: parsed.pid.unwrap_or(0),
-                };
-            }
-            if let Some(message) = parsed.error {
-                let reason = parsed.reason.unwrap_or_else(|| "startup_failed".into());
-                error = Some((reason, message));
-                // Keep reading: the nanny reports the exit next, then EOF.
-                continue;
-            }
-            let status = match (parsed.exit_code, parsed.signal) {
-                (Some(code), _) => format!("exit code {code}"),
-                (None, Some(signal)) => format!("killed by signal {signal}"),
-                _ => continue,
+            let status = match ReadyLine::parse(&line) {
+                Some(ReadyLine::Ready { pid }) => return Outcome::Ready { pid },
+                Some(ReadyLine::Failed {
+                    reason,
+                    error: message,
+                }) => {
+                    error = Some((reason, message));
+                    // Keep reading: the nanny reports the exit next, then EOF.
+                    continue;
+                }
+                Some(ReadyLine::Exited { code }) => format!("exit code {code}"),
+                Some(ReadyLine::Signaled { signal }) => format!("killed by signal {signal}"),
+                None => continue,
             };
             return Outcome::Failed(self.failure(error, status));
         }
         Outcome::Failed(self.failure(error, "no exit status reported".into()))
     }
 
-    fn failure(&self, error: Option<(String, String)>, status: String) -> Error {
+    fn failure(&self, error: Option<(StartReason, String)>, status: String) -> Error {
         let stderr_tail = read_tail(&self.stderr_path, self.stderr_offset);
         match error {
             Some((reason, message)) => Error::ServiceFailed {

@@ -14,10 +14,10 @@ use nix::unistd::Pid;
 
 use super::probe::{probe_service, Probe};
 use crate::client::ControlClient;
+use crate::contract::pidfile;
 use crate::error::{ActiveRuntime, Error, Result};
 use crate::paths::Paths;
 use crate::proto::{ShutdownRequest, StatusRequest};
-use crate::service::pidfile;
 use crate::telemetry::otel::traced;
 
 /// How long to wait for the service to exit: drain, unmount, cleanup.

@@ -40,8 +40,8 @@ use tracing::Instrument;
 
 use super::probe::{check_with_version, PROBE_TIMEOUT};
 use crate::client::{self, ControlClient};
+use crate::contract::{LAUNCHER_VERSION_HEADER, VERSION_HEADER};
 use crate::proto::{MountRequest, UnmountRequest};
-use crate::service::guard::{LAUNCHER_VERSION_HEADER, VERSION_HEADER};
 use crate::settings::Settings;
 use crate::telemetry::metrics::{attr, metrics};
 use crate::tracking::env_spec;
@@ -82,9 +82,9 @@ pub async fn mount_first(
         .get(VERSION_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let ours = version.as_deref() == Some(crate::service::VERSION);
+    let ours = version.as_deref() == Some(crate::contract::VERSION);
     match (&answer, version.as_deref()) {
-        (Ok(_), Some(crate::service::VERSION)) => {}
+        (Ok(_), Some(crate::contract::VERSION)) => {}
         (Ok(_), _) => {
             // Another version: the start path decides (restart or keep);
             // take the runtime back, so that decision sees none of ours.
@@ -99,7 +99,7 @@ pub async fn mount_first(
         // Not SERVING (yet, or any more): the start path waits for one that is.
         (Err(status), _) if status.code() == tonic::Code::Unavailable => return None,
         // Our service refused the Mount: that is the answer.
-        (Err(_), Some(crate::service::VERSION)) => {}
+        (Err(_), Some(crate::contract::VERSION)) => {}
         // The connection broke: a service that died leaves a dead FUSE mount,
         // which the caller reports; anything else is the start path's to name.
         (Err(status), None) if is_transport_failure(status) && dead_mount(settings) => {}
@@ -178,7 +178,7 @@ async fn call_mount(
     // A service of another version refuses it before recording anything.
     traced.metadata_mut().insert(
         LAUNCHER_VERSION_HEADER,
-        tonic::metadata::MetadataValue::from_static(crate::service::VERSION),
+        tonic::metadata::MetadataValue::from_static(crate::contract::VERSION),
     );
     let call = async {
         ControlClient::new(channel.clone())

@@ -438,7 +438,7 @@ pub fn find_service_process(mountpoint: &Path) -> Option<i32> {
         .filter(|&pid| pid != own)
         .find(|&pid| {
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            comm.trim_end() == crate::settings::SERVICE_BIN_NAME
+            comm.trim_end() == crate::contract::SERVICE_BIN_NAME
                 && process_uid(pid).is_ok_and(|uid| uid == me)
                 && service_mountpoint(pid).is_some_and(|m| m == mountpoint)
         })

@@ -21,13 +21,10 @@ pub use macos::*;
 use std::io;
 use std::path::PathBuf;
 
-/// The environment variable that names a process's runtime (as spfs sets it).
-pub const RUNTIME_VAR: &str = "SPFS_RUNTIME";
-
 /// The `SPFS_RUNTIME=` value in an environment block (NUL-separated
 /// `KEY=VALUE` strings, as `/proc/PID/environ` and `KERN_PROCARGS2` hold it).
 pub fn marker_in_environ(block: &[u8]) -> Option<String> {
-    let prefix = format!("{RUNTIME_VAR}=");
+    let prefix = format!("{}=", crate::contract::RUNTIME_VAR);
     block
         .split(|b| *b == 0)
         .find_map(|entry| entry.strip_prefix(prefix.as_bytes()))

@@ -168,7 +168,7 @@ impl Api {
         authorize(caller, pid)?;
         // A script's Mount may name no runtime: give it one of its own.
         let name = match request.name.is_empty() {
-            true => runtimes::generated_name(pid),
+            true => crate::contract::generated_name(pid),
             false => request.name,
         };
         runtimes::check_name(&name)?;

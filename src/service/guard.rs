@@ -21,11 +21,7 @@ use tonic::transport::server::UdsConnectInfo;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-/// Header carrying the service's version on every response.
-pub const VERSION_HEADER: &str = "spfs-service-version";
-
-/// Header of a launcher's warm-path `Mount`: the launcher's version.
-pub const LAUNCHER_VERSION_HEADER: &str = "spfs-launcher-version";
+use crate::contract::{LAUNCHER_VERSION_HEADER, VERSION_HEADER};
 
 /// The one call refused until the service is SERVING.
 const MOUNT_PATH: &str = "/spfs.vfs.v1.VfsService/Mount";

@@ -33,6 +33,8 @@ use tonic_health::ServingStatus;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::contract::pidfile::PidFileError;
+use crate::contract::StartReason;
 use crate::paths::Paths;
 use crate::platform;
 use crate::proto::vfs_service_server::VfsServiceServer;
@@ -42,16 +44,13 @@ use crate::vfs::router::Router;
 use crate::vfs::{self, FuseMount, MountpointState};
 use api::{Api, Identity};
 use guard::{GuardLayer, GuardState};
-use pidfile::{PidFile, PidFileError};
+use pidfile::PidFile;
 use readiness::ReadyNotifier;
 use runtimes::RuntimeTable;
-pub use runtimes::{generated_name as generated_runtime_name, MAX_ENV_SPEC_BYTES};
 use shutdown::Shutdown;
 use socket::ControlSocket;
 
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// The version this service reports: [`VERSION`], unless
+/// The version this service reports: `contract::VERSION`, unless
 /// `SPFS_TEST_SERVICE_VERSION` is set. That variable exists so tests can stand
 /// up a service of "another version" and exercise upgrade handling.
 pub fn reported_version() -> &'static str {
@@ -60,7 +59,7 @@ pub fn reported_version() -> &'static str {
         std::env::var("SPFS_TEST_SERVICE_VERSION")
             .ok()
             .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| VERSION.to_owned())
+            .unwrap_or_else(|| crate::contract::VERSION.to_owned())
     })
 }
 
@@ -70,11 +69,11 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Why startup failed: a stable `reason` and a message that says what to do.
 #[derive(Debug)]
 pub struct StartupError {
-    pub reason: &'static str,
+    pub reason: StartReason,
     pub message: String,
 }
 
-fn fail(reason: &'static str, message: impl Into<String>) -> StartupError {
+fn fail(reason: StartReason, message: impl Into<String>) -> StartupError {
     StartupError {
         reason,
         message: message.into(),
@@ -121,7 +120,7 @@ pub async fn run(
         Err(err) => {
             tracing::error!(
                 event = "service.start_failed",
-                reason = err.reason,
+                reason = err.reason.as_str(),
                 error = err.message.as_str(),
                 elapsed_ms = ms_since(started_at),
                 "startup failed"
@@ -160,19 +159,21 @@ pub async fn run(
 async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupError> {
     paths
         .ensure_runtime_dir()
-        .map_err(|e| fail("unsafe_runtime_dir", e.to_string()))?;
-    let build_limits = views::BuildLimits::from_env().map_err(|m| fail("config", m))?;
-    let linger = crate::vfs::linger::Linger::from_env().map_err(|m| fail("config", m))?;
+        .map_err(|e| fail(StartReason::UnsafeRuntimeDir, e.to_string()))?;
+    let build_limits =
+        views::BuildLimits::from_env().map_err(|m| fail(StartReason::Settings, m))?;
+    let linger =
+        crate::vfs::linger::Linger::from_env().map_err(|m| fail(StartReason::Settings, m))?;
     let pidfile = PidFile::acquire(&paths.pidfile()).map_err(|err| match err {
         PidFileError::AlreadyRunning(_) => fail(
-            "already_running",
+            StartReason::AlreadyRunning,
             format!("{err}; stop it with `spfs service stop`"),
         ),
-        PidFileError::NotAFile { .. } => fail("pidfile", err.to_string()),
-        PidFileError::Io { .. } => fail("runtime_dir", err.to_string()),
+        PidFileError::NotAFile { .. } => fail(StartReason::Pidfile, err.to_string()),
+        PidFileError::Io { .. } => fail(StartReason::RuntimeDir, err.to_string()),
     })?;
 
-    platform::check_fuse_available().map_err(|m| fail("fuse_unavailable", m))?;
+    platform::check_fuse_available().map_err(|m| fail(StartReason::FuseUnavailable, m))?;
     // One fd per watched process of every runtime: take what the system allows.
     if let Err(err) = platform::raise_fd_limit() {
         tracing::warn!(
@@ -181,7 +182,9 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
             "cannot raise the open-file limit; runtimes with many processes may run short"
         );
     }
-    match vfs::prepare_mountpoint(&paths.mountpoint).map_err(|m| fail("mountpoint", m))? {
+    match vfs::prepare_mountpoint(&paths.mountpoint)
+        .map_err(|m| fail(StartReason::Mountpoint, m))?
+    {
         MountpointState::CleanedStaleMount => tracing::warn!(
             event = "service.stale_mount_cleaned",
             mountpoint = %paths.mountpoint.display(),
@@ -199,7 +202,7 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
         platform::ALLOW_OTHER_BY_DEFAULT,
         platform::allow_other_permitted(),
     )
-    .map_err(|m| fail("mount_options", m))?;
+    .map_err(|m| fail(StartReason::MountOptions, m))?;
 
     // The FUSE mount (most of a start) runs on a blocking thread while the
     // socket is bound and the API set up; it is awaited before SERVING.
@@ -226,7 +229,7 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
             // Unmounted again (dropped) before the error is reported.
             let _ = mounting.await;
             return Err(fail(
-                "bind",
+                StartReason::Bind,
                 format!("cannot listen on {}: {e}", socket.display()),
             ));
         }
@@ -246,7 +249,7 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
         let _ = mounting.await;
         control_socket.remove();
         return Err(fail(
-            "signals",
+            StartReason::Signals,
             format!("cannot install signal handlers: {e}"),
         ));
     }
@@ -296,7 +299,7 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
     };
     let fuse = fuse.map_err(|e| {
         fail(
-            "mount_failed",
+            StartReason::MountFailed,
             format!("cannot mount FUSE at {}: {e}", paths.mountpoint.display()),
         )
     });

@@ -1,11 +1,12 @@
-//! The service's half of the readiness pipe (`SPFS_READY_FD`): one JSON line
-//! when it is SERVING, or one when startup fails. See `launcher::spawn`.
+//! The service's half of the readiness pipe (`SPFS_READY_FD`): one line
+//! when it is SERVING, or one when startup fails, in the format
+//! `contract::ready` defines. The launcher's half is `launcher::spawn`.
 
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{FromRawFd, RawFd};
 
-use crate::launcher::spawn::READY_FD_VAR;
+use crate::contract::{ReadyLine, StartReason, READY_FD_VAR};
 
 pub struct ReadyNotifier(File);
 
@@ -22,18 +23,28 @@ impl ReadyNotifier {
             return None;
         }
         // Not inherited by helpers we run (fusermount3), or EOF would come late.
+        // SAFETY: `fd` is open (checked above); setting FD_CLOEXEC on it
+        // touches no memory and no other fd.
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
         // SAFETY: the launcher gave us this fd for our exclusive use.
         Some(ReadyNotifier(unsafe { File::from_raw_fd(fd) }))
     }
 
-    pub fn ready(mut self) {
-        let line = serde_json::json!({"ready": true, "pid": std::process::id()});
-        let _ = writeln!(self.0, "{line}");
+    pub fn ready(self) {
+        self.send(ReadyLine::Ready {
+            pid: std::process::id() as i32,
+        });
     }
 
-    pub fn failed(mut self, reason: &str, message: &str) {
-        let line = serde_json::json!({"error": message, "reason": reason});
-        let _ = writeln!(self.0, "{line}");
+    pub fn failed(self, reason: StartReason, error: &str) {
+        self.send(ReadyLine::Failed {
+            reason,
+            error: error.to_owned(),
+        });
+    }
+
+    fn send(mut self, line: ReadyLine) {
+        // Nobody reading (the launcher gave up): nothing to tell.
+        let _ = self.0.write_all(line.to_line().as_bytes());
     }
 }

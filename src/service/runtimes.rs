@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::contract::{MAX_ENV_SPEC_BYTES, MAX_NAME_BYTES};
 use crate::platform;
 use crate::proto::Runtime;
 use crate::runtime::{RuntimeState, Scratch};
@@ -22,9 +23,6 @@ use crate::tracking::env_spec::{self, SpecError};
 use crate::vfs::overlay::Overlay;
 use crate::vfs::router::{EndReason, Router, RuntimeId, RuntimeRoute, Shown};
 use crate::vfs::view::BuildError;
-
-/// Longest env spec accepted; far beyond any real stack of layer names.
-pub const MAX_ENV_SPEC_BYTES: usize = 64 * 1024;
 
 pub struct RuntimeTable {
     table: Mutex<Table>,
@@ -61,7 +59,7 @@ pub enum RuntimeError {
     SpecTooLong(usize),
     #[error("a runtime named {0:?} is already running; choose another name")]
     NameTaken(String),
-    #[error("runtime name {0:?} is not usable: use 1 to 200 letters, digits, '-', '_' or '.'")]
+    #[error("runtime name {0:?} is not usable: use 1 to {MAX_NAME_BYTES} letters, digits, '-', '_' or '.'")]
     BadName(String),
     #[error("{0}")]
     Spec(#[from] SpecError),
@@ -112,27 +110,9 @@ impl RuntimeError {
     }
 }
 
-/// A fresh runtime name for root process `pid`: the pid and the time in
-/// nanoseconds, unique on this machine.
-pub fn generated_name(pid: i32) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("spfs-{pid}-{nanos:x}")
-}
-
-/// A runtime name as `SPFS_RUNTIME` carries it.
+/// A runtime name as `SPFS_RUNTIME` carries it (`contract::check_name`).
 pub fn check_name(name: &str) -> Result<(), RuntimeError> {
-    let ok = !name.is_empty()
-        && name.len() <= 200
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(RuntimeError::BadName(env_spec::shorten(name)))
-    }
+    crate::contract::check_name(name).map_err(|_| RuntimeError::BadName(env_spec::shorten(name)))
 }
 
 /// A pid from the wire: positive and within `pid_t`.

@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use super::runtimes::{RuntimeError, MAX_ENV_SPEC_BYTES};
+use super::runtimes::RuntimeError;
+use crate::contract::MAX_ENV_SPEC_BYTES;
 use crate::storage::proxy::ProxyRepository;
 use crate::tracking::env_spec::{self, StackItem};
 use crate::vfs::router::{Router, StackKey};

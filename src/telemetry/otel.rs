@@ -81,7 +81,7 @@ pub fn start(program: Program) -> Result<(Otel, opentelemetry_sdk::trace::Tracer
     let resource = resource
         .with_attributes([opentelemetry::KeyValue::new(
             "service.version",
-            crate::service::VERSION,
+            crate::contract::VERSION,
         )])
         .build();
     let traces_wanted =

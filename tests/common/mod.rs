@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
-use spfs::service::pidfile;
+use spfs::contract::pidfile;
 
 pub const SPFS: &str = env!("CARGO_BIN_EXE_spfs");
 pub const SERVICE: &str = env!("CARGO_BIN_EXE_spfs-fuse-macos");
