@@ -32,7 +32,9 @@
 pub mod client;
 pub mod commands;
 pub mod contract;
+pub mod encoding;
 pub mod error;
+pub mod graph;
 pub mod launcher;
 pub mod paths;
 pub mod platform;

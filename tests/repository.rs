@@ -330,7 +330,7 @@ fn corrupt_objects_and_missing_payloads_are_named_by_check_and_run() {
     assert!(stdout(&check).contains("No issues found"));
 
     // A missing payload: check names it and fails; reading it in a runtime fails.
-    let payload_digest = spfs::storage::Digest::of(b"precious\n").to_base32();
+    let payload_digest = spfs::encoding::Digest::of(b"precious\n").to_base32();
     let payload = env
         .repo
         .join("payloads")

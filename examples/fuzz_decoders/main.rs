@@ -36,8 +36,8 @@ use std::time::Instant;
 
 use config::FileFormat;
 use mutate::{mutate, Rng};
+use spfs::graph::{self, EntryKind, Object};
 use spfs::storage::config::{Sources, SpfsConfig};
-use spfs::storage::graph::{self, EntryKind, Object};
 use spfs::storage::tag;
 use spfs::tracking::manifest::Manifest;
 
@@ -288,7 +288,7 @@ struct Stats {
 fn save(kind: &str, target: &str, data: &[u8]) -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fuzz-crashes");
     let _ = std::fs::create_dir_all(&dir);
-    let name = spfs::storage::encoding::Digest::of(data).to_base32();
+    let name = spfs::encoding::Digest::of(data).to_base32();
     let path = dir.join(format!("{target}-{kind}-{}.bin", &name[..16]));
     let _ = std::fs::write(&path, data);
     path

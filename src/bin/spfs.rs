@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use spfs::commands::{CommitOptions, CommitSource, DigestStyle};
-use spfs::storage::graph::ObjectKind;
+use spfs::graph::ObjectKind;
 
 #[derive(Parser)]
 #[command(

@@ -8,10 +8,10 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use super::repo::{self, Out, Progress};
+use crate::encoding::Digest;
 use crate::error::Result;
-use crate::storage::encoding::Digest;
+use crate::graph::{EntryKind, Object};
 use crate::storage::fs::FsRepository;
-use crate::storage::graph::{EntryKind, Object};
 use crate::storage::proxy::ProxyRepository;
 
 #[derive(Default)]

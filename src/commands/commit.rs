@@ -8,10 +8,10 @@ use std::process::ExitCode;
 
 use super::repo::{self, Out, Progress};
 use super::{block_on, current};
+use crate::encoding::Digest;
 use crate::error::{Error, Result};
 use crate::proto::{Editability, Runtime};
 use crate::runtime::changes;
-use crate::storage::encoding::Digest;
 use crate::storage::fs::FsRepository;
 use crate::storage::tag::TagSpec;
 use crate::tracking::commit::{commit_dir, commit_platform, CommitStats};
@@ -391,7 +391,7 @@ mod tests {
         else {
             panic!("a platform of the stack as it is")
         };
-        let Ok(crate::storage::graph::Object::Platform(p)) = repo.read_object(&digest) else {
+        let Ok(crate::graph::Object::Platform(p)) = repo.read_object(&digest) else {
             panic!("not a platform")
         };
         assert_eq!(p.layers, [layer]);

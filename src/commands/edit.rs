@@ -212,8 +212,8 @@ pub fn change_stack(reference: &str, drop_changes: bool) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::graph::EntryKind;
     use crate::runtime::changes::EntryMeta;
-    use crate::storage::graph::EntryKind;
 
     #[test]
     fn reset_paths_are_made_relative_to_the_mountpoint() {

@@ -5,11 +5,9 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use super::repo::{self, Out};
+use crate::encoding::Digest;
 use crate::error::{Error, Result};
-use crate::storage::encoding::Digest;
-use crate::storage::graph::{
-    mode, AnnotationValue, EntryKind, Header, Object, ObjectKind, HEADER_SIZE,
-};
+use crate::graph::{mode, AnnotationValue, EntryKind, Header, Object, ObjectKind, HEADER_SIZE};
 use crate::storage::proxy::ProxyRepository;
 use crate::tracking::env_spec::{self, Layer};
 use crate::tracking::manifest::{Entry, Manifest};

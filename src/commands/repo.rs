@@ -6,11 +6,11 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
+use crate::encoding::Digest;
 use crate::error::{Error, Result};
+use crate::graph::Object;
 use crate::storage::config::SpfsConfig;
-use crate::storage::encoding::Digest;
 use crate::storage::fs::FsRepository;
-use crate::storage::graph::Object;
 use crate::storage::proxy::ProxyRepository;
 use crate::storage::tag::TagSpec;
 use crate::tracking::env_spec;

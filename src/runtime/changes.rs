@@ -17,10 +17,10 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 
 use super::scratch::Scratch;
+use crate::encoding::Digest;
 use crate::error::{Error, Result};
-use crate::storage::encoding::Digest;
+use crate::graph::EntryKind;
 use crate::storage::error::StorageError;
-use crate::storage::graph::EntryKind;
 use crate::storage::proxy::ProxyRepository;
 use crate::storage::FsRepository;
 use crate::tracking::commit::{

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use super::config::SpfsConfig;
 use super::fixtures;
-use super::graph::Object;
 use super::tag;
+use crate::graph::Object;
 use crate::tracking::manifest::Manifest;
 use mutate::{mutate, Rng};
 

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use super::encoding::Digest;
+use crate::encoding::{Digest, EncodingError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -48,17 +48,13 @@ pub enum StorageError {
         matches: Vec<Digest>,
     },
 
-    /// Text that should be a digest is not.
-    #[error("invalid digest {text:?}: {reason}.\n  fix: give a base32 digest as spfs prints it (56 characters ending in ====), or a prefix of one")]
-    InvalidDigest { text: String, reason: String },
-
     /// Text that should be a tag spec is not.
     #[error("invalid tag {spec:?}: {reason}.\n  fix: write a tag as [org/]name[~N]: letters, digits, '-', '_' and '.', the org may also hold '/'")]
     InvalidTagSpec { spec: String, reason: String },
 
-    /// Bytes that should be an encoded object are not (no file involved).
-    #[error("invalid object data: {0}.\n  fix: the object was damaged or written by an unknown tool; write it again")]
-    InvalidObject(String),
+    /// Bytes or text that do not decode (no file involved).
+    #[error(transparent)]
+    Encoding(#[from] EncodingError),
 
     /// A file of the repository is damaged: it does not decode or its
     /// contents do not match its name.
@@ -102,11 +98,19 @@ impl StorageError {
         }
     }
 
-    /// Attach a file name to an [`StorageError::InvalidObject`], making it
+    /// Bytes that should be an encoded object (or tag record) are not.
+    pub(crate) fn invalid_object(reason: impl Into<String>) -> Self {
+        StorageError::Encoding(EncodingError::InvalidObject(reason.into()))
+    }
+
+    /// Attach a file name to bytes that did not decode
+    /// ([`EncodingError::InvalidObject`]), making them
     /// [`StorageError::Corrupt`]; other errors pass through.
     pub fn in_file(self, path: impl Into<PathBuf>) -> Self {
         match self {
-            StorageError::InvalidObject(reason) => StorageError::corrupt(path, reason),
+            StorageError::Encoding(EncodingError::InvalidObject(reason)) => {
+                StorageError::corrupt(path, reason)
+            }
             other => other,
         }
     }

@@ -1,9 +1,8 @@
-//! spfs repositories, byte-compatible with spfs 0.44.
+//! spfs repositories, byte-compatible with spfs 0.44: where objects,
+//! payloads and tags are kept and how they are read and written (the
+//! objects themselves and their encodings are `crate::graph` and
+//! `crate::encoding`, as spfs keeps `graph` beside `storage`).
 //!
-//! - [`encoding`]: digests (SHA-256, base32), partial digests, the hasher and
-//!   the primitives of the legacy binary encoding.
-//! - [`graph`]: the object graph (Platform, Layer, Manifest, Blob), its
-//!   header, legacy and FlatBuffers encodings, and digests.
 //! - [`tag`]: tag specs (`org/name~N`) and the records of `.tag` stream files.
 //! - [`fs`]: [`FsRepository`], a repository on a local filesystem: objects,
 //!   payloads and tags.
@@ -13,17 +12,13 @@
 //! - [`error`]: [`StorageError`], the errors of all of the above.
 
 pub mod config;
-pub mod encoding;
 pub mod error;
 pub mod fs;
-pub mod graph;
 pub mod proxy;
 pub mod tag;
 
-pub use encoding::{Digest, Hasher, PartialDigest};
 pub use error::StorageError;
 pub use fs::FsRepository;
-pub use graph::{DigestStrategy, EncodingFormat, Header, Object, ObjectKind};
 pub use tag::{Tag, TagSpec};
 
 #[cfg(test)]

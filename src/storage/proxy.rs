@@ -5,11 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
-use super::encoding::{Digest, PartialDigest};
 use super::error::StorageError;
 use super::fs::FsRepository;
-use super::graph::Object;
 use super::tag::{Tag, TagSpec};
+use crate::encoding::{Digest, PartialDigest};
+use crate::graph::Object;
 
 pub struct ProxyRepository {
     repos: Vec<FsRepository>,

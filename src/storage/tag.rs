@@ -11,8 +11,8 @@ use std::fmt;
 
 use time::OffsetDateTime;
 
-use super::encoding::{write, Digest, Reader};
 use super::error::StorageError;
+use crate::encoding::{write, Digest, Reader};
 
 /// `[org/]name[~N]`: a tag stream and a version in it (0 = newest).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -201,7 +201,7 @@ impl Tag {
         let time = parse_time(time_text)?;
         let parent = r.digest("tag parent")?;
         if !r.is_empty() {
-            return Err(StorageError::InvalidObject(format!(
+            return Err(StorageError::invalid_object(format!(
                 "{} unexpected bytes after a tag record",
                 r.remaining()
             )));
@@ -270,7 +270,7 @@ pub fn format_time(time: OffsetDateTime) -> String {
 /// whose UTC year is 10000).
 fn parse_time(text: &str) -> Result<OffsetDateTime, StorageError> {
     let invalid = |reason: String| {
-        StorageError::InvalidObject(format!("tag time {text:?} is not usable ({reason})"))
+        StorageError::invalid_object(format!("tag time {text:?} is not usable ({reason})"))
     };
     let time = OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .map_err(|e| invalid(format!("not RFC 3339: {e}")))?;
@@ -296,7 +296,7 @@ pub fn decode_stream(bytes: &[u8]) -> Result<Vec<Tag>, StorageError> {
             .ok()
             .filter(|n| *n <= r.remaining())
             .ok_or_else(|| {
-                StorageError::InvalidObject(format!(
+                StorageError::invalid_object(format!(
                     "tag record length {len} at offset {} does not fit the {} bytes left",
                     r.position() - 8,
                     r.remaining()

@@ -18,10 +18,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 
 use super::manifest::{Entry, Manifest};
-use crate::storage::encoding::Digest;
+use crate::encoding::Digest;
+use crate::graph::{Blob, EntryKind, Layer, Object, Platform};
 use crate::storage::error::StorageError;
 use crate::storage::fs::BatchWriter;
-use crate::storage::graph::{Blob, EntryKind, Layer, Object, Platform};
 use crate::storage::FsRepository;
 
 /// Files up to this size are read whole and hashed before anything is
@@ -367,7 +367,7 @@ fn hash_one(job: &Job) -> Result<(Digest, u64), StorageError> {
         Job::File { path } => {
             let mut file =
                 std::fs::File::open(path).map_err(|e| StorageError::io("open", path, e))?;
-            let mut hasher = crate::storage::encoding::Hasher::new();
+            let mut hasher = crate::encoding::Hasher::new();
             let size = std::io::copy(&mut file, &mut hasher)
                 .map_err(|e| StorageError::io("read", path, e))?;
             Ok((hasher.finish(), size))

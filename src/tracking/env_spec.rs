@@ -10,9 +10,9 @@
 use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
 
-use crate::storage::encoding::{Digest, PartialDigest};
+use crate::encoding::{Digest, PartialDigest};
+use crate::graph::{Manifest, Object};
 use crate::storage::error::StorageError;
-use crate::storage::graph::{Manifest, Object};
 use crate::storage::proxy::ProxyRepository;
 use crate::storage::tag::TagSpec;
 

@@ -8,9 +8,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::storage::encoding::Digest;
+use crate::encoding::Digest;
+use crate::graph::{self, EntryKind, Object, Tree};
 use crate::storage::error::StorageError;
-use crate::storage::graph::{self, EntryKind, Object, Tree};
 use crate::storage::FsRepository;
 
 /// Deepest directory nesting accepted from a stored manifest.
@@ -120,7 +120,7 @@ impl Manifest {
 
     /// Unpack a stored manifest. A tree entry whose tree is missing, a
     /// cycle, nesting deeper than [`MAX_DEPTH`], or more entries than
-    /// [`entry_budget`] allows is an [`StorageError::InvalidObject`] (add
+    /// [`entry_budget`] allows is an [`StorageError::invalid_object`] (add
     /// the file name with [`StorageError::in_file`] to make it `Corrupt`).
     /// The entries are counted before any is built, so a manifest refused
     /// for its size costs no memory.
@@ -139,7 +139,7 @@ impl Manifest {
         let budget = entry_budget(stored);
         let total = unpack.count(root, 0)?;
         if total > budget as u64 {
-            return Err(StorageError::InvalidObject(if budget == MAX_ENTRIES {
+            return Err(StorageError::invalid_object(if budget == MAX_ENTRIES {
                 format!("manifest unpacks to {total} entries, more than {MAX_ENTRIES}")
             } else {
                 format!(
@@ -222,7 +222,7 @@ struct Unpack<'m> {
 impl<'m> Unpack<'m> {
     fn subtree(&self, e: &graph::Entry) -> Result<&'m Tree, StorageError> {
         self.by_digest.get(&e.object).copied().ok_or_else(|| {
-            StorageError::InvalidObject(format!(
+            StorageError::invalid_object(format!(
                 "manifest entry {:?} refers to tree {} that the manifest does not hold",
                 e.name, e.object
             ))
@@ -233,7 +233,7 @@ impl<'m> Unpack<'m> {
         if self.on_path.insert(digest) {
             Ok(())
         } else {
-            Err(StorageError::InvalidObject(format!(
+            Err(StorageError::invalid_object(format!(
                 "manifest tree {digest} contains itself"
             )))
         }
@@ -243,7 +243,7 @@ impl<'m> Unpack<'m> {
     /// counted once: linear in the stored manifest, whatever it unpacks to.
     fn count(&mut self, tree: &Tree, depth: usize) -> Result<u64, StorageError> {
         if depth > MAX_DEPTH {
-            return Err(StorageError::InvalidObject(format!(
+            return Err(StorageError::invalid_object(format!(
                 "manifest nests directories deeper than {MAX_DEPTH}"
             )));
         }
@@ -271,19 +271,19 @@ impl<'m> Unpack<'m> {
 
     fn tree(&mut self, tree: &Tree, into: &mut Entry, depth: usize) -> Result<(), StorageError> {
         if depth > MAX_DEPTH {
-            return Err(StorageError::InvalidObject(format!(
+            return Err(StorageError::invalid_object(format!(
                 "manifest nests directories deeper than {MAX_DEPTH}"
             )));
         }
         for e in &tree.entries {
             self.count += 1;
             if self.count > MAX_ENTRIES {
-                return Err(StorageError::InvalidObject(format!(
+                return Err(StorageError::invalid_object(format!(
                     "manifest unpacks to more than {MAX_ENTRIES} entries"
                 )));
             }
             if e.name.is_empty() || e.name.contains('/') || e.name == "." || e.name == ".." {
-                return Err(StorageError::InvalidObject(format!(
+                return Err(StorageError::invalid_object(format!(
                     "manifest holds an entry named {:?}, which is not a file name",
                     e.name
                 )));

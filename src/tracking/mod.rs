@@ -1,7 +1,7 @@
 //! Working with file trees as spfs tracks them (no FUSE here):
 //!
 //! - [`manifest`]: [`Manifest`], an in-memory path tree; conversion from and
-//!   to a stored [`crate::storage::graph::Manifest`] (in spfs's tree order,
+//!   to a stored [`crate::graph::Manifest`] (in spfs's tree order,
 //!   so digests match the real tool); merging layers, masks included.
 //! - [`commit`]: committing a directory on disk as a layer, and a stack of
 //!   layers as a platform.

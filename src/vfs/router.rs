@@ -162,7 +162,7 @@ struct Member {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct StackKey {
     pub repositories: Vec<std::path::PathBuf>,
-    pub manifests: Vec<Option<crate::storage::encoding::Digest>>,
+    pub manifests: Vec<Option<crate::encoding::Digest>>,
 }
 
 pub fn encode(view: u64, node: u32) -> INodeNo {

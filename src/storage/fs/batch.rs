@@ -15,9 +15,9 @@ use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 
 use super::{create_new, make_dirs, temp_name, FsRepository};
-use crate::storage::encoding::Digest;
+use crate::encoding::Digest;
+use crate::graph::{Blob, DigestStrategy, EncodingFormat, Object};
 use crate::storage::error::StorageError;
-use crate::storage::graph::{Blob, DigestStrategy, EncodingFormat, Object};
 
 /// Files staged before a flush.
 pub const BATCH: usize = 512;

@@ -25,8 +25,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::encoding::Digest;
 use super::error::StorageError;
+use crate::encoding::Digest;
 
 /// The format version this code reads and writes (what spfs 0.44 writes).
 pub const REPOSITORY_VERSION: &str = "0.44.0";

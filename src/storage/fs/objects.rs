@@ -6,9 +6,9 @@ use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::{create_new, make_dirs, temp_name, write_atomic, FsRepository};
-use crate::storage::encoding::{Digest, Hasher, PartialDigest};
+use crate::encoding::{Digest, Hasher, PartialDigest};
+use crate::graph::{Blob, DigestStrategy, EncodingFormat, Object};
 use crate::storage::error::StorageError;
-use crate::storage::graph::{Blob, DigestStrategy, EncodingFormat, Object};
 
 /// Object files larger than this are refused rather than read into memory.
 const MAX_OBJECT_SIZE: u64 = 1 << 30;
@@ -47,7 +47,8 @@ impl FsRepository {
         path: &Path,
         bytes: &[u8],
     ) -> Result<Object, StorageError> {
-        let (header, object) = Object::decode(bytes).map_err(|e| e.in_file(path))?;
+        let (header, object) =
+            Object::decode(bytes).map_err(|e| StorageError::from(e).in_file(path))?;
         let actual = object.digest(header.strategy);
         if actual != *digest {
             return Err(StorageError::corrupt(

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::{make_dirs, temp_name, write_new_file, FsRepository};
-use crate::storage::encoding::Digest;
+use crate::encoding::Digest;
 use crate::storage::error::StorageError;
 use crate::storage::tag::{self, Tag, TagSpec};
 

@@ -1,7 +1,7 @@
 use super::*;
-use crate::storage::encoding::PartialDigest;
+use crate::encoding::PartialDigest;
+use crate::graph::{EntryKind, Object};
 use crate::storage::fixtures;
-use crate::storage::graph::{EntryKind, Object};
 use crate::storage::tag::TagSpec;
 
 pub(crate) fn d(text: &str) -> Digest {
@@ -336,7 +336,7 @@ fn writes_are_deduplicated_and_read_back() {
     assert_eq!(blob, digest);
     assert_eq!(
         repo.read_object(&blob).unwrap(),
-        Object::Blob(crate::storage::graph::Blob {
+        Object::Blob(crate::graph::Blob {
             payload: digest,
             size
         })
@@ -349,11 +349,11 @@ fn writes_are_deduplicated_and_read_back() {
         let left = std::fs::read_dir(repo.root().join(work)).unwrap().count();
         assert_eq!(left, 0, "{work}");
     }
-    let layer = Object::Layer(crate::storage::graph::Layer {
+    let layer = Object::Layer(crate::graph::Layer {
         manifest: Some(digest),
-        annotations: vec![crate::storage::graph::Annotation {
+        annotations: vec![crate::graph::Annotation {
             key: "note".into(),
-            value: crate::storage::graph::AnnotationValue::String("hi".into()),
+            value: crate::graph::AnnotationValue::String("hi".into()),
         }],
     });
     let d = repo.write_object(&layer).unwrap();
@@ -373,7 +373,7 @@ fn batched_writes_land_on_flush_and_vanish_on_drop() {
     assert!(repo.has_payload(&kept) && repo.has_object(&kept));
     assert_eq!(
         repo.read_object(&kept).unwrap(),
-        Object::Blob(crate::storage::graph::Blob {
+        Object::Blob(crate::graph::Blob {
             payload: kept,
             size: 4
         })

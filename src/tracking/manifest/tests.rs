@@ -1,6 +1,6 @@
 use super::*;
+use crate::graph::Object;
 use crate::storage::fixtures;
-use crate::storage::graph::Object;
 use crate::storage::{FsRepository, TagSpec};
 
 fn manifest_of(repo: &FsRepository, tag: &str) -> graph::Manifest {
@@ -36,8 +36,8 @@ fn fixture_manifests_unpack_and_pack_to_the_same_trees() {
                 assert_eq!(a.digest(), b.digest(), "{tag}");
             }
             assert_eq!(
-                Object::Manifest(packed.clone()).digest(crate::storage::DigestStrategy::Legacy),
-                Object::Manifest(stored.clone()).digest(crate::storage::DigestStrategy::Legacy)
+                Object::Manifest(packed.clone()).digest(crate::graph::DigestStrategy::Legacy),
+                Object::Manifest(stored.clone()).digest(crate::graph::DigestStrategy::Legacy)
             );
         }
     }

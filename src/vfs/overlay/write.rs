@@ -299,7 +299,7 @@ impl Overlay {
         umask: u32,
         owner: Owner,
     ) -> Result<(u32, FileAttr), Errno> {
-        if crate::storage::graph::mode::file_type(mode) != crate::storage::graph::mode::REGULAR {
+        if crate::graph::mode::file_type(mode) != crate::graph::mode::REGULAR {
             return Err(Errno::EPERM);
         }
         let (node, attr, _) = self.create(dir, name, mode, umask, libc::O_EXCL, owner)?;

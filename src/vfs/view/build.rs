@@ -13,8 +13,8 @@ use nix::sys::stat::FileStat;
 
 use super::disk::{is_regular, DiskDir};
 use super::{attr_of, empty_root_attr, kind_of_mode, Content, Node};
-use crate::storage::encoding::Digest;
-use crate::storage::graph::{self, EntryKind};
+use crate::encoding::Digest;
+use crate::graph::{self, EntryKind};
 use crate::tracking::env_spec::Layer;
 
 /// What one build may cost.

@@ -160,6 +160,5 @@ fn identity(stat: &FileStat) -> (u64, u64) {
 
 #[allow(clippy::unnecessary_cast)] // mode_t is u16 on macOS
 pub fn is_regular(stat: &FileStat) -> bool {
-    (stat.st_mode as u32) & crate::storage::graph::mode::TYPE_MASK
-        == crate::storage::graph::mode::REGULAR
+    (stat.st_mode as u32) & crate::graph::mode::TYPE_MASK == crate::graph::mode::REGULAR
 }

@@ -24,8 +24,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{FileAttr, FileType, INodeNo};
 use nix::sys::stat::FileStat;
 
-use crate::storage::encoding::Digest;
-use crate::storage::graph;
+use crate::encoding::Digest;
+use crate::graph;
 use crate::storage::proxy::ProxyRepository;
 use crate::tracking::env_spec::Layer;
 pub use build::{Budget, BuildError};
@@ -266,7 +266,7 @@ pub fn empty_root_attr() -> FileAttr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::graph::{Entry, EntryKind, Manifest, Tree};
+    use crate::graph::{Entry, EntryKind, Manifest, Tree};
 
     fn file(name: &str, content: &str) -> Entry {
         Entry {

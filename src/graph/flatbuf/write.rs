@@ -12,12 +12,12 @@ use std::collections::{HashMap, HashSet};
 
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
 
-use super::flatbuf::{
+use super::{
     vt, FbDigest, ANNOTATION_DIGEST, ANNOTATION_STRING, KIND_MASK, KIND_TREE, OBJECT_BLOB,
     OBJECT_LAYER, OBJECT_MANIFEST, OBJECT_PLATFORM,
 };
-use super::{AnnotationValue, Entry, EntryKind, Manifest, Object, Tree};
-use crate::storage::encoding::Digest;
+use crate::encoding::Digest;
+use crate::graph::{AnnotationValue, Entry, EntryKind, Manifest, Object, Tree};
 
 type Off = WIPOffset<flatbuffers::UnionWIPOffset>;
 

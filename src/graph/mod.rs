@@ -7,12 +7,10 @@
 //! kind byte under [`DigestStrategy::WithKindAndSalt`].
 
 pub mod flatbuf;
-mod flatbuf_write;
 pub mod legacy;
 pub mod mode;
 
-use super::encoding::{Digest, Hasher};
-use super::error::StorageError;
+use crate::encoding::{Digest, EncodingError, Hasher};
 
 /// The first 9 bytes of every object file.
 pub const HEADER_PREFIX: &[u8; 9] = b"--SPFS--\n";
@@ -75,15 +73,15 @@ pub struct Header {
 
 impl Header {
     /// Read the header at the start of `bytes`.
-    pub fn parse(bytes: &[u8]) -> Result<Header, StorageError> {
+    pub fn parse(bytes: &[u8]) -> Result<Header, EncodingError> {
         if bytes.len() < HEADER_SIZE {
-            return Err(StorageError::InvalidObject(format!(
+            return Err(EncodingError::InvalidObject(format!(
                 "{} bytes is too short for the {HEADER_SIZE}-byte object header",
                 bytes.len()
             )));
         }
         if &bytes[..9] != HEADER_PREFIX {
-            return Err(StorageError::InvalidObject(
+            return Err(EncodingError::InvalidObject(
                 "it does not start with the --SPFS-- object header".into(),
             ));
         }
@@ -91,7 +89,7 @@ impl Header {
             0 => DigestStrategy::Legacy,
             1 => DigestStrategy::WithKindAndSalt,
             n => {
-                return Err(StorageError::InvalidObject(format!(
+                return Err(EncodingError::InvalidObject(format!(
                     "unknown digest strategy {n} (a newer spfs may have written it)"
                 )))
             }
@@ -100,18 +98,18 @@ impl Header {
             0 => EncodingFormat::Legacy,
             1 => EncodingFormat::FlatBuffers,
             n => {
-                return Err(StorageError::InvalidObject(format!(
+                return Err(EncodingError::InvalidObject(format!(
                     "unknown encoding format {n} (a newer spfs may have written it)"
                 )))
             }
         };
         if bytes[11..16].iter().any(|b| *b != 0) {
-            return Err(StorageError::InvalidObject(
+            return Err(EncodingError::InvalidObject(
                 "reserved header bytes 2..7 are not zero".into(),
             ));
         }
         let kind = ObjectKind::from_u8(bytes[16]).ok_or_else(|| {
-            StorageError::InvalidObject(format!("unknown object kind {}", bytes[16]))
+            EncodingError::InvalidObject(format!("unknown object kind {}", bytes[16]))
         })?;
         Ok(Header {
             strategy,
@@ -216,16 +214,16 @@ pub enum Object {
 impl Object {
     /// Decode a whole object file: header and body, any of the four
     /// format/strategy combinations. Never panics; corrupt input is an
-    /// [`StorageError::InvalidObject`].
-    pub fn decode(bytes: &[u8]) -> Result<(Header, Object), StorageError> {
+    /// [`EncodingError::InvalidObject`].
+    pub fn decode(bytes: &[u8]) -> Result<(Header, Object), EncodingError> {
         let header = Header::parse(bytes)?;
         let body = &bytes[HEADER_SIZE..];
         let object = match header.format {
             EncodingFormat::Legacy => legacy::decode_body(header.kind, body)?,
-            EncodingFormat::FlatBuffers => flatbuf::decode_body(body)?,
+            EncodingFormat::FlatBuffers => flatbuf::read::decode_body(body)?,
         };
         if object.kind() != header.kind {
-            return Err(StorageError::InvalidObject(format!(
+            return Err(EncodingError::InvalidObject(format!(
                 "the header says {} but the body holds a {}",
                 header.kind.name(),
                 object.kind().name()
@@ -244,7 +242,9 @@ impl Object {
         let mut out = header.to_bytes().to_vec();
         match format {
             EncodingFormat::Legacy => legacy::encode_body(self, &mut out),
-            EncodingFormat::FlatBuffers => out.extend_from_slice(&flatbuf::encode_body(self)),
+            EncodingFormat::FlatBuffers => {
+                out.extend_from_slice(&flatbuf::write::encode_body(self))
+            }
         }
         out
     }

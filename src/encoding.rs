@@ -1,13 +1,25 @@
 //! Digests as spfs writes them: SHA-256, shown as RFC 4648 base32 with
-//! padding; partial digests (prefixes of that text); a streaming hasher; and
-//! the big-endian / NUL-terminated primitives of the legacy binary encoding.
+//! padding; partial digests (prefixes of that text); a streaming hasher; the
+//! big-endian / NUL-terminated primitives of the legacy binary encoding; and
+//! [`EncodingError`], what goes wrong decoding any of it (no file involved:
+//! `storage` names the file when it wraps one).
 
 use std::fmt;
 
 use data_encoding::{Encoding, BASE32};
 use sha2::{Digest as _, Sha256};
 
-use super::error::StorageError;
+/// Bytes or text that do not decode.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodingError {
+    /// Text that should be a digest is not.
+    #[error("invalid digest {text:?}: {reason}.\n  fix: give a base32 digest as spfs prints it (56 characters ending in ====), or a prefix of one")]
+    InvalidDigest { text: String, reason: String },
+
+    /// Bytes that should be an encoded object are not.
+    #[error("invalid object data: {0}.\n  fix: the object was damaged or written by an unknown tool; write it again")]
+    InvalidObject(String),
+}
 
 /// Length of a digest in bytes.
 pub const DIGEST_SIZE: usize = 32;
@@ -35,8 +47,8 @@ impl Digest {
 
     /// Parse a full digest: 56 characters of padded base32, or the 52
     /// characters without the `====` padding.
-    pub fn parse(text: &str) -> Result<Digest, StorageError> {
-        let invalid = |reason: &str| StorageError::InvalidDigest {
+    pub fn parse(text: &str) -> Result<Digest, EncodingError> {
+        let invalid = |reason: &str| EncodingError::InvalidDigest {
             text: text.to_string(),
             reason: reason.to_string(),
         };
@@ -77,7 +89,7 @@ impl fmt::Debug for Digest {
 }
 
 impl std::str::FromStr for Digest {
-    type Err = StorageError;
+    type Err = EncodingError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Digest::parse(s)
     }
@@ -119,8 +131,8 @@ impl PartialDigest {
     /// Accept 1 to 56 base32 characters (upper or lower case; trailing `=`
     /// padding allowed). The text must decode leniently once padded to a
     /// multiple of 8 characters, as spfs requires.
-    pub fn parse(text: &str) -> Result<PartialDigest, StorageError> {
-        let invalid = |reason: String| StorageError::InvalidDigest {
+    pub fn parse(text: &str) -> Result<PartialDigest, EncodingError> {
+        let invalid = |reason: String| EncodingError::InvalidDigest {
             text: text.to_string(),
             reason,
         };
@@ -236,9 +248,9 @@ impl<'a> Reader<'a> {
         self.remaining() == 0
     }
 
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], StorageError> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], EncodingError> {
         if self.remaining() < n {
-            return Err(StorageError::InvalidObject(format!(
+            return Err(EncodingError::InvalidObject(format!(
                 "truncated: {what} needs {n} bytes at offset {}, only {} left",
                 self.pos,
                 self.remaining()
@@ -249,39 +261,42 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
-    pub fn u64_be(&mut self, what: &str) -> Result<u64, StorageError> {
+    pub fn u64_be(&mut self, what: &str) -> Result<u64, EncodingError> {
         let mut b = [0u8; 8];
         b.copy_from_slice(self.take(8, what)?);
         Ok(u64::from_be_bytes(b))
     }
 
-    pub fn i64_be(&mut self, what: &str) -> Result<i64, StorageError> {
+    pub fn i64_be(&mut self, what: &str) -> Result<i64, EncodingError> {
         let mut b = [0u8; 8];
         b.copy_from_slice(self.take(8, what)?);
         Ok(i64::from_be_bytes(b))
     }
 
-    pub fn digest(&mut self, what: &str) -> Result<Digest, StorageError> {
+    pub fn digest(&mut self, what: &str) -> Result<Digest, EncodingError> {
         let mut d = [0u8; 32];
         d.copy_from_slice(self.take(32, what)?);
         Ok(Digest(d))
     }
 
-    pub fn bytes(&mut self, n: usize, what: &str) -> Result<&'a [u8], StorageError> {
+    pub fn bytes(&mut self, n: usize, what: &str) -> Result<&'a [u8], EncodingError> {
         self.take(n, what)
     }
 
     /// A UTF-8 string terminated by one NUL byte.
-    pub fn cstr(&mut self, what: &str) -> Result<&'a str, StorageError> {
+    pub fn cstr(&mut self, what: &str) -> Result<&'a str, EncodingError> {
         let rest = &self.buf[self.pos..];
         let Some(end) = rest.iter().position(|b| *b == 0) else {
-            return Err(StorageError::InvalidObject(format!(
+            return Err(EncodingError::InvalidObject(format!(
                 "truncated: {what} at offset {} has no NUL terminator",
                 self.pos
             )));
         };
         let text = std::str::from_utf8(&rest[..end]).map_err(|e| {
-            StorageError::InvalidObject(format!("{what} at offset {} is not UTF-8 ({e})", self.pos))
+            EncodingError::InvalidObject(format!(
+                "{what} at offset {} is not UTF-8 ({e})",
+                self.pos
+            ))
         })?;
         self.pos += end + 1;
         Ok(text)
@@ -289,11 +304,11 @@ impl<'a> Reader<'a> {
 
     /// A count that must fit in what is left, `min_item` bytes per item
     /// (so a corrupt count cannot make us allocate without bound).
-    pub fn count(&mut self, min_item: usize, what: &str) -> Result<usize, StorageError> {
+    pub fn count(&mut self, min_item: usize, what: &str) -> Result<usize, EncodingError> {
         let n = self.u64_be(what)?;
         let max = (self.remaining() / min_item.max(1)) as u64;
         if n > max {
-            return Err(StorageError::InvalidObject(format!(
+            return Err(EncodingError::InvalidObject(format!(
                 "{what} says {n} items but only {} bytes are left",
                 self.remaining()
             )));

@@ -7,8 +7,7 @@ use super::{
     Annotation, AnnotationValue, Blob, Entry, EntryKind, Layer, Manifest, Object, ObjectKind,
     Platform, Tree,
 };
-use crate::storage::encoding::{write, Reader};
-use crate::storage::error::StorageError;
+use crate::encoding::{write, EncodingError, Reader};
 
 /// Smallest legacy entry: digest, "tree\0", mode, size, "\0".
 const MIN_ENTRY: usize = 32 + 5 + 8 + 8 + 1;
@@ -89,7 +88,7 @@ pub fn encode_tree(tree: &Tree, out: &mut Vec<u8>) {
 }
 
 /// Decode the body of a legacy object file of the given kind.
-pub fn decode_body(kind: ObjectKind, body: &[u8]) -> Result<Object, StorageError> {
+pub fn decode_body(kind: ObjectKind, body: &[u8]) -> Result<Object, EncodingError> {
     let mut r = Reader::new(body);
     let object = match kind {
         ObjectKind::Blob => Object::Blob(Blob {
@@ -118,7 +117,7 @@ pub fn decode_body(kind: ObjectKind, body: &[u8]) -> Result<Object, StorageError
         }
     };
     if !r.is_empty() {
-        return Err(StorageError::InvalidObject(format!(
+        return Err(EncodingError::InvalidObject(format!(
             "{} unexpected bytes after the {} at offset {}",
             r.remaining(),
             kind.name(),
@@ -128,7 +127,7 @@ pub fn decode_body(kind: ObjectKind, body: &[u8]) -> Result<Object, StorageError
     Ok(object)
 }
 
-fn decode_layer(r: &mut Reader<'_>) -> Result<Layer, StorageError> {
+fn decode_layer(r: &mut Reader<'_>) -> Result<Layer, EncodingError> {
     // A layer is its manifest digest, optionally followed by annotations.
     let manifest = if r.is_empty() {
         None
@@ -142,7 +141,7 @@ fn decode_layer(r: &mut Reader<'_>) -> Result<Layer, StorageError> {
             ANNOTATION_STRING => AnnotationValue::String(r.cstr("annotation value")?.to_string()),
             ANNOTATION_BLOB => AnnotationValue::Blob(r.digest("annotation digest")?),
             n => {
-                return Err(StorageError::InvalidObject(format!(
+                return Err(EncodingError::InvalidObject(format!(
                     "unknown annotation kind {n} for key {key:?}"
                 )))
             }
@@ -155,7 +154,7 @@ fn decode_layer(r: &mut Reader<'_>) -> Result<Layer, StorageError> {
     })
 }
 
-fn decode_tree(r: &mut Reader<'_>) -> Result<Tree, StorageError> {
+fn decode_tree(r: &mut Reader<'_>) -> Result<Tree, EncodingError> {
     let n = r.count(MIN_ENTRY, "tree entry count")?;
     let mut entries = Vec::with_capacity(n);
     for _ in 0..n {
@@ -165,14 +164,14 @@ fn decode_tree(r: &mut Reader<'_>) -> Result<Tree, StorageError> {
             "tree" => EntryKind::Tree,
             "mask" => EntryKind::Mask,
             other => {
-                return Err(StorageError::InvalidObject(format!(
+                return Err(EncodingError::InvalidObject(format!(
                     "unknown entry kind {other:?} (expected file, tree or mask)"
                 )))
             }
         };
         let mode = r.u64_be("entry mode")?;
         let mode = u32::try_from(mode).map_err(|_| {
-            StorageError::InvalidObject(format!("entry mode {mode:#o} does not fit in 32 bits"))
+            EncodingError::InvalidObject(format!("entry mode {mode:#o} does not fit in 32 bits"))
         })?;
         let size = r.u64_be("entry size")?;
         let name = r.cstr("entry name")?.to_string();

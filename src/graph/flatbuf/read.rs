@@ -1,102 +1,20 @@
-//! The FlatBuffers encoding of spfs objects (format 1), reading side.
-//!
-//! The eight tables of spfs's schema (AnyObject, Platform, Layer,
-//! Annotation, AnnotationString, AnnotationDigest, Manifest, Blob, plus
-//! Tree and Entry) are written here by hand on top of the `flatbuffers`
-//! runtime; no code generation. Every buffer is verified with bounded
-//! [`VerifierOptions`] before any accessor runs, then copied into the owned
-//! types of [`super`]. The writing side is in `flatbuf_write.rs`.
+//! The FlatBuffers encoding of spfs objects, reading side: every buffer
+//! is verified with bounded [`VerifierOptions`] before any accessor runs,
+//! then copied into the owned types of `graph`.
 
 use flatbuffers::{
-    Follow, ForwardsUOffset, InvalidFlatbuffer, SimpleToVerifyInSlice, Table, Vector, Verifiable,
-    Verifier, VerifierOptions,
+    Follow, ForwardsUOffset, InvalidFlatbuffer, Table, Vector, Verifiable, Verifier,
+    VerifierOptions,
 };
 
 use super::{
+    vt, FbDigest, ANNOTATION_DIGEST, ANNOTATION_STRING, KIND_BLOB, KIND_MASK, KIND_TREE,
+    OBJECT_BLOB, OBJECT_LAYER, OBJECT_MANIFEST, OBJECT_PLATFORM,
+};
+use crate::encoding::EncodingError;
+use crate::graph::{
     Annotation, AnnotationValue, Blob, Entry, EntryKind, Layer, Manifest, Object, Platform, Tree,
 };
-use crate::storage::encoding::Digest;
-use crate::storage::error::StorageError;
-
-pub use super::flatbuf_write::encode_body;
-
-/// vtable byte offset of field slot `n`.
-pub(super) const fn slot(n: u16) -> u16 {
-    4 + 2 * n
-}
-
-// Union type ids of AnyObject.object.
-pub(super) const OBJECT_PLATFORM: u8 = 1;
-pub(super) const OBJECT_LAYER: u8 = 2;
-pub(super) const OBJECT_MANIFEST: u8 = 3;
-pub(super) const OBJECT_BLOB: u8 = 4;
-// Union type ids of Annotation.data.
-pub(super) const ANNOTATION_STRING: u8 = 1;
-pub(super) const ANNOTATION_DIGEST: u8 = 2;
-// EntryKind values.
-pub(super) const KIND_BLOB: u8 = 0;
-pub(super) const KIND_TREE: u8 = 4;
-pub(super) const KIND_MASK: u8 = 5;
-
-// Field slots, in schema order.
-pub(super) mod vt {
-    use super::slot;
-    pub const ANY_OBJECT_TYPE: u16 = slot(0);
-    pub const ANY_OBJECT: u16 = slot(1);
-    pub const PLATFORM_LAYERS: u16 = slot(0);
-    pub const LAYER_MANIFEST: u16 = slot(0);
-    pub const LAYER_ANNOTATIONS: u16 = slot(1);
-    pub const ANNOTATION_KEY: u16 = slot(0);
-    pub const ANNOTATION_DATA_TYPE: u16 = slot(1);
-    pub const ANNOTATION_DATA: u16 = slot(2);
-    pub const ANNOTATION_STRING_DATA: u16 = slot(0);
-    pub const ANNOTATION_DIGEST_DIGEST: u16 = slot(0);
-    pub const MANIFEST_TREES: u16 = slot(0);
-    pub const BLOB_SIZE: u16 = slot(0);
-    pub const BLOB_PAYLOAD: u16 = slot(1);
-    pub const TREE_ENTRIES: u16 = slot(0);
-    pub const ENTRY_KIND: u16 = slot(0);
-    pub const ENTRY_OBJECT: u16 = slot(1);
-    pub const ENTRY_MODE: u16 = slot(2);
-    pub const ENTRY_SIZE: u16 = slot(3);
-    pub const ENTRY_NAME: u16 = slot(4);
-}
-
-/// The `Digest` struct of the schema: 32 bytes, alignment 1.
-#[derive(Clone, Copy, PartialEq)]
-#[repr(transparent)]
-pub(super) struct FbDigest(pub [u8; 32]);
-
-impl<'a> Follow<'a> for FbDigest {
-    type Inner = Digest;
-    unsafe fn follow(buf: &'a [u8], loc: usize) -> Digest {
-        // Verified positions always hold 32 bytes; `get` keeps even an
-        // unverified one from reading out of bounds (it would give zeros).
-        let mut out = [0u8; 32];
-        if let Some(bytes) = loc.checked_add(32).and_then(|end| buf.get(loc..end)) {
-            out.copy_from_slice(bytes);
-        }
-        Digest(out)
-    }
-}
-
-impl Verifiable for FbDigest {
-    fn run_verifier(v: &mut Verifier, pos: usize) -> Result<(), InvalidFlatbuffer> {
-        v.in_buffer::<Self>(pos)
-    }
-}
-
-impl SimpleToVerifyInSlice for FbDigest {}
-
-impl flatbuffers::Push for FbDigest {
-    type Output = FbDigest;
-    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
-        dst.copy_from_slice(&self.0);
-    }
-    fn alignment() -> flatbuffers::PushAlignment {
-        flatbuffers::PushAlignment::new(1)
-    }
-}
 
 /// Declares a table wrapper that can be followed and verified.
 macro_rules! table {
@@ -212,12 +130,12 @@ impl<'a> FbAnyObject<'a> {
     }
 }
 
-fn missing(what: &str) -> StorageError {
-    StorageError::InvalidObject(format!("required field {what} is missing"))
+fn missing(what: &str) -> EncodingError {
+    EncodingError::InvalidObject(format!("required field {what} is missing"))
 }
 
 /// Verify and decode a FlatBuffers body (the bytes after the header).
-pub fn decode_body(body: &[u8]) -> Result<Object, StorageError> {
+pub fn decode_body(body: &[u8]) -> Result<Object, EncodingError> {
     let opts = VerifierOptions {
         max_depth: 16,
         // every table takes at least 4 bytes of the buffer
@@ -227,12 +145,12 @@ pub fn decode_body(body: &[u8]) -> Result<Object, StorageError> {
         ignore_missing_null_terminator: false,
     };
     let any = flatbuffers::root_with_opts::<FbAnyObject>(&opts, body)
-        .map_err(|e| StorageError::InvalidObject(format!("invalid FlatBuffer: {e}")))?;
+        .map_err(|e| EncodingError::InvalidObject(format!("invalid FlatBuffer: {e}")))?;
     // The verifier checks the union's value only for known types, so the
     // type is checked before the value is followed.
     let object_type = any.object_type();
     if !(OBJECT_PLATFORM..=OBJECT_BLOB).contains(&object_type) {
-        return Err(StorageError::InvalidObject(format!(
+        return Err(EncodingError::InvalidObject(format!(
             "unknown object type {object_type} in the FlatBuffer union (expected 1..4)"
         )));
     }
@@ -289,20 +207,20 @@ pub fn decode_body(body: &[u8]) -> Result<Object, StorageError> {
                 .ok_or_else(|| missing("Blob.payload"))?;
             Ok(Object::Blob(Blob { payload, size }))
         }
-        n => Err(StorageError::InvalidObject(format!(
+        n => Err(EncodingError::InvalidObject(format!(
             "unknown object type {n} in the FlatBuffer union (expected 1..4)"
         ))),
     }
 }
 
-fn decode_annotation(a: FbAnnotation<'_>) -> Result<Annotation, StorageError> {
+fn decode_annotation(a: FbAnnotation<'_>) -> Result<Annotation, EncodingError> {
     let key = unsafe { a.0.get::<Str<'_>>(vt::ANNOTATION_KEY, None) }
         .ok_or_else(|| missing("Annotation.key"))?
         .to_string();
     let data_type = unsafe { a.0.get::<u8>(vt::ANNOTATION_DATA_TYPE, Some(0)) }.unwrap_or(0);
     // only follow the union's value once its type is known (and so verified)
     if data_type != ANNOTATION_STRING && data_type != ANNOTATION_DIGEST {
-        return Err(StorageError::InvalidObject(format!(
+        return Err(EncodingError::InvalidObject(format!(
             "unknown annotation value type {data_type} for key {key:?}"
         )));
     }
@@ -329,7 +247,7 @@ fn decode_annotation(a: FbAnnotation<'_>) -> Result<Annotation, StorageError> {
             .ok_or_else(|| missing("AnnotationDigest.digest"))?,
         ),
         n => {
-            return Err(StorageError::InvalidObject(format!(
+            return Err(EncodingError::InvalidObject(format!(
                 "unknown annotation value type {n} for key {key:?}"
             )))
         }
@@ -337,7 +255,7 @@ fn decode_annotation(a: FbAnnotation<'_>) -> Result<Annotation, StorageError> {
     Ok(Annotation { key, value })
 }
 
-fn decode_tree(tree: FbTree<'_>) -> Result<Tree, StorageError> {
+fn decode_tree(tree: FbTree<'_>) -> Result<Tree, EncodingError> {
     let list = unsafe {
         tree.0
             .get::<ForwardsUOffset<Vector<'_, ForwardsUOffset<FbEntry>>>>(vt::TREE_ENTRIES, None)
@@ -350,7 +268,7 @@ fn decode_tree(tree: FbTree<'_>) -> Result<Tree, StorageError> {
             Some(KIND_TREE) => EntryKind::Tree,
             Some(KIND_MASK) => EntryKind::Mask,
             Some(n) => {
-                return Err(StorageError::InvalidObject(format!(
+                return Err(EncodingError::InvalidObject(format!(
                     "unknown entry kind {n} (expected 0, 4 or 5)"
                 )))
             }
