@@ -1,6 +1,8 @@
 //! Where things live: the runtime dir (socket, locks, pidfile), the log dir,
-//! the mountpoint and the scratch dir (editable runtimes' changes), with their platform defaults and environment overrides, and
-//! the safety check every process runs before it trusts the runtime dir.
+//! the mountpoint and the scratch dir (editable runtimes' changes), with
+//! their platform defaults and environment overrides; where spfs's own
+//! configuration is read from; and the safety check every process runs
+//! before it trusts the runtime dir.
 
 use std::ffi::OsString;
 use std::fs::DirBuilder;
@@ -9,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::platform;
+use crate::storage::config::{ConfigError, Sources, SpfsConfig};
 
 /// Longest unix socket path this platform accepts: `sun_path` less its NUL
 /// (macOS: 104 - 1 = 103 bytes; Linux: 108 - 1 = 107).
@@ -47,9 +50,14 @@ impl Paths {
                 )))
             }
         };
-        let pick = |name: &str, default: fn() -> Result<PathBuf>| match var(name) {
+        let pick = |name: &str, default: fn() -> std::io::Result<PathBuf>| match var(name) {
             Some(value) => absolute(name, value),
-            None => default(),
+            // The one way a default fails: no home directory to put it in.
+            None => default().map_err(|err| {
+                Error::Config(format!(
+                    "{err}; set HOME, or set {name} (and SPFS_STORAGE_ROOT) to absolute paths"
+                ))
+            }),
         };
         Ok(Paths {
             runtime_dir: pick("SPFS_RUNTIME_DIR", platform::default_runtime_dir)?,
@@ -101,6 +109,27 @@ impl Paths {
         check_runtime_dir(dir)?;
         check_socket_path(&self.socket())
     }
+}
+
+/// Where spfs's own configuration comes from on this machine, as spfs reads
+/// it: `/etc/spfs`, the user's `<config dir>/spfs/spfs`, this process's
+/// environment; and spfs's default local repository, for a configuration
+/// that names none.
+pub fn spfs_config_sources() -> Sources {
+    let mut file_stems = vec![PathBuf::from("/etc/spfs")];
+    if let Ok(dir) = platform::user_config_dir() {
+        file_stems.push(dir.join("spfs").join("spfs"));
+    }
+    Sources {
+        file_stems,
+        env: std::env::vars().collect(),
+        default_root: platform::default_repository_root().ok(),
+    }
+}
+
+/// spfs's configuration as spfs reads it on this machine.
+pub fn load_spfs_config() -> std::result::Result<SpfsConfig, ConfigError> {
+    SpfsConfig::load_from(&spfs_config_sources())
 }
 
 /// A unix socket path must fit `sun_path`; a longer one fails with a clear error.

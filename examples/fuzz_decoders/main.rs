@@ -343,6 +343,7 @@ fn main() {
     let sources = Sources {
         file_stems: vec![stem],
         env: HashMap::new(),
+        default_root: Some("/default-repo".into()),
     };
 
     panic::set_hook(Box::new(|_| {}));
@@ -426,7 +427,11 @@ fn main() {
                 _ => match config_format {
                     // invalid UTF-8 reaches the parser as U+FFFD, where a
                     // file's would make `config` fail before parsing
-                    Some(format) => SpfsConfig::from_text(&String::from_utf8_lossy(&data), format),
+                    Some(format) => SpfsConfig::from_text(
+                        &String::from_utf8_lossy(&data),
+                        format,
+                        Some(std::path::Path::new("/default-repo")),
+                    ),
                     None => SpfsConfig::load_from(&sources),
                 }
                 .map(|_| ())

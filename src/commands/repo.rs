@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use crate::encoding::Digest;
 use crate::error::{Error, Result};
 use crate::graph::Object;
-use crate::storage::config::SpfsConfig;
 use crate::storage::fs::FsRepository;
 use crate::storage::proxy::ProxyRepository;
 use crate::storage::tag::TagSpec;
@@ -20,7 +19,7 @@ pub use super::runner::{run, Out};
 /// The repository a write goes to: `--remote NAME`, else the local one
 /// (created if it does not exist yet, as spfs does).
 pub fn writable(remote: Option<&str>) -> Result<FsRepository> {
-    let config = SpfsConfig::load()?;
+    let config = crate::paths::load_spfs_config()?;
     match remote {
         Some(name) => Ok(FsRepository::open(config.remote_root(name)?)?),
         None => Ok(FsRepository::create(&config.local_root)?),
@@ -30,7 +29,7 @@ pub fn writable(remote: Option<&str>) -> Result<FsRepository> {
 /// The repositories a read looks in: `--remote NAME` alone, else the local
 /// one and then the secondary repositories, as a runtime reads them.
 pub fn readable(remote: Option<&str>) -> Result<ProxyRepository> {
-    let config = SpfsConfig::load()?;
+    let config = crate::paths::load_spfs_config()?;
     match remote {
         Some(name) => Ok(ProxyRepository::from_repositories(vec![
             FsRepository::open(config.remote_root(name)?)?,

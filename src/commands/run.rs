@@ -18,7 +18,6 @@ use crate::launcher::{ensure_service_running, ensure_service_to_mount};
 use crate::platform;
 use crate::proto::MountRequest;
 use crate::settings::Settings;
-use crate::storage::config::SpfsConfig;
 use crate::tracking::env_spec;
 
 /// How `spfs run` and `spfs shell` set up the runtime.
@@ -182,7 +181,7 @@ fn repositories_for(reference: &str) -> Result<Vec<String>> {
         });
     }
     env_spec::parse(reference)?;
-    let roots = SpfsConfig::load()?.runtime_repositories()?;
+    let roots = crate::paths::load_spfs_config()?.runtime_repositories()?;
     Ok(roots
         .into_iter()
         .map(|root| root.to_string_lossy().into_owned())

@@ -8,7 +8,6 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use super::home_dir;
-use crate::error::Result;
 
 /// An `XDG_*` directory variable, if set to an absolute path. The XDG Base
 /// Directory spec says a relative one is invalid and must be ignored.
@@ -18,7 +17,7 @@ fn xdg_dir(name: &str) -> Option<PathBuf> {
         .filter(|dir| dir.is_absolute())
 }
 
-pub fn default_runtime_dir() -> Result<PathBuf> {
+pub fn default_runtime_dir() -> io::Result<PathBuf> {
     match xdg_dir("XDG_RUNTIME_DIR") {
         Some(dir) => Ok(dir.join("spfs")),
         None => Ok(PathBuf::from(format!(
@@ -28,7 +27,7 @@ pub fn default_runtime_dir() -> Result<PathBuf> {
     }
 }
 
-pub fn default_log_dir() -> Result<PathBuf> {
+pub fn default_log_dir() -> io::Result<PathBuf> {
     let state = match xdg_dir("XDG_STATE_HOME") {
         Some(dir) => dir,
         None => home_dir()?.join(".local/state"),
@@ -37,7 +36,7 @@ pub fn default_log_dir() -> Result<PathBuf> {
 }
 
 /// Editable runtimes' changes: `$XDG_CACHE_HOME/spfs/runtimes` (else `~/.cache/...`).
-pub fn default_scratch_dir() -> Result<PathBuf> {
+pub fn default_scratch_dir() -> io::Result<PathBuf> {
     let cache = match xdg_dir("XDG_CACHE_HOME") {
         Some(dir) => dir,
         None => home_dir()?.join(".cache"),
@@ -46,7 +45,7 @@ pub fn default_scratch_dir() -> Result<PathBuf> {
 }
 
 /// spfs's default local repository: `dirs::data_local_dir()/spfs`, as spfs has it.
-pub fn default_repository_root() -> Result<PathBuf> {
+pub fn default_repository_root() -> io::Result<PathBuf> {
     let data = match xdg_dir("XDG_DATA_HOME") {
         Some(dir) => dir,
         None => home_dir()?.join(".local/share"),
@@ -55,7 +54,7 @@ pub fn default_repository_root() -> Result<PathBuf> {
 }
 
 /// Where the user's spfs configuration lives (`<this>/spfs/spfs.*`).
-pub fn user_config_dir() -> Result<PathBuf> {
+pub fn user_config_dir() -> io::Result<PathBuf> {
     match xdg_dir("XDG_CONFIG_HOME") {
         Some(dir) => Ok(dir),
         None => Ok(home_dir()?.join(".config")),

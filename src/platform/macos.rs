@@ -19,7 +19,6 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use super::home_dir;
-use crate::error::Result;
 
 /// Where macFUSE installs itself.
 const MACFUSE_BUNDLE: &str = "/Library/Filesystems/macfuse.fs";
@@ -39,7 +38,7 @@ const KEXT_STEPS: &str = "on Apple Silicon first allow kernel extensions: shut d
 /// `/var/folders/../C/`): unlike `$TMPDIR` (`../T/`) it is not swept of files
 /// unused for days, and it is the same for every process of the user whatever
 /// their environment. Short enough for a socket path.
-pub fn default_runtime_dir() -> Result<PathBuf> {
+pub fn default_runtime_dir() -> io::Result<PathBuf> {
     match confstr_path(libc::_CS_DARWIN_USER_CACHE_DIR) {
         Some(dir) => Ok(dir.join("spfs")),
         None => Ok(PathBuf::from(format!(
@@ -66,22 +65,22 @@ fn confstr_path(name: libc::c_int) -> Option<PathBuf> {
     path.is_absolute().then_some(path)
 }
 
-pub fn default_log_dir() -> Result<PathBuf> {
+pub fn default_log_dir() -> io::Result<PathBuf> {
     Ok(home_dir()?.join("Library/Logs/spfs"))
 }
 
 /// Editable runtimes' changes: `~/Library/Caches/spfs/runtimes`.
-pub fn default_scratch_dir() -> Result<PathBuf> {
+pub fn default_scratch_dir() -> io::Result<PathBuf> {
     Ok(home_dir()?.join("Library/Caches/spfs/runtimes"))
 }
 
 /// spfs's default local repository: `dirs::data_local_dir()/spfs`, as spfs has it.
-pub fn default_repository_root() -> Result<PathBuf> {
+pub fn default_repository_root() -> io::Result<PathBuf> {
     Ok(home_dir()?.join("Library/Application Support/spfs"))
 }
 
 /// Where the user's spfs configuration lives (`<this>/spfs/spfs.*`): `dirs::config_local_dir()`.
-pub fn user_config_dir() -> Result<PathBuf> {
+pub fn user_config_dir() -> io::Result<PathBuf> {
     Ok(home_dir()?.join("Library/Application Support"))
 }
 

@@ -3,7 +3,10 @@
 //! process exits, FUSE availability, mount options and the `allow_other`
 //! permission, the kernel's mount table, and forced unmount.
 //!
-//! Everything above this module is platform-neutral. The macOS code is kept
+//! What differs lives here and in `vfs::mount` (mount options and the
+//! FUSE_INIT flags, which are fuser's types), behind `cfg`; the few other
+//! `target_os` checks elsewhere choose between two documented behaviours
+//! (an errno, a flag) where the code is. The macOS code is kept
 //! small and written against documented APIs (`sysctl(KERN_PROC_PID)`, kqueue
 //! `NOTE_EXIT`, `getfsstat`, macFUSE's sysctls); CI type-checks and lints it
 //! for both Apple targets (`.ci/macos-check`), but it has not run on a Mac.
@@ -97,12 +100,12 @@ pub fn start_time(pid: i32) -> io::Result<u64> {
     Ok(process_info(pid)?.start_time)
 }
 
-fn home_dir() -> crate::error::Result<PathBuf> {
+/// `$HOME`; NotFound when it is not set (the caller says which setting
+/// can stand in for it).
+fn home_dir() -> io::Result<PathBuf> {
     match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
         Some(home) => Ok(PathBuf::from(home)),
-        None => Err(crate::error::Error::Config(
-            "HOME is not set; set HOME, or set SPFS_LOG_DIR and SPFS_STORAGE_ROOT".into(),
-        )),
+        None => Err(io::Error::new(io::ErrorKind::NotFound, "HOME is not set")),
     }
 }
 

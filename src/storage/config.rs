@@ -14,8 +14,6 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::platform;
-
 /// What went wrong reading the configuration; each message names the source and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -220,7 +218,9 @@ fn check_files(stem: &Path) -> Result<bool, ConfigError> {
     Ok(any)
 }
 
-/// Where configuration comes from; [`Sources::system`] is what spfs reads.
+/// Where configuration comes from (what spfs reads on this machine is
+/// `paths::spfs_config_sources`), and the local repository to use when it
+/// names none.
 #[derive(Debug, Clone)]
 pub struct Sources {
     /// File stems, lowest priority first; each is read as `STEM.conf` (ini) and
@@ -228,28 +228,13 @@ pub struct Sources {
     pub file_stems: Vec<PathBuf>,
     /// Environment variables (`SPFS_*` are used).
     pub env: HashMap<String, String>,
-}
-
-impl Sources {
-    /// `/etc/spfs`, the user's `spfs/spfs`, and this process's environment.
-    pub fn system() -> Sources {
-        let mut file_stems = vec![PathBuf::from("/etc/spfs")];
-        if let Ok(dir) = platform::user_config_dir() {
-            file_stems.push(dir.join("spfs").join("spfs"));
-        }
-        Sources {
-            file_stems,
-            env: std::env::vars().collect(),
-        }
-    }
+    /// spfs's default local repository; `None` when there is no home
+    /// directory to put it in (then `storage.root` must be set).
+    pub default_root: Option<PathBuf>,
 }
 
 impl SpfsConfig {
-    /// Reads the configuration as spfs does.
-    pub fn load() -> Result<SpfsConfig, ConfigError> {
-        SpfsConfig::load_from(&Sources::system())
-    }
-
+    /// Reads the configuration from `sources`, as spfs does.
     pub fn load_from(sources: &Sources) -> Result<SpfsConfig, ConfigError> {
         use config::{Environment, File, FileFormat};
         let mut builder = config::Config::builder();
@@ -275,33 +260,39 @@ impl SpfsConfig {
                     .separator("__")
                     .source(Some(new_style.into_iter().collect())),
             );
-        SpfsConfig::from_builder(builder)
+        SpfsConfig::from_builder(builder, sources.default_root.as_deref())
     }
 
     /// Parse the text of one configuration file as [`SpfsConfig::load_from`]
     /// parses a file of that format, with no other source (the decoder
     /// fuzzer's in-memory path: `examples/fuzz_decoders`).
-    pub fn from_text(text: &str, format: config::FileFormat) -> Result<SpfsConfig, ConfigError> {
+    pub fn from_text(
+        text: &str,
+        format: config::FileFormat,
+        default_root: Option<&Path>,
+    ) -> Result<SpfsConfig, ConfigError> {
         check_text(text, format).map_err(ConfigError::Read)?;
         SpfsConfig::from_builder(
             config::Config::builder().add_source(config::File::from_str(text, format)),
+            default_root,
         )
     }
 
     fn from_builder(
         builder: config::ConfigBuilder<config::builder::DefaultState>,
+        default_root: Option<&Path>,
     ) -> Result<SpfsConfig, ConfigError> {
         let raw: Raw = builder
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| ConfigError::Read(e.to_string()))?;
-        SpfsConfig::from_raw(raw)
+        SpfsConfig::from_raw(raw, default_root)
     }
 
-    fn from_raw(raw: Raw) -> Result<SpfsConfig, ConfigError> {
+    fn from_raw(raw: Raw, default_root: Option<&Path>) -> Result<SpfsConfig, ConfigError> {
         let local_root = match raw.storage.root.filter(|r| !r.trim().is_empty()) {
             Some(root) => absolute("storage.root", &root)?,
-            None => platform::default_repository_root().map_err(|_| ConfigError::NoHome)?,
+            None => default_root.ok_or(ConfigError::NoHome)?.to_owned(),
         };
         let mut remotes = BTreeMap::new();
         for (name, remote) in raw.remote {
@@ -438,6 +429,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            default_root: Some(dir.join("default-repo")),
         }
     }
 
@@ -549,7 +541,7 @@ mod tests {
         ];
         let started = std::time::Instant::now();
         for (file, format, text, says) in cases {
-            let err = SpfsConfig::from_text(&text, format)
+            let err = SpfsConfig::from_text(&text, format, None)
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(says), "{file}: {err}");
@@ -564,10 +556,10 @@ mod tests {
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
         // ordinary keys and a few aliases are fine
         let yaml = "base: &b {address: 'file:///r'}\nremote:\n  origin: *b\n  other: *b\n";
-        let config = SpfsConfig::from_text(yaml, FileFormat::Yaml).unwrap();
+        let config = SpfsConfig::from_text(yaml, FileFormat::Yaml, None).unwrap();
         assert_eq!(config.remotes.len(), 2);
         let ini = "[remote.origin]\naddress = file:///r\n";
-        assert!(SpfsConfig::from_text(ini, FileFormat::Ini).is_ok());
+        assert!(SpfsConfig::from_text(ini, FileFormat::Ini, None).is_ok());
     }
 
     #[test]

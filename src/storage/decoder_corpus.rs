@@ -133,6 +133,9 @@ fn tag_files_of_the_fixtures_corpus_and_mutants_decode_or_fail_cleanly() {
     assert!(n >= 2_000, "{n}");
 }
 
+/// The local repository of a configuration that names none.
+const DEFAULT_ROOT: &str = "/default-repo";
+
 /// The fuzzer parses configuration text in memory ([`SpfsConfig::from_text`]);
 /// this shows that it parses as a real file does, then replays mutants.
 #[test]
@@ -143,6 +146,7 @@ fn config_files_of_the_corpus_and_mutants_load_or_fail_cleanly() {
     let sources = super::config::Sources {
         file_stems: vec![stem.clone()],
         env: Default::default(),
+        default_root: Some(DEFAULT_ROOT.into()),
     };
     let load_file = |name: &str, text: &[u8]| {
         let path = dir.path().join(name);
@@ -174,7 +178,7 @@ fn config_files_of_the_corpus_and_mutants_load_or_fail_cleanly() {
         }
         let text = String::from_utf8_lossy(&bytes);
         let in_memory = no_panic("SpfsConfig::from_text", &bytes, |_| {
-            SpfsConfig::from_text(&text, format)
+            SpfsConfig::from_text(&text, format, Some(DEFAULT_ROOT.as_ref()))
         });
         assert_eq!(
             from_file.as_ref().ok(),
@@ -199,7 +203,7 @@ fn config_files_of_the_corpus_and_mutants_load_or_fail_cleanly() {
             );
             let text = String::from_utf8_lossy(&data);
             let in_memory = no_panic("SpfsConfig::from_text", &data, |_| {
-                SpfsConfig::from_text(&text, *format)
+                SpfsConfig::from_text(&text, *format, Some(DEFAULT_ROOT.as_ref()))
             });
             // a few through a real file too, and they agree
             if i % 10 == 0 && std::str::from_utf8(&data).is_ok() {
