@@ -43,6 +43,7 @@ pub mod runtime;
 pub mod service;
 pub mod settings;
 pub mod storage;
+pub mod sync;
 pub mod telemetry;
 pub mod tracking;
 pub mod vfs;

@@ -1,4 +1,4 @@
-//! RuntimeTable as spfs users handle them: named, listed, described and ended by
+//! Runtimes as spfs users handle them: named, listed, described and ended by
 //! name, from inside and outside. Real service, real FUSE mounts.
 
 mod common;

@@ -301,14 +301,6 @@ pub fn mount_failure_hint() -> String {
 /// Linux serves other users (and root) when `allow_other` is permitted, as before.
 pub const ALLOW_OTHER_BY_DEFAULT: bool = true;
 
-/// Mount options beside the common read-only ones: the type shows as `fuse.spfs`.
-pub fn mount_options() -> Vec<fuser::MountOption> {
-    vec![fuser::MountOption::Subtype("spfs".into())]
-}
-
-/// FUSE_INIT: fuser's defaults are right for the Linux kernel.
-pub fn fuse_init(_config: &mut fuser::KernelConfig) {}
-
 /// The open flags a `create` request means: Linux passes the caller's own
 /// (O_EXCL, O_TRUNC, O_APPEND...).
 pub fn create_flags(flags: i32) -> i32 {

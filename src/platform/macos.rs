@@ -508,64 +508,36 @@ pub fn allow_other_permitted() -> bool {
     count > 0 && groups[..count as usize].contains(&admin)
 }
 
-/// Mount options for macFUSE, beside the common read-only ones
-/// (docs/macos.md explains each).
-pub fn mount_options() -> Vec<fuser::MountOption> {
-    use fuser::MountOption::CUSTOM;
-    [
-        // macFUSE ignores entry TTLs: without this the kernel's name cache
-        // would show one runtime's /spfs entries to every process.
-        "novncache",
-        // A local volume, not a network one, for Finder and Spotlight.
-        "local",
-        // Not shown in Finder's sidebar or on the desktop.
-        "nobrowse",
-        // No `._` AppleDouble files: answered in the kernel, never asked for.
-        "noappledouble",
-        // No com.apple.* extended attributes (Finder info, quarantine).
-        "noapplexattr",
-        "volname=spfs",
-    ]
-    .into_iter()
-    .map(|option| CUSTOM(option.into()))
-    .collect()
-}
+/// macFUSE's own mount options, beside the common ones (`vfs::mount`
+/// passes them; docs/macos.md explains each).
+pub const MACFUSE_MOUNT_OPTIONS: &[&str] = &[
+    // macFUSE ignores entry TTLs: without this the kernel's name cache
+    // would show one runtime's /spfs entries to every process.
+    "novncache",
+    // A local volume, not a network one, for Finder and Spotlight.
+    "local",
+    // Not shown in Finder's sidebar or on the desktop.
+    "nobrowse",
+    // No `._` AppleDouble files: answered in the kernel, never asked for.
+    "noappledouble",
+    // No com.apple.* extended attributes (Finder info, quarantine).
+    "noapplexattr",
+    "volname=spfs",
+];
 
 /// macFUSE's FUSE_INIT flag for `renamex_np(2)`'s RENAME_EXCL (macFUSE's
-/// `fuse_kernel.h`; fuser 0.18 does not name it).
-const FUSE_RENAME_EXCL: u64 = 1 << 26;
+/// `fuse_kernel.h`; fuser 0.18 does not name it). `vfs::mount::fuse_init`
+/// says why it is asked for.
+pub const FUSE_RENAME_EXCL: u64 = 1 << 26;
 
-/// FUSE_INIT for macFUSE. fuser 0.18 always parses a rename request as
-/// macFUSE 4 sends it, with the extended 16-byte `fuse_rename_in`; macFUSE
-/// 5 sends that layout only to a filesystem that asked for RENAME_SWAP or
-/// RENAME_EXCL at init, and the 8-byte one otherwise, which fuser would
-/// read with the names shifted (cberner/fuser#710, #341; macfuse#839). So
-/// on macFUSE 5 ask for RENAME_EXCL. fuser 0.18 drops the flags of a rename
-/// (it passes `RenameFlags::empty()` on macOS), so a `renamex_np` with
-/// RENAME_EXCL over an existing name replaces it like `rename(2)`;
-/// RENAME_SWAP is not asked for (macOS then refuses it with ENOTSUP before
-/// it reaches us) because a swap done as a rename would lose the swapped
-/// file. A fuser with #711 forwards the flags, and `SpfsFs::rename` reads
-/// them.
-pub fn fuse_init(config: &mut fuser::KernelConfig) {
-    let major = sysctl_bytes(MACFUSE_VERSION_SYSCTL).and_then(|raw| {
+/// The major version of the loaded macFUSE (`vfs.generic.macfuse.version.number`).
+pub fn macfuse_major_version() -> Option<u32> {
+    sysctl_bytes(MACFUSE_VERSION_SYSCTL).and_then(|raw| {
         let text = String::from_utf8_lossy(&raw)
             .trim_end_matches('\0')
             .to_owned();
         text.split('.').next()?.trim().parse::<u32>().ok()
-    });
-    // macFUSE 4 sends the extended layout anyway: keep RENAME_EXCL refused.
-    if major.is_some_and(|major| major < 5) {
-        return;
-    }
-    let excl = fuser::InitFlags::from_bits_retain(FUSE_RENAME_EXCL);
-    if let Err(missing) = config.add_capabilities(excl) {
-        tracing::warn!(
-            event = "service.fuse_init",
-            missing = missing.bits(),
-            "macFUSE does not offer RENAME_EXCL: renames may arrive in a layout fuser misreads"
-        );
-    }
+    })
 }
 
 /// The open flags a `create` request means. macFUSE always sends

@@ -1,4 +1,4 @@
-//! RuntimeTable as objects on disk: what an editable runtime changed (its
+//! Runtimes as objects on disk: what an editable runtime changed (its
 //! [`scratch`] directory) and what the runtime is (its [`state`] file), kept
 //! in one directory per runtime name under the scratch dir
 //! (`Paths::scratch_dir`). The service writes them while the runtime's
@@ -15,8 +15,10 @@
 //! see) is the service's: `service::runtimes` and `fs`.
 
 pub mod changes;
+pub mod end;
 pub mod scratch;
 pub mod state;
 
+pub use end::EndReason;
 pub use scratch::Scratch;
 pub use state::RuntimeState;

@@ -18,10 +18,10 @@ use crate::proto::{
     RemoveRuntimeRequest, RemoveRuntimeResponse, ResetRequest, RuntimeResponse, ShutdownRequest,
     ShutdownResponse, StatusRequest, StatusResponse, UnmountRequest, UnmountResponse,
 };
-use crate::runtime::RuntimeState;
+use crate::runtime::{EndReason, RuntimeState};
 use crate::tracking::env_spec::SpecError;
 use crate::vfs::overlay::Overlay;
-use crate::vfs::router::Shown;
+use crate::vfs::Shown;
 
 /// What `Status` reports about the service itself.
 #[derive(Clone, Debug)]
@@ -455,7 +455,7 @@ impl VfsService for Api {
             // go, so the command must not run on it.
             if let Ok((runtime, _, _)) = &result {
                 if let Ok(pid) = i32::try_from(runtime.root_pid) {
-                    self.runtimes.remove(pid, "shutdown");
+                    self.runtimes.remove(pid, EndReason::Shutdown);
                 }
             }
             tracing::warn!(
@@ -510,7 +510,7 @@ impl VfsService for Api {
         request: Request<UnmountRequest>,
     ) -> Result<Response<UnmountResponse>, Status> {
         let pid = checked_pid(request.into_inner().root_pid)?;
-        match self.runtimes.remove(pid, "request") {
+        match self.runtimes.remove(pid, EndReason::Request) {
             Some(_) => Ok(Response::new(UnmountResponse {})),
             None => Err(Status::not_found(format!("no runtime has root_pid {pid}"))),
         }

@@ -40,7 +40,7 @@ use crate::platform;
 use crate::proto::vfs_service_server::VfsServiceServer;
 use crate::proto::VFS_SERVICE_NAME;
 use crate::telemetry::metrics::metrics;
-use crate::vfs::router::Router;
+use crate::vfs::Router;
 use crate::vfs::{self, FuseMount, MountpointState};
 use api::{Api, Identity};
 use guard::{GuardLayer, GuardState};
@@ -213,7 +213,8 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
         let span = tracing::info_span!("fuse_mount");
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let mounted = span.in_scope(|| vfs::mount(&mountpoint, router, allow_other));
+            let mounted =
+                span.in_scope(|| vfs::mount(&mountpoint, vfs::SpfsFs::new(router), allow_other));
             (mounted, ms_since(started))
         })
     };

@@ -17,12 +17,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::contract::{MAX_ENV_SPEC_BYTES, MAX_NAME_BYTES};
 use crate::platform;
 use crate::proto::Runtime;
-use crate::runtime::{RuntimeState, Scratch};
+use crate::runtime::{EndReason, RuntimeState, Scratch};
 use crate::storage::error::StorageError;
 use crate::tracking::env_spec::{self, SpecError};
+use crate::vfs::membership::{RuntimeId, RuntimeRoute};
 use crate::vfs::overlay::Overlay;
-use crate::vfs::router::{EndReason, Router, RuntimeId, RuntimeRoute, Shown};
 use crate::vfs::view::BuildError;
+use crate::vfs::{Router, Shown};
 
 pub struct RuntimeTable {
     table: Mutex<Table>,
@@ -36,7 +37,7 @@ pub struct RuntimeTable {
 struct Table {
     /// By root pid (what `Unmount` names).
     live: HashMap<i32, LiveRuntime>,
-    /// RuntimeTable with changes on disk and no process, by name.
+    /// Runtimes with changes on disk and no process, by name.
     stopped: BTreeMap<String, RuntimeState>,
 }
 
@@ -145,12 +146,9 @@ impl RuntimeTable {
         self.router.start_watching(tx);
         let table = Arc::downgrade(self);
         tokio::spawn(async move {
-            while let Some((id, reason)) = rx.recv().await {
+            while let Some(id) = rx.recv().await {
                 let Some(table) = table.upgrade() else { break };
-                let reason = match reason {
-                    EndReason::LastProcessExited => "last_process_exited",
-                };
-                tokio::task::spawn_blocking(move || table.ended(id, reason));
+                tokio::task::spawn_blocking(move || table.ended(id, EndReason::LastProcessExited));
             }
         });
     }
@@ -215,7 +213,7 @@ impl RuntimeTable {
             .map(|e| e.id);
         if let Some(id) = id {
             if self.router.reap(id) {
-                self.ended(id, "last_process_exited");
+                self.ended(id, EndReason::LastProcessExited);
             }
         }
     }
@@ -228,7 +226,7 @@ impl RuntimeTable {
         let ids: Vec<RuntimeId> = self.lock().live.values().map(|e| e.id).collect();
         for id in ids {
             if self.router.reap(id) {
-                self.ended(id, "last_process_exited");
+                self.ended(id, EndReason::LastProcessExited);
             }
         }
     }
@@ -300,7 +298,7 @@ impl RuntimeTable {
             }
             let replaced = table.live.insert(pid, entry);
             if let Some(old) = &replaced {
-                keep_if_kept(&mut table, old, "replaced");
+                keep_if_kept(&mut table, old, EndReason::Replaced);
             }
             self.router
                 .add_runtime(id, pid, RuntimeRoute::new(shown, name, uid, start_time));
@@ -308,14 +306,14 @@ impl RuntimeTable {
         };
         if let Some(old) = replaced {
             self.router.remove_runtime(old.id);
-            self.finish(old, "replaced");
+            self.finish(old, EndReason::Replaced);
         }
         self.record_count();
         Ok(runtime)
     }
 
     /// `Unmount`: ends the runtime whose root is `pid` now.
-    pub fn remove(&self, pid: i32, reason: &str) -> Option<Runtime> {
+    pub fn remove(&self, pid: i32, reason: EndReason) -> Option<Runtime> {
         let removed = {
             let mut table = self.lock();
             let removed = table.live.remove(&pid)?;
@@ -329,7 +327,7 @@ impl RuntimeTable {
     }
 
     /// The router found runtime `id` empty and dropped its route.
-    fn ended(&self, id: RuntimeId, reason: &str) {
+    fn ended(&self, id: RuntimeId, reason: EndReason) {
         let removed = {
             let mut table = self.lock();
             let pid = table
@@ -350,7 +348,7 @@ impl RuntimeTable {
 
     /// A runtime ended: its changes are kept (durable, or the service is
     /// stopping under it) as a stopped runtime, or deleted.
-    fn finish(&self, entry: LiveRuntime, reason: &str) {
+    fn finish(&self, entry: LiveRuntime, reason: EndReason) {
         self.record_count();
         self.log_end(&entry, reason);
         let kept = is_kept(&entry, reason);
@@ -383,13 +381,13 @@ impl RuntimeTable {
             let mut table = self.lock();
             let all: Vec<LiveRuntime> = table.live.drain().map(|(_, e)| e).collect();
             for entry in &all {
-                keep_if_kept(&mut table, entry, "shutdown");
+                keep_if_kept(&mut table, entry, EndReason::Shutdown);
             }
             all
         };
         for entry in all {
             self.router.remove_runtime(entry.id);
-            self.finish(entry, "shutdown");
+            self.finish(entry, EndReason::Shutdown);
         }
     }
 
@@ -399,13 +397,13 @@ impl RuntimeTable {
             .record(self.len() as u64, &[]);
     }
 
-    fn log_end(&self, entry: &LiveRuntime, reason: &str) {
+    fn log_end(&self, entry: &LiveRuntime, reason: EndReason) {
         tracing::info!(
             event = "service.runtime_ended",
             root_pid = entry.root_pid,
             runtime = entry.state.name.as_str(),
             env_spec = crate::tracking::env_spec::shorten(&entry.state.env_spec),
-            reason,
+            reason = reason.as_str(),
             kept = is_kept(entry, reason),
             active_runtimes = self.len(),
             live_views = self.router.live_views(),
@@ -622,13 +620,13 @@ pub enum ScratchFor {
 
 /// Whether an ended runtime's changes are kept: it is durable, or the
 /// service is stopping under it.
-fn is_kept(entry: &LiveRuntime, reason: &str) -> bool {
-    entry.scratch.is_some() && (entry.state.durable || reason == "shutdown")
+fn is_kept(entry: &LiveRuntime, reason: EndReason) -> bool {
+    entry.scratch.is_some() && reason.keeps_changes(entry.state.durable)
 }
 
 /// Lists an ended runtime as stopped when its changes are kept; called
 /// with the runtime just taken out of the live list, under the same lock.
-fn keep_if_kept(table: &mut Table, entry: &LiveRuntime, reason: &str) {
+fn keep_if_kept(table: &mut Table, entry: &LiveRuntime, reason: EndReason) {
     if is_kept(entry, reason) {
         table
             .stopped

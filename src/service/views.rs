@@ -8,8 +8,9 @@ use super::runtimes::RuntimeError;
 use crate::contract::MAX_ENV_SPEC_BYTES;
 use crate::storage::proxy::ProxyRepository;
 use crate::tracking::env_spec::{self, StackItem};
-use crate::vfs::router::{Router, StackKey};
+use crate::vfs::registry::StackKey;
 use crate::vfs::view::{Budget, View};
+use crate::vfs::Router;
 
 /// What one `Mount` may cost, from the service's environment.
 #[derive(Clone, Copy, Debug)]

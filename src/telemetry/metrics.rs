@@ -16,7 +16,7 @@ pub struct Metrics {
     pub start_failures: Counter<u64>,
     /// Service process start to SERVING.
     pub startup_duration: Histogram<f64>,
-    /// RuntimeTable the service holds now.
+    /// Runtimes the service holds now.
     pub active_runtimes: Gauge<u64>,
     /// `Mount` handling time, by `result` (`ok`, `refused`).
     pub mount_duration: Histogram<f64>,

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use fuser::{Errno, FileAttr, FileType};
 
-use super::router::encode;
+use super::inode::encode;
 use super::view::{self, Content, View};
 use crate::runtime::Scratch;
 
