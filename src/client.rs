@@ -1,5 +1,6 @@
-//! Connecting to the service over its unix socket, and the typed clients used
-//! by the launcher and the commands.
+//! Connecting to the service over its unix socket, the typed clients used
+//! by the launcher and the commands, and the client's side of the gRPC
+//! edge: a runtime the control API reports, as the tools show it.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::proto::vfs_service_client::VfsServiceClient;
+use crate::runtime::{RuntimeInfo, RuntimeState};
 
 pub type HealthClient = tonic_health::pb::health_client::HealthClient<Channel>;
 pub type ControlClient = VfsServiceClient<Channel>;
@@ -39,4 +41,30 @@ pub async fn connect(socket: &Path) -> io::Result<Channel> {
         .connect_with_connector(connector)
         .await
         .map_err(io::Error::other)
+}
+
+/// A runtime as the control API reports it, as the tools show it.
+pub fn runtime_info(runtime: crate::proto::Runtime) -> RuntimeInfo {
+    RuntimeInfo {
+        root_pid: runtime
+            .running
+            .then(|| i32::try_from(runtime.root_pid).unwrap_or(0)),
+        since_unix: runtime.since_unix,
+        scratch_dir: Some(runtime.scratch_dir)
+            .filter(|dir| !dir.is_empty())
+            .map(PathBuf::from),
+        state: RuntimeState {
+            name: runtime.name,
+            env_spec: runtime.env_spec,
+            stack: runtime.stack,
+            repositories: runtime
+                .repositories
+                .into_iter()
+                .map(PathBuf::from)
+                .collect(),
+            editable: runtime.editable,
+            durable: runtime.durable,
+            created_unix: runtime.since_unix,
+        },
+    }
 }

@@ -22,14 +22,6 @@ pub enum Error {
         fix: String,
     },
 
-    /// The log dir exists but is not safe to write to.
-    #[error("log dir {path} is unsafe: {problem}.\n  fix: {fix}")]
-    UnsafeLogDir {
-        path: PathBuf,
-        problem: String,
-        fix: String,
-    },
-
     #[error(
         "cannot find the service binary `spfs-fuse-macos`; looked in: {}.\n  fix: install it beside `spfs`, put it on PATH, or set SPFS_FUSE_SERVICE_BIN to its full path",
         looked.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
@@ -233,12 +225,24 @@ impl Error {
         }
     }
 
+    /// What to do about it, when there is something to do.
+    pub fn fix(&self) -> Option<std::borrow::Cow<'_, str>> {
+        None
+    }
+
+    /// The message with its fix, as users and the log see it.
+    pub fn with_fix(&self) -> String {
+        match self.fix() {
+            Some(fix) => format!("{self}\n  fix: {fix}"),
+            None => self.to_string(),
+        }
+    }
+
     /// Stable name of the failure, for logs and metrics.
     pub fn reason(&self) -> &str {
         match self {
             Error::Config(_) => "config",
             Error::UnsafeRuntimeDir { .. } => "unsafe_runtime_dir",
-            Error::UnsafeLogDir { .. } => "unsafe_log_dir",
             Error::ServiceBinaryNotFound { .. } => "binary_not_found",
             Error::ForeignListener { .. } => "foreign_listener",
             Error::NotServing { .. } => "not_serving",

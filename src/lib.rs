@@ -38,6 +38,7 @@ pub mod graph;
 pub mod launcher;
 pub mod paths;
 pub mod platform;
+mod private_dir;
 pub mod proto;
 pub mod runtime;
 pub mod service;

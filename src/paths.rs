@@ -5,13 +5,13 @@
 //! before it trusts the runtime dir.
 
 use std::ffi::OsString;
-use std::fs::DirBuilder;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::platform;
+use crate::private_dir::{self, DirError};
 use crate::storage::config::{ConfigError, Sources, SpfsConfig};
+use crate::telemetry::Program;
 
 /// Longest unix socket path this platform accepts: `sun_path` less its NUL
 /// (macOS: 104 - 1 = 103 bytes; Linux: 108 - 1 = 107).
@@ -20,10 +20,6 @@ pub fn max_socket_path() -> usize {
     let addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     addr.sun_path.len() - 1
 }
-
-/// File names in the log dir; `docs/logging.md` describes them.
-pub const LAUNCHER_LOG_PREFIX: &str = "spfs";
-pub const SERVICE_LOG_PREFIX: &str = "spfs-fuse-macos";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Paths {
@@ -60,11 +56,25 @@ impl Paths {
             }),
         };
         Ok(Paths {
-            runtime_dir: pick("SPFS_RUNTIME_DIR", platform::default_runtime_dir)?,
-            log_dir: pick("SPFS_LOG_DIR", platform::default_log_dir)?,
-            mountpoint: pick("SPFS_MOUNTPOINT", || Ok(PathBuf::from("/spfs")))?,
+            runtime_dir: pick(Self::ENV_VARS[0], platform::default_runtime_dir)?,
+            log_dir: pick(Self::ENV_VARS[1], platform::default_log_dir)?,
+            mountpoint: pick(Self::ENV_VARS[2], || Ok(PathBuf::from("/spfs")))?,
             scratch_dir: pick("SPFS_SCRATCH_DIR", platform::default_scratch_dir)?,
         })
+    }
+
+    /// The variables that carry these paths to the service.
+    pub const ENV_VARS: [&'static str; 3] = ["SPFS_RUNTIME_DIR", "SPFS_LOG_DIR", "SPFS_MOUNTPOINT"];
+
+    /// These paths as the service's environment: it must agree with the
+    /// launcher on every one, whatever its own defaults.
+    pub fn to_env(&self) -> [(&'static str, &Path); 3] {
+        let [runtime_dir, log_dir, mountpoint] = Self::ENV_VARS;
+        [
+            (runtime_dir, &self.runtime_dir),
+            (log_dir, &self.log_dir),
+            (mountpoint, &self.mountpoint),
+        ]
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -83,30 +93,28 @@ impl Paths {
 
     /// Symlink to the service's current JSON log file.
     pub fn service_log(&self) -> PathBuf {
-        self.log_dir.join(format!("{SERVICE_LOG_PREFIX}.log"))
+        self.log_dir
+            .join(format!("{}.log", Program::Service.prefix()))
     }
 
     /// Symlink to the launcher's current JSON log file.
     pub fn launcher_log(&self) -> PathBuf {
-        self.log_dir.join(format!("{LAUNCHER_LOG_PREFIX}.log"))
+        self.log_dir
+            .join(format!("{}.log", Program::Launcher.prefix()))
     }
 
     /// The service's stdout and stderr (panics, messages before logging starts).
     pub fn service_stderr(&self) -> PathBuf {
-        self.log_dir.join(format!("{SERVICE_LOG_PREFIX}.stderr"))
+        self.log_dir
+            .join(format!("{}.stderr", Program::Service.prefix()))
     }
 
     /// Creates the runtime dir (mode 0700) if needed and refuses one that another
     /// user owns, that is writable by group or others, or that is not a directory.
     pub fn ensure_runtime_dir(&self) -> Result<()> {
         let dir = &self.runtime_dir;
-        if let Err(err) = DirBuilder::new().recursive(true).mode(0o700).create(dir) {
-            return Err(Error::io(
-                format!("cannot create runtime dir {}", dir.display()),
-                err,
-            ));
-        }
-        check_runtime_dir(dir)?;
+        private_dir::ensure(dir, "runtime dir", RUNTIME_DIR_SETTING)
+            .map_err(|err| runtime_dir_error(dir, err))?;
         check_socket_path(&self.socket())
     }
 }
@@ -147,86 +155,28 @@ pub fn check_socket_path(socket: &Path) -> Result<()> {
 
 /// The ownership and mode rules, separate so `spfs doctor`-style checks can reuse them.
 pub fn check_runtime_dir(dir: &Path) -> Result<()> {
-    check_private_dir(
-        dir,
-        "runtime dir",
-        ("SPFS_RUNTIME_DIR", "$HOME/.spfs-run"),
-        |problem, fix| Error::UnsafeRuntimeDir {
+    private_dir::check(dir, "runtime dir", RUNTIME_DIR_SETTING)
+        .map_err(|err| runtime_dir_error(dir, err))
+}
+
+/// The variable that moves the runtime dir, and a safe value to suggest.
+const RUNTIME_DIR_SETTING: (&str, &str) = ("SPFS_RUNTIME_DIR", "$HOME/.spfs-run");
+
+fn runtime_dir_error(dir: &Path, err: DirError) -> Error {
+    match err {
+        DirError::Unsafe { problem, fix } => Error::UnsafeRuntimeDir {
             path: dir.to_owned(),
             problem,
             fix,
         },
-    )
+        DirError::Io { context, source } => Error::io(context, source),
+    }
 }
 
 /// Creates the log dir (mode 0700) if needed and applies the runtime dir's
 /// rules to it: our lines must not go where another user can redirect them.
-pub fn ensure_log_dir(dir: &Path) -> Result<()> {
-    if let Err(err) = DirBuilder::new().recursive(true).mode(0o700).create(dir) {
-        return Err(Error::io(
-            format!("cannot create log dir {}", dir.display()),
-            err,
-        ));
-    }
-    check_private_dir(
-        dir,
-        "log dir",
-        ("SPFS_LOG_DIR", "$HOME/.spfs-logs"),
-        |problem, fix| Error::UnsafeLogDir {
-            path: dir.to_owned(),
-            problem,
-            fix,
-        },
-    )
-}
-
-/// A directory that is ours alone: not a symlink, a directory, owned by us,
-/// not writable by group or others. `setting` is the variable that moves it
-/// and a safe value to suggest; `unsafe_dir(problem, fix)` makes the error.
-fn check_private_dir(
-    dir: &Path,
-    what: &str,
-    (variable, fallback): (&str, &str),
-    unsafe_dir: impl Fn(String, String) -> Error,
-) -> Result<()> {
-    let meta = std::fs::symlink_metadata(dir)
-        .map_err(|err| Error::io(format!("cannot inspect {what} {}", dir.display()), err))?;
-    if meta.file_type().is_symlink() {
-        return Err(unsafe_dir(
-            "it is a symlink".into(),
-            format!(
-                "remove the symlink {} or set {variable} to a real directory you own",
-                dir.display()
-            ),
-        ));
-    }
-    if !meta.is_dir() {
-        return Err(unsafe_dir(
-            "it is not a directory".into(),
-            format!("remove {} or set {variable} elsewhere", dir.display()),
-        ));
-    }
-    let me = nix::unistd::geteuid().as_raw();
-    if meta.uid() != me {
-        return Err(unsafe_dir(
-            format!(
-                "it is owned by uid {}, not by you (uid {me}): another user created it first",
-                meta.uid()
-            ),
-            format!(
-                "have that user or an admin remove it (`sudo rm -r {}`); until then, `export {variable}={fallback}` (any directory of your own)",
-                dir.display(),
-            ),
-        ));
-    }
-    let mode = meta.mode() & 0o777;
-    if mode & 0o022 != 0 {
-        return Err(unsafe_dir(
-            format!("its mode is {mode:o}, writable by group or others"),
-            format!("chmod 700 {}", dir.display()),
-        ));
-    }
-    Ok(())
+pub fn ensure_log_dir(dir: &Path) -> std::result::Result<(), DirError> {
+    private_dir::ensure(dir, "log dir", crate::telemetry::LOG_DIR_SETTING)
 }
 
 #[cfg(test)]

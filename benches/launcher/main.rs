@@ -23,7 +23,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use spfs::client::{self, ControlClient};
-use spfs::launcher::probe::{probe, Probe};
 use spfs::paths::Paths;
 use spfs::Settings;
 use stats::summarize;
@@ -240,10 +239,7 @@ impl Bench {
                     .block_on(ensure(kind, &paths))
                     .expect("cold start");
                 samples[i].push(ms(started.elapsed()));
-                let serving = matches!(
-                    self.runtime.block_on(probe(&paths.socket())),
-                    Probe::Serving { .. }
-                );
+                let serving = self.runtime.block_on(is_serving(&paths.socket()));
                 if kind == Kind::Baseline && !serving {
                     baseline_unready += 1;
                 }
@@ -597,4 +593,22 @@ fn main() {
         "\nmachine: {machine}; took {:.0} s; JSON: target/bench-results/launcher.json",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// Whether the service on `socket` answers its health Check with SERVING.
+async fn is_serving(socket: &Path) -> bool {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let Ok(channel) = spfs::client::connect(socket).await else {
+        return false;
+    };
+    let request = tonic_health::pb::HealthCheckRequest {
+        service: spfs::proto::VFS_SERVICE_NAME.into(),
+    };
+    match spfs::client::HealthClient::new(channel)
+        .check(request)
+        .await
+    {
+        Ok(response) => response.into_inner().status == ServingStatus::Serving as i32,
+        Err(_) => false,
+    }
 }

@@ -10,12 +10,13 @@ use super::repo::{self, Out, Progress};
 use super::{block_on, current};
 use crate::encoding::Digest;
 use crate::error::{Error, Result};
-use crate::proto::{Editability, Runtime};
+use crate::proto::Editability;
 use crate::runtime::changes;
+use crate::runtime::RuntimeInfo;
 use crate::storage::fs::FsRepository;
 use crate::storage::tag::TagSpec;
 use crate::tracking::commit::{commit_dir, commit_platform, CommitStats};
-use crate::tracking::env_spec;
+use crate::tracking::env_spec::EnvSpec;
 
 /// What `spfs commit` was asked to commit.
 pub enum CommitSource<'a> {
@@ -112,7 +113,8 @@ fn commit_path(
 
 /// Commits a platform of `reference`'s items; returns the repository and the digest.
 fn commit_ref(remote: Option<&str>, reference: &str) -> Result<(FsRepository, Digest)> {
-    let items = env_spec::parse(reference)?;
+    let spec = EnvSpec::parse(reference)?;
+    let items = spec.items();
     if items.is_empty() {
         return Err(Error::Config(
             "--ref needs at least one tag or digest (e.g. --ref base+app)".into(),
@@ -120,7 +122,7 @@ fn commit_ref(remote: Option<&str>, reference: &str) -> Result<(FsRepository, Di
     }
     let repos = repo::readable(remote)?;
     let mut layers = Vec::with_capacity(items.len());
-    for (part, _) in &items {
+    for (part, _) in items {
         layers.push(repo::resolve_digest(&repos, part)?);
     }
     let repo = repo::writable(remote)?;
@@ -156,9 +158,9 @@ fn commit_runtime(kind: RuntimeCommit, allow_empty: bool, tags: &[TagSpec]) -> R
         let runtime = current::get_runtime(&channel, &name).await?;
         if kind == RuntimeCommit::Platform {
             // refused before anything is committed or put on the stack
-            check_platform_stack(&runtime.stack)?;
+            check_platform_stack(&runtime.state.stack)?;
         }
-        if !runtime.editable {
+        if !runtime.state.editable {
             return Err(Error::Config(format!(
                 "the active runtime {name} is not editable, nothing to commit; make it editable with `spfs edit`, or commit a directory with `spfs commit --path DIR`"
             )));
@@ -208,7 +210,7 @@ fn commit_runtime(kind: RuntimeCommit, allow_empty: bool, tags: &[TagSpec]) -> R
                 };
                 let digest = match kind {
                     RuntimeCommit::Layer => layer,
-                    RuntimeCommit::Platform => platform_of(&repo, &changed.stack)?,
+                    RuntimeCommit::Platform => platform_of(&repo, &changed.state.stack)?,
                 };
                 (repo, digest, true)
             }
@@ -230,15 +232,16 @@ enum Frozen {
     Done { repo: FsRepository, digest: Digest },
 }
 
-fn commit_frozen(kind: RuntimeCommit, allow_empty: bool, runtime: &Runtime) -> Result<Frozen> {
+fn commit_frozen(kind: RuntimeCommit, allow_empty: bool, runtime: &RuntimeInfo) -> Result<Frozen> {
     // the runtime's first repository is its local one: the layer goes there
-    let repo = match runtime.repositories.first() {
-        Some(first) => FsRepository::open(Path::new(first))?,
+    let stack = &runtime.state.stack;
+    let repo = match runtime.state.repositories.first() {
+        Some(first) => FsRepository::open(first)?,
         None => repo::writable(None)?,
     };
     let repos = current::runtime_repositories(runtime)?;
     let committed = if let Some(scratch) = current::open_scratch(runtime)? {
-        let base = changes::base_manifest(&runtime.stack, &repos)?;
+        let base = changes::base_manifest(stack, &repos)?;
         let mut progress = Progress::new();
         let committed = changes::commit_changes(
             &repo,
@@ -265,7 +268,7 @@ fn commit_frozen(kind: RuntimeCommit, allow_empty: bool, runtime: &Runtime) -> R
     match (kind, committed) {
         // An identical layer already on the stack would be dropped from it
         // (the first occurrence wins), hiding the changes: spfs refuses too.
-        (_, Some(c)) if c.changes > 0 && runtime.stack.contains(&c.layer.to_base32()) => {
+        (_, Some(c)) if c.changes > 0 && stack.contains(&c.layer.to_base32()) => {
             Err(nothing_to_commit(kind))
         }
         (_, Some(c)) if c.changes > 0 => Ok(Frozen::Layer {
@@ -278,10 +281,10 @@ fn commit_frozen(kind: RuntimeCommit, allow_empty: bool, runtime: &Runtime) -> R
         }),
         (RuntimeCommit::Layer, None) => Err(nothing_to_commit(kind)),
         (RuntimeCommit::Platform, _) => {
-            if runtime.stack.is_empty() && !allow_empty {
+            if stack.is_empty() && !allow_empty {
                 return Err(nothing_to_commit(kind));
             }
-            let digest = platform_of(&repo, &runtime.stack)?;
+            let digest = platform_of(&repo, stack)?;
             Ok(Frozen::Done { repo, digest })
         }
     }
@@ -354,7 +357,7 @@ mod tests {
 
     /// A repository with one layer (`a`), and a runtime showing it with its
     /// scratch dir.
-    fn setup() -> (tempfile::TempDir, Runtime, Digest) {
+    fn setup() -> (tempfile::TempDir, RuntimeInfo, Digest) {
         let tmp = tempfile::tempdir().unwrap();
         let layer_dir = tmp.path().join("layer");
         std::fs::create_dir(&layer_dir).unwrap();
@@ -363,13 +366,19 @@ mod tests {
         let repo = FsRepository::create(&root).unwrap();
         let (layer, _) = commit_dir(&repo, &layer_dir, &mut |_| {}).unwrap();
         let scratch = Scratch::create(&tmp.path().join("scratch/rt")).unwrap();
-        let runtime = Runtime {
-            name: "rt".into(),
-            editable: true,
-            scratch_dir: scratch.root().display().to_string(),
-            stack: vec![layer.to_base32()],
-            repositories: vec![root.display().to_string()],
-            ..Runtime::default()
+        let runtime = RuntimeInfo {
+            state: crate::runtime::RuntimeState {
+                name: "rt".into(),
+                env_spec: String::new(),
+                editable: true,
+                durable: false,
+                stack: vec![layer.to_base32()],
+                repositories: vec![root],
+                created_unix: 0,
+            },
+            root_pid: Some(1),
+            since_unix: 0,
+            scratch_dir: Some(scratch.root().to_owned()),
         };
         (tmp, runtime, layer)
     }
@@ -395,10 +404,8 @@ mod tests {
             panic!("not a platform")
         };
         assert_eq!(p.layers, [layer]);
-        let empty = Runtime {
-            stack: Vec::new(),
-            ..runtime
-        };
+        let mut empty = runtime;
+        empty.state.stack = Vec::new();
         let err = commit_frozen(RuntimeCommit::Platform, false, &empty)
             .err()
             .unwrap();
@@ -408,7 +415,7 @@ mod tests {
     #[test]
     fn changes_become_a_layer_for_the_stack() {
         let (_tmp, runtime, _) = setup();
-        let scratch = Scratch::open(Path::new(&runtime.scratch_dir)).unwrap();
+        let scratch = Scratch::open(runtime.scratch_dir.as_ref().unwrap()).unwrap();
         std::fs::write(scratch.upper().join("b"), "b").unwrap();
         scratch.add_mask(Path::new("a")).unwrap();
         let Ok(Frozen::Layer { repo, layer }) =
@@ -418,7 +425,7 @@ mod tests {
         };
         assert!(repo.has_object(&layer));
         // a directory layer cannot be named by a platform
-        let with_dir = vec![runtime.stack[0].clone(), "/some/dir".to_string()];
+        let with_dir = vec![runtime.state.stack[0].clone(), "/some/dir".to_string()];
         let err = platform_of(&repo, &with_dir).unwrap_err();
         assert!(err.to_string().contains("--path /some/dir"), "{err}");
     }

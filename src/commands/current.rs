@@ -4,8 +4,6 @@
 //! of its processes). Also the other control calls on one runtime that
 //! `spfs commit`, `edit`, `reset`, `diff` and `runtime` share.
 
-use std::path::{Path, PathBuf};
-
 use tonic::transport::Channel;
 
 use crate::client::ControlClient;
@@ -15,6 +13,7 @@ use crate::proto::{
     ChangeStackRequest, EditRequest, Editability, GetRuntimeRequest, RemoveRuntimeRequest,
     ResetRequest, Runtime,
 };
+use crate::runtime::RuntimeInfo;
 use crate::runtime::Scratch;
 use crate::settings::Settings;
 use crate::storage::proxy::ProxyRepository;
@@ -78,18 +77,15 @@ pub fn rpc_error(what: &str, call: &str, status: tonic::Status) -> Error {
     }
 }
 
-pub async fn get_runtime(channel: &Channel, name: &str) -> Result<Runtime> {
+pub async fn get_runtime(channel: &Channel, name: &str) -> Result<RuntimeInfo> {
     let response = ControlClient::new(channel.clone())
         .get_runtime(traced(GetRuntimeRequest { name: name.into() }))
         .await
         .map_err(|s| rpc_error(&format!("cannot read runtime {name}"), "GetRuntime", s))?;
-    response
-        .into_inner()
-        .runtime
-        .ok_or_else(|| Error::Config(format!("the service sent no runtime for {name}")))
+    answered(response.into_inner().runtime, name)
 }
 
-pub async fn edit(channel: &Channel, name: &str, editable: bool) -> Result<Runtime> {
+pub async fn edit(channel: &Channel, name: &str, editable: bool) -> Result<RuntimeInfo> {
     let what = if editable {
         format!("cannot make runtime {name} editable")
     } else {
@@ -102,13 +98,10 @@ pub async fn edit(channel: &Channel, name: &str, editable: bool) -> Result<Runti
         }))
         .await
         .map_err(|s| rpc_error(&what, "Edit", s))?;
-    response
-        .into_inner()
-        .runtime
-        .ok_or_else(|| Error::Config(format!("the service sent no runtime for {name}")))
+    answered(response.into_inner().runtime, name)
 }
 
-pub async fn reset(channel: &Channel, name: &str, paths: Vec<String>) -> Result<Runtime> {
+pub async fn reset(channel: &Channel, name: &str, paths: Vec<String>) -> Result<RuntimeInfo> {
     let response = ControlClient::new(channel.clone())
         .reset(traced(ResetRequest {
             name: name.into(),
@@ -116,10 +109,7 @@ pub async fn reset(channel: &Channel, name: &str, paths: Vec<String>) -> Result<
         }))
         .await
         .map_err(|s| rpc_error(&format!("cannot reset runtime {name}"), "Reset", s))?;
-    response
-        .into_inner()
-        .runtime
-        .ok_or_else(|| Error::Config(format!("the service sent no runtime for {name}")))
+    answered(response.into_inner().runtime, name)
 }
 
 /// What `ChangeStack` is asked to do.
@@ -135,7 +125,7 @@ pub async fn change_stack(
     channel: &Channel,
     name: &str,
     change: StackChange<'_>,
-) -> Result<Runtime> {
+) -> Result<RuntimeInfo> {
     let response = ControlClient::new(channel.clone())
         .change_stack(traced(ChangeStackRequest {
             name: name.into(),
@@ -152,10 +142,7 @@ pub async fn change_stack(
                 s,
             )
         })?;
-    response
-        .into_inner()
-        .runtime
-        .ok_or_else(|| Error::Config(format!("the service sent no runtime for {name}")))
+    answered(response.into_inner().runtime, name)
 }
 
 pub async fn remove_runtime(channel: &Channel, name: &str) -> Result<()> {
@@ -166,39 +153,41 @@ pub async fn remove_runtime(channel: &Channel, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The runtime a reply carried; a reply without one is the service's error.
+fn answered(runtime: Option<Runtime>, name: &str) -> Result<RuntimeInfo> {
+    runtime
+        .map(crate::client::runtime_info)
+        .ok_or_else(|| Error::Config(format!("the service sent no runtime for {name}")))
+}
+
 /// The runtime's stack as the env spec `ChangeStack` expects (`A+B`).
-pub fn stack_spec(runtime: &Runtime) -> String {
-    runtime.stack.join("+")
+pub fn stack_spec(runtime: &RuntimeInfo) -> String {
+    runtime.state.stack.join("+")
 }
 
 /// The repositories a runtime reads its layers from, local first (the
 /// configured ones if the service named none).
-pub fn runtime_repositories(runtime: &Runtime) -> Result<ProxyRepository> {
-    let roots: Vec<PathBuf> = runtime.repositories.iter().map(PathBuf::from).collect();
+pub fn runtime_repositories(runtime: &RuntimeInfo) -> Result<ProxyRepository> {
+    let roots = &runtime.state.repositories;
     if roots.is_empty() {
         super::repo::readable(None)
     } else {
-        Ok(ProxyRepository::open(&roots)?)
+        Ok(ProxyRepository::open(roots)?)
     }
 }
 
 /// The runtime's changes on disk; none for a runtime never made editable.
-pub fn open_scratch(runtime: &Runtime) -> Result<Option<Scratch>> {
-    if runtime.scratch_dir.is_empty() {
+pub fn open_scratch(runtime: &RuntimeInfo) -> Result<Option<Scratch>> {
+    let Some(dir) = &runtime.scratch_dir else {
         return Ok(None);
-    }
+    };
     // Never made: the runtime has changed nothing yet.
-    Scratch::open_to_read(Path::new(&runtime.scratch_dir))
-        .map(Some)
-        .map_err(|e| {
-            Error::io(
-                format!(
-                    "cannot read the runtime's changes in {}",
-                    runtime.scratch_dir
-                ),
-                e,
-            )
-        })
+    Scratch::open_to_read(dir).map(Some).map_err(|e| {
+        Error::io(
+            format!("cannot read the runtime's changes in {}", dir.display()),
+            e,
+        )
+    })
 }
 
 #[cfg(test)]

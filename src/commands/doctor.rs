@@ -7,9 +7,9 @@ use std::time::Duration;
 use super::block_on;
 use super::runner::{self, Out};
 use crate::contract::VERSION;
+use crate::launcher::find_service_binary;
 use crate::launcher::probe::{probe_service, Probe};
-use crate::launcher::spawn::find_service_binary;
-use crate::paths::{self, LAUNCHER_LOG_PREFIX};
+use crate::paths;
 use crate::platform;
 use crate::settings::Settings;
 use crate::telemetry::reader;
@@ -280,7 +280,7 @@ fn check_last_failure(settings: &Settings) -> Check {
     let log_dir = &settings.paths.log_dir;
     let last = reader::last_event(
         log_dir,
-        LAUNCHER_LOG_PREFIX,
+        crate::telemetry::Program::Launcher.prefix(),
         &["launcher.start_failed", "launcher.ensure"],
     );
     match last {

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::proto::Editability;
 use crate::runtime::changes::{self, Change, ChangeKind};
 use crate::settings::Settings;
+use crate::tracking::env_spec::EnvSpec;
 
 /// `spfs edit [--off]`: make the runtime editable, or read-only keeping
 /// its changes. As in spfs, making an editable runtime editable is an error.
@@ -29,7 +30,7 @@ pub fn edit(off: bool) -> ExitCode {
                 eprintln!("edit mode disabled");
             } else {
                 let runtime = current::get_runtime(&channel, &name).await?;
-                if runtime.editable {
+                if runtime.state.editable {
                     return Err(Error::Config(format!("runtime {name} is already editable")));
                 }
                 current::edit(&channel, &name, true).await?;
@@ -52,16 +53,15 @@ pub fn reset(paths: &[String], edit: bool, reference: Option<&str>) -> ExitCode 
             let channel = current::connect(&settings, &name).await?;
             match reference {
                 Some(reference) => {
-                    crate::tracking::env_spec::parse(reference)?;
-                    let empty = super::run::is_empty_ref(reference);
+                    let spec = EnvSpec::parse(reference)?;
                     current::change_stack(
                         &channel,
                         &name,
                         current::StackChange {
-                            env_spec: reference,
+                            env_spec: spec.as_str(),
                             expected_stack: "",
                             drop_changes: true,
-                            editable: if edit || empty {
+                            editable: if edit || spec.is_empty() {
                                 Editability::Editable
                             } else {
                                 Editability::Keep
@@ -74,7 +74,7 @@ pub fn reset(paths: &[String], edit: bool, reference: Option<&str>) -> ExitCode 
                     current::reset(&channel, &name, relative).await?;
                     if edit {
                         let runtime = current::get_runtime(&channel, &name).await?;
-                        if !runtime.editable {
+                        if !runtime.state.editable {
                             current::edit(&channel, &name, true).await?;
                         }
                     }
@@ -125,7 +125,7 @@ pub fn diff(from: Option<&str>, to: Option<&str>) -> ExitCode {
                     current::get_runtime(&channel, &name).await
                 })?;
                 let repos = current::runtime_repositories(&runtime)?;
-                let base = changes::base_manifest(&runtime.stack, &repos)?;
+                let base = changes::base_manifest(&runtime.state.stack, &repos)?;
                 let scratch = current::open_scratch(&runtime)?;
                 match (from, scratch) {
                     (None, None) => Vec::new(),
@@ -173,7 +173,7 @@ fn diff_line(change: &Change, mountpoint: &Path, color: bool) -> String {
 /// unless asked to drop them. Refused if the stack changed meanwhile.
 pub fn change_stack(reference: &str, drop_changes: bool) -> ExitCode {
     runner::run("spfs runtime change-stack", || {
-        crate::tracking::env_spec::parse(reference)?;
+        let spec = EnvSpec::parse(reference)?;
         let name = current::active_name(Hint::Run)?;
         let settings = Settings::from_env()?;
         let changed = block_on(async {
@@ -184,7 +184,7 @@ pub fn change_stack(reference: &str, drop_changes: bool) -> ExitCode {
                 &channel,
                 &name,
                 current::StackChange {
-                    env_spec: reference,
+                    env_spec: spec.as_str(),
                     expected_stack: &expected,
                     drop_changes,
                     editable: Editability::Keep,
@@ -194,10 +194,10 @@ pub fn change_stack(reference: &str, drop_changes: bool) -> ExitCode {
         })?;
         eprintln!(
             "runtime {name} now shows {}{}",
-            if changed.stack.is_empty() {
+            if changed.state.stack.is_empty() {
                 "no layer".to_string()
             } else {
-                changed.stack.join("+")
+                changed.state.stack.join("+")
             },
             if drop_changes {
                 ", without its changes"

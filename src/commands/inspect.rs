@@ -9,7 +9,7 @@ use crate::encoding::Digest;
 use crate::error::{Error, Result};
 use crate::graph::{mode, AnnotationValue, EntryKind, Header, Object, ObjectKind, HEADER_SIZE};
 use crate::storage::proxy::ProxyRepository;
-use crate::tracking::env_spec::{self, Layer};
+use crate::tracking::env_spec::{EnvSpec, Layer};
 use crate::tracking::manifest::{Entry, Manifest};
 
 /// How `layers` and `platforms` print a digest.
@@ -195,7 +195,7 @@ fn walk(
 /// The merged manifest of a ref (`a+b` stacks too), as a runtime shows it.
 fn merged_manifest(repos: &ProxyRepository, reference: &str) -> Result<Manifest> {
     let mut merged = Manifest::default();
-    for layer in env_spec::resolve(reference, repos)? {
+    for layer in EnvSpec::parse(reference)?.resolve(repos)? {
         match layer {
             Layer::Manifest { manifest, .. } => merged.update(&Manifest::from_graph(&manifest)?),
             Layer::Dir(path) => {

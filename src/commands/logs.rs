@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use super::runner::{self, Out};
 use crate::error::{Error, Result};
-use crate::paths::{LAUNCHER_LOG_PREFIX, SERVICE_LOG_PREFIX};
 use crate::settings::Settings;
 use crate::telemetry::reader;
+use crate::telemetry::Program;
 
 pub struct LogsOptions {
     pub follow: bool,
@@ -25,9 +25,9 @@ fn show_logs(options: &LogsOptions) -> Result<ExitCode> {
     let settings = Settings::from_env()?;
     let paths = &settings.paths;
     let (prefix, link) = if options.launcher {
-        (LAUNCHER_LOG_PREFIX, paths.launcher_log())
+        (Program::Launcher.prefix(), paths.launcher_log())
     } else {
-        (SERVICE_LOG_PREFIX, paths.service_log())
+        (Program::Service.prefix(), paths.service_log())
     };
     let mut out = Out::new();
     let mut show = |line: &str| -> Result<()> {

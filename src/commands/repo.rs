@@ -12,7 +12,7 @@ use crate::graph::Object;
 use crate::storage::fs::FsRepository;
 use crate::storage::proxy::ProxyRepository;
 use crate::storage::tag::TagSpec;
-use crate::tracking::env_spec;
+use crate::tracking::env_spec::{self, EnvSpec};
 
 pub use super::runner::{run, Out};
 
@@ -40,11 +40,11 @@ pub fn readable(remote: Option<&str>) -> Result<ProxyRepository> {
 
 /// One ref item (a digest, partial digest or tag; no `+`) as an object digest.
 pub fn resolve_digest(repos: &ProxyRepository, reference: &str) -> Result<Digest> {
-    let items = env_spec::parse(reference)?;
-    let [(part, item)] = items.as_slice() else {
+    let spec = EnvSpec::parse(reference)?;
+    let [(part, item)] = spec.items() else {
         return Err(Error::Config(format!(
             "{:?} is not a single reference; give one tag or digest (no '+')",
-            env_spec::shorten(reference)
+            spec.to_string()
         )));
     };
     Ok(env_spec::item_digest(part, item, repos)?)

@@ -6,19 +6,16 @@
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
-use std::time::Instant;
 
 use tracing::Instrument;
 
 use super::runner::{self, Out};
 use super::{block_on, launcher_settings};
-use crate::client::ControlClient;
-use crate::error::{Error, Result};
-use crate::launcher::{ensure_service_running, ensure_service_to_mount};
+use crate::error::Result;
+use crate::launcher;
 use crate::platform;
 use crate::proto::MountRequest;
-use crate::settings::Settings;
-use crate::tracking::env_spec;
+use crate::tracking::env_spec::EnvSpec;
 
 /// How `spfs run` and `spfs shell` set up the runtime.
 #[derive(Clone, Debug, Default)]
@@ -51,12 +48,6 @@ pub fn shell(reference: &str, options: &RunOptions) -> ExitCode {
     run_in_env("spfs shell", reference, &shell, &[], options)
 }
 
-/// Whether `reference` names no layer at all (`-`, `""`): such a runtime is
-/// editable by default, as in spfs.
-pub fn is_empty_ref(reference: &str) -> bool {
-    matches!(reference.trim(), "" | "-")
-}
-
 fn run_in_env(
     tool: &str,
     reference: &str,
@@ -67,9 +58,10 @@ fn run_in_env(
     runner::run(tool, || {
         let settings = launcher_settings()?;
         let pid = std::process::id() as i32;
-        let (reference, repositories) = match &options.rerun {
-            Some(_) => ("", Vec::new()),
-            None => (reference, repositories_for(reference)?),
+        let (env_spec, repositories) = match &options.rerun {
+            // The stack comes from the stopped runtime.
+            Some(_) => (EnvSpec::empty(), Vec::new()),
+            None => spec_and_repositories(reference)?,
         };
         let name = match (&options.rerun, &options.name) {
             (Some(name), _) | (None, Some(name)) => name.clone(),
@@ -77,16 +69,19 @@ fn run_in_env(
         };
         let request = MountRequest {
             root_pid: pid.into(),
-            env_spec: reference.to_owned(),
+            env_spec: match options.rerun {
+                Some(_) => String::new(),
+                None => env_spec.as_str().to_owned(),
+            },
             repositories,
             name: name.clone(),
-            editable: options.edit || (options.rerun.is_none() && is_empty_ref(reference)),
+            editable: options.edit || (options.rerun.is_none() && env_spec.is_empty()),
             durable: options.keep_runtime,
             rerun: options.rerun.is_some(),
         };
         // One trace per command: the start (if any) and the Mount call are its children.
-        let span = tracing::info_span!("spfs.run", env_spec = env_spec::shorten(reference));
-        let mounted = block_on(ensure_and_mount(&settings, &request).instrument(span.clone()));
+        let span = tracing::info_span!("spfs.run", env_spec = %env_spec);
+        let mounted = block_on(launcher::mount(&settings, &request).instrument(span.clone()));
         drop(span);
         if let Err(err) = mounted {
             crate::telemetry::flush();
@@ -136,17 +131,18 @@ pub fn mount(root_process: Option<i32>, reference: &str, force: bool) -> ExitCod
     }
     runner::run(tool, || {
         let settings = launcher_settings()?;
+        let (env_spec, repositories) = spec_and_repositories(reference)?;
         let request = MountRequest {
             root_pid: pid.into(),
-            env_spec: reference.to_owned(),
-            repositories: repositories_for(reference)?,
+            env_spec: env_spec.as_str().to_owned(),
+            repositories,
             ..MountRequest::default()
         };
-        block_on(ensure_and_mount(&settings, &request))?;
+        block_on(launcher::mount(&settings, &request))?;
         let mut out = Out::new();
         out.line(format_args!(
             "mounted {:?} for process {pid}",
-            env_spec::shorten(reference)
+            env_spec.to_string()
         ))?;
         out.finish()?;
         Ok(ExitCode::SUCCESS)
@@ -171,112 +167,14 @@ fn check_root_process(pid: i32, force: bool) -> std::result::Result<(), String> 
     }
 }
 
-/// Checks the ref's syntax (so a typo never starts a service) and reads the
+/// Parses the ref (so a typo never starts a service) and reads the
 /// caller's spfs configuration: the repositories the ref means, local first.
-fn repositories_for(reference: &str) -> Result<Vec<String>> {
-    if reference.len() > crate::contract::MAX_ENV_SPEC_BYTES {
-        return Err(Error::RefTooLong {
-            bytes: reference.len(),
-            max: crate::contract::MAX_ENV_SPEC_BYTES,
-        });
-    }
-    env_spec::parse(reference)?;
+fn spec_and_repositories(reference: &str) -> Result<(EnvSpec, Vec<String>)> {
+    let env_spec = EnvSpec::parse(reference)?;
     let roots = crate::paths::load_spfs_config()?.runtime_repositories()?;
-    Ok(roots
+    let repositories = roots
         .into_iter()
         .map(|root| root.to_string_lossy().into_owned())
-        .collect())
-}
-
-/// How often a `Mount` that met a stopping service is tried, each time on a
-/// service started or confirmed afresh.
-const MOUNT_ATTEMPTS: u32 = 5;
-
-async fn ensure_and_mount(settings: &Settings, request: &MountRequest) -> Result<()> {
-    let reference = request.env_spec.as_str();
-    // A service may stop (idle timeout, `spfs service stop`) between our probe
-    // and our Mount; then the next ensure starts a fresh one.
-    let mut attempt = 1;
-    // Warm path first: a running service mounts in one round trip (launcher/warm.rs).
-    let mut warm = crate::launcher::warm::mount_first(settings, request).await;
-    loop {
-        let result = match warm.take() {
-            Some(result) => result,
-            None => {
-                // The last try confirms with a health Check, so a service
-                // that keeps stopping as soon as it is ready is named as such.
-                let running = match attempt < MOUNT_ATTEMPTS {
-                    true => ensure_service_to_mount(settings).await?,
-                    false => ensure_service_running(settings).await?,
-                };
-                mount_once(running.channel, request).await
-            }
-        };
-        match result {
-            Err(status)
-                if status.code() == tonic::Code::Unavailable && attempt < MOUNT_ATTEMPTS =>
-            {
-                tracing::info!(
-                    event = "launcher.retry",
-                    attempt,
-                    reason = "the service stopped before Mount",
-                    "starting the service again"
-                );
-                attempt += 1;
-            }
-            // The connection broke mid-call. A service that died (kill -9, a
-            // crash) leaves a dead FUSE mount: say so, do not retry into a
-            // crash loop. One that is stopping (idle timeout) unmounts
-            // cleanly, like an UNAVAILABLE: retry.
-            Err(status) if is_transport_failure(&status) => {
-                if attempt >= MOUNT_ATTEMPTS || service_died(settings) {
-                    return Err(Error::ServiceLost {
-                        during: "Mount",
-                        detail: status.message().to_owned(),
-                        log: settings.paths.service_log(),
-                    });
-                }
-                tracing::info!(
-                    event = "launcher.retry",
-                    attempt,
-                    reason = "the connection broke during Mount while the service stopped",
-                    "starting the service again"
-                );
-                attempt += 1;
-            }
-            Err(status) => {
-                return Err(Error::rpc(
-                    format!("cannot mount {:?}", env_spec::shorten(reference)),
-                    status,
-                ))
-            }
-            Ok(()) => return Ok(()),
-        }
-    }
-}
-
-/// Whether the service left a dead FUSE mount behind (ENOTCONN), as a killed
-/// or crashed service does; a service that stops cleanly unmounts first.
-fn service_died(settings: &Settings) -> bool {
-    std::fs::metadata(&settings.paths.mountpoint)
-        .is_err_and(|err| platform::is_stale_mount_error(&err))
-}
-
-/// A status made by the client from a broken connection rather than sent
-/// by the service. UNAVAILABLE is left out: it is retried (connect refused).
-fn is_transport_failure(status: &tonic::Status) -> bool {
-    use std::error::Error as _;
-    status.source().is_some() && status.code() != tonic::Code::Unavailable
-}
-
-async fn mount_once(
-    channel: tonic::transport::Channel,
-    request: &MountRequest,
-) -> std::result::Result<(), tonic::Status> {
-    let started = Instant::now();
-    let response = ControlClient::new(channel)
-        .mount(crate::telemetry::otel::traced(request.clone()))
-        .await;
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    crate::launcher::warm::log_mount(request, response.map(drop), elapsed_ms)
+        .collect();
+    Ok((env_spec, repositories))
 }

@@ -13,20 +13,23 @@ use super::{block_on, current};
 use crate::client::ControlClient;
 use crate::error::{Error, Result};
 use crate::launcher::probe::{probe, Probe};
-use crate::proto::{Runtime, StatusRequest, UnmountRequest};
+use crate::proto::{StatusRequest, UnmountRequest};
+use crate::runtime::RuntimeInfo;
 use crate::settings::Settings;
 
 /// Every runtime, running then stopped, and a channel to their service
 /// (if one runs; else the stopped ones come from the scratch dir).
-async fn live(settings: &Settings) -> Result<(Vec<Runtime>, Option<tonic::transport::Channel>)> {
+async fn live(
+    settings: &Settings,
+) -> Result<(Vec<RuntimeInfo>, Option<tonic::transport::Channel>)> {
     let socket = settings.paths.socket();
     let channel = match probe(&socket).await {
         Probe::Serving { channel, .. } | Probe::NotServing(channel) => channel,
         Probe::Absent { .. } => {
             let scratch_dir = &settings.paths.scratch_dir;
             let stopped = crate::runtime::state::on_disk(scratch_dir)
-                .values()
-                .map(|state| state.to_stopped_proto(scratch_dir))
+                .into_values()
+                .map(|state| RuntimeInfo::stopped(state, scratch_dir))
                 .collect();
             return Ok((stopped, None));
         }
@@ -37,8 +40,12 @@ async fn live(settings: &Settings) -> Result<(Vec<Runtime>, Option<tonic::transp
         .await
         .map_err(|s| Error::rpc("Status failed", s))?
         .into_inner();
-    let mut all = status.runtimes;
-    all.extend(status.stopped);
+    let all = status
+        .runtimes
+        .into_iter()
+        .chain(status.stopped)
+        .map(crate::client::runtime_info)
+        .collect();
     Ok((all, Some(channel)))
 }
 
@@ -59,11 +66,11 @@ async fn remove_stopped(
     }
 }
 
-fn find<'a>(runtimes: &'a [Runtime], name: &str) -> Result<&'a Runtime> {
-    runtimes.iter().find(|r| r.name == name).ok_or_else(|| {
+fn find<'a>(runtimes: &'a [RuntimeInfo], name: &str) -> Result<&'a RuntimeInfo> {
+    runtimes.iter().find(|r| r.name() == name).ok_or_else(|| {
         Error::Config(format!(
             "no runtime named {:?} (see `spfs runtime list`)",
-            crate::tracking::env_spec::shorten(name)
+            crate::telemetry::short(name)
         ))
     })
 }
@@ -71,8 +78,8 @@ fn find<'a>(runtimes: &'a [Runtime], name: &str) -> Result<&'a Runtime> {
 /// The word `spfs runtime list` shows for a runtime's state, as spfs
 /// words it: `running` (it has processes), `saved` (stopped and kept,
 /// durable), `stopped` (stopped, left behind by a service that died).
-pub fn status_word(runtime: &Runtime) -> &'static str {
-    match (runtime.running, runtime.durable) {
+pub fn status_word(runtime: &RuntimeInfo) -> &'static str {
+    match (runtime.is_running(), runtime.state.durable) {
         (true, _) => "running",
         (false, true) => "saved",
         (false, false) => "stopped",
@@ -80,23 +87,23 @@ pub fn status_word(runtime: &Runtime) -> &'static str {
 }
 
 /// One line of `spfs runtime list`, as spfs prints it, then our `ref=`.
-pub fn list_line(runtime: &Runtime) -> String {
-    let pid = if runtime.running {
-        runtime.root_pid.to_string()
-    } else {
-        "unknown".to_string()
+pub fn list_line(runtime: &RuntimeInfo) -> String {
+    let pid = match runtime.root_pid {
+        Some(pid) => pid.to_string(),
+        None => "unknown".to_string(),
     };
+    let state = &runtime.state;
     format!(
         "{:37}\trunning={}\tpid={pid:<7}\teditable={}\tdurable={}\tstatus={}\tref={}",
-        runtime.name,
-        runtime.running,
-        runtime.editable,
-        runtime.durable,
+        state.name,
+        runtime.is_running(),
+        state.editable,
+        state.durable,
         status_word(runtime),
-        if runtime.env_spec.is_empty() {
+        if state.env_spec.is_empty() {
             "-"
         } else {
-            &runtime.env_spec
+            &state.env_spec
         }
     )
 }
@@ -110,7 +117,7 @@ pub fn runtime_list(quiet: bool) -> ExitCode {
         let mut out = Out::new();
         for runtime in &runtimes {
             if quiet {
-                out.line(&runtime.name)?;
+                out.line(runtime.name())?;
             } else {
                 out.line(list_line(runtime))?;
             }
@@ -121,19 +128,20 @@ pub fn runtime_list(quiet: bool) -> ExitCode {
 }
 
 /// A runtime as `spfs runtime info` prints it.
-pub fn info_json(runtime: &Runtime) -> serde_json::Value {
+pub fn info_json(runtime: &RuntimeInfo) -> serde_json::Value {
+    let state = &runtime.state;
     json!({
-        "name": runtime.name,
-        "root_pid": runtime.root_pid,
-        "env_spec": runtime.env_spec,
+        "name": state.name,
+        "root_pid": runtime.root_pid.unwrap_or(0),
+        "env_spec": state.env_spec,
         "since_unix": runtime.since_unix,
-        "editable": runtime.editable,
-        "durable": runtime.durable,
-        "running": runtime.running,
+        "editable": state.editable,
+        "durable": state.durable,
+        "running": runtime.is_running(),
         "status": status_word(runtime),
-        "stack": runtime.stack,
-        "repositories": runtime.repositories,
-        "scratch_dir": runtime.scratch_dir,
+        "stack": state.stack,
+        "repositories": state.repositories,
+        "scratch_dir": runtime.scratch_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default(),
     })
 }
 
@@ -171,17 +179,17 @@ enum Refusal {
     Durable(String),
 }
 
-fn check_removal(runtime: &Runtime, force: bool, remove_durable: bool) -> Option<Refusal> {
-    if runtime.running && !force {
+fn check_removal(runtime: &RuntimeInfo, force: bool, remove_durable: bool) -> Option<Refusal> {
+    let name = runtime.name();
+    if runtime.is_running() && !force {
         return Some(Refusal::Running(format!(
-            "won't remove {} (pid {}): still running, and its processes would lose /spfs; use --force to end it now",
-            runtime.name, runtime.root_pid
+            "won't remove {name} (pid {}): still running, and its processes would lose /spfs; use --force to end it now",
+            runtime.root_pid.unwrap_or(0)
         )));
     }
-    if !runtime.running && runtime.durable && !remove_durable {
+    if !runtime.is_running() && runtime.state.durable && !remove_durable {
         return Some(Refusal::Durable(format!(
-            "won't remove {}: the runtime is durable (--keep-runtime) and its changes would be lost; use --remove-durable to remove it",
-            runtime.name
+            "won't remove {name}: the runtime is durable (--keep-runtime) and its changes would be lost; use --remove-durable to remove it"
         )));
     }
     None
@@ -211,17 +219,17 @@ pub fn runtime_remove(names: &[String], force: bool, remove_durable: bool) -> Ex
                 }
             }
             for runtime in targets {
-                if let (true, Some(channel)) = (runtime.running, &channel) {
+                if let (Some(pid), Some(channel)) = (runtime.root_pid, &channel) {
                     ControlClient::new(channel.clone())
                         .unmount(crate::telemetry::otel::traced(UnmountRequest {
-                            root_pid: runtime.root_pid,
+                            root_pid: pid.into(),
                         }))
                         .await
-                        .map_err(|s| Error::rpc(format!("cannot remove {}", runtime.name), s))?;
+                        .map_err(|s| Error::rpc(format!("cannot remove {}", runtime.name()), s))?;
                 } else {
-                    remove_stopped(&settings, &channel, &runtime.name).await?;
+                    remove_stopped(&settings, &channel, runtime.name()).await?;
                 }
-                eprintln!("removed runtime {}", runtime.name);
+                eprintln!("removed runtime {}", runtime.name());
             }
             Ok(ExitCode::SUCCESS)
         })
@@ -230,11 +238,14 @@ pub fn runtime_remove(names: &[String], force: bool, remove_durable: bool) -> Ex
 
 /// The stopped runtimes `spfs runtime prune` removes: every one that is
 /// not durable, and the durable ones too with `remove_durable`.
-fn prunable(runtimes: &[Runtime], remove_durable: bool) -> (Vec<&Runtime>, Vec<&Runtime>) {
+fn prunable(
+    runtimes: &[RuntimeInfo],
+    remove_durable: bool,
+) -> (Vec<&RuntimeInfo>, Vec<&RuntimeInfo>) {
     runtimes
         .iter()
-        .filter(|r| !r.running)
-        .partition(|r| remove_durable || !r.durable)
+        .filter(|r| !r.is_running())
+        .partition(|r| remove_durable || !r.state.durable)
 }
 
 /// `spfs runtime prune [--remove-durable]`: removes the stopped runtimes
@@ -250,13 +261,13 @@ pub fn runtime_prune(remove_durable: bool) -> ExitCode {
             for runtime in kept {
                 eprintln!(
                     "Won't delete {}: the runtime is durable; use --remove-durable to remove durable runtimes",
-                    runtime.name
+                    runtime.name()
                 );
             }
             let mut code = ExitCode::SUCCESS;
             for runtime in prune {
-                match remove_stopped(&settings, &channel, &runtime.name).await {
-                    Ok(()) => eprintln!("Pruned runtime {}", runtime.name),
+                match remove_stopped(&settings, &channel, runtime.name()).await {
+                    Ok(()) => eprintln!("Pruned runtime {}", runtime.name()),
                     Err(err) => {
                         eprintln!("spfs runtime prune: error: {err}");
                         code = ExitCode::FAILURE;
@@ -272,15 +283,20 @@ pub fn runtime_prune(remove_durable: bool) -> ExitCode {
 mod tests {
     use super::*;
 
-    fn runtime(name: &str, running: bool, durable: bool) -> Runtime {
-        Runtime {
-            name: name.into(),
-            root_pid: if running { 42 } else { 0 },
-            env_spec: "base".into(),
-            editable: true,
-            durable,
-            running,
-            ..Runtime::default()
+    fn runtime(name: &str, running: bool, durable: bool) -> RuntimeInfo {
+        RuntimeInfo {
+            state: crate::runtime::RuntimeState {
+                name: name.into(),
+                env_spec: "base".into(),
+                stack: Vec::new(),
+                repositories: Vec::new(),
+                editable: true,
+                durable,
+                created_unix: 0,
+            },
+            root_pid: running.then_some(42),
+            since_unix: 0,
+            scratch_dir: None,
         }
     }
 
@@ -330,7 +346,8 @@ mod tests {
             runtime("saved", false, true),
             runtime("left", false, false),
         ];
-        let names = |list: Vec<&Runtime>| list.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+        let names =
+            |list: Vec<&RuntimeInfo>| list.iter().map(|r| r.name().to_owned()).collect::<Vec<_>>();
         let (prune, kept) = prunable(&all, false);
         assert_eq!(
             (names(prune), names(kept)),

@@ -166,7 +166,7 @@ fn print_status(out: &mut Out, serving: bool, s: &StatusResponse) -> Result<()> 
     out.line(format_args!("  log:        {}", s.log_file))?;
     out.line(format_args!("  runtimes:   {}", s.runtimes.len()))?;
     for r in &s.runtimes {
-        let spec = crate::tracking::env_spec::shorten(&r.env_spec);
+        let spec = crate::telemetry::short(&r.env_spec);
         out.line(format_args!(
             "    pid {:<8} {:<30} for {}s",
             r.root_pid,

@@ -23,16 +23,15 @@ use crate::proto::VFS_SERVICE_NAME;
 /// well under a millisecond; this only bounds how long a hung peer can stall us.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// What a probe found. `C` is the channel a service answered on (a test
+/// of the cold path's driver scripts probes with something else).
 #[derive(Debug)]
-pub enum Probe {
+pub enum Probe<C = Channel> {
     /// Answered SERVING; the channel is ready for control calls. The service's
     /// version comes from the `spfs-service-version` response header.
-    Serving {
-        channel: Channel,
-        version: Option<String>,
-    },
+    Serving { channel: C, version: Option<String> },
     /// A service is there but still starting or already stopping.
-    NotServing(Channel),
+    NotServing(C),
     /// Nobody is listening; `stale_socket` when a socket file is left behind.
     Absent { stale_socket: bool },
     /// Something accepts connections but does not answer as our service does.
@@ -45,7 +44,7 @@ pub enum Probe {
     Unanswering { pid: i32 },
 }
 
-impl Probe {
+impl<C> Probe<C> {
     /// Short name for logs.
     pub fn name(&self) -> &'static str {
         match self {

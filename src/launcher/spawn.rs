@@ -17,10 +17,9 @@
 //! service when it is SERVING or its startup failed, from the nanny when the
 //! service exits (or cannot be started).
 
-use std::ffi::CString;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -31,42 +30,15 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::unix::pipe;
 
-use crate::contract::ready::{
-    NannyLine, NANNY_EXEC_FAILED, NANNY_EXITED, NANNY_FORK_FAILED, NANNY_SIGNALED,
-};
-use crate::contract::{ReadyLine, StartReason, READY_FD_VAR, SERVICE_BIN_NAME};
+use super::nanny::{self, ChildFds, Exec};
+use crate::contract::{ReadyLine, StartReason, READY_FD_VAR};
 use crate::error::{Error, Result};
+use crate::paths::Paths;
 use crate::settings::Settings;
 
 /// Past this size the service's stderr file is moved aside before a start.
 const STDERR_ROTATE_BYTES: u64 = 1 << 20;
 const STDERR_TAIL_LINES: usize = 20;
-
-/// Finds the service binary: `SPFS_FUSE_SERVICE_BIN`, else beside the running
-/// program, else on PATH.
-pub fn find_service_binary(settings: &Settings) -> Result<PathBuf> {
-    let mut looked = Vec::new();
-    if let Some(explicit) = &settings.service_bin {
-        if explicit.is_file() {
-            return Ok(explicit.clone());
-        }
-        looked.push(explicit.clone());
-        return Err(Error::ServiceBinaryNotFound { looked });
-    }
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| Some(e.parent()?.to_owned()))
-    {
-        looked.push(dir.join(SERVICE_BIN_NAME));
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        looked.extend(std::env::split_paths(&path).map(|d| d.join(SERVICE_BIN_NAME)));
-    }
-    match looked.iter().find(|p| p.is_file()) {
-        Some(found) => Ok(found.clone()),
-        None => Err(Error::ServiceBinaryNotFound { looked }),
-    }
-}
 
 /// A service being started: the nanny's pid and the read end of the pipe.
 pub struct Starting {
@@ -85,7 +57,6 @@ pub enum Outcome {
 
 /// Forks the nanny, which forks and execs `binary service MOUNTPOINT`.
 pub fn spawn(binary: &Path, settings: &Settings) -> Result<Starting> {
-    let paths = &settings.paths;
     // macOS: the service binary cannot even start without macFUSE's library;
     // say what to install instead of showing dyld's error.
     crate::platform::check_before_service_spawn().map_err(|message| Error::ServiceFailed {
@@ -93,60 +64,103 @@ pub fn spawn(binary: &Path, settings: &Settings) -> Result<Starting> {
         message,
         stderr_tail: String::new(),
     })?;
-    let spawn_err = |what: &str, err: std::io::Error| {
-        Error::io(format!("cannot start the service: {what}"), err)
-    };
-
-    let devnull = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(|e| spawn_err("cannot open /dev/null", e))?;
-    // The service's stdout and stderr go to a private file in the log dir.
-    // When the log dir cannot be used (this launcher has already warned),
-    // the service still starts, with its output discarded: it logs to stderr.
-    let stderr_path = paths.service_stderr();
-    let mut stderr_offset = 0;
-    let stderr_file = crate::paths::ensure_log_dir(&paths.log_dir)
-        .ok()
-        .and_then(|()| {
-            stderr_offset = prepare_stderr_file(&stderr_path);
-            crate::telemetry::open_private(&stderr_path).ok()
-        });
+    let stdio = Stdio::open(&settings.paths)?;
     let (read_end, write_end) = crate::platform::cloexec_pipe()
-        .map_err(|e| spawn_err("cannot create the readiness pipe", e))?;
+        .map_err(|e| spawn_error("cannot create the readiness pipe", e))?;
     let ready_fd = write_end.as_raw_fd();
-
-    // Everything the children need is allocated before fork: after it, only
-    // async-signal-safe calls are allowed in a multithreaded process.
-    let cstring = |bytes: &[u8]| {
-        CString::new(bytes).map_err(|_| Error::NulByte {
-            what: String::from_utf8_lossy(bytes.split(|b| *b == 0).next().unwrap_or_default())
-                .chars()
-                .take(60)
-                .collect(),
-        })
+    let program = binary.as_os_str().as_bytes();
+    let exec = Exec::new(
+        program,
+        &service_args(program, settings)
+            .iter()
+            .map(Vec::as_slice)
+            .collect::<Vec<_>>(),
+        &child_env(&settings.paths, ready_fd),
+    )?;
+    let fds = ChildFds {
+        devnull: stdio.devnull.as_raw_fd(),
+        stderr: stdio
+            .stderr
+            .as_ref()
+            .map_or(stdio.devnull.as_raw_fd(), |f| f.as_raw_fd()),
+        ready: ready_fd,
     };
-    let program = cstring(binary.as_os_str().as_bytes())?;
-    let mut argv = vec![
-        program.clone(),
-        cstring(b"service")?,
-        cstring(paths.mountpoint.as_os_str().as_bytes())?,
+    let nanny = nanny::fork_nanny(&exec, &fds).map_err(|e| spawn_error("fork failed", e))?;
+    drop(write_end);
+    let ready = pipe::Receiver::from_owned_fd(read_end)
+        .map_err(|e| spawn_error("cannot watch the readiness pipe", e))?;
+    Ok(Starting {
+        nanny,
+        ready,
+        stderr_path: stdio.stderr_path,
+        stderr_offset: stdio.stderr_offset,
+    })
+}
+
+fn spawn_error(what: &str, err: std::io::Error) -> Error {
+    Error::io(format!("cannot start the service: {what}"), err)
+}
+
+/// The service's stdin (/dev/null), and its stdout and stderr: a private
+/// file in the log dir. When the log dir cannot be used (this launcher has
+/// already warned), the service still starts, with its output discarded:
+/// it logs to stderr.
+struct Stdio {
+    devnull: File,
+    stderr: Option<File>,
+    stderr_path: PathBuf,
+    /// Where this start's output begins in the stderr file.
+    stderr_offset: u64,
+}
+
+impl Stdio {
+    fn open(paths: &Paths) -> Result<Stdio> {
+        let devnull = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(|e| spawn_error("cannot open /dev/null", e))?;
+        let stderr_path = paths.service_stderr();
+        let mut stderr_offset = 0;
+        let stderr = crate::paths::ensure_log_dir(&paths.log_dir)
+            .ok()
+            .and_then(|()| {
+                stderr_offset = prepare_stderr_file(&stderr_path);
+                crate::telemetry::open_private(&stderr_path).ok()
+            });
+        Ok(Stdio {
+            devnull,
+            stderr,
+            stderr_path,
+            stderr_offset,
+        })
+    }
+}
+
+/// `binary service MOUNTPOINT [--idle-timeout MS]`.
+fn service_args(binary: &[u8], settings: &Settings) -> Vec<Vec<u8>> {
+    let mut args = vec![
+        binary.to_vec(),
+        b"service".to_vec(),
+        settings.paths.mountpoint.as_os_str().as_bytes().to_vec(),
     ];
     if let Some(idle) = settings.idle_timeout {
-        argv.push(cstring(b"--idle-timeout")?);
-        argv.push(cstring(format!("{}ms", idle.as_millis()).as_bytes())?);
+        args.push(b"--idle-timeout".to_vec());
+        args.push(format!("{}ms", idle.as_millis()).into_bytes());
     }
+    args
+}
+
+/// The service's whole environment: what it reads of ours
+/// ([`passed_to_service`]), our paths (it must agree with us on every
+/// path, whatever its own defaults), the readiness fd, and the trace
+/// context (its startup joins our trace).
+fn child_env(paths: &Paths, ready_fd: RawFd) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut env: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os()
         .filter(|(k, _)| k.to_str().is_some_and(passed_to_service))
         .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
         .collect();
-    // The service must agree with the launcher on every path, whatever its own defaults.
-    for (key, value) in [
-        ("SPFS_RUNTIME_DIR", &paths.runtime_dir),
-        ("SPFS_LOG_DIR", &paths.log_dir),
-        ("SPFS_MOUNTPOINT", &paths.mountpoint),
-    ] {
+    for (key, value) in paths.to_env() {
         env.push((
             key.as_bytes().to_vec(),
             value.as_os_str().as_bytes().to_vec(),
@@ -156,61 +170,10 @@ pub fn spawn(binary: &Path, settings: &Settings) -> Result<Starting> {
         READY_FD_VAR.as_bytes().to_vec(),
         ready_fd.to_string().into_bytes(),
     ));
-    // The OpenTelemetry environment carrier: the service's startup joins our trace.
     for (key, value) in crate::telemetry::otel::current_trace_headers() {
         env.push((key.to_uppercase().into_bytes(), value.into_bytes()));
     }
-    let envp: Vec<CString> = env
-        .into_iter()
-        .map(|(k, v)| cstring(&[k.as_slice(), b"=", v.as_slice()].concat()))
-        .collect::<Result<_>>()?;
-    let argv_ptrs: Vec<*const libc::c_char> = argv
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let envp_ptrs: Vec<*const libc::c_char> = envp
-        .iter()
-        .map(|e| e.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let root = c"/";
-    let child_fds = ChildFds {
-        devnull: devnull.as_raw_fd(),
-        stderr: stderr_file
-            .as_ref()
-            .map_or(devnull.as_raw_fd(), |f| f.as_raw_fd()),
-        ready: ready_fd,
-    };
-
-    // SAFETY: the child branch only makes async-signal-safe calls (see nanny_main).
-    let nanny = unsafe { libc::fork() };
-    if nanny < 0 {
-        return Err(spawn_err("fork failed", std::io::Error::last_os_error()));
-    }
-    if nanny == 0 {
-        // SAFETY: in the forked child; never returns.
-        unsafe {
-            nanny_main(
-                &child_fds,
-                program.as_ptr(),
-                &argv_ptrs,
-                &envp_ptrs,
-                root.as_ptr(),
-            )
-        }
-    }
-    drop(write_end);
-    drop(devnull);
-    drop(stderr_file);
-    let ready = pipe::Receiver::from_owned_fd(read_end)
-        .map_err(|e| spawn_err("cannot watch the readiness pipe", e))?;
-    Ok(Starting {
-        nanny: Pid::from_raw(nanny),
-        ready,
-        stderr_path,
-        stderr_offset,
-    })
+    env
 }
 
 /// The service outlives the command that started it and serves later ones:
@@ -232,142 +195,12 @@ fn passed_to_service(name: &str) -> bool {
         "RUST_LIB_BACKTRACE",
     ];
     const PREFIXES: &[&str] = &["LC_", "XDG_", "SPFS_", "OTEL_"];
-    const SET_SEPARATELY: &[&str] = &[
-        READY_FD_VAR,
-        "SPFS_RUNTIME_DIR",
-        "SPFS_LOG_DIR",
-        "SPFS_MOUNTPOINT",
-    ];
     // The name of the runtime the launcher runs in: the service belongs to no
     // runtime, and must not look like a process of one when members are counted.
-    !SET_SEPARATELY.contains(&name)
+    name != READY_FD_VAR
+        && !Paths::ENV_VARS.contains(&name)
         && name != crate::contract::RUNTIME_VAR
         && (EXACT.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p)))
-}
-
-struct ChildFds {
-    devnull: libc::c_int,
-    stderr: libc::c_int,
-    ready: libc::c_int,
-}
-
-/// The nanny: new session, fork the service, report how it exits.
-///
-/// # Safety
-/// Only for the child of `fork`; uses async-signal-safe calls only.
-unsafe fn nanny_main(
-    fds: &ChildFds,
-    program: *const libc::c_char,
-    argv: &[*const libc::c_char],
-    envp: &[*const libc::c_char],
-    root: *const libc::c_char,
-) -> ! {
-    libc::setsid();
-    let service = libc::fork();
-    if service == 0 {
-        libc::dup2(fds.devnull, 0);
-        libc::dup2(fds.stderr, 1);
-        libc::dup2(fds.stderr, 2);
-        libc::chdir(root);
-        // The readiness pipe is the one fd the service inherits beyond stdio.
-        libc::fcntl(fds.ready, libc::F_SETFD, 0);
-        crate::platform::mark_fds_cloexec_except(fds.ready);
-        libc::execve(program, argv.as_ptr(), envp.as_ptr());
-        write_line(fds.ready, NANNY_EXEC_FAILED, *errno_location());
-        libc::_exit(127);
-    }
-    if service < 0 {
-        write_line(fds.ready, NANNY_FORK_FAILED, *errno_location());
-        libc::_exit(1);
-    }
-    // Hold nothing but the pipe: an inherited spawn lock would outlive a killed launcher.
-    for fd in [0, 1, 2] {
-        libc::dup2(fds.devnull, fd);
-    }
-    close_fds_except(fds.ready);
-    let mut status = 0;
-    while libc::waitpid(service, &mut status, 0) < 0 {
-        if *errno_location() != libc::EINTR {
-            libc::_exit(1);
-        }
-    }
-    if libc::WIFSIGNALED(status) {
-        write_line(fds.ready, NANNY_SIGNALED, libc::WTERMSIG(status));
-    } else {
-        write_line(fds.ready, NANNY_EXITED, libc::WEXITSTATUS(status));
-    }
-    libc::_exit(0);
-}
-
-/// Closes every fd from 3 up except `keep`. Async-signal-safe.
-///
-/// On Linux one `close_range` per side of `keep` (5.9+): the loop below
-/// makes one `close` per possible fd, 20,000 with a common limit, which kept
-/// a core busy for about 2.5 ms while the service was starting beside it.
-unsafe fn close_fds_except(keep: libc::c_int) {
-    #[cfg(target_os = "linux")]
-    {
-        let close_range = |low: libc::c_int, high: libc::c_uint| {
-            libc::syscall(
-                libc::SYS_close_range,
-                low as libc::c_uint,
-                high,
-                0 as libc::c_uint,
-            ) == 0
-        };
-        let below = keep <= 3 || close_range(3, (keep - 1) as libc::c_uint);
-        if below && close_range(keep + 1, libc::c_uint::MAX) {
-            return;
-        }
-    }
-    let limit = libc::sysconf(libc::_SC_OPEN_MAX).clamp(256, 65_536) as libc::c_int;
-    for fd in 3..limit {
-        if fd != keep {
-            libc::close(fd);
-        }
-    }
-}
-
-#[cfg(target_os = "linux")]
-unsafe fn errno_location() -> *mut libc::c_int {
-    libc::__errno_location()
-}
-
-#[cfg(target_os = "macos")]
-unsafe fn errno_location() -> *mut libc::c_int {
-    libc::__error()
-}
-
-/// Writes `line`'s head, `number` in decimal, and its tail as one `write`.
-/// Async-signal-safe.
-unsafe fn write_line(fd: libc::c_int, (head, tail): NannyLine, number: i32) {
-    let mut buf = [0u8; 256];
-    let mut len = 0;
-    let mut push = |bytes: &[u8]| {
-        let n = bytes.len().min(buf.len() - len);
-        buf[len..len + n].copy_from_slice(&bytes[..n]);
-        len += n;
-    };
-    push(head);
-    let mut digits = [0u8; 12];
-    let mut i = digits.len();
-    let negative = number < 0;
-    let mut value = (number as i64).unsigned_abs();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    if negative {
-        i -= 1;
-        digits[i] = b'-';
-    }
-    push(&digits[i..]);
-    push(tail);
-    libc::write(fd, buf.as_ptr().cast(), len);
 }
 
 impl Starting {

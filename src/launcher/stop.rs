@@ -51,7 +51,7 @@ pub async fn stop_service(paths: &Paths, force: bool) -> Result<Option<i32>> {
                             .iter()
                             .map(|r| ActiveRuntime {
                                 root_pid: r.root_pid,
-                                env_spec: crate::tracking::env_spec::shorten(&r.env_spec),
+                                env_spec: crate::telemetry::short(&r.env_spec),
                             })
                             .collect(),
                     });

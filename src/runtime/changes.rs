@@ -26,7 +26,7 @@ use crate::storage::FsRepository;
 use crate::tracking::commit::{
     manifest_of_dir, payload_digest, walk_dir, write_layer, CommitStats, DirWalk, MASK_MODE,
 };
-use crate::tracking::env_spec::{self, Layer};
+use crate::tracking::env_spec::{EnvSpec, Layer};
 use crate::tracking::{Entry, Manifest};
 
 /// How a path differs between the base and what the runtime shows.
@@ -160,7 +160,7 @@ pub fn base_manifest(stack: &[String], repos: &ProxyRepository) -> Result<Manife
 /// directories) resolved in `repos`.
 pub fn spec_manifest(spec: &str, repos: &ProxyRepository) -> Result<Manifest> {
     let mut base = Manifest::default();
-    for layer in env_spec::resolve(spec, repos)? {
+    for layer in EnvSpec::parse(spec)?.resolve(repos)? {
         let manifest = match layer {
             Layer::Manifest { manifest, .. } => Manifest::from_graph(&manifest)?,
             Layer::Dir(path) => manifest_of_dir(&path)?,

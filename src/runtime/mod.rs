@@ -9,16 +9,19 @@
 //! - [`scratch`], the on-disk format (upper/, masks/, runtime.json).
 //! - [`changes`], the changes against the runtime's stack: listed (`spfs
 //!   diff`), committed as a layer (`spfs commit`), dropped (`spfs reset`).
-//! - [`state`], `runtime.json`.
+//! - [`state`], `runtime.json`; [`info`], a runtime as the tools show it;
+//!   [`end`], why a runtime ended and whether its changes are kept.
 //!
 //! The live side (which processes are in which runtime, which view they
-//! see) is the service's: `service::runtimes` and `fs`.
+//! see) is the service's: `service::table`, `service::lifecycle` and `vfs`.
 
 pub mod changes;
 pub mod end;
+pub mod info;
 pub mod scratch;
 pub mod state;
 
 pub use end::EndReason;
+pub use info::RuntimeInfo;
 pub use scratch::Scratch;
 pub use state::RuntimeState;

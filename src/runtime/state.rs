@@ -115,28 +115,6 @@ pub fn on_disk(scratch_dir: &Path) -> std::collections::BTreeMap<String, Runtime
     found
 }
 
-impl RuntimeState {
-    /// As the control API reports a stopped runtime (no process, so no pid).
-    pub fn to_stopped_proto(&self, scratch_dir: &Path) -> crate::proto::Runtime {
-        crate::proto::Runtime {
-            root_pid: 0,
-            env_spec: self.env_spec.clone(),
-            since_unix: self.created_unix,
-            name: self.name.clone(),
-            editable: self.editable,
-            durable: self.durable,
-            running: false,
-            scratch_dir: scratch_dir.join(&self.name).display().to_string(),
-            stack: self.stack.clone(),
-            repositories: self
-                .repositories
-                .iter()
-                .map(|r| r.display().to_string())
-                .collect(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,17 +16,19 @@
 //! pidfile removed.
 
 mod api;
-pub mod guard;
-pub mod pidfile;
+mod build;
+mod error;
+mod guard;
+mod lifecycle;
+mod pidfile;
 pub mod readiness;
-mod runtimes;
 mod shutdown;
 mod socket;
-mod views;
+mod table;
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
@@ -46,9 +48,9 @@ use api::{Api, Identity};
 use guard::{GuardLayer, GuardState};
 use pidfile::PidFile;
 use readiness::ReadyNotifier;
-use runtimes::RuntimeTable;
 use shutdown::Shutdown;
 use socket::ControlSocket;
+use table::RuntimeTable;
 
 /// The version this service reports: `contract::VERSION`, unless
 /// `SPFS_TEST_SERVICE_VERSION` is set. That variable exists so tests can stand
@@ -161,7 +163,7 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
         .ensure_runtime_dir()
         .map_err(|e| fail(StartReason::UnsafeRuntimeDir, e.to_string()))?;
     let build_limits =
-        views::BuildLimits::from_env().map_err(|m| fail(StartReason::Settings, m))?;
+        build::BuildLimits::from_env().map_err(|m| fail(StartReason::Settings, m))?;
     let linger =
         crate::vfs::linger::Linger::from_env().map_err(|m| fail(StartReason::Settings, m))?;
     let pidfile = PidFile::acquire(&paths.pidfile()).map_err(|err| match err {
@@ -261,16 +263,15 @@ async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupErr
         identity: Identity {
             pid: std::process::id().into(),
             version: reported_version().into(),
-            start_time_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0),
+            start_time_unix: crate::telemetry::unix_now(),
             mountpoint: paths.mountpoint.display().to_string(),
             socket: socket.display().to_string(),
             log_file: paths.service_log().display().to_string(),
         },
-        runtimes: Arc::clone(&runtimes),
-        build_limits,
+        lifecycle: Arc::new(lifecycle::Lifecycle {
+            table: Arc::clone(&runtimes),
+            limits: build_limits,
+        }),
         shutdown: shutdown.clone(),
     };
     let guard = GuardState::new();

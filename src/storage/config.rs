@@ -556,7 +556,8 @@ mod tests {
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
         // ordinary keys and a few aliases are fine
         let yaml = "base: &b {address: 'file:///r'}\nremote:\n  origin: *b\n  other: *b\n";
-        let config = SpfsConfig::from_text(yaml, FileFormat::Yaml, Some(Path::new("/default"))).unwrap();
+        let config =
+            SpfsConfig::from_text(yaml, FileFormat::Yaml, Some(Path::new("/default"))).unwrap();
         assert_eq!(config.remotes.len(), 2);
         let ini = "[remote.origin]\naddress = file:///r\n";
         assert!(SpfsConfig::from_text(ini, FileFormat::Ini, Some(Path::new("/default"))).is_ok());

@@ -26,6 +26,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing_subscriber::fmt::MakeWriter;
 
+use crate::private_dir::DirError;
+
+/// The variable that moves the log dir, and a safe value to suggest.
+pub const LOG_DIR_SETTING: (&str, &str) = ("SPFS_LOG_DIR", "$HOME/.spfs-logs");
+
 /// How many daily files of each program are kept.
 pub const KEEP_DAYS: usize = 14;
 
@@ -127,12 +132,20 @@ pub fn write_whole(file: &File, line: &[u8]) -> io::Result<()> {
 }
 
 impl DailyLog {
-    /// Checks (or creates, 0700) the dir and opens today's file.
-    pub fn open(dir: &Path, prefix: &'static str) -> crate::error::Result<DailyLog> {
-        crate::paths::ensure_log_dir(dir)?;
+    /// Checks (or creates, 0700) the dir and opens today's file. The error
+    /// says what is wrong and what to do.
+    pub fn open(dir: &Path, prefix: &'static str) -> Result<DailyLog, String> {
+        crate::private_dir::ensure(dir, "log dir", LOG_DIR_SETTING).map_err(|err| match err {
+            DirError::Unsafe { problem, fix } => {
+                format!(
+                    "log dir {} is unsafe: {problem}.\n  fix: {fix}",
+                    dir.display()
+                )
+            }
+            DirError::Io { context, source } => format!("{context}: {source}"),
+        })?;
         let path = dir.join(current_file_name(prefix));
-        let file = open_private(&path)
-            .map_err(|e| crate::error::Error::io("cannot open the log file", e))?;
+        let file = open_private(&path).map_err(|e| format!("cannot open the log file: {e}"))?;
         let log = DailyLog {
             dir: dir.to_owned(),
             prefix,

@@ -13,19 +13,21 @@ pub mod otel;
 pub mod reader;
 
 use std::path::Path;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-pub use files::{current_file_name, open_private, DailyLog, KEEP_DAYS};
+pub use files::{current_file_name, open_private, DailyLog, KEEP_DAYS, LOG_DIR_SETTING};
 
 /// Our events at info; libraries only when something is wrong. fuser reports
 /// every request the filesystem does not implement at warn, so only its errors.
 pub const DEFAULT_FILTER: &str =
     "info,fuser=error,h2=warn,hyper=warn,tower=warn,opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off";
 
-/// Which program is logging; picks the file name prefix.
+/// Which program is logging; picks the file name prefix (`docs/logging.md`
+/// describes the files).
 #[derive(Debug, Clone, Copy)]
 pub enum Program {
     Launcher,
@@ -35,8 +37,8 @@ pub enum Program {
 impl Program {
     pub fn prefix(self) -> &'static str {
         match self {
-            Program::Launcher => crate::paths::LAUNCHER_LOG_PREFIX,
-            Program::Service => crate::paths::SERVICE_LOG_PREFIX,
+            Program::Launcher => "spfs",
+            Program::Service => "spfs-fuse-macos",
         }
     }
 }
@@ -104,6 +106,32 @@ pub fn init(program: Program, log_dir: &Path) {
         .with(stderr)
         .with(tracing_layer)
         .try_init();
+}
+
+/// Milliseconds since `start`, as the `elapsed_ms` fields carry them.
+pub fn ms_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Seconds since the Unix epoch, now (0 on a clock set before it).
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// `text` cut to one screen (200 bytes, then `...`), for messages and log
+/// fields: an error about a 60,000-byte ref stays readable.
+pub fn short(text: &str) -> String {
+    const MAX: usize = 200;
+    if text.len() <= MAX {
+        return text.to_owned();
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
 }
 
 /// Flushes and stops the exporters, bounded by the export timeout. Call it

@@ -1,4 +1,5 @@
-//! Env specs: what `spfs run REF` shows, resolved to a stack of layers.
+//! Env specs: what `spfs run REF` shows ([`EnvSpec`]), parsed once, and
+//! resolved to a stack of layers.
 //!
 //! `a+b+c` stacks items bottom to top (the later wins where paths collide);
 //! `-` or an empty string is the empty environment. Each item is, as in spfs,
@@ -8,6 +9,7 @@
 //! occurrence of a layer wins. Every error names the item that is wrong.
 
 use std::collections::HashSet;
+use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
 use crate::encoding::{Digest, PartialDigest};
@@ -15,6 +17,10 @@ use crate::graph::{Manifest, Object};
 use crate::storage::error::StorageError;
 use crate::storage::proxy::ProxyRepository;
 use crate::storage::tag::TagSpec;
+use crate::telemetry::short as shorten;
+
+/// Longest env spec accepted (`contract::MAX_ENV_SPEC_BYTES`).
+pub use crate::contract::MAX_ENV_SPEC_BYTES as MAX_SPEC_BYTES;
 
 /// More layers than any real environment; bounds the work one `Mount` can ask for.
 pub const MAX_LAYERS: usize = 1000;
@@ -23,6 +29,8 @@ pub const MAX_PLATFORM_DEPTH: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
+    #[error("the ref is {bytes} bytes; at most {MAX_SPEC_BYTES} are accepted")]
+    TooLong { bytes: usize },
     #[error("empty item at position {position} of {spec:?}; items are joined by single '+'")]
     EmptyPart { spec: String, position: usize },
     #[error("{part:?} contains '..'; give the layer's real absolute path")]
@@ -88,8 +96,101 @@ pub enum Layer {
     Dir(PathBuf),
 }
 
+/// A ref (`base+app`, tags, digests, directories), parsed once: its text
+/// and its items, bottom to top. Its [`Display`](fmt::Display) is the text
+/// cut to one screen (for messages and logs); [`EnvSpec::as_str`] is the
+/// text itself, which goes on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvSpec {
+    text: String,
+    /// Each item's text (cut for messages) and what it names.
+    items: Vec<(String, Item)>,
+}
+
+impl EnvSpec {
+    /// Checks the size and the syntax, without touching the disk.
+    pub fn parse(text: &str) -> Result<EnvSpec, SpecError> {
+        if text.len() > MAX_SPEC_BYTES {
+            return Err(SpecError::TooLong { bytes: text.len() });
+        }
+        Ok(EnvSpec {
+            items: parse(text)?,
+            text: text.to_owned(),
+        })
+    }
+
+    /// The empty environment (`-`).
+    pub fn empty() -> EnvSpec {
+        EnvSpec {
+            text: "-".into(),
+            items: Vec::new(),
+        }
+    }
+
+    /// The text as given.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The items, bottom to top: each one's text (cut for messages) and
+    /// what it names.
+    pub fn items(&self) -> &[(String, Item)] {
+        &self.items
+    }
+
+    /// Whether it names no layer at all (`-`, `""`).
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Resolves it in `repos` to layers, bottom to top. Reads (and
+    /// verifies) platform, layer and manifest objects; no payloads.
+    pub fn resolve(&self, repos: &ProxyRepository) -> Result<Vec<Layer>, SpecError> {
+        load(self.resolve_stack(repos)?, repos)
+    }
+
+    /// Resolves it to its stack: tags and digests to objects, platforms
+    /// expanded, duplicates dropped. Reads platform and layer objects only,
+    /// so it is cheap even for a huge layer; [`load`] then reads the
+    /// manifests.
+    pub fn resolve_stack(&self, repos: &ProxyRepository) -> Result<Vec<StackItem>, SpecError> {
+        let mut stack = Vec::new();
+        let mut seen = HashSet::new();
+        for (part, item) in &self.items {
+            let digest = match item {
+                Item::Dir(path) => {
+                    check_dir(part, path)?;
+                    stack.push(StackItem::Dir(path.clone()));
+                    continue;
+                }
+                item => item_digest(part, item, repos)?,
+            };
+            expand(part, digest, repos, 0, &mut seen, &mut stack)?;
+        }
+        Ok(stack)
+    }
+}
+
+impl fmt::Display for EnvSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&shorten(&self.text))
+    }
+}
+
+impl StackItem {
+    /// How it is named in a runtime's stack: a digest, or the directory's
+    /// absolute path (what `Runtime.stack` reports and a durable runtime
+    /// saves).
+    pub fn name(&self) -> String {
+        match self {
+            StackItem::Object { digest, .. } => digest.to_string(),
+            StackItem::Dir(path) => path.display().to_string(),
+        }
+    }
+}
+
 /// Checks the syntax and returns the items bottom to top, without touching the disk.
-pub fn parse(spec: &str) -> Result<Vec<(String, Item)>, SpecError> {
+fn parse(spec: &str) -> Result<Vec<(String, Item)>, SpecError> {
     if spec.is_empty() || spec == "-" {
         return Ok(Vec::new());
     }
@@ -138,32 +239,6 @@ fn parse_item(part: &str) -> Result<Item, SpecError> {
             }),
         },
     }
-}
-
-/// Parses `spec` and resolves it in `repos` to layers, bottom to top.
-/// Reads (and verifies) platform, layer and manifest objects; no payloads.
-pub fn resolve(spec: &str, repos: &ProxyRepository) -> Result<Vec<Layer>, SpecError> {
-    load(resolve_stack(spec, repos)?, repos)
-}
-
-/// Resolves `spec` to its stack: tags and digests to objects, platforms
-/// expanded, duplicates dropped. Reads platform and layer objects only, so
-/// it is cheap even for a huge layer; [`load`] then reads the manifests.
-pub fn resolve_stack(spec: &str, repos: &ProxyRepository) -> Result<Vec<StackItem>, SpecError> {
-    let mut stack = Vec::new();
-    let mut seen = HashSet::new();
-    for (part, item) in parse(spec)? {
-        let digest = match item {
-            Item::Dir(path) => {
-                check_dir(&part, &path)?;
-                stack.push(StackItem::Dir(path));
-                continue;
-            }
-            item => item_digest(&part, &item, repos)?,
-        };
-        expand(&part, digest, repos, 0, &mut seen, &mut stack)?;
-    }
-    Ok(stack)
 }
 
 /// Reads (and verifies) the manifest of every item of `stack`.
@@ -308,18 +383,6 @@ fn describe(repos: &ProxyRepository) -> String {
         .join(", ")
 }
 
-/// Long items are cut in messages so an error stays one screen.
-pub fn shorten(text: &str) -> String {
-    if text.len() <= 200 {
-        return text.to_owned();
-    }
-    let mut end = 200;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &text[..end])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,6 +397,22 @@ mod tests {
         assert!(matches!(&parse(full).unwrap()[0].1, Item::Digest(d) if d.to_base32() == full));
         let many = vec!["x"; MAX_LAYERS + 1].join("+");
         assert!(matches!(parse(&many), Err(SpecError::TooMany { .. })));
+    }
+
+    #[test]
+    fn a_spec_is_bounded_and_shown_shortened() {
+        let too_long = "a".repeat(MAX_SPEC_BYTES + 1);
+        let err = EnvSpec::parse(&too_long).unwrap_err().to_string();
+        assert!(err.contains(&format!("at most {MAX_SPEC_BYTES}")), "{err}");
+        let long = vec!["a".repeat(150); 3].join("+");
+        let spec = EnvSpec::parse(&long).unwrap();
+        assert_eq!(spec.as_str(), long);
+        assert_eq!(spec.items().len(), 3);
+        let shown = spec.to_string();
+        assert!(shown.len() < 210 && shown.ends_with("..."), "{shown}");
+        assert!(EnvSpec::parse("-").unwrap().is_empty());
+        assert!(EnvSpec::parse("").unwrap().is_empty());
+        assert!(EnvSpec::empty().is_empty());
     }
 
     #[test]
@@ -354,7 +433,9 @@ mod tests {
     fn platforms_expand_bottom_up_and_the_first_occurrence_of_a_layer_wins() {
         let repos = fixture_repos("repo-a");
         let digests = |spec: &str| -> Vec<String> {
-            resolve(spec, &repos)
+            EnvSpec::parse(spec)
+                .unwrap()
+                .resolve(&repos)
                 .unwrap()
                 .into_iter()
                 .map(|layer| match layer {
@@ -372,6 +453,7 @@ mod tests {
     #[test]
     fn unknown_ambiguous_and_blob_refs_are_errors_naming_the_item() {
         let repos = fixture_repos("repo-a");
+        let resolve = |spec: &str, repos: &ProxyRepository| EnvSpec::parse(spec)?.resolve(repos);
         assert!(matches!(
             resolve("test/none", &repos),
             Err(SpecError::Storage { part, error: StorageError::UnknownTag { .. } }) if part == "test/none"

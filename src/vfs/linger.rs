@@ -171,7 +171,16 @@ mod tests {
     fn view(id: u64) -> Arc<View> {
         let empty = Arc::new(ProxyRepository::from_repositories(vec![]));
         let budget = crate::vfs::view::Budget::unlimited();
-        Arc::new(View::build(id, "-".into(), &[], empty, &budget).unwrap())
+        Arc::new(
+            View::build(
+                id,
+                crate::tracking::env_spec::EnvSpec::empty(),
+                &[],
+                empty,
+                &budget,
+            )
+            .unwrap(),
+        )
     }
 
     fn on(time: Duration, max_views: usize) -> Lingering {

@@ -221,7 +221,7 @@ mod tests {
         Arc::new(
             View::build(
                 router.next_view_id(),
-                "-".into(),
+                crate::tracking::env_spec::EnvSpec::empty(),
                 &[],
                 empty,
                 &crate::vfs::view::Budget::unlimited(),

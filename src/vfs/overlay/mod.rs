@@ -470,7 +470,7 @@ impl Drop for Overlay {
         tracing::info!(
             event = "service.view_freed",
             view_id = self.id,
-            env_spec = crate::tracking::env_spec::shorten(&self.lower.spec),
+            env_spec = %self.lower.spec,
             nodes = self.lock().nodes.len() as u64,
             editable = true,
             "view freed"

@@ -27,13 +27,14 @@ use nix::sys::stat::FileStat;
 use crate::encoding::Digest;
 use crate::graph;
 use crate::storage::proxy::ProxyRepository;
-use crate::tracking::env_spec::Layer;
+use crate::tracking::env_spec::{EnvSpec, Layer};
 pub use build::{Budget, BuildError};
 use disk::DiskFile;
 
 pub struct View {
     pub id: u64,
-    pub spec: String,
+    /// What it shows, for logs.
+    pub spec: EnvSpec,
     nodes: Vec<Node>,
     /// Where payloads are read from, in order.
     repos: Arc<ProxyRepository>,
@@ -70,7 +71,7 @@ impl View {
     /// in memory.
     pub fn build(
         id: u64,
-        spec: String,
+        spec: EnvSpec,
         layers: &[Layer],
         repos: Arc<ProxyRepository>,
         budget: &Budget,
@@ -186,7 +187,7 @@ impl Drop for View {
         tracing::info!(
             event = "service.view_freed",
             view_id = self.id,
-            env_spec = crate::tracking::env_spec::shorten(&self.spec),
+            env_spec = %self.spec,
             nodes = self.nodes.len() as u64,
             "view freed"
         );
@@ -337,7 +338,7 @@ mod tests {
         let empty = Arc::new(ProxyRepository::from_repositories(vec![]));
         let view = View::build(
             1,
-            "base+top".into(),
+            EnvSpec::empty(),
             &[base, top],
             empty,
             &Budget::unlimited(),
@@ -397,7 +398,7 @@ mod tests {
                 .stack_size(2 << 20)
                 .spawn(move || {
                     let empty = Arc::new(ProxyRepository::from_repositories(vec![]));
-                    View::build(1, "deep".into(), &[layer], empty, &Budget::unlimited())
+                    View::build(1, EnvSpec::empty(), &[layer], empty, &Budget::unlimited())
                         .map(|view| view.len())
                 })
                 .unwrap()

@@ -1,13 +1,13 @@
-//! What a runtime shows: its env spec resolved in its repositories and
-//! built into a view (or the live view of the same stack reused), within
-//! the limits one `Mount` may cost.
+//! What a runtime shows: its env spec resolved in its repositories
+//! (`tracking`), and built into a view (`vfs`), or the live view of the
+//! same stack reused, within the limits one `Mount` may cost. Blocking:
+//! it runs on the blocking pool, bounded by [`BuildLimits`].
 
 use std::sync::Arc;
 
-use super::runtimes::RuntimeError;
-use crate::contract::MAX_ENV_SPEC_BYTES;
+use super::error::RuntimeError;
 use crate::storage::proxy::ProxyRepository;
-use crate::tracking::env_spec::{self, StackItem};
+use crate::tracking::env_spec::{self, EnvSpec, StackItem};
 use crate::vfs::registry::StackKey;
 use crate::vfs::view::{Budget, View};
 use crate::vfs::Router;
@@ -80,17 +80,12 @@ pub struct Built {
 pub fn build_view(
     router: &Router,
     repositories: &[std::path::PathBuf],
-    spec: String,
+    spec: &EnvSpec,
     budget: &Budget,
 ) -> Result<Built, RuntimeError> {
-    if spec.len() > MAX_ENV_SPEC_BYTES {
-        return Err(RuntimeError::SpecTooLong(spec.len()));
-    }
-    // Syntax first: a bad spec is named before any repository is opened.
-    env_spec::parse(&spec)?;
     let repos = Arc::new(ProxyRepository::open(repositories).map_err(RuntimeError::Repository)?);
-    let stack = env_spec::resolve_stack(&spec, &repos)?;
-    let names = stack.iter().map(stack_name).collect();
+    let stack = spec.resolve_stack(&repos)?;
+    let names = stack.iter().map(StackItem::name).collect();
     let key = stack_key(repositories, &stack);
     if let Some(view) = key.as_ref().and_then(|key| router.shared_view(key)) {
         return Ok(Built {
@@ -102,7 +97,7 @@ pub fn build_view(
     let layers = env_spec::load(stack, &repos)?;
     let view = View::build(router.next_view_id(), spec.clone(), &layers, repos, budget).map_err(
         |error| RuntimeError::Build {
-            spec: env_spec::shorten(&spec),
+            spec: spec.to_string(),
             error,
         },
     )?;
@@ -115,14 +110,6 @@ pub fn build_view(
         shared: false,
         stack: names,
     })
-}
-
-/// How a stack item is named in `Runtime.stack`.
-fn stack_name(item: &StackItem) -> String {
-    match item {
-        StackItem::Object { digest, .. } => digest.to_string(),
-        StackItem::Dir(path) => path.display().to_string(),
-    }
 }
 
 /// The sharing key of a stack of committed layers; none with a directory layer.

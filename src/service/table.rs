@@ -1,8 +1,11 @@
-//! The runtimes table: which runtime (by name and root process) shows what,
-//! and the stopped ones whose changes wait on disk. A runtime is added by
-//! `Mount` and ends by `Unmount` or, automatically, when its last process
+//! The runtime table: which runtime (by name and root process) shows what,
+//! and the stopped ones whose changes wait on disk. A runtime is attached
+//! by `Mount` and ends by `Unmount` or, automatically, when its last process
 //! exits: the filesystem's [`Router`] keeps the membership (see
-//! `fs::router`) and reports runtimes that emptied. An editable runtime's
+//! `vfs::membership`) and reports runtimes that emptied. What is done to a
+//! runtime (attached, re-entered, edited, reset, shown another stack) is
+//! `service::lifecycle`'s; this table only keeps the rows, under one lock,
+//! and ends them. An editable runtime's
 //! changes live in its scratch directory (`runtime::scratch`); when it
 //! ends they are deleted, unless it is durable (`--keep-runtime`) or the
 //! service is stopping: then it is kept as a stopped runtime, to be
@@ -12,17 +15,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::contract::{MAX_ENV_SPEC_BYTES, MAX_NAME_BYTES};
+use super::error::RuntimeError;
 use crate::platform;
-use crate::proto::Runtime;
-use crate::runtime::{EndReason, RuntimeState, Scratch};
-use crate::storage::error::StorageError;
-use crate::tracking::env_spec::{self, SpecError};
+use crate::runtime::{EndReason, RuntimeInfo, RuntimeState, Scratch};
+use crate::telemetry::{short, unix_now};
 use crate::vfs::membership::{RuntimeId, RuntimeRoute};
-use crate::vfs::overlay::Overlay;
-use crate::vfs::view::BuildError;
 use crate::vfs::{Router, Shown};
 
 pub struct RuntimeTable {
@@ -50,78 +48,9 @@ struct LiveRuntime {
     scratch: Option<Arc<Scratch>>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    #[error("root_pid must be a positive process id, got {0}")]
-    BadPid(i64),
-    #[error("root_pid {0}: no such process")]
-    NoSuchProcess(i32),
-    #[error("env_spec is {0} bytes; at most {MAX_ENV_SPEC_BYTES} are accepted")]
-    SpecTooLong(usize),
-    #[error("a runtime named {0:?} is already running; choose another name")]
-    NameTaken(String),
-    #[error("runtime name {0:?} is not usable: use 1 to {MAX_NAME_BYTES} letters, digits, '-', '_' or '.'")]
-    BadName(String),
-    #[error("{0}")]
-    Spec(#[from] SpecError),
-    #[error("internal error: {0}")]
-    Internal(String),
-    #[error("repository {0:?} is not an absolute path")]
-    RelativeRepository(String),
-    #[error("{0}")]
-    Repository(StorageError),
-    #[error(
-        "root_pid {root} is neither the calling process (pid {caller}) nor one of its ancestors"
-    )]
-    NotAnAncestor { root: i32, caller: i32 },
-    #[error("root_pid {root} belongs to uid {owner}, not to you (uid {caller})")]
-    OtherUser { root: i32, owner: u32, caller: u32 },
-    #[error("the caller's process id is unknown, so root_pid cannot be checked")]
-    UnknownCaller,
-    #[error("cannot show {spec:?}: {error}")]
-    Build { spec: String, error: BuildError },
-    #[error("Mount of {spec:?} did not finish within {seconds} s; raise SPFS_MOUNT_TIMEOUT if its layers are on a slow filesystem")]
-    Timeout { spec: String, seconds: f64 },
-    #[error("no runtime named {0:?}; see `spfs runtime list`")]
-    NotFound(String),
-    #[error("a stopped runtime named {0:?} has changes on disk; re-enter it with `spfs run --rerun {0}`, or delete it with `spfs runtime remove {0}`")]
-    NameStopped(String),
-    #[error("runtime {0:?} is running, not stopped; it can only be re-entered or removed once its processes exit")]
-    Running(String),
-    #[error("process {pid} is not in runtime {name:?}; run this from a process of that runtime")]
-    NotAMember { name: String, pid: i32 },
-    #[error("runtime {name:?} shows {actual:?} now, not {expected:?}: its stack changed meanwhile; look again and retry")]
-    StackChanged {
-        name: String,
-        expected: String,
-        actual: String,
-    },
-    #[error("runtime {0:?} has no changes: it was never editable")]
-    NoChanges(String),
-    #[error("{what}: {error}")]
-    Scratch { what: String, error: std::io::Error },
-}
-
-impl RuntimeError {
-    fn scratch(what: impl Into<String>, error: std::io::Error) -> RuntimeError {
-        RuntimeError::Scratch {
-            what: what.into(),
-            error,
-        }
-    }
-}
-
 /// A runtime name as `SPFS_RUNTIME` carries it (`contract::check_name`).
 pub fn check_name(name: &str) -> Result<(), RuntimeError> {
-    crate::contract::check_name(name).map_err(|_| RuntimeError::BadName(env_spec::shorten(name)))
-}
-
-/// A pid from the wire: positive and within `pid_t`.
-pub fn checked_pid(pid: i64) -> Result<i32, RuntimeError> {
-    match i32::try_from(pid) {
-        Ok(p) if p > 0 => Ok(p),
-        _ => Err(RuntimeError::BadPid(pid)),
-    }
+    crate::contract::check_name(name).map_err(|_| RuntimeError::BadName(short(name)))
 }
 
 impl RuntimeTable {
@@ -269,7 +198,7 @@ impl RuntimeTable {
         state: RuntimeState,
         shown: Shown,
         scratch: Option<Arc<Scratch>>,
-    ) -> Result<Runtime, RuntimeError> {
+    ) -> Result<RuntimeInfo, RuntimeError> {
         check_name(&state.name)?;
         let start_time = platform::start_time(pid).map_err(|_| RuntimeError::NoSuchProcess(pid))?;
         let uid = platform::process_uid(pid).map_err(|_| RuntimeError::NoSuchProcess(pid))?;
@@ -279,11 +208,11 @@ impl RuntimeTable {
         let entry = LiveRuntime {
             id,
             root_pid: pid,
-            since_unix: now_unix(),
+            since_unix: unix_now(),
             state,
             scratch,
         };
-        let runtime = entry.to_proto();
+        let runtime = entry.info();
         let replaced = {
             let mut table = self.lock();
             if table
@@ -313,7 +242,7 @@ impl RuntimeTable {
     }
 
     /// `Unmount`: ends the runtime whose root is `pid` now.
-    pub fn remove(&self, pid: i32, reason: EndReason) -> Option<Runtime> {
+    pub fn remove(&self, pid: i32, reason: EndReason) -> Option<RuntimeInfo> {
         let removed = {
             let mut table = self.lock();
             let removed = table.live.remove(&pid)?;
@@ -321,7 +250,7 @@ impl RuntimeTable {
             removed
         };
         self.router.remove_runtime(removed.id);
-        let runtime = removed.to_proto();
+        let runtime = removed.info();
         self.finish(removed, reason);
         Some(runtime)
     }
@@ -402,7 +331,7 @@ impl RuntimeTable {
             event = "service.runtime_ended",
             root_pid = entry.root_pid,
             runtime = entry.state.name.as_str(),
-            env_spec = crate::tracking::env_spec::shorten(&entry.state.env_spec),
+            env_spec = short(&entry.state.env_spec),
             reason = reason.as_str(),
             kept = is_kept(entry, reason),
             active_runtimes = self.len(),
@@ -413,34 +342,34 @@ impl RuntimeTable {
     }
 
     /// Running runtimes, oldest first.
-    pub fn list(&self) -> Vec<Runtime> {
+    pub fn list(&self) -> Vec<RuntimeInfo> {
         let table = self.lock();
-        let mut all: Vec<Runtime> = table.live.values().map(LiveRuntime::to_proto).collect();
+        let mut all: Vec<RuntimeInfo> = table.live.values().map(LiveRuntime::info).collect();
         all.sort_by_key(|r| (r.since_unix, r.root_pid));
         all
     }
 
     /// Stopped runtimes, by name.
-    pub fn list_stopped(&self) -> Vec<Runtime> {
+    pub fn list_stopped(&self) -> Vec<RuntimeInfo> {
         let table = self.lock();
         table
             .stopped
             .values()
-            .map(|state| stopped_proto(state, &self.scratch_dir))
+            .map(|state| RuntimeInfo::stopped(state.clone(), &self.scratch_dir))
             .collect()
     }
 
     /// One runtime by name, running or stopped.
-    pub fn get(&self, name: &str) -> Result<Runtime, RuntimeError> {
+    pub fn get(&self, name: &str) -> Result<RuntimeInfo, RuntimeError> {
         let table = self.lock();
         if let Some(entry) = table.live.values().find(|e| e.state.name == name) {
-            return Ok(entry.to_proto());
+            return Ok(entry.info());
         }
         table
             .stopped
             .get(name)
-            .map(|state| stopped_proto(state, &self.scratch_dir))
-            .ok_or_else(|| RuntimeError::NotFound(env_spec::shorten(name)))
+            .map(|state| RuntimeInfo::stopped(state.clone(), &self.scratch_dir))
+            .ok_or_else(|| RuntimeError::NotFound(short(name)))
     }
 
     pub fn len(&self) -> usize {
@@ -461,20 +390,20 @@ impl RuntimeTable {
                         name: name.to_owned(),
                         pid,
                     },
-                    false => RuntimeError::NotFound(env_spec::shorten(name)),
+                    false => RuntimeError::NotFound(short(name)),
                 })?;
             (entry.id, entry.state.clone(), entry.scratch.clone())
         };
         if self.router.runtime_of_process(pid) != Some(id) {
             return Err(RuntimeError::NotAMember {
-                name: env_spec::shorten(name),
+                name: short(name),
                 pid,
             });
         }
         let shown = self
             .router
             .shown_by(id)
-            .ok_or_else(|| RuntimeError::NotFound(env_spec::shorten(name)))?;
+            .ok_or_else(|| RuntimeError::NotFound(short(name)))?;
         Ok(RuntimeMember {
             id,
             state,
@@ -491,7 +420,7 @@ impl RuntimeTable {
         state: RuntimeState,
         shown: Shown,
         scratch: Option<Arc<Scratch>>,
-    ) -> Result<Runtime, RuntimeError> {
+    ) -> Result<RuntimeInfo, RuntimeError> {
         if let Some(scratch) = &scratch {
             scratch.write_state(&state).map_err(|e| {
                 RuntimeError::scratch(format!("cannot save runtime {:?}", state.name), e)
@@ -506,77 +435,7 @@ impl RuntimeTable {
         entry.state = state;
         entry.scratch = scratch;
         self.router.set_shown(member.id, shown);
-        Ok(entry.to_proto())
-    }
-
-    /// `Edit`: accept writes, or refuse them keeping the changes.
-    pub fn edit(&self, name: &str, pid: i32, editable: bool) -> Result<Runtime, RuntimeError> {
-        let member = self.member(name, pid)?;
-        let mut state = member.state.clone();
-        state.editable = editable;
-        match (&member.shown, editable) {
-            (Shown::Overlay(overlay), _) => {
-                overlay.set_editable(editable);
-                let shown = member.shown.clone();
-                self.update(&member, state, shown, member.scratch.clone())
-            }
-            (Shown::View(_), false) => self.get(name),
-            (Shown::View(view), true) => {
-                let scratch = self.new_scratch(name, ScratchFor::Runtime(member.id))?;
-                let overlay = Overlay::new(
-                    self.router.next_view_id(),
-                    Arc::clone(view),
-                    Arc::clone(&scratch),
-                    true,
-                )
-                .map_err(|e| RuntimeError::scratch("cannot read the runtime's changes", e))?;
-                self.update(
-                    &member,
-                    state,
-                    Shown::Overlay(Arc::new(overlay)),
-                    Some(scratch),
-                )
-            }
-        }
-    }
-
-    /// `Reset`: drops the changes (all, or under `paths`); the runtime shows
-    /// a fresh overlay of what is left.
-    pub fn reset(&self, name: &str, pid: i32, paths: &[PathBuf]) -> Result<Runtime, RuntimeError> {
-        let member = self.member(name, pid)?;
-        let Some(scratch) = member.scratch.clone() else {
-            return self.get(name);
-        };
-        let editable = member.state.editable;
-        let lower = Arc::clone(member.shown.layers());
-        // No write may land between dropping the changes and the new overlay.
-        if let Shown::Overlay(overlay) = &member.shown {
-            overlay.set_editable(false);
-        }
-        let reset = (|| {
-            scratch
-                .reset(paths)
-                .map_err(|e| RuntimeError::scratch("cannot drop the changes", e))?;
-            let overlay = Overlay::new(
-                self.router.next_view_id(),
-                lower,
-                Arc::clone(&scratch),
-                editable,
-            )
-            .map_err(|e| RuntimeError::scratch("cannot read the runtime's changes", e))?;
-            let state = member.state.clone();
-            self.update(
-                &member,
-                state,
-                Shown::Overlay(Arc::new(overlay)),
-                Some(scratch),
-            )
-        })();
-        // Failed: the runtime goes on as it was, not silently read-only.
-        if let (Err(_), Shown::Overlay(overlay)) = (&reset, &member.shown) {
-            overlay.set_editable(editable);
-        }
-        reset
+        Ok(entry.info())
     }
 
     /// `RemoveRuntime`: deletes a stopped runtime and its changes.
@@ -603,10 +462,7 @@ impl RuntimeTable {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
-        // A panic while holding the lock cannot leave the map half-updated.
-        self.table
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.table)
     }
 }
 
@@ -643,42 +499,14 @@ pub struct RuntimeMember {
 }
 
 impl LiveRuntime {
-    fn to_proto(&self) -> Runtime {
-        Runtime {
-            root_pid: self.root_pid.into(),
-            env_spec: self.state.env_spec.clone(),
+    fn info(&self) -> RuntimeInfo {
+        RuntimeInfo {
+            state: self.state.clone(),
+            root_pid: Some(self.root_pid),
             since_unix: self.since_unix,
-            name: self.state.name.clone(),
-            editable: self.state.editable,
-            durable: self.state.durable,
-            running: true,
-            scratch_dir: self
-                .scratch
-                .as_ref()
-                .map(|s| s.root().display().to_string())
-                .unwrap_or_default(),
-            stack: self.state.stack.clone(),
-            repositories: repositories_text(&self.state.repositories),
+            scratch_dir: self.scratch.as_ref().map(|s| s.root().to_owned()),
         }
     }
-}
-
-fn stopped_proto(state: &RuntimeState, scratch_dir: &Path) -> Runtime {
-    state.to_stopped_proto(scratch_dir)
-}
-
-fn repositories_text(repositories: &[PathBuf]) -> Vec<String> {
-    repositories
-        .iter()
-        .map(|r| r.display().to_string())
-        .collect()
-}
-
-pub fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// The stopped runtimes in `scratch_dir` whose names the service accepts.
