@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use spfs::service::readiness::ReadyNotifier;
 
 #[derive(Parser)]
 #[command(
@@ -52,8 +51,6 @@ fn parse_idle(text: &str) -> Result<std::time::Duration, String> {
 }
 
 fn main() -> ExitCode {
-    // Before any thread exists: this reads and clears an environment variable.
-    let notifier = ReadyNotifier::from_env();
     let code = match Cli::parse().command {
         Command::Service {
             stop: true, force, ..
@@ -62,7 +59,7 @@ fn main() -> ExitCode {
             mountpoint,
             idle_timeout,
             ..
-        } => spfs::commands::serve(mountpoint, idle_timeout, notifier),
+        } => spfs::commands::serve(mountpoint, idle_timeout),
         Command::Mount {
             root_process,
             reference,

@@ -9,26 +9,32 @@ use serde_json::json;
 use super::runner::{self, Out};
 use super::{block_on, launcher_settings};
 use crate::client::ControlClient;
+use crate::contract::StartReason;
 use crate::error::{Error, Result};
 use crate::launcher::probe::{probe_service, Probe};
 use crate::launcher::{ensure_service_running, EnsureOutcome};
 use crate::paths::Paths;
 use crate::proto::{StatusRequest, StatusResponse};
 use crate::service::readiness::ReadyNotifier;
+use crate::service::Shutdown;
 use crate::settings::Settings;
 use crate::telemetry::{self, Program};
 
 /// Exit status of `status` when no service runs (as LSB init scripts use).
 const EXIT_NOT_RUNNING: u8 = 3;
 
-/// `spfs-fuse-macos service [MOUNTPOINT]`: run the service in this process.
-pub fn serve(
-    mountpoint: Option<PathBuf>,
-    idle_timeout: Option<std::time::Duration>,
-    notifier: Option<ReadyNotifier>,
-) -> ExitCode {
-    let fail = |message: String| {
+/// `spfs-fuse-macos service [MOUNTPOINT]`: run the service in this process,
+/// until SIGTERM, SIGINT or SIGHUP (or `Shutdown`, the idle timeout, a logout).
+///
+/// Call it before any thread starts: it takes the readiness pipe's fd from
+/// the environment and clears the variable.
+pub fn serve(mountpoint: Option<PathBuf>, idle_timeout: Option<std::time::Duration>) -> ExitCode {
+    let notifier = ReadyNotifier::from_env();
+    let fail = |notifier: Option<ReadyNotifier>, reason: StartReason, message: String| {
         eprintln!("spfs-fuse-macos: {message}");
+        if let Some(notifier) = notifier {
+            notifier.failed(reason, &message);
+        }
         ExitCode::FAILURE
     };
     // Before any thread starts: one heap, so a freed view's memory can be
@@ -36,12 +42,7 @@ pub fn serve(
     crate::platform::one_malloc_arena();
     let mut paths = match Paths::from_env() {
         Ok(paths) => paths,
-        Err(err) => {
-            if let Some(n) = notifier {
-                n.failed(crate::contract::StartReason::Settings, &err.to_string());
-            }
-            return fail(err.to_string());
-        }
+        Err(err) => return fail(notifier, StartReason::Settings, err.with_fix()),
     };
     if let Some(mountpoint) = mountpoint {
         paths.mountpoint = std::path::absolute(&mountpoint).unwrap_or(mountpoint);
@@ -55,9 +56,20 @@ pub fn serve(
         .build()
     {
         Ok(runtime) => runtime,
-        Err(err) => return fail(format!("cannot start the async runtime: {err}")),
+        Err(err) => {
+            let message = format!("cannot start the async runtime: {err}");
+            return fail(notifier, StartReason::StartupFailed, message);
+        }
     };
-    runtime.block_on(crate::service::run(paths, idle_timeout, notifier))
+    runtime.block_on(async {
+        let shutdown = Shutdown::default();
+        if let Err(err) = shutdown.listen_for_signals() {
+            let message = format!("cannot install signal handlers: {err}");
+            return fail(notifier, StartReason::Signals, message);
+        }
+        let options = crate::service::Options { idle_timeout };
+        crate::service::run(paths, options, shutdown, notifier).await
+    })
 }
 
 /// `spfs service start`

@@ -1,19 +1,22 @@
 //! The per-user background service (`spfs-fuse-macos service`): it owns the
 //! FUSE mount and serves the control API and `grpc.health.v1` on the unix
-//! socket.
+//! socket. [`run`] is the one entry point: the binary (or a test hosting the
+//! service in its own process) gives it the paths, the options and a
+//! [`Shutdown`] of its own (the binary turns SIGTERM, SIGINT and SIGHUP
+//! into it), and it returns when the service has stopped.
 //!
-//! Startup, in order (each failure has a `reason` the launcher shows):
-//! runtime dir check, pidfile lock (`already_running`), FUSE available
-//! (`fuse_unavailable`), mountpoint ready and owned (`mountpoint`), mount
-//! options allowed (`mount_options`), socket bound with health NOT_SERVING
-//! (`bind`), FUSE mounted and shown in the kernel's mount table
-//! (`mount_failed`; macFUSE mounts asynchronously), then SERVING and the
-//! readiness line. While it runs, the runtime dir, pidfile and socket are
-//! checked every half second and put back if deleted (`service.socket_restored`);
-//! if the runtime dir's parent is gone too (logout), it shuts down
-//! (`runtime_dir_lost`). Shutdown reverses startup: NOT_SERVING at once, new
-//! mounts refused, requests drained (bounded), FUSE unmounted, socket and
-//! pidfile removed.
+//! Startup is `startup`'s, in steps that hand back guards. While it runs,
+//! the runtime dir, pidfile and socket are checked every half second and
+//! put back if deleted (`service.socket_restored`); if the runtime dir's
+//! parent is gone too (logout), it shuts down (`runtime_dir_lost`).
+//! Shutdown reverses startup: NOT_SERVING at once, new mounts refused,
+//! requests drained (bounded), FUSE unmounted, socket and pidfile removed.
+//!
+//! The rooms: `api` (the gRPC edge), `lifecycle` (what is done to a
+//! runtime), `table` (the runtimes), `build` (what a runtime shows),
+//! `guard` (what every request passes), `error`, `startup`, `shutdown`,
+//! `socket`, `pidfile`, `readiness`. What may block is written down in
+//! `api` and `lifecycle`: async handlers never do.
 
 mod api;
 mod build;
@@ -24,10 +27,13 @@ mod pidfile;
 pub mod readiness;
 mod shutdown;
 mod socket;
+mod startup;
 mod table;
 
+pub use shutdown::Shutdown;
+
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tonic_health::server::HealthReporter;
@@ -36,20 +42,16 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::contract::pidfile::PidFileError;
-use crate::contract::StartReason;
 use crate::paths::Paths;
-use crate::platform;
-use crate::proto::vfs_service_server::VfsServiceServer;
 use crate::proto::VFS_SERVICE_NAME;
 use crate::telemetry::metrics::metrics;
-use crate::vfs::Router;
-use crate::vfs::{self, FuseMount, MountpointState};
-use api::{Api, Identity};
-use guard::{GuardLayer, GuardState};
+use crate::telemetry::ms_since;
+use crate::vfs::{FuseMount, Router};
+use guard::GuardState;
 use pidfile::PidFile;
 use readiness::ReadyNotifier;
-use shutdown::Shutdown;
 use socket::ControlSocket;
+use startup::{ServerTask, StartupError};
 use table::RuntimeTable;
 
 /// The version this service reports: `contract::VERSION`, unless
@@ -68,37 +70,32 @@ pub fn reported_version() -> &'static str {
 /// How long in-flight requests (and health Watch streams) get once shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Why startup failed: a stable `reason` and a message that says what to do.
-#[derive(Debug)]
-pub struct StartupError {
-    pub reason: StartReason,
-    pub message: String,
+/// How the service runs, beside its paths.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Stop after this long with no runtime and no request (`--idle-timeout`).
+    pub idle_timeout: Option<Duration>,
 }
 
-fn fail(reason: StartReason, message: impl Into<String>) -> StartupError {
-    StartupError {
-        reason,
-        message: message.into(),
-    }
-}
-
-/// A started service, holding everything that must be undone at shutdown.
-struct Started {
-    /// Taken (`None`) by the last step of shutdown.
-    pidfile: Arc<std::sync::Mutex<Option<PidFile>>>,
-    socket: Arc<ControlSocket>,
+/// A started service, holding everything that must be undone at shutdown
+/// (the guards go in reverse order: the pidfile last).
+struct Running {
+    table: Arc<RuntimeTable>,
     guard: Arc<GuardState>,
     health: HealthReporter,
-    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    server: ServerTask,
     fuse: FuseMount,
-    shutdown: Shutdown,
-    runtimes: Arc<RuntimeTable>,
+    socket: Arc<ControlSocket>,
+    /// Taken (`None`) by the last step of shutdown.
+    pidfile: Arc<Mutex<Option<PidFile>>>,
 }
 
-/// Runs the service until it is told to stop. Reports readiness on `notifier`.
+/// Runs the service until `shutdown` is triggered (or it stops by itself:
+/// idle, logout). Reports readiness on `notifier`.
 pub async fn run(
     paths: Paths,
-    idle_timeout: Option<Duration>,
+    options: Options,
+    shutdown: Shutdown,
     notifier: Option<ReadyNotifier>,
 ) -> ExitCode {
     let started_at = Instant::now();
@@ -114,23 +111,13 @@ pub async fn run(
     if let Some(parent) = crate::telemetry::otel::context_from_env() {
         let _ = startup_span.set_parent(parent);
     }
-    let started = match start(&paths, started_at)
+    let running = match start(&paths, started_at, &shutdown)
         .instrument(startup_span.clone())
         .await
     {
-        Ok(started) => started,
+        Ok(running) => running,
         Err(err) => {
-            tracing::error!(
-                event = "service.start_failed",
-                reason = err.reason.as_str(),
-                error = err.message.as_str(),
-                elapsed_ms = ms_since(started_at),
-                "startup failed"
-            );
-            eprintln!("spfs-fuse-macos: {}", err.message);
-            if let Some(notifier) = notifier {
-                notifier.failed(err.reason, &err.message);
-            }
+            report_start_failure(&err, started_at, notifier);
             return ExitCode::FAILURE;
         }
     };
@@ -150,204 +137,64 @@ pub async fn run(
             std::process::id()
         ),
     }
-    if let Some(timeout) = idle_timeout {
-        watch_idle(timeout, &started);
+    if let Some(timeout) = options.idle_timeout {
+        watch_idle(timeout, &running, &shutdown);
     }
-    watch_runtime_dir(paths.clone(), &started);
-    stop(started).await;
+    watch_runtime_dir(paths.clone(), &running, &shutdown);
+    stop(running, &shutdown).await;
     ExitCode::SUCCESS
 }
 
-async fn start(paths: &Paths, started_at: Instant) -> Result<Started, StartupError> {
-    paths
-        .ensure_runtime_dir()
-        .map_err(|e| fail(StartReason::UnsafeRuntimeDir, e.to_string()))?;
-    let build_limits =
-        build::BuildLimits::from_env().map_err(|m| fail(StartReason::Settings, m))?;
-    let linger =
-        crate::vfs::linger::Linger::from_env().map_err(|m| fail(StartReason::Settings, m))?;
-    let pidfile = PidFile::acquire(&paths.pidfile()).map_err(|err| match err {
-        PidFileError::AlreadyRunning(_) => fail(
-            StartReason::AlreadyRunning,
-            format!("{err}; stop it with `spfs service stop`"),
-        ),
-        PidFileError::NotAFile { .. } => fail(StartReason::Pidfile, err.to_string()),
-        PidFileError::Io { .. } => fail(StartReason::RuntimeDir, err.to_string()),
-    })?;
-
-    platform::check_fuse_available().map_err(|m| fail(StartReason::FuseUnavailable, m))?;
-    // One fd per watched process of every runtime: take what the system allows.
-    if let Err(err) = platform::raise_fd_limit() {
-        tracing::warn!(
-            event = "service.fd_limit",
-            error = %err,
-            "cannot raise the open-file limit; runtimes with many processes may run short"
-        );
-    }
-    match vfs::prepare_mountpoint(&paths.mountpoint)
-        .map_err(|m| fail(StartReason::Mountpoint, m))?
-    {
-        MountpointState::CleanedStaleMount => tracing::warn!(
-            event = "service.stale_mount_cleaned",
-            mountpoint = %paths.mountpoint.display(),
-            "detached a dead FUSE mount left by a killed service"
-        ),
-        MountpointState::Created => tracing::info!(
-            event = "service.mountpoint_created",
-            mountpoint = %paths.mountpoint.display(),
-            "created the mountpoint"
-        ),
-        MountpointState::Ready => {}
-    }
-    let allow_other = vfs::choose_allow_other(
-        std::env::var("SPFS_ALLOW_OTHER").ok().as_deref(),
-        platform::ALLOW_OTHER_BY_DEFAULT,
-        platform::allow_other_permitted(),
-    )
-    .map_err(|m| fail(StartReason::MountOptions, m))?;
-
-    // The FUSE mount (most of a start) runs on a blocking thread while the
-    // socket is bound and the API set up; it is awaited before SERVING.
-    let router = Arc::new(Router::default());
-    let mounting = {
-        let mountpoint = paths.mountpoint.clone();
-        let router = Arc::clone(&router);
-        let span = tracing::info_span!("fuse_mount");
-        tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            let mounted =
-                span.in_scope(|| vfs::mount(&mountpoint, vfs::SpfsFs::new(router), allow_other));
-            (mounted, ms_since(started))
-        })
-    };
-
-    // We hold the pidfile, so any socket file here is left from a dead service.
-    let socket = paths.socket();
-    let bind_span = tracing::info_span!("bind").entered();
-    let bound = ControlSocket::bind(&socket);
-    drop(bind_span);
-    let (control_socket, incoming) = match bound {
-        Ok(bound) => bound,
-        Err(e) => {
-            // Unmounted again (dropped) before the error is reported.
-            let _ = mounting.await;
-            return Err(fail(
-                StartReason::Bind,
-                format!("cannot listen on {}: {e}", socket.display()),
-            ));
-        }
-    };
-    let control_socket = Arc::new(control_socket);
-
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    health
-        .set_service_status(VFS_SERVICE_NAME, ServingStatus::NotServing)
-        .await;
-
-    let shutdown = Shutdown::default();
-    if let Err(e) = shutdown.listen_for_signals() {
-        let _ = mounting.await;
-        control_socket.remove();
-        return Err(fail(
-            StartReason::Signals,
-            format!("cannot install signal handlers: {e}"),
-        ));
-    }
-    let runtimes = RuntimeTable::new(Arc::clone(&router), paths.scratch_dir.clone());
-    runtimes.start();
-    router.start_lingering(linger);
-    let api = Api {
-        identity: Identity {
-            pid: std::process::id().into(),
-            version: reported_version().into(),
-            start_time_unix: crate::telemetry::unix_now(),
-            mountpoint: paths.mountpoint.display().to_string(),
-            socket: socket.display().to_string(),
-            log_file: paths.service_log().display().to_string(),
-        },
-        lifecycle: Arc::new(lifecycle::Lifecycle {
-            table: Arc::clone(&runtimes),
-            limits: build_limits,
-        }),
-        shutdown: shutdown.clone(),
-    };
-    let guard = GuardState::new();
-    let server_stop = shutdown.clone();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(GuardLayer(Arc::clone(&guard)))
-            .add_service(health_service)
-            .add_service(VfsServiceServer::new(api))
-            .serve_with_incoming_shutdown(incoming, async move {
-                server_stop.triggered().await;
-            }),
+fn report_start_failure(err: &StartupError, started_at: Instant, notifier: Option<ReadyNotifier>) {
+    tracing::error!(
+        event = "service.start_failed",
+        reason = err.reason.as_str(),
+        error = err.message.as_str(),
+        elapsed_ms = ms_since(started_at),
+        "startup failed"
     );
+    eprintln!("spfs-fuse-macos: {}", err.message);
+    if let Some(notifier) = notifier {
+        notifier.failed(err.reason.clone(), &err.message);
+    }
+}
+
+/// The startup steps, in order (`startup`). A step that fails drops the
+/// guards of those before it.
+async fn start(
+    paths: &Paths,
+    started_at: Instant,
+    shutdown: &Shutdown,
+) -> Result<Running, StartupError> {
+    let preflight = startup::preflight(paths)?;
+    let (socket, incoming) = startup::bind(paths)?;
+    let router = Arc::new(Router::default());
+    let mounting = startup::mount_in_background(paths, &router, preflight.allow_other);
+    let served = startup::serve(paths, &router, &preflight, incoming, shutdown).await;
     tracing::info!(
         event = "service.listening",
-        socket = %socket.display(),
+        socket = %paths.socket().display(),
         elapsed_ms = ms_since(started_at),
         "answering health checks (NOT_SERVING until mounted)"
     );
-
-    let (fuse, mount_ms) = match mounting.await {
-        Ok((mounted, ms)) => (mounted, ms),
-        Err(e) => (
-            Err(std::io::Error::other(format!("the mount task failed: {e}"))),
-            0.0,
-        ),
-    };
-    let fuse = fuse.map_err(|e| {
-        fail(
-            StartReason::MountFailed,
-            format!("cannot mount FUSE at {}: {e}", paths.mountpoint.display()),
-        )
-    });
-    let fuse = match fuse {
-        Ok(fuse) => fuse,
-        Err(err) => {
-            shutdown.trigger("startup_failed");
-            let _ = tokio::time::timeout(DRAIN_TIMEOUT, server).await;
-            control_socket.remove();
-            pidfile.remove();
-            return Err(err);
-        }
-    };
-    tracing::info!(
-        event = "service.fuse_mounted",
-        mountpoint = %paths.mountpoint.display(),
-        elapsed_ms = mount_ms,
-        "FUSE filesystem mounted"
-    );
-
-    async {
-        guard.set_serving(true);
-        health.set_service_status("", ServingStatus::Serving).await;
-        health
-            .set_service_status(VFS_SERVICE_NAME, ServingStatus::Serving)
-            .await;
-    }
-    .instrument(tracing::info_span!("serving"))
-    .await;
-    Ok(Started {
-        pidfile: Arc::new(std::sync::Mutex::new(Some(pidfile))),
-        socket: control_socket,
-        guard,
-        health,
-        server,
+    let fuse = startup::await_mount(mounting, paths).await?;
+    startup::set_serving(&served).await;
+    Ok(Running {
+        table: served.table,
+        guard: served.guard,
+        health: served.health,
+        server: served.server,
         fuse,
-        shutdown,
-        runtimes,
+        socket,
+        pidfile: Arc::new(Mutex::new(Some(preflight.pidfile))),
     })
 }
 
 /// Stops the service once it has had no runtime and no request for `timeout`.
-fn watch_idle(timeout: Duration, started: &Started) {
-    let guard = Arc::clone(&started.guard);
-    let runtimes = Arc::clone(&started.runtimes);
-    let shutdown = started.shutdown.clone();
+fn watch_idle(timeout: Duration, running: &Running, shutdown: &Shutdown) {
+    let guard = Arc::clone(&running.guard);
+    let runtimes = Arc::clone(&running.table);
+    let shutdown = shutdown.clone();
     let tick = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     tokio::spawn(async move {
         loop {
@@ -366,17 +213,16 @@ fn watch_idle(timeout: Duration, started: &Started) {
 }
 
 /// Waits for a stop request, then takes everything down in order.
-async fn stop(started: Started) {
-    let Started {
-        pidfile,
-        socket,
+async fn stop(running: Running, shutdown: &Shutdown) {
+    let Running {
+        table: runtimes,
         guard,
         health,
         server,
         fuse,
-        shutdown,
-        runtimes,
-    } = started;
+        socket,
+        pidfile,
+    } = running;
     let reason = shutdown.triggered().await;
     let stop_started = Instant::now();
     metrics().health.record(0, &[]);
@@ -393,7 +239,7 @@ async fn stop(started: Started) {
         active_runtimes = runtimes.len(),
         "shutting down"
     );
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, server).await.is_ok();
+    let drained = server.drain(DRAIN_TIMEOUT).await;
     let unmounted = tokio::task::spawn_blocking(move || fuse.unmount()).await;
     // Editable runtimes keep their changes as stopped runtimes.
     let ending = Arc::clone(&runtimes);
@@ -415,10 +261,8 @@ async fn stop(started: Started) {
     // Spans and metrics out before the pidfile goes: once it is free, anyone
     // may take this to mean the process has finished.
     crate::telemetry::flush();
-    let held = pidfile.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(pidfile) = held {
-        pidfile.remove();
-    }
+    let held = crate::sync::lock(&pidfile).take();
+    drop(held);
 }
 
 /// How often the runtime dir, pidfile and socket are checked.
@@ -427,17 +271,17 @@ const RUNTIME_DIR_CHECK: Duration = Duration::from_millis(500);
 /// Puts back the runtime dir, pidfile and socket when they are deleted
 /// (tmp cleaners, `rm -rf`), so the tools find this service again; shuts down
 /// when they cannot be put back (the runtime dir's parent is gone: logout).
-fn watch_runtime_dir(paths: Paths, started: &Started) {
-    let pidfile = Arc::clone(&started.pidfile);
-    let socket = Arc::clone(&started.socket);
-    let shutdown = started.shutdown.clone();
+fn watch_runtime_dir(paths: Paths, running: &Running, shutdown: &Shutdown) {
+    let pidfile = Arc::clone(&running.pidfile);
+    let socket = Arc::clone(&running.socket);
+    let shutdown = shutdown.clone();
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(RUNTIME_DIR_CHECK).await;
             if shutdown.is_triggered() {
                 return;
             }
-            let pidfile_intact = match &*pidfile.lock().unwrap_or_else(|p| p.into_inner()) {
+            let pidfile_intact = match &*crate::sync::lock(&pidfile) {
                 Some(held) => held.is_intact(),
                 None => return,
             };
@@ -474,7 +318,7 @@ fn watch_runtime_dir(paths: Paths, started: &Started) {
 
 fn restore(
     paths: &Paths,
-    pidfile: &std::sync::Mutex<Option<PidFile>>,
+    pidfile: &Mutex<Option<PidFile>>,
     socket: &ControlSocket,
     pidfile_intact: bool,
 ) -> crate::error::Result<()> {
@@ -490,7 +334,7 @@ fn restore(
     if !pidfile_intact {
         let fresh = PidFile::acquire(&paths.pidfile())?;
         // The old lock (on the deleted file) goes with the old handle.
-        *pidfile.lock().unwrap_or_else(|p| p.into_inner()) = Some(fresh);
+        *crate::sync::lock(pidfile) = Some(fresh);
     }
     if !socket.is_intact() {
         socket.rebind().map_err(|e| {
@@ -498,8 +342,4 @@ fn restore(
         })?;
     }
     Ok(())
-}
-
-fn ms_since(start: Instant) -> f64 {
-    start.elapsed().as_secs_f64() * 1000.0
 }

@@ -58,14 +58,15 @@ impl PidFile {
     pub fn is_intact(&self) -> bool {
         same_file(&self.lock, &self.path)
     }
+}
 
-    /// Deletes the file if it is still ours, then lets go of the lock (last
-    /// step of shutdown).
-    pub fn remove(self) {
+impl Drop for PidFile {
+    /// Deletes the file if it is still ours; the lock goes with the file
+    /// handle (the last step of a shutdown, or of a start that failed).
+    fn drop(&mut self) {
         if self.is_intact() {
             let _ = std::fs::remove_file(&self.path);
         }
-        drop(self.lock);
     }
 }
 
@@ -112,7 +113,7 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, "other").unwrap();
         assert!(!held.is_intact());
-        held.remove();
+        drop(held);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "other");
     }
 }

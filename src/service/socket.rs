@@ -76,6 +76,13 @@ impl ControlSocket {
     }
 }
 
+impl Drop for ControlSocket {
+    /// A start that failed after the bind, or the end of a shutdown.
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
 fn file_id(path: &Path) -> io::Result<(u64, u64)> {
     let meta = std::fs::symlink_metadata(path)?;
     Ok((meta.dev(), meta.ino()))
