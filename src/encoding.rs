@@ -13,12 +13,22 @@ use sha2::{Digest as _, Sha256};
 #[derive(Debug, thiserror::Error)]
 pub enum EncodingError {
     /// Text that should be a digest is not.
-    #[error("invalid digest {text:?}: {reason}.\n  fix: give a base32 digest as spfs prints it (56 characters ending in ====), or a prefix of one")]
+    #[error("invalid digest {text:?}: {reason}")]
     InvalidDigest { text: String, reason: String },
 
     /// Bytes that should be an encoded object are not.
-    #[error("invalid object data: {0}.\n  fix: the object was damaged or written by an unknown tool; write it again")]
+    #[error("invalid object data: {0}")]
     InvalidObject(String),
+}
+
+impl EncodingError {
+    /// What to do about it.
+    pub fn fix(&self) -> &'static str {
+        match self {
+            EncodingError::InvalidDigest { .. } => "give a base32 digest as spfs prints it (56 characters ending in ====), or a prefix of one",
+            EncodingError::InvalidObject(_) => "the object was damaged or written by an unknown tool; write it again",
+        }
+    }
 }
 
 /// Length of a digest in bytes.

@@ -1,8 +1,12 @@
-//! The errors a user can meet, each worded to say what went wrong and what to do.
+//! The errors a user can meet, as data: each variant's message says what
+//! went wrong, and [`Error::fix`] what to do about it, when there is
+//! something to do. Commands print both ([`Error::with_fix`]); `spfs
+//! doctor` prints them on lines of their own.
 //!
 //! `Error::reason` gives every variant a stable snake_case name; it is the
 //! `reason` field of `launcher.start_failed` log events.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -10,12 +14,38 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A setting (environment variable or flag) has a value we cannot use.
+    /// One of this project's settings (an `SPFS_*` variable) has a value
+    /// that cannot be used; the message names it and what to set.
     #[error("{0}")]
-    Config(String),
+    Settings(String),
+
+    /// A command was asked for something it cannot do as asked (a bad
+    /// argument, a refused removal); the message says what to give instead.
+    #[error("{0}")]
+    Usage(String),
+
+    /// The command needs the runtime it runs in, and there is none.
+    #[error("no active runtime: {why}")]
+    NoRuntime { why: String, hint: String },
+
+    /// `spfs commit` found nothing to commit.
+    #[error("nothing to commit{why}")]
+    NothingToCommit { why: String, hint: String },
+
+    /// Part of a change was made and part not: what state things are in.
+    #[error("{0}")]
+    Incomplete(String),
+
+    /// The running service is older than this command and lacks a call.
+    #[error("{what}: the running service does not offer {call} (an older version?)")]
+    ServiceTooOld { what: String, call: &'static str },
+
+    /// The service answered something the protocol does not allow.
+    #[error("the service broke the protocol: {0}")]
+    Protocol(String),
 
     /// The runtime dir exists but is not safe to use.
-    #[error("runtime dir {path} is unsafe: {problem}.\n  fix: {fix}")]
+    #[error("runtime dir {path} is unsafe: {problem}")]
     UnsafeRuntimeDir {
         path: PathBuf,
         problem: String,
@@ -23,20 +53,20 @@ pub enum Error {
     },
 
     #[error(
-        "cannot find the service binary `spfs-fuse-macos`; looked in: {}.\n  fix: install it beside `spfs`, put it on PATH, or set SPFS_FUSE_SERVICE_BIN to its full path",
+        "cannot find the service binary `spfs-fuse-macos`; looked in: {}",
         looked.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
     )]
     ServiceBinaryNotFound { looked: Vec<PathBuf> },
 
     /// Something accepts connections on our socket but does not answer `grpc.health.v1`.
     #[error(
-        "something is listening on {socket} but it does not answer grpc.health.v1/Check ({detail}).\n  fix: stop the program that owns that socket, or point SPFS_RUNTIME_DIR at another directory"
+        "something is listening on {socket} but it does not answer grpc.health.v1/Check ({detail})"
     )]
     ForeignListener { socket: PathBuf, detail: String },
 
     /// Our service is alive but does not answer on its socket.
     #[error(
-        "the spfs service (pid {pid}) is running but does not answer on {socket}: it is stopped (SIGSTOP), hung, or its socket was deleted.\n  fix: if you stopped it, `kill -CONT {pid}`; otherwise `kill {pid}` (`kill -9 {pid}` if it stays), then retry; its log: {log}"
+        "the spfs service (pid {pid}) is running but does not answer on {socket}: it is stopped (SIGSTOP), hung, or its socket was deleted"
     )]
     ServiceNotAnswering {
         pid: i32,
@@ -51,9 +81,7 @@ pub enum Error {
         socket: PathBuf,
     },
 
-    #[error(
-        "the service on {socket} answered NOT_SERVING for {waited:?} and never became ready.\n  fix: see its log {log}; stop it with `spfs service stop` and retry"
-    )]
+    #[error("the service on {socket} answered NOT_SERVING for {waited:?} and never became ready")]
     NotServing {
         socket: PathBuf,
         waited: Duration,
@@ -92,7 +120,7 @@ pub enum Error {
     /// The service said it was ready, then stopped before it could be used,
     /// every time it was started.
     #[error(
-        "the service stopped right after it said it was ready ({attempts} attempts; the last Check found it {found}).\n  fix: see its log {log}; if SPFS_SERVICE_IDLE_TIMEOUT is set, make it longer"
+        "the service stopped right after it said it was ready ({attempts} attempts; the last Check found it {found})"
     )]
     StoppedAfterReady {
         found: &'static str,
@@ -102,7 +130,7 @@ pub enum Error {
 
     /// `spfs service stop` without `--force` while commands use `/spfs`.
     #[error(
-        "not stopping the service (pid {pid}): {} runtime(s) are active, and their commands would lose /spfs:{}\n  fix: wait for them to finish, or `spfs service stop --force`",
+        "not stopping the service (pid {pid}): {} runtime(s) are active, and their commands would lose /spfs:{}",
         runtimes.len(),
         runtime_lines(runtimes)
     )]
@@ -112,32 +140,21 @@ pub enum Error {
     },
 
     /// The service did not exit in time after it was asked to stop.
-    #[error(
-        "the service (pid {pid}) did not stop within {}s.\n  fix: see {log}; end it with `kill -9 {pid}`",
-        waited.as_secs()
-    )]
+    #[error("the service (pid {pid}) did not stop within {}s", waited.as_secs())]
     StopTimeout {
         pid: i32,
         waited: Duration,
         log: PathBuf,
     },
 
-    /// A ref longer than the service accepts; refused before any service starts.
-    #[error(
-        "the ref is {bytes} bytes; at most {max} are accepted.\n  fix: give fewer or shorter items, or make a platform of them once with `spfs commit --ref` and run that"
-    )]
-    RefTooLong { bytes: usize, max: usize },
-
     /// A path or environment variable for the service holds a NUL byte,
     /// which no `exec` can pass.
-    #[error(
-        "cannot start the service: {what:?}... contains a NUL byte; fix that path or variable"
-    )]
+    #[error("cannot start the service: {what:?}... contains a NUL byte")]
     NulByte { what: String },
 
     /// The connection to the service broke in the middle of a call.
     #[error(
-        "the service stopped answering during {during} ({detail}): it died or was killed, so the command was not run.\n  fix: run it again; the next command starts a new service. If it keeps happening, see {log}"
+        "the service stopped answering during {during} ({detail}): it died or was killed, so the command was not run"
     )]
     ServiceLost {
         during: &'static str,
@@ -177,6 +194,12 @@ pub enum Error {
         context: String,
         status: tonic::Status,
     },
+}
+
+impl From<crate::encoding::EncodingError> for Error {
+    fn from(err: crate::encoding::EncodingError) -> Error {
+        Error::Storage(err.into())
+    }
 }
 
 /// A runtime named in [`Error::RuntimesActive`].
@@ -226,22 +249,64 @@ impl Error {
     }
 
     /// What to do about it, when there is something to do.
-    pub fn fix(&self) -> Option<std::borrow::Cow<'_, str>> {
-        None
+    pub fn fix(&self) -> Option<Cow<'_, str>> {
+        let text: Cow<'_, str> = match self {
+            Error::NoRuntime { hint, .. } | Error::NothingToCommit { hint, .. } => hint.into(),
+            Error::ServiceTooOld { .. } => {
+                "once no runtime uses it, restart it with `spfs service stop`".into()
+            }
+            Error::UnsafeRuntimeDir { fix, .. } => fix.into(),
+            Error::ServiceBinaryNotFound { .. } => "install it beside `spfs`, put it on PATH, or set SPFS_FUSE_SERVICE_BIN to its full path".into(),
+            Error::ForeignListener { .. } => "stop the program that owns that socket, or point SPFS_RUNTIME_DIR at another directory".into(),
+            Error::ServiceNotAnswering { pid, log, .. } => format!(
+                "if you stopped it, `kill -CONT {pid}`; otherwise `kill {pid}` (`kill -9 {pid}` if it stays), then retry; its log: {}",
+                log.display()
+            )
+            .into(),
+            Error::NotServing { log, .. } => format!(
+                "see its log {}; stop it with `spfs service stop` and retry",
+                log.display()
+            )
+            .into(),
+            Error::StoppedAfterReady { log, .. } => format!(
+                "see its log {}; if SPFS_SERVICE_IDLE_TIMEOUT is set, make it longer",
+                log.display()
+            )
+            .into(),
+            Error::RuntimesActive { .. } => {
+                "wait for them to finish, or `spfs service stop --force`".into()
+            }
+            Error::StopTimeout { pid, log, .. } => {
+                format!("see {}; end it with `kill -9 {pid}`", log.display()).into()
+            }
+            Error::NulByte { .. } => "remove the NUL byte from that path or variable".into(),
+            Error::ServiceLost { log, .. } => format!(
+                "run it again; the next command starts a new service. If it keeps happening, see {}",
+                log.display()
+            )
+            .into(),
+            Error::Storage(err) => return err.fix(),
+            Error::Spec(err) => return err.fix(),
+            _ => return None,
+        };
+        Some(text)
     }
 
     /// The message with its fix, as users and the log see it.
     pub fn with_fix(&self) -> String {
-        match self.fix() {
-            Some(fix) => format!("{self}\n  fix: {fix}"),
-            None => self.to_string(),
-        }
+        crate::telemetry::with_fix(&self.to_string(), self.fix().as_deref())
     }
 
     /// Stable name of the failure, for logs and metrics.
     pub fn reason(&self) -> &str {
         match self {
-            Error::Config(_) => "config",
+            Error::Settings(_) => "config",
+            Error::Usage(_) => "usage",
+            Error::NoRuntime { .. } => "no_runtime",
+            Error::NothingToCommit { .. } => "nothing_to_commit",
+            Error::Incomplete(_) => "incomplete",
+            Error::ServiceTooOld { .. } => "service_too_old",
+            Error::Protocol(_) => "protocol",
             Error::UnsafeRuntimeDir { .. } => "unsafe_runtime_dir",
             Error::ServiceBinaryNotFound { .. } => "binary_not_found",
             Error::ForeignListener { .. } => "foreign_listener",
@@ -256,7 +321,6 @@ impl Error {
             Error::RuntimesActive { .. } => "runtimes_active",
             Error::ServiceLost { .. } => "service_lost",
             Error::NulByte { .. } => "nul_byte",
-            Error::RefTooLong { .. } => "ref_too_long",
             Error::StopTimeout { .. } => "stop_timeout",
             Error::PidFile(_) => "pidfile",
             Error::Io { .. } => "io",
@@ -265,5 +329,33 @@ impl Error {
             Error::Spec(_) => "env_spec",
             Error::Rpc { .. } => "rpc",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fix_is_data_and_shown_on_a_line_of_its_own() {
+        let err = Error::ServiceBinaryNotFound {
+            looked: vec!["/usr/bin/spfs-fuse-macos".into()],
+        };
+        assert!(!err.to_string().contains("fix"), "{err}");
+        assert!(err.fix().unwrap().contains("SPFS_FUSE_SERVICE_BIN"));
+        let shown = err.with_fix();
+        assert!(
+            shown.contains("/usr/bin/spfs-fuse-macos.\n  fix: install it beside `spfs`"),
+            "{shown}"
+        );
+        let no_fix = Error::Usage("give `layer` or `platform`".into());
+        assert_eq!(no_fix.fix(), None);
+        assert_eq!(no_fix.with_fix(), "give `layer` or `platform`");
+        let storage: Error = crate::encoding::Digest::parse("nope").unwrap_err().into();
+        assert!(
+            storage.with_fix().contains("\n  fix: give a base32 digest"),
+            "{}",
+            storage.with_fix()
+        );
     }
 }

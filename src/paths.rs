@@ -40,7 +40,7 @@ impl Paths {
             if path.is_absolute() {
                 Ok(path)
             } else {
-                Err(Error::Config(format!(
+                Err(Error::Settings(format!(
                     "{name}={} is not an absolute path; set it to an absolute path or unset it",
                     path.display()
                 )))
@@ -50,7 +50,7 @@ impl Paths {
             Some(value) => absolute(name, value),
             // The one way a default fails: no home directory to put it in.
             None => default().map_err(|err| {
-                Error::Config(format!(
+                Error::Settings(format!(
                     "{err}; set HOME, or set {name} (and SPFS_STORAGE_ROOT) to absolute paths"
                 ))
             }),
@@ -145,7 +145,7 @@ pub fn check_socket_path(socket: &Path) -> Result<()> {
     let len = socket.as_os_str().len();
     let max = max_socket_path();
     if len > max {
-        return Err(Error::Config(format!(
+        return Err(Error::Settings(format!(
             "socket path {} is {len} bytes, longer than the {max} a unix socket allows here; set SPFS_RUNTIME_DIR to a shorter directory",
             socket.display(),
         )));

@@ -25,7 +25,7 @@ impl Settings {
         let start_timeout = match std::env::var("SPFS_SERVICE_START_TIMEOUT") {
             Ok(text) if !text.trim().is_empty() => {
                 parse_duration(&text).map_err(|problem| {
-                    Error::Config(format!(
+                    Error::Settings(format!(
                         "SPFS_SERVICE_START_TIMEOUT={text:?} is not a duration ({problem}); use seconds such as 10 or 2.5, or 500ms"
                     ))
                 })?
@@ -34,7 +34,7 @@ impl Settings {
         };
         let idle_timeout = match std::env::var("SPFS_SERVICE_IDLE_TIMEOUT") {
             Ok(text) if !text.trim().is_empty() => Some(parse_duration(&text).map_err(|problem| {
-                Error::Config(format!(
+                Error::Settings(format!(
                     "SPFS_SERVICE_IDLE_TIMEOUT={text:?} is not a duration ({problem}); use seconds such as 600, or 500ms, or unset it to keep the service running"
                 ))
             })?),

@@ -44,7 +44,7 @@ pub fn commit(options: CommitOptions) -> ExitCode {
             CommitSource::Ref(reference) => commit_ref(options.remote, reference)?,
             CommitSource::Runtime(kind) => {
                 if options.remote.is_some() {
-                    return Err(Error::Config(
+                    return Err(Error::Usage(
                         "--remote works with --path and --ref only; a runtime's changes go to its own repository".into(),
                     ));
                 }
@@ -52,7 +52,7 @@ pub fn commit(options: CommitOptions) -> ExitCode {
                     "layer" => RuntimeCommit::Layer,
                     "platform" => RuntimeCommit::Platform,
                     other => {
-                        return Err(Error::Config(format!(
+                        return Err(Error::Usage(format!(
                             "don't know how to commit a {other:?}; give `layer` or `platform`"
                         )))
                     }
@@ -77,7 +77,7 @@ fn commit_path(
     let meta = std::fs::metadata(dir)
         .map_err(|e| Error::io(format!("cannot commit {}", dir.display()), e))?;
     if !meta.is_dir() {
-        return Err(Error::Config(format!(
+        return Err(Error::Usage(format!(
             "cannot commit {}: it is not a directory; give --path a directory",
             dir.display()
         )));
@@ -88,10 +88,10 @@ fn commit_path(
             .next()
             .is_none()
     {
-        return Err(Error::Config(format!(
-            "nothing to commit: {} is empty, so the layer would be empty; add files, or pass --allow-empty",
-            dir.display()
-        )));
+        return Err(Error::NothingToCommit {
+            why: format!(": {} is empty, so the layer would be empty", dir.display()),
+            hint: "add files, or pass --allow-empty".into(),
+        });
     }
     let repo = repo::writable(remote)?;
     let mut progress = Progress::new();
@@ -116,7 +116,7 @@ fn commit_ref(remote: Option<&str>, reference: &str) -> Result<(FsRepository, Di
     let spec = EnvSpec::parse(reference)?;
     let items = spec.items();
     if items.is_empty() {
-        return Err(Error::Config(
+        return Err(Error::Usage(
             "--ref needs at least one tag or digest (e.g. --ref base+app)".into(),
         ));
     }
@@ -139,10 +139,20 @@ enum RuntimeCommit {
 
 /// spfs's error when there is nothing to commit.
 fn nothing_to_commit(kind: RuntimeCommit) -> Error {
-    Error::Config(match kind {
-        RuntimeCommit::Layer => "nothing to commit: the runtime has no changes (see `spfs diff`); pass --allow-empty to make an empty layer anyway".into(),
-        RuntimeCommit::Platform => "nothing to commit, the resulting platform would be empty: the runtime shows no layer and has no changes; pass --allow-empty to make an empty platform anyway".into(),
-    })
+    let (why, hint) = match kind {
+        RuntimeCommit::Layer => (
+            ": the runtime has no changes (see `spfs diff`)",
+            "pass --allow-empty to make an empty layer anyway",
+        ),
+        RuntimeCommit::Platform => (
+            ", the resulting platform would be empty: the runtime shows no layer and has no changes",
+            "pass --allow-empty to make an empty platform anyway",
+        ),
+    };
+    Error::NothingToCommit {
+        why: why.into(),
+        hint: hint.into(),
+    }
 }
 
 /// `spfs commit layer|platform`: the changes of the runtime we are in as a
@@ -161,9 +171,10 @@ fn commit_runtime(kind: RuntimeCommit, allow_empty: bool, tags: &[TagSpec]) -> R
             check_platform_stack(&runtime.state.stack)?;
         }
         if !runtime.state.editable {
-            return Err(Error::Config(format!(
-                "the active runtime {name} is not editable, nothing to commit; make it editable with `spfs edit`, or commit a directory with `spfs commit --path DIR`"
-            )));
+            return Err(Error::NothingToCommit {
+                why: format!(": the active runtime {name} is not editable"),
+                hint: "make it editable with `spfs edit`, or commit a directory with `spfs commit --path DIR`".into(),
+            });
         }
         // Nothing may change while the changes are read.
         let frozen = current::edit(&channel, &name, false).await?;
@@ -202,8 +213,9 @@ fn commit_runtime(kind: RuntimeCommit, allow_empty: bool, tags: &[TagSpec]) -> R
                 let changed = match changed {
                     Ok(changed) => changed,
                     Err(err) => {
-                        let err = Error::Config(format!(
-                            "layer {layer} was committed, but the runtime still shows its old stack with its changes: {err}"
+                        let err = Error::Incomplete(format!(
+                            "layer {layer} was committed, but the runtime still shows its old stack with its changes: {}",
+                            err.with_fix()
                         ));
                         return Err(thaw(&channel, &name, err).await);
                     }
@@ -296,7 +308,7 @@ fn check_platform_stack(stack: &[String]) -> Result<Vec<Digest>> {
         .iter()
         .map(|item| {
             Digest::parse(item).map_err(|_| {
-                Error::Config(format!(
+                Error::Usage(format!(
                     "the runtime shows the directory {item} as a layer, which a platform cannot name; commit it with `spfs commit --path {item}` and run the result instead"
                 ))
             })
@@ -314,8 +326,10 @@ fn platform_of(repo: &FsRepository, stack: &[String]) -> Result<Digest> {
 async fn thaw(channel: &tonic::transport::Channel, name: &str, err: Error) -> Error {
     match current::edit(channel, name, true).await {
         Ok(_) => err,
-        Err(again) => Error::Config(format!(
-            "{err}\n  and the runtime stays read-only: {again}; its changes are kept, make it editable with `spfs edit`"
+        Err(again) => Error::Incomplete(format!(
+            "{}\n  and the runtime stays read-only: {}; its changes are kept, make it editable with `spfs edit`",
+            err.with_fix(),
+            again.with_fix()
         )),
     }
 }

@@ -34,14 +34,14 @@ pub fn runtime_name(value: Option<String>, hint: Hint) -> Result<String> {
     match value.filter(|v| !v.is_empty()) {
         Some(name) => Ok(name),
         None => {
-            let what = match hint {
+            let hint = match hint {
                 Hint::Run => "run this inside a runtime: `spfs run -e REF -- CMD` or `spfs shell -e REF`",
                 Hint::Commit => "run this inside an editable runtime (`spfs shell -e REF`), or commit a directory with `spfs commit --path DIR`",
             };
-            Err(Error::Config(format!(
-                "no active runtime: {} is not set; {what}",
-                crate::contract::RUNTIME_VAR
-            )))
+            Err(Error::NoRuntime {
+                why: format!("{} is not set", crate::contract::RUNTIME_VAR),
+                hint: hint.into(),
+            })
         }
     }
 }
@@ -56,22 +56,26 @@ pub async fn connect(settings: &Settings, name: &str) -> Result<Channel> {
     let socket = settings.paths.socket();
     match probe(&socket).await {
         Probe::Serving { channel, .. } | Probe::NotServing(channel) => Ok(channel),
-        Probe::Absent { .. } => Err(Error::Config(format!(
-            "no active runtime: {}={name:?}, but no spfs service is running on {} (it stopped, and the runtime with it); start a new runtime with `spfs run` or `spfs shell`",
-            crate::contract::RUNTIME_VAR,
-            socket.display()
-        ))),
+        Probe::Absent { .. } => Err(Error::NoRuntime {
+            why: format!(
+                "{}={name:?}, but no spfs service is running on {} (it stopped, and the runtime with it)",
+                crate::contract::RUNTIME_VAR,
+                socket.display()
+            ),
+            hint: "start a new runtime with `spfs run` or `spfs shell`".into(),
+        }),
         refused => Err(refused.refusal(&settings.paths)),
     }
 }
 
 /// A control call's failure, worded for the user: a service too old for
 /// the call says so.
-pub fn rpc_error(what: &str, call: &str, status: tonic::Status) -> Error {
+pub fn rpc_error(what: &str, call: &'static str, status: tonic::Status) -> Error {
     if status.code() == tonic::Code::Unimplemented {
-        Error::Config(format!(
-            "{what}: the running service does not offer {call} (an older version?); once no runtime uses it, restart it with `spfs service stop`"
-        ))
+        Error::ServiceTooOld {
+            what: what.to_owned(),
+            call,
+        }
     } else {
         Error::rpc(what.to_owned(), status)
     }
@@ -157,7 +161,7 @@ pub async fn remove_runtime(channel: &Channel, name: &str) -> Result<()> {
 fn answered(runtime: Option<Runtime>, name: &str) -> Result<RuntimeInfo> {
     runtime
         .map(crate::client::runtime_info)
-        .ok_or_else(|| Error::Config(format!("the service sent no runtime for {name}")))
+        .ok_or_else(|| Error::Protocol(format!("it sent no runtime for {name}")))
 }
 
 /// The runtime's stack as the env spec `ChangeStack` expects (`A+B`).
@@ -201,18 +205,19 @@ mod tests {
             "rt-1"
         );
         for value in [None, Some(String::new())] {
-            let err = runtime_name(value, Hint::Commit).unwrap_err().to_string();
+            let err = runtime_name(value, Hint::Commit).unwrap_err().with_fix();
             assert!(err.starts_with("no active runtime"), "{err}");
             assert!(err.contains("--path"), "{err}");
         }
-        let err = runtime_name(None, Hint::Run).unwrap_err().to_string();
+        let err = runtime_name(None, Hint::Run).unwrap_err().with_fix();
         assert!(err.contains("spfs run"), "{err}");
     }
 
     #[test]
     fn an_old_service_is_named_as_the_cause() {
         let err = rpc_error("cannot x", "Edit", tonic::Status::unimplemented("no"));
-        assert!(err.to_string().contains("does not offer Edit"), "{err}");
+        assert!(err.with_fix().contains("does not offer Edit"), "{err}");
+        assert!(err.with_fix().contains("spfs service stop"), "{err}");
         let err = rpc_error("cannot x", "Edit", tonic::Status::not_found("no runtime y"));
         assert_eq!(err.to_string(), "cannot x: no runtime y");
     }

@@ -30,6 +30,16 @@ fn pass(name: &'static str, detail: impl Into<String>) -> Check {
     }
 }
 
+/// A failed check whose fix, if any, comes from the error.
+fn failed(name: &'static str, detail: &str, fix: Option<&str>) -> Check {
+    Check {
+        name,
+        passed: false,
+        detail: detail.to_owned(),
+        fix: fix.map(str::to_owned),
+    }
+}
+
 fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
     Check {
         name,
@@ -81,12 +91,7 @@ fn run_checks() -> crate::error::Result<ExitCode> {
 fn check_fuse() -> Check {
     match platform::check_fuse_available() {
         Ok(()) => pass("FUSE", "available"),
-        Err(message) => {
-            let (what, fix) = message
-                .split_once(". ")
-                .unwrap_or((&message, "see docs/troubleshooting.md"));
-            fail("FUSE", what, fix)
-        }
+        Err(missing) => fail("FUSE", missing.problem, missing.fix),
     }
 }
 
@@ -94,11 +99,7 @@ fn check_binary(settings: &Settings) -> Check {
     let name = "service binary";
     let binary = match find_service_binary(settings) {
         Ok(binary) => binary,
-        Err(err) => {
-            let text = err.to_string();
-            let (what, fix) = text.split_once("\n  fix: ").unwrap_or((&text, ""));
-            return fail(name, what, fix);
-        }
+        Err(err) => return failed(name, &err.to_string(), err.fix().as_deref()),
     };
     let output = std::process::Command::new(&binary)
         .arg("--version")
@@ -155,9 +156,8 @@ fn check_runtime_dir(settings: &Settings) -> Check {
 fn check_mountpoint(settings: &Settings) -> Check {
     let name = "mountpoint";
     let path = settings.paths.mountpoint.clone();
-    if let Err(message) = crate::vfs::check_not_another_users_mount(&path) {
-        let (what, fix) = message.split_once(" To fix it: ").unwrap_or((&message, ""));
-        return fail(name, what, fix);
+    if let Err(err) = crate::vfs::check_not_another_users_mount(&path) {
+        return failed(name, &err.to_string(), err.fix().as_deref());
     }
     // A hung FUSE server would block a stat forever: ask on a thread, wait briefly.
     let (tx, rx) = std::sync::mpsc::channel();
@@ -185,10 +185,7 @@ fn check_mountpoint(settings: &Settings) -> Check {
             use std::os::unix::fs::MetadataExt;
             match crate::vfs::check_mountpoint_owner(&path, meta.uid(), nix::unistd::geteuid().as_raw()) {
                 Ok(()) => pass(name, format!("{} is a directory you own", path.display())),
-                Err(message) => {
-                    let (what, fix) = message.split_once(" To fix it: ").unwrap_or((&message, ""));
-                    fail(name, what, fix)
-                }
+                Err(err) => failed(name, &err.to_string(), err.fix().as_deref()),
             }
         }
         Ok(Ok(_)) => fail(

@@ -31,7 +31,7 @@ pub fn edit(off: bool) -> ExitCode {
             } else {
                 let runtime = current::get_runtime(&channel, &name).await?;
                 if runtime.state.editable {
-                    return Err(Error::Config(format!("runtime {name} is already editable")));
+                    return Err(Error::Usage(format!("runtime {name} is already editable")));
                 }
                 current::edit(&channel, &name, true).await?;
                 eprintln!("edit mode enabled");
@@ -91,10 +91,10 @@ fn relative_paths(paths: &[String], mountpoint: &Path) -> Result<Vec<String>> {
         .iter()
         .map(|path| {
             changes::mount_relative(path, mountpoint)
-                .map_err(Error::Config)
+                .map_err(Error::Usage)
                 .and_then(|p| {
                     p.into_os_string().into_string().map_err(|p| {
-                        Error::Config(format!("{p:?} is not UTF-8, so no layer can hold it"))
+                        Error::Usage(format!("{p:?} is not UTF-8, so no layer can hold it"))
                     })
                 })
         })

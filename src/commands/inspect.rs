@@ -97,9 +97,10 @@ fn format_digest(
 pub fn info(references: &[String], remote: Option<&str>) -> ExitCode {
     repo::run("spfs info", || {
         if references.is_empty() {
-            return Err(Error::Config(
-                "no active runtime: give one or more REFs (tags or digests) to describe".into(),
-            ));
+            return Err(Error::NoRuntime {
+                why: "nothing to describe".into(),
+                hint: "give one or more REFs (tags or digests) to describe".into(),
+            });
         }
         let repos = repo::readable(remote)?;
         let mut out = Out::new();
@@ -199,7 +200,7 @@ fn merged_manifest(repos: &ProxyRepository, reference: &str) -> Result<Manifest>
         match layer {
             Layer::Manifest { manifest, .. } => merged.update(&Manifest::from_graph(&manifest)?),
             Layer::Dir(path) => {
-                return Err(Error::Config(format!(
+                return Err(Error::Usage(format!(
                     "{} is a directory; look at it directly (ls, cat)",
                     path.display()
                 )))
@@ -235,12 +236,12 @@ pub fn ls(
         let repos = repo::readable(remote)?;
         let manifest = merged_manifest(&repos, reference)?;
         let Some(dir) = find(&manifest, path) else {
-            return Err(Error::Config(format!(
+            return Err(Error::Usage(format!(
                 "path not found in {reference:?}: {path}"
             )));
         };
         if dir.kind != EntryKind::Tree {
-            return Err(Error::Config(format!("path is not a directory: {path}")));
+            return Err(Error::Usage(format!("path is not a directory: {path}")));
         }
         let mut out = Out::new();
         list_dir(&mut out, dir, "", long, recursive)?;
@@ -303,7 +304,7 @@ pub fn read(reference: &str, path: Option<&str>, remote: Option<&str>) -> ExitCo
                 match repos.read_object(&digest) {
                     Ok(Object::Blob(blob)) => blob.payload,
                     Ok(other) => {
-                        return Err(Error::Config(format!(
+                        return Err(Error::Usage(format!(
                             "{reference} is a {}: give the PATH of a file in it to read",
                             repo::kind_name(&other)
                         )))
@@ -318,11 +319,11 @@ pub fn read(reference: &str, path: Option<&str>, remote: Option<&str>) -> ExitCo
                 match find(&manifest, path) {
                     Some(entry) if entry.kind == EntryKind::Blob => entry.object,
                     Some(_) => {
-                        return Err(Error::Config(format!(
+                        return Err(Error::Usage(format!(
                             "path is a directory or masked file: {path}"
                         )))
                     }
-                    None => return Err(Error::Config(format!("file does not exist: {path}"))),
+                    None => return Err(Error::Usage(format!("file does not exist: {path}"))),
                 }
             }
         };

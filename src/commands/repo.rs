@@ -42,7 +42,7 @@ pub fn readable(remote: Option<&str>) -> Result<ProxyRepository> {
 pub fn resolve_digest(repos: &ProxyRepository, reference: &str) -> Result<Digest> {
     let spec = EnvSpec::parse(reference)?;
     let [(part, item)] = spec.items() else {
-        return Err(Error::Config(format!(
+        return Err(Error::Usage(format!(
             "{:?} is not a single reference; give one tag or digest (no '+')",
             spec.to_string()
         )));

@@ -19,7 +19,7 @@ pub fn run(tool: &str, command: impl FnOnce() -> Result<ExitCode>) -> ExitCode {
             die_of_broken_pipe()
         }
         Err(err) => {
-            eprintln!("{tool}: error: {err}");
+            eprintln!("{tool}: error: {}", err.with_fix());
             ExitCode::FAILURE
         }
     }

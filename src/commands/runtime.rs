@@ -68,7 +68,7 @@ async fn remove_stopped(
 
 fn find<'a>(runtimes: &'a [RuntimeInfo], name: &str) -> Result<&'a RuntimeInfo> {
     runtimes.iter().find(|r| r.name() == name).ok_or_else(|| {
-        Error::Config(format!(
+        Error::Usage(format!(
             "no runtime named {:?} (see `spfs runtime list`)",
             crate::telemetry::short(name)
         ))
@@ -154,10 +154,9 @@ pub fn runtime_info(name: Option<&str>) -> ExitCode {
             None => std::env::var(crate::contract::RUNTIME_VAR)
                 .ok()
                 .filter(|n| !n.is_empty())
-                .ok_or_else(|| {
-                    Error::Config(
-                        "no active runtime: give a runtime NAME (see `spfs runtime list`)".into(),
-                    )
+                .ok_or_else(|| Error::NoRuntime {
+                    why: format!("{} is not set", crate::contract::RUNTIME_VAR),
+                    hint: "give a runtime NAME (see `spfs runtime list`)".into(),
                 })?,
         };
         let settings = Settings::from_env()?;
@@ -211,7 +210,7 @@ pub fn runtime_remove(names: &[String], force: bool, remove_durable: bool) -> Ex
             for runtime in &targets {
                 match check_removal(runtime, force, remove_durable) {
                     None => {}
-                    Some(Refusal::Running(why)) => return Err(Error::Config(why)),
+                    Some(Refusal::Running(why)) => return Err(Error::Usage(why)),
                     Some(Refusal::Durable(why)) => {
                         eprintln!("spfs runtime remove: error: {why}");
                         return Ok(ExitCode::from(2));
@@ -269,7 +268,7 @@ pub fn runtime_prune(remove_durable: bool) -> ExitCode {
                 match remove_stopped(&settings, &channel, runtime.name()).await {
                     Ok(()) => eprintln!("Pruned runtime {}", runtime.name()),
                     Err(err) => {
-                        eprintln!("spfs runtime prune: error: {err}");
+                        eprintln!("spfs runtime prune: error: {}", err.with_fix());
                         code = ExitCode::FAILURE;
                     }
                 }

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
@@ -158,10 +157,7 @@ fn status_json(serving: bool, s: &StatusResponse) -> serde_json::Value {
 }
 
 fn print_status(out: &mut Out, serving: bool, s: &StatusResponse) -> Result<()> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = crate::telemetry::unix_now();
     let state = if serving {
         "running"
     } else {

@@ -39,7 +39,7 @@ pub fn untag(tag: &str, latest: bool, all: bool, remote: Option<&str>) -> ExitCo
         if latest {
             spec = spec.with_version(0);
         } else if !tag.contains('~') {
-            return Err(Error::Config(format!(
+            return Err(Error::Usage(format!(
                 "you must specify one of --all, --latest or provide a tag with an explicit version number (eg: {}~0)",
                 spec.path()
             )));

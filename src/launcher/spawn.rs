@@ -59,9 +59,9 @@ pub enum Outcome {
 pub fn spawn(binary: &Path, settings: &Settings) -> Result<Starting> {
     // macOS: the service binary cannot even start without macFUSE's library;
     // say what to install instead of showing dyld's error.
-    crate::platform::check_before_service_spawn().map_err(|message| Error::ServiceFailed {
+    crate::platform::check_before_service_spawn().map_err(|missing| Error::ServiceFailed {
         reason: StartReason::FuseUnavailable,
-        message,
+        message: crate::telemetry::with_fix(&missing.problem, Some(&missing.fix)),
         stderr_tail: String::new(),
     })?;
     let stdio = Stdio::open(&settings.paths)?;

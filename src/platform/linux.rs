@@ -166,11 +166,12 @@ pub fn mark_fds_cloexec_except(keep: RawFd) {
 }
 
 /// Whether a FUSE filesystem can be mounted here, with the fix when not.
-pub fn check_fuse_available() -> std::result::Result<(), String> {
+pub fn check_fuse_available() -> std::result::Result<(), super::Unusable> {
     if !Path::new("/dev/fuse").exists() {
-        return Err(
-            "FUSE is not available: /dev/fuse does not exist. Install fuse3 (`apt install fuse3` or `dnf install fuse3`) and load the module (`modprobe fuse`)".into(),
-        );
+        return Err(super::Unusable::new(
+            "FUSE is not available: /dev/fuse does not exist",
+            "Install fuse3 (`apt install fuse3` or `dnf install fuse3`) and load the module (`modprobe fuse`)",
+        ));
     }
     let root = nix::unistd::geteuid().is_root();
     // libfuse and fuser open /dev/fuse themselves before they ask fusermount3,
@@ -180,15 +181,17 @@ pub fn check_fuse_available() -> std::result::Result<(), String> {
             "/dev/fuse",
             nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK,
         ) {
-            return Err(
-                "FUSE is not usable: you may not open /dev/fuse (only root may, its mode is too strict), so every mount fails with Permission denied. Ask an admin to run `chmod 666 /dev/fuse` (its usual mode) and keep it so with a udev rule: KERNEL==\"fuse\", MODE=\"0666\"".into(),
-            );
+            return Err(super::Unusable::new(
+                "FUSE is not usable: you may not open /dev/fuse (only root may, its mode is too strict), so every mount fails with Permission denied",
+                "Ask an admin to run `chmod 666 /dev/fuse` (its usual mode) and keep it so with a udev rule: KERNEL==\"fuse\", MODE=\"0666\"",
+            ));
         }
     }
     if !root && which("fusermount3").is_none() && which("fusermount").is_none() {
-        return Err(
-            "FUSE is not available: fusermount3 is not on PATH, and only root can mount without it. Install fuse3 (`apt install fuse3` or `dnf install fuse3`)".into(),
-        );
+        return Err(super::Unusable::new(
+            "FUSE is not available: fusermount3 is not on PATH, and only root can mount without it",
+            "Install fuse3 (`apt install fuse3` or `dnf install fuse3`)",
+        ));
     }
     Ok(())
 }
@@ -321,7 +324,7 @@ pub const START_TIMES_ORDERED: bool = true;
 
 /// Nothing to check before the launcher starts the service: the service
 /// binary starts anywhere, and checks FUSE itself.
-pub fn check_before_service_spawn() -> std::result::Result<(), String> {
+pub fn check_before_service_spawn() -> std::result::Result<(), super::Unusable> {
     Ok(())
 }
 

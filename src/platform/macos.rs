@@ -347,10 +347,13 @@ pub fn mark_fds_cloexec_except(keep: RawFd) {
 /// loaded, with the steps when not. Only the kernel-extension backend gives
 /// the caller's pid that per-process views need: macFUSE's FSKit backend and
 /// FUSE-T do not (docs/macos.md), so neither is accepted as "available".
-pub fn check_fuse_available() -> std::result::Result<(), String> {
+pub fn check_fuse_available() -> std::result::Result<(), super::Unusable> {
     if !Path::new(MACFUSE_BUNDLE).exists() {
-        return Err(format!(
-            "FUSE is not available: macFUSE is not installed ({MACFUSE_BUNDLE} is missing). To fix it: {INSTALL_STEP} {KEXT_STEPS}"
+        return Err(super::Unusable::new(
+            format!(
+                "FUSE is not available: macFUSE is not installed ({MACFUSE_BUNDLE} is missing)"
+            ),
+            format!("{INSTALL_STEP} {KEXT_STEPS}"),
         ));
     }
     if kext_loaded() {
@@ -366,8 +369,9 @@ pub fn check_fuse_available() -> std::result::Result<(), String> {
     if loaded && kext_loaded() {
         Ok(())
     } else {
-        Err(format!(
-            "FUSE is not available: macFUSE is installed but its kernel extension cannot be loaded ({MACFUSE_LOADER} failed; not approved yet?). To fix it: {KEXT_STEPS}"
+        Err(super::Unusable::new(
+            format!("FUSE is not available: macFUSE is installed but its kernel extension cannot be loaded ({MACFUSE_LOADER} failed; not approved yet?)"),
+            KEXT_STEPS,
         ))
     }
 }
@@ -585,7 +589,7 @@ pub const START_TIMES_ORDERED: bool = false;
 
 /// The service binary links macFUSE's libfuse.2.dylib and dies in dyld
 /// without it: the launcher checks for macFUSE first, with the steps.
-pub fn check_before_service_spawn() -> std::result::Result<(), String> {
+pub fn check_before_service_spawn() -> std::result::Result<(), super::Unusable> {
     check_fuse_available()
 }
 

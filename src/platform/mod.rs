@@ -71,6 +71,29 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     Ok(soft)
 }
 
+/// Something this machine lacks that the service needs (FUSE): what is
+/// missing, and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unusable {
+    pub problem: String,
+    pub fix: String,
+}
+
+impl std::fmt::Display for Unusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.problem)
+    }
+}
+
+impl Unusable {
+    fn new(problem: impl Into<String>, fix: impl Into<String>) -> Unusable {
+        Unusable {
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
 /// Processes found carrying a runtime's name.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct MarkerScan {

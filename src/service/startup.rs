@@ -74,7 +74,10 @@ pub fn preflight(paths: &Paths) -> Result<Preflight, StartupError> {
         PidFileError::NotAFile { .. } => fail(StartReason::Pidfile, err.to_string()),
         PidFileError::Io { .. } => fail(StartReason::RuntimeDir, err.to_string()),
     })?;
-    platform::check_fuse_available().map_err(|m| fail(StartReason::FuseUnavailable, m))?;
+    platform::check_fuse_available().map_err(|missing| {
+        let message = crate::telemetry::with_fix(&missing.problem, Some(&missing.fix));
+        fail(StartReason::FuseUnavailable, message)
+    })?;
     // One fd per watched process of every runtime: take what the system allows.
     if let Err(err) = platform::raise_fd_limit() {
         tracing::warn!(
@@ -89,7 +92,7 @@ pub fn preflight(paths: &Paths) -> Result<Preflight, StartupError> {
         platform::ALLOW_OTHER_BY_DEFAULT,
         platform::allow_other_permitted(),
     )
-    .map_err(|m| fail(StartReason::MountOptions, m))?;
+    .map_err(|e| fail(StartReason::MountOptions, e.with_fix()))?;
     Ok(Preflight {
         pidfile,
         limits,
@@ -100,7 +103,9 @@ pub fn preflight(paths: &Paths) -> Result<Preflight, StartupError> {
 
 fn prepare_mountpoint(paths: &Paths) -> Result<(), StartupError> {
     let mountpoint = &paths.mountpoint;
-    match vfs::prepare_mountpoint(mountpoint).map_err(|m| fail(StartReason::Mountpoint, m))? {
+    let prepared = vfs::prepare_mountpoint(mountpoint)
+        .map_err(|e| fail(StartReason::Mountpoint, e.with_fix()))?;
+    match prepared {
         MountpointState::CleanedStaleMount => tracing::warn!(
             event = "service.stale_mount_cleaned",
             mountpoint = %mountpoint.display(),

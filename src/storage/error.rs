@@ -1,6 +1,6 @@
 //! `StorageError`: everything that can go wrong reading or writing an spfs
-//! repository, as data. Each message says what was wrong, names the file
-//! when there is one, and says what to do.
+//! repository, as data. Each message says what was wrong and names the
+//! file when there is one; [`StorageError::fix`] says what to do.
 
 use std::path::PathBuf;
 
@@ -9,7 +9,7 @@ use crate::encoding::{Digest, EncodingError};
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     /// An operating-system error on a file or folder of the repository.
-    #[error("cannot {action} {}: {source}.\n  fix: check that the path exists and that you may read and write it", path.display())]
+    #[error("cannot {action} {}: {source}", path.display())]
     Io {
         action: &'static str,
         path: PathBuf,
@@ -18,11 +18,11 @@ pub enum StorageError {
     },
 
     /// The folder is not an spfs repository.
-    #[error("{} is not an spfs repository: {reason}.\n  fix: point the storage root at an existing repository, or create one", path.display())]
+    #[error("{} is not an spfs repository: {reason}", path.display())]
     NotARepository { path: PathBuf, reason: String },
 
     /// The repository was written by an spfs whose format we do not read.
-    #[error("repository {} has format version {found} (in {}), but this tool reads format 0.x and writes {supported}.\n  fix: use the spfs that wrote version {found}, or point the storage root at another repository", path.display(), path.join("VERSION").display())]
+    #[error("repository {} has format version {found} (in {}), but this tool reads format 0.x and writes {supported}", path.display(), path.join("VERSION").display())]
     IncompatibleVersion {
         path: PathBuf,
         found: String,
@@ -30,26 +30,26 @@ pub enum StorageError {
     },
 
     /// No object with this digest is in the repository.
-    #[error("unknown object {0}: it is not in this repository.\n  fix: check the digest, or sync it from the repository that has it")]
+    #[error("unknown object {0}: it is not in this repository")]
     UnknownObject(Digest),
 
     /// No payload with this digest is in the repository.
-    #[error("unknown payload {0}: its file contents are not in this repository.\n  fix: sync the layer again from the repository that has it")]
+    #[error("unknown payload {0}: its file contents are not in this repository")]
     UnknownPayload(Digest),
 
     /// A tag or a version of a tag that does not exist.
-    #[error("unknown tag {spec}: {reason}.\n  fix: list the tags with `spfs ls-tags` and check the name and ~N version")]
+    #[error("unknown tag {spec}: {reason}")]
     UnknownTag { spec: String, reason: String },
 
     /// A partial digest matches more than one object.
-    #[error("ambiguous reference {partial}: it matches {}.\n  fix: give more characters of the digest", matches.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))]
+    #[error("ambiguous reference {partial}: it matches {}", matches.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))]
     AmbiguousReference {
         partial: String,
         matches: Vec<Digest>,
     },
 
     /// Text that should be a tag spec is not.
-    #[error("invalid tag {spec:?}: {reason}.\n  fix: write a tag as [org/]name[~N]: letters, digits, '-', '_' and '.', the org may also hold '/'")]
+    #[error("invalid tag {spec:?}: {reason}")]
     InvalidTagSpec { spec: String, reason: String },
 
     /// Bytes or text that do not decode (no file involved).
@@ -58,11 +58,11 @@ pub enum StorageError {
 
     /// A file of the repository is damaged: it does not decode or its
     /// contents do not match its name.
-    #[error("corrupt repository file {}: {reason}.\n  fix: remove the file and sync it again from a repository that has a good copy", path.display())]
+    #[error("corrupt repository file {}: {reason}", path.display())]
     Corrupt { path: PathBuf, reason: String },
 
     /// Something on disk we cannot commit into a layer.
-    #[error("cannot commit {}: {reason}.\n  fix: {fix}", path.display())]
+    #[error("cannot commit {}: {reason}", path.display())]
     Unsupported {
         path: PathBuf,
         reason: String,
@@ -70,7 +70,7 @@ pub enum StorageError {
     },
 
     /// Another writer held a tag lock for too long.
-    #[error("tag file {} is locked by another writer (the lock file has been there for {waited_secs}s).\n  fix: if no spfs is running, remove the stale lock file {}", path.display(), lock.display())]
+    #[error("tag file {} is locked by another writer (the lock file has been there for {waited_secs}s)", path.display())]
     TagLocked {
         path: PathBuf,
         lock: PathBuf,
@@ -79,6 +79,50 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// What to do about it.
+    pub fn fix(&self) -> Option<std::borrow::Cow<'_, str>> {
+        use std::borrow::Cow;
+        let text: Cow<'_, str> = match self {
+            StorageError::Io { .. } => {
+                "check that the path exists and that you may read and write it".into()
+            }
+            StorageError::NotARepository { .. } => {
+                "point the storage root at an existing repository, or create one".into()
+            }
+            StorageError::IncompatibleVersion { found, .. } => format!(
+                "use the spfs that wrote version {found}, or point the storage root at another repository"
+            )
+            .into(),
+            StorageError::UnknownObject(_) => {
+                "check the digest, or sync it from the repository that has it".into()
+            }
+            StorageError::UnknownPayload(_) => {
+                "sync the layer again from the repository that has it".into()
+            }
+            StorageError::UnknownTag { .. } => {
+                "list the tags with `spfs ls-tags` and check the name and ~N version".into()
+            }
+            StorageError::AmbiguousReference { .. } => "give more characters of the digest".into(),
+            StorageError::InvalidTagSpec { .. } => "write a tag as [org/]name[~N]: letters, digits, '-', '_' and '.', the org may also hold '/'".into(),
+            StorageError::Encoding(err) => return Some(err.fix().into()),
+            StorageError::Corrupt { .. } => {
+                "remove the file and sync it again from a repository that has a good copy".into()
+            }
+            StorageError::Unsupported { fix, .. } => (*fix).into(),
+            StorageError::TagLocked { lock, .. } => format!(
+                "if no spfs is running, remove the stale lock file {}",
+                lock.display()
+            )
+            .into(),
+        };
+        Some(text)
+    }
+
+    /// The message with its fix, for text that goes on (a nested error).
+    pub fn with_fix(&self) -> String {
+        crate::telemetry::with_fix(&self.to_string(), self.fix().as_deref())
+    }
+
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,

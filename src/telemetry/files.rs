@@ -22,7 +22,6 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing_subscriber::fmt::MakeWriter;
 
@@ -49,10 +48,7 @@ struct Current {
 }
 
 fn today() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() / 86_400)
-        .unwrap_or(0)
+    super::unix_now().max(0) as u64 / 86_400
 }
 
 /// `PREFIX.YYYY-MM-DD.log` for today (UTC), the file lines go to.

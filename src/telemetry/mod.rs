@@ -134,6 +134,16 @@ pub fn short(text: &str) -> String {
     format!("{}...", &text[..end])
 }
 
+/// `message`, then its fix on a line of its own, as users see errors (and
+/// the log records them).
+pub fn with_fix(message: &str, fix: Option<&str>) -> String {
+    match fix {
+        None => message.to_owned(),
+        Some(fix) if message.ends_with(['.', ':']) => format!("{message}\n  fix: {fix}"),
+        Some(fix) => format!("{message}.\n  fix: {fix}"),
+    }
+}
+
 /// Flushes and stops the exporters, bounded by the export timeout. Call it
 /// before `exec` and before exiting; a no-op when OpenTelemetry is off.
 pub fn flush() {

@@ -64,6 +64,17 @@ pub enum SpecError {
     Storage { part: String, error: StorageError },
 }
 
+impl SpecError {
+    /// What to do about it, beyond what the message says.
+    pub fn fix(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match self {
+            SpecError::TooLong { .. } => Some("give fewer or shorter items, or make a platform of them once with `spfs commit --ref` and run that".into()),
+            SpecError::Storage { error, .. } => error.fix(),
+            _ => None,
+        }
+    }
+}
+
 /// One item of a spec, after its syntax was checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Item {

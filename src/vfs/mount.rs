@@ -23,59 +23,117 @@ pub enum MountpointState {
     CleanedStaleMount,
 }
 
+/// Why the filesystem cannot be mounted at the mountpoint (or with the
+/// options asked for): what is wrong, and [`MountpointError::fix`].
+#[derive(Debug, thiserror::Error)]
+pub enum MountpointError {
+    #[error("{} is already mounted by another user's spfs service (uid {owner}{name}); a mountpoint serves one user, and the default one is shared by every user of this machine", path.display())]
+    OtherUsersMount {
+        path: PathBuf,
+        owner: u32,
+        /// ` (name)` of the owner, when known.
+        name: String,
+    },
+    #[error("mountpoint {} is owned by uid {owner}, not by you (uid {me}); the service mounts only on a directory you own", path.display())]
+    NotYours { path: PathBuf, owner: u32, me: u32 },
+    #[error("mountpoint {} is not a directory", path.display())]
+    NotADirectory { path: PathBuf },
+    #[error("mountpoint {} is a dead FUSE mount ({stale}) and unmounting it failed: {error}", path.display())]
+    DeadMount {
+        path: PathBuf,
+        stale: io::Error,
+        error: io::Error,
+    },
+    #[error("mountpoint {} does not exist and cannot be created ({error})", path.display())]
+    CannotCreate { path: PathBuf, error: io::Error },
+    #[error("{} is already a mount point (another filesystem, or another of your spfs services started with a different SPFS_RUNTIME_DIR)", path.display())]
+    AlreadyMounted { path: PathBuf },
+    #[error("cannot use mountpoint {}: {error}", path.display())]
+    Unusable { path: PathBuf, error: io::Error },
+    #[error("SPFS_ALLOW_OTHER={0:?} is not 1 or 0")]
+    BadAllowOther(String),
+    #[error("SPFS_ALLOW_OTHER=1 but this user may not mount with allow_other: {why}")]
+    AllowOtherRefused { why: &'static str },
+}
+
+impl MountpointError {
+    /// What to do about it, when there is something to do.
+    pub fn fix(&self) -> Option<String> {
+        let fix = match self {
+            MountpointError::OtherUsersMount { .. } => "give yourself a mountpoint of your own, for example `mkdir -p $HOME/spfs && export SPFS_MOUNTPOINT=$HOME/spfs`".into(),
+            MountpointError::NotYours { path, .. } | MountpointError::CannotCreate { path, .. } => {
+                platform::mountpoint_fix(path)
+            }
+            MountpointError::NotADirectory { .. } => {
+                "remove it, or set SPFS_MOUNTPOINT to a directory".into()
+            }
+            MountpointError::DeadMount { path, .. } => format!(
+                "run `umount -l {}` (Linux) or `umount -f {}` (macOS)",
+                path.display(),
+                path.display()
+            ),
+            MountpointError::AlreadyMounted { .. } => "unmount it or set SPFS_MOUNTPOINT".into(),
+            MountpointError::Unusable { .. } => return None,
+            MountpointError::BadAllowOther(_) => "set it to 1 (serve other users too) or 0 (only you), or unset it".into(),
+            MountpointError::AllowOtherRefused { .. } => {
+                "unset SPFS_ALLOW_OTHER or get that permission".into()
+            }
+        };
+        Some(fix)
+    }
+
+    /// The message with its fix.
+    pub fn with_fix(&self) -> String {
+        crate::telemetry::with_fix(&self.to_string(), self.fix().as_deref())
+    }
+}
+
 /// Makes `path` ready to mount on, or says precisely why it cannot be.
-pub fn prepare_mountpoint(path: &Path) -> Result<MountpointState, String> {
+pub fn prepare_mountpoint(path: &Path) -> Result<MountpointState, MountpointError> {
     // Before touching the path: another user's FUSE mount may not even let us stat it.
     check_not_another_users_mount(path)?;
     let mut prepared = MountpointState::Ready;
+    let path_buf = || path.to_owned();
     match std::fs::metadata(path) {
         Ok(meta) if meta.is_dir() => {
             check_mountpoint_owner(path, meta.uid(), nix::unistd::geteuid().as_raw())?
         }
-        Ok(_) => {
-            return Err(format!(
-            "mountpoint {} is not a directory; remove it, or set SPFS_MOUNTPOINT to a directory",
-            path.display()
-        ))
-        }
-        Err(err) if platform::is_stale_mount_error(&err) => {
-            platform::force_unmount(path).map_err(|e| {
-                format!(
-                    "mountpoint {} is a dead FUSE mount ({err}) and unmounting it failed: {e}; run `umount -l {}` (Linux) or `umount -f {}` (macOS)",
-                    path.display(),
-                    path.display(),
-                    path.display()
-                )
+        Ok(_) => return Err(MountpointError::NotADirectory { path: path_buf() }),
+        Err(stale) if platform::is_stale_mount_error(&stale) => {
+            platform::force_unmount(path).map_err(|error| MountpointError::DeadMount {
+                path: path_buf(),
+                stale,
+                error,
             })?;
             prepared = MountpointState::CleanedStaleMount;
         }
         Err(err) if err.kind() == io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(path).map_err(|e| {
-                format!(
-                    "mountpoint {} does not exist and cannot be created ({e}); to fix it: {}",
-                    path.display(),
-                    platform::mountpoint_fix(path)
-                )
+            std::fs::create_dir_all(path).map_err(|error| MountpointError::CannotCreate {
+                path: path_buf(),
+                error,
             })?;
             return Ok(MountpointState::Created);
         }
-        Err(err) => {
-            return Err(format!("cannot use mountpoint {}: {err}", path.display()));
+        Err(error) => {
+            return Err(MountpointError::Unusable {
+                path: path_buf(),
+                error,
+            })
         }
     }
     match platform::is_mount_point(path) {
         Ok(false) => Ok(prepared),
-        Ok(true) => Err(format!(
-            "{} is already a mount point (another filesystem, or another of your spfs services started with a different SPFS_RUNTIME_DIR); unmount it or set SPFS_MOUNTPOINT",
-            path.display()
-        )),
-        Err(err) => Err(format!("cannot inspect mountpoint {}: {err}", path.display())),
+        Ok(true) => Err(MountpointError::AlreadyMounted { path: path_buf() }),
+        Err(error) => Err(MountpointError::Unusable {
+            path: path_buf(),
+            error,
+        }),
     }
 }
 
 /// Refuses a mountpoint where another user's spfs service (or FUSE
 /// filesystem) is mounted: the default `/spfs` is one per machine.
-pub fn check_not_another_users_mount(path: &Path) -> Result<(), String> {
+pub fn check_not_another_users_mount(path: &Path) -> Result<(), MountpointError> {
     let me = nix::unistd::geteuid().as_raw();
     match platform::fuse_mount_owner(path) {
         Some(owner) if owner != me => {
@@ -84,10 +142,11 @@ pub fn check_not_another_users_mount(path: &Path) -> Result<(), String> {
                 .flatten()
                 .map(|user| format!(" ({})", user.name))
                 .unwrap_or_default();
-            Err(format!(
-                "{} is already mounted by another user's spfs service (uid {owner}{name}); a mountpoint serves one user, and the default one is shared by every user of this machine. To fix it: give yourself a mountpoint of your own, for example `mkdir -p $HOME/spfs && export SPFS_MOUNTPOINT=$HOME/spfs`",
-                path.display()
-            ))
+            Err(MountpointError::OtherUsersMount {
+                path: path.to_owned(),
+                owner,
+                name,
+            })
         }
         _ => Ok(()),
     }
@@ -96,15 +155,15 @@ pub fn check_not_another_users_mount(path: &Path) -> Result<(), String> {
 /// Refuses a mountpoint (after symlinks) that the service's user does not
 /// own: macOS lets a non-root user mount only on a directory they own, and on
 /// every platform a mount over someone else's directory would hide it from them.
-pub fn check_mountpoint_owner(path: &Path, owner: u32, me: u32) -> Result<(), String> {
+pub fn check_mountpoint_owner(path: &Path, owner: u32, me: u32) -> Result<(), MountpointError> {
     if owner == me {
         return Ok(());
     }
-    Err(format!(
-        "mountpoint {} is owned by uid {owner}, not by you (uid {me}); the service mounts only on a directory you own. To fix it: {}",
-        path.display(),
-        platform::mountpoint_fix(path)
-    ))
+    Err(MountpointError::NotYours {
+        path: path.to_owned(),
+        owner,
+        me,
+    })
 }
 
 /// Whether to serve other users' processes (`allow_other`): `SPFS_ALLOW_OTHER`
@@ -114,16 +173,12 @@ pub fn choose_allow_other(
     configured: Option<&str>,
     by_default: bool,
     permitted: bool,
-) -> Result<bool, String> {
+) -> Result<bool, MountpointError> {
     let wanted = match configured.map(str::trim) {
         None | Some("") => return Ok(by_default && permitted),
         Some("1" | "true" | "yes") => true,
         Some("0" | "false" | "no") => false,
-        Some(other) => {
-            return Err(format!(
-                "SPFS_ALLOW_OTHER={other:?} is not 1 or 0; set it to 1 (serve other users too) or 0 (only you), or unset it"
-            ))
-        }
+        Some(other) => return Err(MountpointError::BadAllowOther(other.to_owned())),
     };
     if wanted && !permitted {
         let why = if cfg!(target_os = "macos") {
@@ -131,9 +186,7 @@ pub fn choose_allow_other(
         } else {
             "it needs root, or `user_allow_other` in /etc/fuse.conf"
         };
-        return Err(format!(
-            "SPFS_ALLOW_OTHER=1 but this user may not mount with allow_other: {why}; unset SPFS_ALLOW_OTHER or get that permission"
-        ));
+        return Err(MountpointError::AllowOtherRefused { why });
     }
     Ok(wanted)
 }
@@ -287,19 +340,23 @@ mod tests {
     #[test]
     fn allow_other_is_the_platform_default_unless_configured() {
         // Unset or empty: the default, and only when permitted.
-        assert_eq!(choose_allow_other(None, true, true), Ok(true));
-        assert_eq!(choose_allow_other(None, true, false), Ok(false));
-        assert_eq!(choose_allow_other(Some(""), true, true), Ok(true));
+        assert_eq!(choose_allow_other(None, true, true).ok(), Some(true));
+        assert_eq!(choose_allow_other(None, true, false).ok(), Some(false));
+        assert_eq!(choose_allow_other(Some(""), true, true).ok(), Some(true));
         // macOS's default is owner-only, even for root.
-        assert_eq!(choose_allow_other(None, false, true), Ok(false));
+        assert_eq!(choose_allow_other(None, false, true).ok(), Some(false));
         // Configured: on when permitted, off always.
-        assert_eq!(choose_allow_other(Some("1"), false, true), Ok(true));
-        assert_eq!(choose_allow_other(Some("0"), true, true), Ok(false));
-        assert_eq!(choose_allow_other(Some("0"), true, false), Ok(false));
+        assert_eq!(choose_allow_other(Some("1"), false, true).ok(), Some(true));
+        assert_eq!(choose_allow_other(Some("0"), true, true).ok(), Some(false));
+        assert_eq!(choose_allow_other(Some("0"), true, false).ok(), Some(false));
         // Asked for without the permission, or unreadable: an error naming the fix.
-        let refused = choose_allow_other(Some("1"), false, false).unwrap_err();
+        let refused = choose_allow_other(Some("1"), false, false)
+            .unwrap_err()
+            .with_fix();
         assert!(refused.contains("unset SPFS_ALLOW_OTHER"), "{refused}");
-        let bad = choose_allow_other(Some("maybe"), true, true).unwrap_err();
+        let bad = choose_allow_other(Some("maybe"), true, true)
+            .unwrap_err()
+            .to_string();
         assert!(bad.contains("is not 1 or 0"), "{bad}");
     }
 
@@ -318,14 +375,17 @@ mod tests {
     #[test]
     fn only_the_owner_may_mount_on_a_directory() {
         let path = Path::new("/spfs");
-        assert_eq!(check_mountpoint_owner(path, 501, 501), Ok(()));
+        assert!(check_mountpoint_owner(path, 501, 501).is_ok());
         let err = check_mountpoint_owner(path, 0, 501).unwrap_err();
         assert!(
-            err.contains("owned by uid 0, not by you (uid 501)") && err.contains("To fix it: "),
+            err.to_string()
+                .contains("owned by uid 0, not by you (uid 501)"),
             "{err}"
         );
+        let fix = err.fix().expect("a fix");
+        assert!(fix.contains("SPFS_MOUNTPOINT"), "{fix}");
         if cfg!(target_os = "macos") {
-            assert!(err.contains("/etc/synthetic.conf"), "{err}");
+            assert!(fix.contains("/etc/synthetic.conf"), "{fix}");
         }
     }
 }
