@@ -356,7 +356,7 @@ mod tests {
             ("/abs", "empty part"),
             ("..", "cannot be a tag name"),
         ] {
-            let err = TagSpec::parse(bad).expect_err(bad).to_string();
+            let err = TagSpec::parse(bad).expect_err(bad).with_fix();
             assert!(err.contains(says), "{bad:?}: {err}");
             assert!(err.contains("fix:"), "{err}");
         }

@@ -127,7 +127,7 @@ fn a_stale_lock_times_out_with_advice() {
     std::fs::write(repo.root().join("tags/locked.tag.lock"), "").unwrap();
     let err = repo.push_tag(&spec, &Digest::NULL).unwrap_err();
     assert!(matches!(err, StorageError::TagLocked { .. }), "{err}");
-    assert!(err.to_string().contains("locked.tag.lock"), "{err}");
+    assert!(err.with_fix().contains("locked.tag.lock"), "{err}");
 }
 
 #[test]
