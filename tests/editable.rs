@@ -454,3 +454,61 @@ fn what_one_process_writes_the_next_sees_at_once_whatever_the_kernel_cached() {
     );
     assert_eq!(&lines[5..], ["3.0", "removed", "600", "1.0"], "{out}");
 }
+
+/// `spfs commit layer` freezes the runtime while it reads the changes: a
+/// data write already under way when the freeze comes must land before the
+/// changes are read (the freeze waits for it), and none may land after.
+/// Every write here stalls in the service (`SPFS_TEST_WRITE_STALL`, as on
+/// a slow disk), so the commit comes while one is under way, every round.
+/// What the writer was told it wrote, the committed layer and what the
+/// runtime shows afterwards must agree byte for byte.
+#[test]
+fn a_commit_racing_a_writer_keeps_exactly_the_acknowledged_writes() {
+    let env = TestEnv::new();
+    let out = env.root.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    // Appends 8-byte records while they are acknowledged; counts them.
+    let script = r#"
+        i=0
+        while printf "%07d\n" "$i" >> "$SPFS_MOUNTPOINT/data" 2>/dev/null; do
+            i=$((i + 1))
+        done
+        echo "$i" > "$OUT/acked"
+    "#;
+    let round_script = format!(
+        r#"
+        sh -c '{script}' &
+        sleep 0.5
+        "$SPFS" commit layer > "$OUT/digest" 2> "$OUT/commit.err" || exit 3
+        wait
+        cat "$SPFS_MOUNTPOINT/data" > "$OUT/shown"
+        "#
+    );
+    for round in 0..12 {
+        let output = env
+            .spfs(&["run", "-", "--", "sh", "-c", &round_script])
+            .env("SPFS", SPFS)
+            .env("OUT", &out)
+            .env("SPFS_TEST_WRITE_STALL", "100ms")
+            .output()
+            .unwrap();
+        let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_default();
+        assert!(
+            output.status.success(),
+            "round {round}: {}\n{}",
+            stderr(&output),
+            read("commit.err")
+        );
+        let acked: usize = read("acked").trim().parse().unwrap();
+        let expected: String = (0..acked).map(|i| format!("{i:07}\n")).collect();
+        assert!(acked > 0, "round {round}: nothing was written before the commit");
+        assert_eq!(read("shown"), expected, "round {round}: the runtime after the commit");
+        let digest = read("digest");
+        let committed = run_ok(&mut env.spfs(&["read", digest.trim(), "data"]));
+        assert_eq!(
+            stdout(&committed),
+            expected,
+            "round {round}: the committed layer holds what the writer was told it wrote"
+        );
+    }
+}

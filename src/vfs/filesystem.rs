@@ -14,7 +14,6 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -270,12 +269,9 @@ impl Filesystem for SpfsFs {
         };
         // A runtime made read-only (`spfs edit --off`, a commit under way)
         // takes no more writes, even through files opened before.
-        if !overlay.is_editable() {
-            return reply.error(Errno::EROFS);
-        }
-        match file.write_all_at(data, offset) {
+        match overlay.write(&file, offset, data) {
             Ok(()) => reply.written(data.len() as u32),
-            Err(err) => reply.error(Errno::from(err)),
+            Err(errno) => reply.error(errno),
         }
     }
 

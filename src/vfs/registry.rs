@@ -112,8 +112,13 @@ impl Registry {
                 let Some(registry) = registry.upgrade() else {
                     break;
                 };
-                registry.lingering.expire(std::time::Instant::now());
-                registry.forget_dropped();
+                // Freeing a big view (its nodes, memory given back) is
+                // blocking work: off the async workers.
+                let _ = tokio::task::spawn_blocking(move || {
+                    registry.lingering.expire(std::time::Instant::now());
+                    registry.forget_dropped();
+                })
+                .await;
             }
         });
     }

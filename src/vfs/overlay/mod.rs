@@ -12,8 +12,15 @@
 //! inode numbers carry the overlay's id like a view's, so a new overlay (the
 //! runtime was reset, or shows another stack) is a fresh inode space and the
 //! kernel's caches of the old one cannot leak into it. All changes to one
-//! overlay are made under its lock, so two processes of a runtime see one
-//! order of events.
+//! overlay's tree are made under its lock, so two processes of a runtime
+//! see one order of events. Data writes do not take that lock (they would
+//! serialize every write of a runtime): each holds a pass of the write gate
+//! across its check and its `pwrite` instead. A freeze
+//! ([`Overlay::set_editable`]`(false)`, [`Overlay::supersede`]) takes both
+//! the lock and the gate, so it returns only once every change and every
+//! data write already under way has reached the scratch directory, and none
+//! starts after it: `spfs commit` and `spfs edit --off` then read changes
+//! that no longer move.
 
 pub mod write;
 
@@ -24,7 +31,7 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use fuser::{Errno, FileAttr, FileType};
 
@@ -49,6 +56,10 @@ pub struct Overlay {
     /// up through it again.
     superseded: AtomicBool,
     tree: Mutex<Tree>,
+    /// Data writes under way each hold a pass (shared); a freeze takes the
+    /// gate exclusively, so it waits for them, and writes that come after
+    /// it see that the overlay takes no more.
+    gate: RwLock<()>,
 }
 
 struct Tree {
@@ -123,6 +134,7 @@ impl Overlay {
                 index: HashMap::new(),
                 masks,
             }),
+            gate: RwLock::new(()),
         })
     }
 
@@ -130,17 +142,33 @@ impl Overlay {
         self.editable.load(Ordering::Acquire)
     }
 
+    /// Writes `data` at `offset` of `file`, a file of this overlay opened
+    /// for writing (copied up at its open), unless the overlay takes no
+    /// more writes.
+    pub fn write(&self, file: &File, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        let _pass = crate::sync::read(&self.gate);
+        self.check_editable()?;
+        if let Some(stall) = write_stall() {
+            std::thread::sleep(stall);
+        }
+        std::os::unix::fs::FileExt::write_all_at(file, data, offset).map_err(errno)
+    }
+
     /// Accept or refuse writes from now on; the changes stay either way.
-    /// Taken under the lock, so a change already under way finishes first.
+    /// Taken under the lock and the write gate, so every change and data
+    /// write already under way finishes first. Blocking: call it off the
+    /// async workers.
     pub fn set_editable(&self, editable: bool) {
         let _tree = self.lock();
+        let _gate = crate::sync::write(&self.gate);
         self.editable.store(editable, Ordering::Release);
     }
 
     /// No runtime shows it any more: read-only, and its nodes are stale
-    /// (see `superseded`). Under the lock, so a change under way finishes.
+    /// (see `superseded`). Frozen as [`Overlay::set_editable`] freezes.
     pub fn supersede(&self) {
         let _tree = self.lock();
+        let _gate = crate::sync::write(&self.gate);
         self.editable.store(false, Ordering::Release);
         self.superseded.store(true, Ordering::Release);
     }
@@ -451,6 +479,17 @@ impl Overlay {
         attr.ino = encode(self.id, node);
         Ok(attr)
     }
+}
+
+/// For tests only: how long every data write stalls before it reaches the
+/// disk (`SPFS_TEST_WRITE_STALL`, as a slow disk or network filesystem
+/// would make it), so a test can race a freeze against a write under way.
+fn write_stall() -> Option<std::time::Duration> {
+    static STALL: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    *STALL.get_or_init(|| {
+        let text = std::env::var("SPFS_TEST_WRITE_STALL").ok()?;
+        crate::settings::parse_duration(&text).ok()
+    })
 }
 
 /// A name the kernel may send: one non-empty component, within NAME_MAX.
