@@ -501,8 +501,15 @@ fn a_commit_racing_a_writer_keeps_exactly_the_acknowledged_writes() {
         );
         let acked: usize = read("acked").trim().parse().unwrap();
         let expected: String = (0..acked).map(|i| format!("{i:07}\n")).collect();
-        assert!(acked > 0, "round {round}: nothing was written before the commit");
-        assert_eq!(read("shown"), expected, "round {round}: the runtime after the commit");
+        assert!(
+            acked > 0,
+            "round {round}: nothing was written before the commit"
+        );
+        assert_eq!(
+            read("shown"),
+            expected,
+            "round {round}: the runtime after the commit"
+        );
         let digest = read("digest");
         let committed = run_ok(&mut env.spfs(&["read", digest.trim(), "data"]));
         assert_eq!(

@@ -378,16 +378,139 @@ enum ServiceAction {
 }
 
 fn main() -> ExitCode {
-    let code = match parse() {
-        Command::Run { runtime, command } => {
-            let (reference, options) = runtime.split();
-            spfs::commands::run(&reference, &command, &options)
+    let code = parse().run();
+    spfs::telemetry::flush();
+    code
+}
+
+impl Command {
+    fn run(self) -> ExitCode {
+        match self {
+            Command::Run { runtime, command } => {
+                let (reference, options) = runtime.split();
+                spfs::commands::run(&reference, &command, &options)
+            }
+            Command::Shell { runtime } => {
+                let (reference, options) = runtime.split();
+                spfs::commands::shell(&reference, &options)
+            }
+            Command::Runtime { action } => action.run(),
+            Command::Commit {
+                kind,
+                tags,
+                path,
+                reference,
+                allow_empty,
+                remote,
+            } => {
+                let source = match (&path, &reference, &kind) {
+                    (Some(path), _, _) => CommitSource::Path(path),
+                    (_, Some(reference), _) => CommitSource::Ref(reference),
+                    (_, _, kind) => CommitSource::Runtime(kind.as_deref().unwrap_or("layer")),
+                };
+                spfs::commands::commit(CommitOptions {
+                    source,
+                    tags: &tags,
+                    allow_empty,
+                    remote: remote.name.as_deref(),
+                })
+            }
+            Command::Edit { off } => spfs::commands::edit(off),
+            Command::Reset {
+                paths,
+                edit,
+                reference,
+            } => spfs::commands::reset(&paths, edit, reference.as_deref()),
+            Command::Diff { from, to } => spfs::commands::diff(from.as_deref(), to.as_deref()),
+            Command::Doctor => spfs::commands::doctor(),
+            Command::Service { action } => action.run(),
+            tags @ (Command::Tag { .. }
+            | Command::Untag { .. }
+            | Command::Log { .. }
+            | Command::Tags { .. }
+            | Command::LsTags { .. }) => tags.run_on_tags(),
+            objects => objects.run_on_objects(),
         }
-        Command::Shell { runtime } => {
-            let (reference, options) = runtime.split();
-            spfs::commands::shell(&reference, &options)
+    }
+
+    /// The commands on a repository's tags.
+    fn run_on_tags(self) -> ExitCode {
+        match self {
+            Command::Tag {
+                target,
+                tags,
+                remote,
+            } => spfs::commands::tag(&target, &tags, remote.name.as_deref()),
+            Command::Untag {
+                tag,
+                latest,
+                all,
+                remote,
+            } => spfs::commands::untag(&tag, latest, all, remote.name.as_deref()),
+            Command::Log { tag, remote } => spfs::commands::log(&tag, remote.name.as_deref()),
+            Command::Tags {
+                target,
+                short,
+                remote,
+            } => spfs::commands::tags(target, short, remote.name.as_deref()),
+            Command::LsTags {
+                path,
+                recursive,
+                remote,
+            } => spfs::commands::ls_tags(&path, recursive, remote.name.as_deref()),
+            _ => unreachable!("Command::run hands only tag commands here"),
         }
-        Command::Runtime { action } => match action {
+    }
+
+    /// The commands on a repository's objects: listed, described, read,
+    /// written, checked.
+    fn run_on_objects(self) -> ExitCode {
+        match self {
+            Command::Layers { style, remote } => spfs::commands::list_objects(
+                ObjectKind::Layer,
+                DigestStyle {
+                    short: style.short,
+                    tags: style.tags,
+                },
+                remote.name.as_deref(),
+            ),
+            Command::Platforms { style, remote } => spfs::commands::list_objects(
+                ObjectKind::Platform,
+                DigestStyle {
+                    short: style.short,
+                    tags: style.tags,
+                },
+                remote.name.as_deref(),
+            ),
+            Command::Info { references, remote } => {
+                spfs::commands::info(&references, remote.name.as_deref())
+            }
+            Command::Ls {
+                reference,
+                path,
+                long,
+                recursive,
+                remote,
+            } => spfs::commands::ls(&reference, &path, long, recursive, remote.name.as_deref()),
+            Command::Read {
+                reference,
+                path,
+                remote,
+            } => spfs::commands::read(&reference, path.as_deref(), remote.name.as_deref()),
+            Command::Write { tags, file, remote } => {
+                spfs::commands::write(&tags, file.as_deref(), remote.name.as_deref())
+            }
+            Command::Check { references, remote } => {
+                spfs::commands::check(&references, remote.name.as_deref())
+            }
+            _ => unreachable!("Command::run hands only object commands here"),
+        }
+    }
+}
+
+impl RuntimeAction {
+    fn run(self) -> ExitCode {
+        match self {
             RuntimeAction::List { quiet } => spfs::commands::runtime_list(quiet),
             RuntimeAction::Info { name } => spfs::commands::runtime_info(name.as_deref()),
             RuntimeAction::Remove {
@@ -402,95 +525,13 @@ fn main() -> ExitCode {
                 reference,
                 drop_changes,
             } => spfs::commands::change_stack(&reference, drop_changes),
-        },
-        Command::Commit {
-            kind,
-            tags,
-            path,
-            reference,
-            allow_empty,
-            remote,
-        } => {
-            let source = match (&path, &reference, &kind) {
-                (Some(path), _, _) => CommitSource::Path(path),
-                (_, Some(reference), _) => CommitSource::Ref(reference),
-                (_, _, kind) => CommitSource::Runtime(kind.as_deref().unwrap_or("layer")),
-            };
-            spfs::commands::commit(CommitOptions {
-                source,
-                tags: &tags,
-                allow_empty,
-                remote: remote.name.as_deref(),
-            })
         }
-        Command::Edit { off } => spfs::commands::edit(off),
-        Command::Reset {
-            paths,
-            edit,
-            reference,
-        } => spfs::commands::reset(&paths, edit, reference.as_deref()),
-        Command::Diff { from, to } => spfs::commands::diff(from.as_deref(), to.as_deref()),
-        Command::Tag {
-            target,
-            tags,
-            remote,
-        } => spfs::commands::tag(&target, &tags, remote.name.as_deref()),
-        Command::Untag {
-            tag,
-            latest,
-            all,
-            remote,
-        } => spfs::commands::untag(&tag, latest, all, remote.name.as_deref()),
-        Command::Log { tag, remote } => spfs::commands::log(&tag, remote.name.as_deref()),
-        Command::Tags {
-            target,
-            short,
-            remote,
-        } => spfs::commands::tags(target, short, remote.name.as_deref()),
-        Command::LsTags {
-            path,
-            recursive,
-            remote,
-        } => spfs::commands::ls_tags(&path, recursive, remote.name.as_deref()),
-        Command::Layers { style, remote } => spfs::commands::list_objects(
-            ObjectKind::Layer,
-            DigestStyle {
-                short: style.short,
-                tags: style.tags,
-            },
-            remote.name.as_deref(),
-        ),
-        Command::Platforms { style, remote } => spfs::commands::list_objects(
-            ObjectKind::Platform,
-            DigestStyle {
-                short: style.short,
-                tags: style.tags,
-            },
-            remote.name.as_deref(),
-        ),
-        Command::Info { references, remote } => {
-            spfs::commands::info(&references, remote.name.as_deref())
-        }
-        Command::Ls {
-            reference,
-            path,
-            long,
-            recursive,
-            remote,
-        } => spfs::commands::ls(&reference, &path, long, recursive, remote.name.as_deref()),
-        Command::Read {
-            reference,
-            path,
-            remote,
-        } => spfs::commands::read(&reference, path.as_deref(), remote.name.as_deref()),
-        Command::Write { tags, file, remote } => {
-            spfs::commands::write(&tags, file.as_deref(), remote.name.as_deref())
-        }
-        Command::Check { references, remote } => {
-            spfs::commands::check(&references, remote.name.as_deref())
-        }
-        Command::Doctor => spfs::commands::doctor(),
-        Command::Service { action } => match action {
+    }
+}
+
+impl ServiceAction {
+    fn run(self) -> ExitCode {
+        match self {
             ServiceAction::Start => spfs::commands::start(),
             ServiceAction::Stop { force } => spfs::commands::stop("spfs service stop", force),
             ServiceAction::Status { json } => spfs::commands::status(json),
@@ -505,8 +546,6 @@ fn main() -> ExitCode {
                 json,
                 launcher,
             }),
-        },
-    };
-    spfs::telemetry::flush();
-    code
+        }
+    }
 }

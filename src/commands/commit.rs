@@ -187,42 +187,17 @@ fn commit_runtime(kind: RuntimeCommit, allow_empty: bool, tags: &[TagSpec]) -> R
                 // nothing went on the stack: the runtime stays as it was
                 if let Err(err) = current::edit(&channel, &name, true).await {
                     eprintln!(
-                        "spfs commit: warning: {err}; make it editable again with `spfs edit`"
+                        "spfs commit: warning: {}; make it editable again with `spfs edit`",
+                        err.with_fix()
                     );
                 }
                 (repo, digest, false)
             }
             Frozen::Layer { repo, layer } => {
-                let old = current::stack_spec(&frozen);
-                let new = if old.is_empty() {
-                    layer.to_base32()
-                } else {
-                    format!("{old}+{layer}")
-                };
-                let changed = current::change_stack(
-                    &channel,
-                    &name,
-                    current::StackChange {
-                        env_spec: &new,
-                        expected_stack: &old,
-                        drop_changes: true,
-                        editable: Editability::ReadOnly,
-                    },
-                )
-                .await;
-                let changed = match changed {
-                    Ok(changed) => changed,
-                    Err(err) => {
-                        let err = Error::Incomplete(format!(
-                            "layer {layer} was committed, but the runtime still shows its old stack with its changes: {}",
-                            err.with_fix()
-                        ));
-                        return Err(thaw(&channel, &name, err).await);
-                    }
-                };
+                let stack = put_on_stack(&channel, &name, &frozen, layer).await?;
                 let digest = match kind {
                     RuntimeCommit::Layer => layer,
-                    RuntimeCommit::Platform => platform_of(&repo, &changed.state.stack)?,
+                    RuntimeCommit::Platform => platform_of(&repo, &stack)?,
                 };
                 (repo, digest, true)
             }
@@ -233,6 +208,40 @@ fn commit_runtime(kind: RuntimeCommit, allow_empty: bool, tags: &[TagSpec]) -> R
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Puts the committed `layer` on top of the stack of the runtime `frozen`
+/// showed, dropping its changes (now in the layer); the runtime stays
+/// read-only, as in spfs. Its new stack; on failure the runtime is made
+/// editable again, with its changes.
+async fn put_on_stack(
+    channel: &tonic::transport::Channel,
+    name: &str,
+    frozen: &RuntimeInfo,
+    layer: Digest,
+) -> Result<Vec<String>> {
+    let old = current::stack_spec(frozen);
+    let new = if old.is_empty() {
+        layer.to_base32()
+    } else {
+        format!("{old}+{layer}")
+    };
+    let change = current::StackChange {
+        env_spec: &new,
+        expected_stack: &old,
+        drop_changes: true,
+        editable: Editability::ReadOnly,
+    };
+    match current::change_stack(channel, name, change).await {
+        Ok(changed) => Ok(changed.state.stack),
+        Err(err) => {
+            let err = Error::Incomplete(format!(
+                "layer {layer} was committed, but the runtime still shows its old stack with its changes: {}",
+                err.with_fix()
+            ));
+            Err(thaw(channel, name, err).await)
+        }
+    }
 }
 
 /// What was committed while the runtime was read-only.

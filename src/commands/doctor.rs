@@ -165,40 +165,28 @@ fn check_mountpoint(settings: &Settings) -> Check {
     std::thread::spawn(move || {
         let _ = tx.send(std::fs::metadata(&probe_path));
     });
-    match rx.recv_timeout(Duration::from_secs(2)) {
-        Err(_) => match crate::launcher::probe::locate_service(&settings.paths) {
-            Some(pid) => fail(
-                name,
-                format!(
-                    "{} did not answer within 2 s: its service (pid {pid}) is stopped or hung",
-                    path.display()
-                ),
-                format!("`kill -CONT {pid}` if you stopped it; otherwise `spfs service stop` (or `kill -9 {pid}`)"),
-            ),
-            None => fail(
-                name,
-                format!("{} did not answer within 2 s (a hung service?)", path.display()),
-                "spfs service stop; if that hangs, kill -9 the service pid from `spfs service status`",
-            ),
-        },
-        Ok(Ok(meta)) if meta.is_dir() => {
+    let Ok(found) = rx.recv_timeout(Duration::from_secs(2)) else {
+        return hung_mountpoint(settings);
+    };
+    match found {
+        Ok(meta) if meta.is_dir() => {
             use std::os::unix::fs::MetadataExt;
             match crate::vfs::check_mountpoint_owner(&path, meta.uid(), nix::unistd::geteuid().as_raw()) {
                 Ok(()) => pass(name, format!("{} is a directory you own", path.display())),
                 Err(err) => failed(name, &err.to_string(), err.fix().as_deref()),
             }
         }
-        Ok(Ok(_)) => fail(
+        Ok(_) => fail(
             name,
             format!("{} is not a directory", path.display()),
             "remove it, or set SPFS_MOUNTPOINT to a directory",
         ),
-        Ok(Err(err)) if platform::is_stale_mount_error(&err) => fail(
+        Err(err) if platform::is_stale_mount_error(&err) => fail(
             name,
             format!("{} is a dead FUSE mount left by a killed service ({err})", path.display()),
             "the next `spfs run` cleans it up; or by hand: `umount -l` (Linux), `umount -f` (macOS)",
         ),
-        Ok(Err(err)) if err.kind() == std::io::ErrorKind::NotFound => {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             let parent_writable = path
                 .parent()
                 .is_some_and(|p| nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok());
@@ -212,7 +200,27 @@ fn check_mountpoint(settings: &Settings) -> Check {
                 )
             }
         }
-        Ok(Err(err)) => fail(name, format!("{}: {err}", path.display()), "see docs/troubleshooting.md"),
+        Err(err) => fail(name, format!("{}: {err}", path.display()), "see docs/troubleshooting.md"),
+    }
+}
+
+/// The mountpoint did not answer a `stat` in time: its service is stopped or hung.
+fn hung_mountpoint(settings: &Settings) -> Check {
+    let (name, path) = ("mountpoint", &settings.paths.mountpoint);
+    match crate::launcher::probe::locate_service(&settings.paths) {
+        Some(pid) => fail(
+            name,
+            format!(
+                "{} did not answer within 2 s: its service (pid {pid}) is stopped or hung",
+                path.display()
+            ),
+            format!("`kill -CONT {pid}` if you stopped it; otherwise `spfs service stop` (or `kill -9 {pid}`)"),
+        ),
+        None => fail(
+            name,
+            format!("{} did not answer within 2 s (a hung service?)", path.display()),
+            "spfs service stop; if that hangs, kill -9 the service pid from `spfs service status`",
+        ),
     }
 }
 

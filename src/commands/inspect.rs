@@ -112,59 +112,9 @@ pub fn info(references: &[String], remote: Option<&str>) -> ExitCode {
             }
             out.line(format_args!("{digest}:"))?;
             match object {
-                Object::Layer(layer) => {
-                    out.line("layer:")?;
-                    out.line(format_args!(" refs: {digest}"))?;
-                    match layer.manifest {
-                        Some(manifest) => out.line(format_args!(" manifest: {manifest}"))?,
-                        None => out.line(" manifest: None")?,
-                    }
-                    if layer.annotations.is_empty() {
-                        out.line(" annotations: none")?;
-                    } else {
-                        out.line(" annotations:")?;
-                        for annotation in &layer.annotations {
-                            out.line(format_args!("  key: {}", annotation.key))?;
-                            match &annotation.value {
-                                AnnotationValue::String(text) => {
-                                    out.line(format_args!("  value: {text}"))?
-                                }
-                                AnnotationValue::Blob(digest) => {
-                                    out.line(format_args!("  value: {digest}"))?
-                                }
-                            }
-                        }
-                    }
-                }
-                Object::Platform(platform) => {
-                    out.line("platform:")?;
-                    out.line(format_args!(" refs: {digest}"))?;
-                    out.line("stack (top-down):")?;
-                    for layer in platform.layers.iter().rev() {
-                        out.line(format_args!("  - {layer}"))?;
-                    }
-                }
-                Object::Manifest(manifest) => {
-                    out.line("manifest:")?;
-                    let manifest = Manifest::from_graph(&manifest)?;
-                    let mut shown = 0;
-                    walk(manifest.root(), "", &mut |path, entry| {
-                        shown += 1;
-                        if shown <= 10 {
-                            out.line(format_args!(
-                                " {:06o} {} {} /spfs{path}",
-                                entry.mode,
-                                entry.kind.as_text(),
-                                entry.object
-                            ))
-                        } else {
-                            Ok(())
-                        }
-                    })?;
-                    if shown > 10 {
-                        out.line("   ...[truncated]")?;
-                    }
-                }
+                Object::Layer(layer) => describe_layer(&mut out, &digest, &layer)?,
+                Object::Platform(platform) => describe_platform(&mut out, &digest, &platform)?,
+                Object::Manifest(manifest) => describe_manifest(&mut out, &manifest)?,
                 Object::Blob(blob) => {
                     out.line(" blob:")?;
                     out.line(format_args!(" digest: {}", blob.payload))?;
@@ -175,6 +125,67 @@ pub fn info(references: &[String], remote: Option<&str>) -> ExitCode {
         out.finish()?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// A layer as `spfs info` shows it: its manifest and annotations.
+fn describe_layer(out: &mut Out, digest: &Digest, layer: &crate::graph::Layer) -> Result<()> {
+    out.line("layer:")?;
+    out.line(format_args!(" refs: {digest}"))?;
+    match layer.manifest {
+        Some(manifest) => out.line(format_args!(" manifest: {manifest}"))?,
+        None => out.line(" manifest: None")?,
+    }
+    if layer.annotations.is_empty() {
+        return out.line(" annotations: none");
+    }
+    out.line(" annotations:")?;
+    for annotation in &layer.annotations {
+        out.line(format_args!("  key: {}", annotation.key))?;
+        match &annotation.value {
+            AnnotationValue::String(text) => out.line(format_args!("  value: {text}"))?,
+            AnnotationValue::Blob(digest) => out.line(format_args!("  value: {digest}"))?,
+        }
+    }
+    Ok(())
+}
+
+/// A platform as `spfs info` shows it: its stack, top first.
+fn describe_platform(
+    out: &mut Out,
+    digest: &Digest,
+    platform: &crate::graph::Platform,
+) -> Result<()> {
+    out.line("platform:")?;
+    out.line(format_args!(" refs: {digest}"))?;
+    out.line("stack (top-down):")?;
+    for layer in platform.layers.iter().rev() {
+        out.line(format_args!("  - {layer}"))?;
+    }
+    Ok(())
+}
+
+/// A manifest as `spfs info` shows it: its first ten entries.
+fn describe_manifest(out: &mut Out, manifest: &crate::graph::Manifest) -> Result<()> {
+    out.line("manifest:")?;
+    let manifest = Manifest::from_graph(manifest)?;
+    let mut shown = 0;
+    walk(manifest.root(), "", &mut |path, entry| {
+        shown += 1;
+        if shown <= 10 {
+            out.line(format_args!(
+                " {:06o} {} {} /spfs{path}",
+                entry.mode,
+                entry.kind.as_text(),
+                entry.object
+            ))
+        } else {
+            Ok(())
+        }
+    })?;
+    if shown > 10 {
+        out.line("   ...[truncated]")?;
+    }
+    Ok(())
 }
 
 /// Every entry below `dir`, depth first, with its path.

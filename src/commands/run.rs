@@ -57,28 +57,8 @@ fn run_in_env(
 ) -> ExitCode {
     runner::run(tool, || {
         let settings = launcher_settings()?;
-        let pid = std::process::id() as i32;
-        let (env_spec, repositories) = match &options.rerun {
-            // The stack comes from the stopped runtime.
-            Some(_) => (EnvSpec::empty(), Vec::new()),
-            None => spec_and_repositories(reference)?,
-        };
-        let name = match (&options.rerun, &options.name) {
-            (Some(name), _) | (None, Some(name)) => name.clone(),
-            (None, None) => crate::contract::generated_name(pid),
-        };
-        let request = MountRequest {
-            root_pid: pid.into(),
-            env_spec: match options.rerun {
-                Some(_) => String::new(),
-                None => env_spec.as_str().to_owned(),
-            },
-            repositories,
-            name: name.clone(),
-            editable: options.edit || (options.rerun.is_none() && env_spec.is_empty()),
-            durable: options.keep_runtime,
-            rerun: options.rerun.is_some(),
-        };
+        let (request, env_spec) = mount_request(reference, options)?;
+        let name = request.name.clone();
         // One trace per command: the start (if any) and the Mount call are its children.
         let span = tracing::info_span!("spfs.run", env_spec = %env_spec);
         let mounted = block_on(launcher::mount(&settings, &request).instrument(span.clone()));
@@ -110,6 +90,34 @@ fn run_in_env(
             _ => 126,
         }))
     })
+}
+
+/// The `Mount` of `spfs run REF` with `options`, for this process, and the
+/// ref it shows (empty for a `--rerun`: the stack comes from the stopped
+/// runtime).
+fn mount_request(reference: &str, options: &RunOptions) -> Result<(MountRequest, EnvSpec)> {
+    let pid = std::process::id() as i32;
+    let (env_spec, repositories) = match &options.rerun {
+        Some(_) => (EnvSpec::empty(), Vec::new()),
+        None => spec_and_repositories(reference)?,
+    };
+    let name = match (&options.rerun, &options.name) {
+        (Some(name), _) | (None, Some(name)) => name.clone(),
+        (None, None) => crate::contract::generated_name(pid),
+    };
+    let request = MountRequest {
+        root_pid: pid.into(),
+        env_spec: match options.rerun {
+            Some(_) => String::new(),
+            None => env_spec.as_str().to_owned(),
+        },
+        repositories,
+        name,
+        editable: options.edit || (options.rerun.is_none() && env_spec.is_empty()),
+        durable: options.keep_runtime,
+        rerun: options.rerun.is_some(),
+    };
+    Ok((request, env_spec))
 }
 
 /// `spfs-fuse-macos mount [--root-process PID] [--force] REF`, for scripts:

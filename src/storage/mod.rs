@@ -22,7 +22,7 @@ pub use fs::FsRepository;
 pub use tag::{Tag, TagSpec};
 
 #[cfg(test)]
-mod decoder_corpus;
+mod decoder_corpus_tests;
 
 /// Paths of the fixture repositories made by the real spfs 0.44.
 #[cfg(test)]

@@ -304,27 +304,7 @@ fn process_all(
         for _ in 0..workers {
             let tx = tx.clone();
             let (next, stop) = (&next, &stop);
-            scope.spawn(move || {
-                let mut batch = repo.map(BatchWriter::new);
-                while !stop.load(Ordering::Relaxed) {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(item) = found.get(i) else { break };
-                    let result = match (repo, batch.as_mut()) {
-                        (Some(repo), Some(batch)) => store_one(repo, batch, &item.job),
-                        _ => hash_one(&item.job),
-                    };
-                    let failed = result.is_err();
-                    let _ = tx.send(result.map(|(digest, size)| (i, digest, size)));
-                    if failed {
-                        stop.store(true, Ordering::Relaxed);
-                        return;
-                    }
-                }
-                if let Some(Err(e)) = batch.as_mut().map(BatchWriter::flush) {
-                    stop.store(true, Ordering::Relaxed);
-                    let _ = tx.send(Err(e));
-                }
-            });
+            scope.spawn(move || worker(repo, found, next, stop, tx));
         }
         drop(tx);
         for message in rx {
@@ -358,6 +338,36 @@ fn process_all(
             })
         })
         .collect()
+}
+
+/// One worker of [`process_all`]: takes the next item until none is left
+/// or one failed, and sends each result (by index) or the error.
+fn worker(
+    repo: Option<&FsRepository>,
+    found: &[Found],
+    next: &AtomicUsize,
+    stop: &AtomicBool,
+    tx: mpsc::Sender<Result<(usize, Digest, u64), StorageError>>,
+) {
+    let mut batch = repo.map(BatchWriter::new);
+    while !stop.load(Ordering::Relaxed) {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(item) = found.get(i) else { break };
+        let result = match (repo, batch.as_mut()) {
+            (Some(repo), Some(batch)) => store_one(repo, batch, &item.job),
+            _ => hash_one(&item.job),
+        };
+        let failed = result.is_err();
+        let _ = tx.send(result.map(|(digest, size)| (i, digest, size)));
+        if failed {
+            stop.store(true, Ordering::Relaxed);
+            return;
+        }
+    }
+    if let Some(Err(e)) = batch.as_mut().map(BatchWriter::flush) {
+        stop.store(true, Ordering::Relaxed);
+        let _ = tx.send(Err(e));
+    }
 }
 
 /// The payload digest and size of one item, read but not stored.

@@ -156,61 +156,66 @@ pub fn decode_body(body: &[u8]) -> Result<Object, EncodingError> {
     }
     let table = any.object().ok_or_else(|| missing("AnyObject.object"))?;
     match object_type {
-        OBJECT_PLATFORM => {
-            let t = FbPlatform(table);
-            let layers = unsafe {
-                t.0.get::<ForwardsUOffset<Vector<'_, FbDigest>>>(vt::PLATFORM_LAYERS, None)
-            }
-            .ok_or_else(|| missing("Platform.layers"))?;
-            Ok(Object::Platform(Platform {
-                layers: layers.iter().collect(),
-            }))
-        }
-        OBJECT_LAYER => {
-            let t = FbLayer(table);
-            let manifest = unsafe { t.0.get::<FbDigest>(vt::LAYER_MANIFEST, None) };
-            let list = unsafe {
-                t.0.get::<ForwardsUOffset<Vector<'_, ForwardsUOffset<FbAnnotation>>>>(
-                    vt::LAYER_ANNOTATIONS,
-                    None,
-                )
-            }
-            .ok_or_else(|| missing("Layer.annotations"))?;
-            let mut annotations = Vec::with_capacity(list.len());
-            for a in list.iter() {
-                annotations.push(decode_annotation(a)?);
-            }
-            Ok(Object::Layer(Layer {
-                manifest,
-                annotations,
-            }))
-        }
-        OBJECT_MANIFEST => {
-            let t = FbManifest(table);
-            let list = unsafe {
-                t.0.get::<ForwardsUOffset<Vector<'_, ForwardsUOffset<FbTree>>>>(
-                    vt::MANIFEST_TREES,
-                    None,
-                )
-            }
-            .ok_or_else(|| missing("Manifest.trees"))?;
-            let mut trees = Vec::with_capacity(list.len());
-            for tree in list.iter() {
-                trees.push(decode_tree(tree)?);
-            }
-            Ok(Object::Manifest(Manifest { trees }))
-        }
-        OBJECT_BLOB => {
-            let t = FbBlob(table);
-            let size = unsafe { t.0.get::<u64>(vt::BLOB_SIZE, Some(0)) }.unwrap_or(0);
-            let payload = unsafe { t.0.get::<FbDigest>(vt::BLOB_PAYLOAD, None) }
-                .ok_or_else(|| missing("Blob.payload"))?;
-            Ok(Object::Blob(Blob { payload, size }))
-        }
+        OBJECT_PLATFORM => decode_platform(FbPlatform(table)),
+        OBJECT_LAYER => decode_layer(FbLayer(table)),
+        OBJECT_MANIFEST => decode_manifest(FbManifest(table)),
+        OBJECT_BLOB => decode_blob(FbBlob(table)),
         n => Err(EncodingError::InvalidObject(format!(
             "unknown object type {n} in the FlatBuffer union (expected 1..4)"
         ))),
     }
+}
+
+// The union's arms. SAFETY (every accessor): the table is the verified
+// union value of its type, and each slot is read as the type the verifier
+// checked for it.
+
+fn decode_platform(t: FbPlatform<'_>) -> Result<Object, EncodingError> {
+    let layers = unsafe {
+        t.0.get::<ForwardsUOffset<Vector<'_, FbDigest>>>(vt::PLATFORM_LAYERS, None)
+    }
+    .ok_or_else(|| missing("Platform.layers"))?;
+    Ok(Object::Platform(Platform {
+        layers: layers.iter().collect(),
+    }))
+}
+
+fn decode_layer(t: FbLayer<'_>) -> Result<Object, EncodingError> {
+    let manifest = unsafe { t.0.get::<FbDigest>(vt::LAYER_MANIFEST, None) };
+    let list = unsafe {
+        t.0.get::<ForwardsUOffset<Vector<'_, ForwardsUOffset<FbAnnotation>>>>(
+            vt::LAYER_ANNOTATIONS,
+            None,
+        )
+    }
+    .ok_or_else(|| missing("Layer.annotations"))?;
+    let mut annotations = Vec::with_capacity(list.len());
+    for a in list.iter() {
+        annotations.push(decode_annotation(a)?);
+    }
+    Ok(Object::Layer(Layer {
+        manifest,
+        annotations,
+    }))
+}
+
+fn decode_manifest(t: FbManifest<'_>) -> Result<Object, EncodingError> {
+    let list = unsafe {
+        t.0.get::<ForwardsUOffset<Vector<'_, ForwardsUOffset<FbTree>>>>(vt::MANIFEST_TREES, None)
+    }
+    .ok_or_else(|| missing("Manifest.trees"))?;
+    let mut trees = Vec::with_capacity(list.len());
+    for tree in list.iter() {
+        trees.push(decode_tree(tree)?);
+    }
+    Ok(Object::Manifest(Manifest { trees }))
+}
+
+fn decode_blob(t: FbBlob<'_>) -> Result<Object, EncodingError> {
+    let size = unsafe { t.0.get::<u64>(vt::BLOB_SIZE, Some(0)) }.unwrap_or(0);
+    let payload = unsafe { t.0.get::<FbDigest>(vt::BLOB_PAYLOAD, None) }
+        .ok_or_else(|| missing("Blob.payload"))?;
+    Ok(Object::Blob(Blob { payload, size }))
 }
 
 fn decode_annotation(a: FbAnnotation<'_>) -> Result<Annotation, EncodingError> {

@@ -40,6 +40,69 @@ pub struct SetAttr {
     pub mtime: Option<TimeOrNow>,
 }
 
+impl SetAttr {
+    /// Whether it changes nothing the scratch directory keeps.
+    fn is_empty(&self) -> bool {
+        self.mode.is_none()
+            && self.uid.is_none()
+            && self.gid.is_none()
+            && self.size.is_none()
+            && self.atime.is_none()
+            && self.mtime.is_none()
+    }
+}
+
+/// Makes `change` to the scratch copy at `path` (a `kind`); a truncate goes
+/// through `open` when the change came through an open file.
+fn apply_at_path(
+    path: &Path,
+    kind: FileType,
+    change: SetAttr,
+    open: Option<&File>,
+) -> Result<(), Errno> {
+    if let Some(mode) = change.mode {
+        if kind != FileType::Symlink {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))
+                .map_err(errno)?;
+        }
+    }
+    if change.uid.is_some() || change.gid.is_some() {
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            change.uid.map(nix::unistd::Uid::from_raw),
+            change.gid.map(nix::unistd::Gid::from_raw),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(nix_errno)?;
+    }
+    if let Some(size) = change.size {
+        if kind != FileType::RegularFile {
+            return Err(Errno::EINVAL);
+        }
+        match open {
+            Some(file) => file.set_len(size).map_err(errno)?,
+            None => std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(path)
+                .and_then(|file| file.set_len(size))
+                .map_err(errno)?,
+        }
+    }
+    if change.atime.is_some() || change.mtime.is_some() {
+        utimensat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            &timespec(change.atime),
+            &timespec(change.mtime),
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(nix_errno)?;
+    }
+    Ok(())
+}
+
 fn nix_errno(err: nix::Error) -> Errno {
     Errno::from_i32(err as i32)
 }
@@ -88,6 +151,13 @@ impl Drop for StagedCopy {
         // Gone already when it was renamed into place.
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// What a checked rename moves: the source node, the node it replaces.
+struct RenamePlan {
+    source: u32,
+    target: Option<u32>,
+    source_is_dir: bool,
 }
 
 /// Numbers copies in `work/`, so concurrent ones never share a name.
@@ -431,37 +501,55 @@ impl Overlay {
         }
         let mut tree = self.lock();
         self.begin_change(&mut tree)?;
-        let source = self.child(&mut tree, dir, name)?.ok_or(Errno::ENOENT)?;
-        if self.attr(&tree, newdir)?.kind != FileType::Directory {
+        let Some(plan) = self.check_rename(&mut tree, (dir, name), (newdir, newname), noreplace)?
+        else {
+            return Ok(());
+        };
+        self.copy_up(&mut tree, plan.source, false)?;
+        self.copy_up(&mut tree, newdir, false)?;
+        let from = self.upper_path(&tree, plan.source);
+        let to = self.upper_path(&tree, newdir).join(newname);
+        // The markers first, as in `unlink`: a crash before the rename
+        // leaves markers under our own files (shown as they were), never
+        // the layers' entries back.
+        self.mask_for_rename(&mut tree, &plan, newdir, newname)?;
+        // rename(2) replaces our file, or our (empty) directory, there.
+        std::fs::rename(&from, &to).map_err(errno)?;
+        self.move_node(&mut tree, &plan, newdir, newname);
+        Ok(())
+    }
+
+    /// The checks of a rename, as rename(2) makes them; `None` when the
+    /// source and target are one node (nothing to do).
+    fn check_rename(
+        &self,
+        tree: &mut Tree,
+        (dir, name): (u32, &OsStr),
+        (newdir, newname): (u32, &OsStr),
+        noreplace: bool,
+    ) -> Result<Option<RenamePlan>, Errno> {
+        let source = self.child(tree, dir, name)?.ok_or(Errno::ENOENT)?;
+        if self.attr(tree, newdir)?.kind != FileType::Directory {
             return Err(Errno::ENOTDIR);
         }
-        let target = self.child(&mut tree, newdir, newname)?;
+        let target = self.child(tree, newdir, newname)?;
         if target == Some(source) {
-            return Ok(());
+            return Ok(None);
         }
-        let source_is_dir = self.attr(&tree, source)?.kind == FileType::Directory;
-        if source_is_dir {
+        let source_is_dir = self.attr(tree, source)?.kind == FileType::Directory;
+        if source_is_dir && self.is_within(tree, newdir, source) {
             // Moving a directory into itself.
-            let mut up = newdir;
-            loop {
-                if up == source {
-                    return Err(Errno::EINVAL);
-                }
-                if up == 0 {
-                    break;
-                }
-                up = tree.nodes[up as usize].parent;
-            }
+            return Err(Errno::EINVAL);
         }
         if let Some(target) = target {
             if noreplace {
                 return Err(Errno::EEXIST);
             }
-            let target_is_dir = self.attr(&tree, target)?.kind == FileType::Directory;
+            let target_is_dir = self.attr(tree, target)?.kind == FileType::Directory;
             match (source_is_dir, target_is_dir) {
                 (true, false) => return Err(Errno::ENOTDIR),
                 (false, true) => return Err(Errno::EISDIR),
-                (true, true) if !self.names(&tree, target)?.is_empty() => {
+                (true, true) if !self.names(tree, target)?.is_empty() => {
                     return Err(Errno::ENOTEMPTY)
                 }
                 _ => {}
@@ -472,58 +560,82 @@ impl Overlay {
         if source_is_dir && tree.nodes[source as usize].lower.is_some() {
             return Err(Errno::EXDEV);
         }
-        self.copy_up(&mut tree, source, false)?;
-        self.copy_up(&mut tree, newdir, false)?;
-        let from = self.upper_path(&tree, source);
-        let to = self.upper_path(&tree, newdir).join(newname);
-        // The markers first, as in `unlink`: a crash before the rename
-        // leaves markers under our own files (shown as they were), never
-        // the layers' entries back.
-        // What the layers showed at the new name: a file is hidden by ours;
-        // a directory must not merge into the one moved there.
-        if let Some(target) = target {
-            if source_is_dir {
-                self.mask(&mut tree, target)?;
+        Ok(Some(RenamePlan {
+            source,
+            target,
+            source_is_dir,
+        }))
+    }
+
+    /// Whether `node` is `ancestor` or below it.
+    fn is_within(&self, tree: &Tree, mut node: u32, ancestor: u32) -> bool {
+        loop {
+            if node == ancestor {
+                return true;
             }
-        } else if source_is_dir {
-            let path = self.path(&tree, newdir).join(newname);
-            let shown_below = !tree.masks.contains(&path)
-                && tree.nodes[newdir as usize]
-                    .lower
-                    .and_then(|l| self.lower.child(l, newname))
-                    .is_some();
-            if shown_below {
-                self.scratch.add_mask(&path).map_err(errno)?;
-                tree.masks.retain(|m| !m.starts_with(&path));
-                tree.masks.insert(path);
+            if node == 0 {
+                return false;
             }
+            node = tree.nodes[node as usize].parent;
+        }
+    }
+
+    /// The markers a rename needs before it is made: what the layers showed
+    /// at the new name (a file is hidden by ours; a directory must not merge
+    /// into the one moved there), and at the old name.
+    fn mask_for_rename(
+        &self,
+        tree: &mut Tree,
+        plan: &RenamePlan,
+        newdir: u32,
+        newname: &OsStr,
+    ) -> Result<(), Errno> {
+        match plan.target {
+            Some(target) if plan.source_is_dir => self.mask(tree, target)?,
+            Some(_) => {}
+            None if plan.source_is_dir => {
+                let path = self.path(tree, newdir).join(newname);
+                let shown_below = !tree.masks.contains(&path)
+                    && tree.nodes[newdir as usize]
+                        .lower
+                        .and_then(|l| self.lower.child(l, newname))
+                        .is_some();
+                if shown_below {
+                    self.scratch.add_mask(&path).map_err(errno)?;
+                    tree.masks.retain(|m| !m.starts_with(&path));
+                    tree.masks.insert(path);
+                }
+            }
+            None => {}
         }
         // What the layers showed at the old name stays hidden.
-        self.mask(&mut tree, source)?;
-        // rename(2) replaces our file, or our (empty) directory, there.
-        std::fs::rename(&from, &to).map_err(errno)?;
-        if let Some(target) = target {
+        self.mask(tree, plan.source)
+    }
+
+    /// The tree after a rename made on disk: the target (if any) is gone,
+    /// the source's node now has the new name.
+    fn move_node(&self, tree: &mut Tree, plan: &RenamePlan, newdir: u32, newname: &OsStr) {
+        if let Some(target) = plan.target {
             tree.nodes[target as usize].upper = false;
-            self.bury(&mut tree, target);
+            self.bury(tree, target);
         }
-        self.retire(&mut tree, source);
+        self.retire(tree, plan.source);
         // What the layers still have under the new name (a file ours now
         // hides), so deleting it later hides that too.
-        let new_path = self.path(&tree, newdir).join(newname);
+        let new_path = self.path(tree, newdir).join(newname);
         let lower = match tree.masks.contains(&new_path) {
             true => None,
             false => tree.nodes[newdir as usize]
                 .lower
                 .and_then(|l| self.lower.child(l, newname)),
         };
-        let moved = &mut tree.nodes[source as usize];
+        let moved = &mut tree.nodes[plan.source as usize];
         moved.gone = false;
         moved.parent = newdir;
         moved.name = newname.to_owned();
         moved.lower = lower;
         moved.upper = true;
-        tree.index.insert((newdir, newname.to_owned()), source);
-        Ok(())
+        tree.index.insert((newdir, newname.to_owned()), plan.source);
     }
 
     /// `setattr`: chmod, chown, truncate, utimens on the scratch copy.
@@ -547,13 +659,7 @@ impl Overlay {
             // layers' file back, or change whatever has that name now.
             return self.setattr_open(node, change, open.ok_or(Errno::ENOENT)?);
         }
-        let keeps_nothing = change.mode.is_none()
-            && change.uid.is_none()
-            && change.gid.is_none()
-            && change.size.is_none()
-            && change.atime.is_none()
-            && change.mtime.is_none();
-        if keeps_nothing {
+        if change.is_empty() {
             // Only what the scratch directory does not keep (macOS: BSD
             // flags, creation and backup times): no copy-up for nothing.
             return self.attr(&tree, node);
@@ -562,46 +668,7 @@ impl Overlay {
         self.copy_up(&mut tree, node, truncating)?;
         let path = self.upper_path(&tree, node);
         let kind = self.attr(&tree, node)?.kind;
-        if let Some(mode) = change.mode {
-            if kind != FileType::Symlink {
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7777))
-                    .map_err(errno)?;
-            }
-        }
-        if change.uid.is_some() || change.gid.is_some() {
-            nix::unistd::fchownat(
-                nix::fcntl::AT_FDCWD,
-                &path,
-                change.uid.map(nix::unistd::Uid::from_raw),
-                change.gid.map(nix::unistd::Gid::from_raw),
-                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .map_err(nix_errno)?;
-        }
-        if let Some(size) = change.size {
-            if kind != FileType::RegularFile {
-                return Err(Errno::EINVAL);
-            }
-            match open {
-                Some(file) => file.set_len(size).map_err(errno)?,
-                None => std::fs::OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                    .open(&path)
-                    .and_then(|file| file.set_len(size))
-                    .map_err(errno)?,
-            }
-        }
-        if change.atime.is_some() || change.mtime.is_some() {
-            utimensat(
-                nix::fcntl::AT_FDCWD,
-                &path,
-                &timespec(change.atime),
-                &timespec(change.mtime),
-                UtimensatFlags::NoFollowSymlink,
-            )
-            .map_err(nix_errno)?;
-        }
+        apply_at_path(&path, kind, change, open)?;
         self.attr(&tree, node)
     }
 

@@ -233,7 +233,26 @@ impl Builder<'_> {
             self.nodes[index as usize].content = Content::Dir(children);
             return Ok(index);
         }
-        // name -> every layer's entry for it, bottom to top.
+        let entries = self.candidates(&sources);
+        let mut children = Vec::with_capacity(entries.len());
+        for (name, candidates) in entries {
+            // The top-most entry decides: a mask hides the name.
+            if candidates.last().expect("non-empty").is_mask() {
+                continue;
+            }
+            let child = self.merged_child(&sources, &name, candidates, depth)?;
+            children.push((name, child));
+        }
+        self.nodes[index as usize].content = Content::Dir(children);
+        Ok(index)
+    }
+
+    /// Every layer's entry for each name of the directories `sources`,
+    /// bottom to top.
+    fn candidates<'a>(
+        &mut self,
+        sources: &'a [Source<'a>],
+    ) -> BTreeMap<OsString, Vec<Candidate<'a>>> {
         let mut entries: BTreeMap<OsString, Vec<Candidate>> = BTreeMap::new();
         for (position, source) in sources.iter().enumerate() {
             match source {
@@ -259,52 +278,50 @@ impl Builder<'_> {
                 },
             }
         }
-        let mut children = Vec::with_capacity(entries.len());
-        for (name, mut candidates) in entries {
-            // The top-most entry decides: a mask hides the name; a directory
-            // merges with the directories directly beneath it, down to the
-            // first non-directory or mask.
-            let top = candidates.last().expect("non-empty");
-            if top.is_mask() {
-                continue;
-            }
-            let child = if top.is_dir() {
-                let below = candidates.iter().rev().take_while(|c| c.is_dir()).count();
-                let mut merged = Vec::with_capacity(below);
-                for candidate in candidates.drain(candidates.len() - below..) {
-                    match candidate {
-                        Candidate::Entry(index, entry) => {
-                            if let Some(tree) = index.tree(&entry.object) {
-                                merged.push(Source::Tree(index, tree, entry.mode));
-                            }
-                        }
-                        Candidate::Disk { parent, stat } => {
-                            let Source::Disk(dir, _) = &sources[parent] else {
-                                continue;
-                            };
-                            match dir.open_child(&name, &stat) {
-                                Ok(child) => merged.push(Source::Disk(child, stat)),
-                                Err(error) => self.unreadable(&dir.display().join(&name), &error),
-                            }
-                        }
+        entries
+    }
+
+    /// The node of `name` in a merged directory: a directory merges with
+    /// the directories directly beneath it, down to the first
+    /// non-directory or mask; anything else is the top-most entry.
+    fn merged_child(
+        &mut self,
+        sources: &[Source],
+        name: &OsString,
+        mut candidates: Vec<Candidate>,
+        depth: usize,
+    ) -> Result<u32, BuildError> {
+        if !candidates.last().expect("non-empty").is_dir() {
+            let top = candidates.pop().expect("non-empty");
+            return self.leaf(sources, name, top);
+        }
+        let below = candidates.iter().rev().take_while(|c| c.is_dir()).count();
+        let mut merged = Vec::with_capacity(below);
+        for candidate in candidates.drain(candidates.len() - below..) {
+            match candidate {
+                Candidate::Entry(index, entry) => {
+                    if let Some(tree) = index.tree(&entry.object) {
+                        merged.push(Source::Tree(index, tree, entry.mode));
                     }
                 }
-                if merged.is_empty() {
-                    // A tree entry whose tree is not in its manifest, or a
-                    // directory that cannot be opened: show it empty.
-                    let attr = self.entry_attr(0o040755, 0, FileType::Directory);
-                    self.push(attr, Content::Dir(Vec::new()))?
-                } else {
-                    self.dir(merged, depth + 1)?
+                Candidate::Disk { parent, stat } => {
+                    let Source::Disk(dir, _) = &sources[parent] else {
+                        continue;
+                    };
+                    match dir.open_child(name, &stat) {
+                        Ok(child) => merged.push(Source::Disk(child, stat)),
+                        Err(error) => self.unreadable(&dir.display().join(name), &error),
+                    }
                 }
-            } else {
-                let top = candidates.pop().expect("non-empty");
-                self.leaf(&sources, &name, top)?
-            };
-            children.push((name, child));
+            }
         }
-        self.nodes[index as usize].content = Content::Dir(children);
-        Ok(index)
+        if merged.is_empty() {
+            // A tree entry whose tree is not in its manifest, or a
+            // directory that cannot be opened: show it empty.
+            let attr = self.entry_attr(0o040755, 0, FileType::Directory);
+            return self.push(attr, Content::Dir(Vec::new()));
+        }
+        self.dir(merged, depth + 1)
     }
 
     /// The children of a directory only one manifest has, sorted by name.
