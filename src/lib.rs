@@ -2,32 +2,43 @@
 //! owns the FUSE mount at `/spfs` and a gRPC control API; the `spfs` commands
 //! start it on demand and ask it to show a stack of layers to one process tree.
 //!
-//! Module map (the cold start reads top to bottom in [`launcher`]):
+//! Module map, bottom up: each module imports only those above it in
+//! this list (tests aside), and no file of `src/` imports another in a loop.
 //!
-//! - [`launcher`]: `ensure_service_running`: probe, spawn lock, detached spawn,
-//!   readiness pipe, confirm.
-//! - [`service`]: the background service: socket, health, control API,
-//!   runtimes table, pidfile, shutdown.
-//! - [`fs`]: the FUSE filesystem and mounting it safely: views over merged
-//!   manifests (`fs::view`), which process belongs to which runtime
-//!   (`fs::router`), and views kept for the next run of a stack
-//!   (`fs::linger`).
-//! - [`client`]: gRPC channels over the unix socket.
-//! - [`commands`]: what the two binaries do for each subcommand.
+//! - [`contract`]: what launcher and service agree on (version and its
+//!   headers, the readiness pipe's lines, start reasons, name rules, the
+//!   pidfile's read side); imports nothing of the crate.
 //! - [`telemetry`]: JSON-lines log files with daily rotation, reading them
-//!   back, and OpenTelemetry traces and metrics (off unless configured).
-//! - [`platform`]: Linux and macOS process facts, exit watching, FUSE checks.
-//! - [`storage`]: spfs repositories, byte-compatible with spfs 0.44: digests,
-//!   the object graph and its encodings, tags, the filesystem repository,
-//!   spfs's configuration.
+//!   back, OpenTelemetry (off unless configured), and the small helpers of
+//!   every message (`short`, `with_fix`, `ms_since`, `unix_now`).
+//! - [`platform`]: Linux and macOS process facts, exit watching, FUSE
+//!   availability, the mount table (no fuser types).
+//! - [`encoding`], [`graph`]: digests and the encodings; spfs's object
+//!   graph (Platform, Layer, Manifest, Blob), as spfs keeps them beside
+//!   storage.
+//! - [`storage`]: spfs repositories, byte-compatible with spfs 0.44: the
+//!   filesystem repository, tags, the proxy over several, spfs's
+//!   configuration.
+//! - [`tracking`]: in-memory manifests (merging layers, masks), committing
+//!   a directory as a layer, and [`tracking::env_spec::EnvSpec`], a ref
+//!   parsed once and resolved to a stack of layers.
+//! - [`error`], [`paths`], [`settings`]: the errors users meet (each with
+//!   its fix), where things live, this project's settings (`SPFS_*`).
 //! - [`runtime`]: runtimes as objects on disk: an editable runtime's
 //!   changes (scratch: written files, deletion markers), listed, committed
-//!   as a layer and reset against its stack (`runtime::changes`), and its
-//!   state file.
-//! - [`tracking`]: in-memory manifests (merging layers, masks), committing
-//!   a directory as a layer, and refs resolved to stacks of layers.
-//! - [`paths`], [`config`], [`error`]: where things live, settings, user-facing errors.
-//! - [`proto`]: code generated from `proto/spfs/vfs/v1/vfs.proto`.
+//!   and reset against its stack, its state file, why it ended.
+//! - [`vfs`]: the FUSE filesystem (spfs's `spfs-vfs`) and mounting it:
+//!   views over merged manifests, overlays of changes, which process is in
+//!   which runtime (`vfs::membership`), the trees alive (`vfs::registry`),
+//!   inode numbering. fuser's types appear nowhere else.
+//! - [`proto`], [`client`]: code generated from
+//!   `proto/spfs/vfs/v1/vfs.proto`, and channels over the unix socket.
+//! - [`service`]: the background service, [`service::run`] its one entry
+//!   point: startup in guarded steps, the gRPC edge, the runtime lifecycle,
+//!   the runtime table.
+//! - [`launcher`]: [`ensure_service_running`] and `spfs run`'s `Mount`: the
+//!   cold path as a driver over explicit steps, every retry in one place.
+//! - [`commands`]: what the two binaries do for each subcommand.
 
 pub mod client;
 pub mod commands;
@@ -44,7 +55,7 @@ pub mod runtime;
 pub mod service;
 pub mod settings;
 pub mod storage;
-pub mod sync;
+mod sync;
 pub mod telemetry;
 pub mod tracking;
 pub mod vfs;

@@ -1,9 +1,9 @@
 //! The launcher: gets the per-user service up and SERVING, starting it if
 //! needed, and sends it `spfs run`'s `Mount`. Read it in this order:
 //!
-//! - [`mount`]: `spfs run`'s `Mount`. The warm path first (the service is
+//! - `mount`: `spfs run`'s `Mount`. The warm path first (the service is
 //!   up: connect and `Mount` at once, one round trip), else the start path
-//!   ([`ensure_service_to_mount`], then `Mount`), and every retry of a
+//!   (`ensure_service_to_mount`, then `Mount`), and every retry of a
 //!   `Mount` in one place.
 //! - `ensure`: the cold path as a driver over explicit steps, all under one
 //!   deadline (`SPFS_SERVICE_START_TIMEOUT`, default 10 s):

@@ -57,7 +57,7 @@ use table::RuntimeTable;
 /// The version this service reports: `contract::VERSION`, unless
 /// `SPFS_TEST_SERVICE_VERSION` is set. That variable exists so tests can stand
 /// up a service of "another version" and exercise upgrade handling.
-pub fn reported_version() -> &'static str {
+pub(crate) fn reported_version() -> &'static str {
     static REPORTED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     REPORTED.get_or_init(|| {
         std::env::var("SPFS_TEST_SERVICE_VERSION")

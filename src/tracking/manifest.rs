@@ -120,7 +120,7 @@ impl Manifest {
 
     /// Unpack a stored manifest. A tree entry whose tree is missing, a
     /// cycle, nesting deeper than [`MAX_DEPTH`], or more entries than
-    /// [`entry_budget`] allows is an [`StorageError::invalid_object`] (add
+    /// [`entry_budget`] allows is an invalid-object error (`StorageError::invalid_object`) (add
     /// the file name with [`StorageError::in_file`] to make it `Corrupt`).
     /// The entries are counted before any is built, so a manifest refused
     /// for its size costs no memory.

@@ -6,7 +6,7 @@
 //!
 //! What may block and where it runs: a request that may wait on a disk or
 //! a network filesystem (open, read, fsync, setattr's copy-up) runs on the
-//! tokio blocking pool ([`SpfsFs::offload`]), never on the FUSE thread that
+//! tokio blocking pool (`SpfsFs::offload`), never on the FUSE thread that
 //! other processes' lookups wait on (on macOS the only one). The rest
 //! answers from memory, or from the scratch directory under one overlay's
 //! lock.

@@ -276,7 +276,7 @@ impl Membership {
 
     /// Runtime `runtime` has no known process left: the processes carrying
     /// its name join it. Blocking: scans the user's processes, and waits
-    /// [`EXEC_GRACE`] for one caught in the middle of `exec`.
+    /// `EXEC_GRACE` for one caught in the middle of `exec`.
     pub fn claim(&self, runtime: RuntimeId) -> Claim {
         let Some((name, uid, root_start)) = read(&self.state)
             .runtimes

@@ -1,7 +1,7 @@
 //! The FlatBuffers encoding of spfs objects (format 1): spfs's schema as
 //! constants (union type ids, entry kinds, the vtable slot of every field)
 //! and its `Digest` struct, shared by the reading side ([`read`]) and the
-//! writing side ([`write`]).
+//! writing side ([`write`](mod@write)).
 //!
 //! The eight tables of spfs's schema (AnyObject, Platform, Layer,
 //! Annotation, AnnotationString, AnnotationDigest, Manifest, Blob, plus

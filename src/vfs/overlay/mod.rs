@@ -4,7 +4,7 @@
 //! A path shows its scratch file when `upper/PATH` exists, else the layers'
 //! entry unless a deletion marker at the path or an ancestor hides it. A
 //! file of the layers is copied into the scratch directory whole on its
-//! first open for writing or change of metadata ([`Overlay::copy_up`]);
+//! first open for writing or change of metadata (`Overlay::copy_up`);
 //! deleting a path of the layers records a marker; directories merge.
 //!
 //! Nodes are numbered in the order they are first looked up, one per path

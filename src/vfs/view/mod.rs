@@ -5,7 +5,7 @@
 //! the top-most layer that has the path and hides whatever lies below it (a
 //! directory above a file hides the file); a mask (an spfs deletion) hides
 //! the path and everything below it. Nodes are numbered by their index; index
-//! 0 is the view's root. Building ([`build`]) reads manifests only: file
+//! 0 is the view's root. Building (`build`) reads manifests only: file
 //! contents stay in the repositories' payload files and are opened on first
 //! use; directory layers are walked safely ([`disk`]).
 
