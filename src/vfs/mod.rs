@@ -11,7 +11,7 @@
 //! - [`filesystem`]: the FUSE callbacks ([`SpfsFs`]), and what each request
 //!   is for (`trees`: the tree an inode names, the caller's own tree for
 //!   changes, cache times); open files and directories (`handles`).
-//! - [`mount`]: mounting safely ([`mount()`], [`FuseMount`]): the mountpoint
+//! - [`mount`](mod@mount): mounting safely ([`mount()`], [`FuseMount`]): the mountpoint
 //!   checks, `allow_other`, the platforms' mount options.
 //! - [`router`]: what a request sees, over [`membership`] (which process
 //!   is in which runtime) and [`registry`] (every tree alive, shared views,
