@@ -504,7 +504,7 @@ impl Filesystem for SpfsFs {
             );
             // macOS `renamex_np(2)`: RENAME_SWAP 0x2, RENAME_EXCL 0x4, as
             // macFUSE passes them. fuser 0.18 passes none on macOS (see
-            // `platform::fuse_init`); a fuser that forwards them lands here.
+            // `vfs::mount::fuse_init`); a fuser that forwards them lands here.
             #[cfg(not(target_os = "linux"))]
             let (noreplace, exchange) = (flags.bits() & 0x4 != 0, flags.bits() & 0x2 != 0);
             overlay.rename(dir, name, newdir, newname, noreplace, exchange)
