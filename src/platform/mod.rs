@@ -17,7 +17,11 @@ mod linux;
 pub use linux::*;
 
 #[cfg(target_os = "macos")]
+mod macfuse;
+#[cfg(target_os = "macos")]
 mod macos;
+#[cfg(target_os = "macos")]
+pub use macfuse::*;
 #[cfg(target_os = "macos")]
 pub use macos::*;
 

@@ -9,9 +9,10 @@
 //! 20 ms second look for a process caught mid-exec), fsyncs a durable
 //! runtime's state and deletes scratch files; a build reads repositories;
 //! a freeze (`Overlay::set_editable(false)`) waits for writes under way.
-//! So every step that does any of it runs on the blocking pool
-//! ([`blocking`]), and a build is awaited with a deadline: the gRPC handlers
-//! (`service::api`) and so the async workers never block.
+//! So each request runs on the blocking pool, as one task ([`blocking`];
+//! `Mount` and `ChangeStack`, which build, within the build limits and
+//! awaited with their deadline): the gRPC handlers (`service::api`) and so
+//! the async workers never block.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +27,7 @@ use crate::runtime::{EndReason, RuntimeInfo, RuntimeState, Scratch};
 use crate::telemetry::{short, unix_now};
 use crate::tracking::env_spec::EnvSpec;
 use crate::vfs::overlay::Overlay;
-use crate::vfs::view::View;
+use crate::vfs::view::{Budget, View};
 use crate::vfs::Shown;
 
 pub struct Lifecycle {
@@ -68,7 +69,7 @@ pub struct StackChange {
     pub editable: Option<bool>,
 }
 
-/// Runs `work` on the blocking pool and waits for it there.
+/// Runs `work` on the blocking pool and waits for it.
 pub async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, RuntimeError> + Send + 'static,
 ) -> Result<T, RuntimeError> {
@@ -88,139 +89,147 @@ impl Drop for CancelOnDrop {
 }
 
 impl Lifecycle {
-    /// `Mount`: checked (blocking pool), built (bounded), attached
-    /// (blocking pool). A re-entered runtime goes back to the stopped list
-    /// if anything fails.
+    /// `Mount`, on the blocking pool as one task (one hand-off: a warm
+    /// `spfs run` waits for it), bounded by the build limits. The task
+    /// checks the ask, builds what the runtime shows, and attaches it; a
+    /// re-entered runtime goes back to the stopped list if anything fails.
     pub async fn mount(
         self: &Arc<Self>,
         caller: Option<Caller>,
         ask: MountAsk,
     ) -> Result<Attached, RuntimeError> {
+        let shown_spec = ask.env_spec.to_string();
         let this = Arc::clone(self);
-        let (ask, saved) = blocking(move || this.check_mount(caller, ask)).await?;
-        let Some((state, scratch)) = saved else {
-            return self.attach_new(ask).await;
-        };
-        let result = self.attach_saved(&ask, state.clone(), scratch).await;
-        if result.is_err() {
-            self.table.put_back(state);
-        }
-        result
+        self.bounded(shown_spec, move |budget| {
+            this.mount_now(caller, ask, budget)
+        })
+        .await
     }
 
-    /// The checks of a `Mount`: the root is the caller's own, the name is
-    /// usable; for a `--rerun`, the stopped runtime taken out of the list.
-    #[allow(clippy::type_complexity)]
-    fn check_mount(
+    /// Runs `work` on the blocking pool with the budget of one build, and
+    /// waits for it at most the build's deadline (and a grace for what the
+    /// build cannot check: a read hung on a dead filesystem). If this
+    /// request goes away (the client did) or times out, the budget is
+    /// cancelled: the build stops, and nothing is attached after it.
+    async fn bounded<T: Send + 'static>(
+        &self,
+        spec: String,
+        work: impl FnOnce(&Budget) -> Result<T, RuntimeError> + Send + 'static,
+    ) -> Result<T, RuntimeError> {
+        let cancel = CancelOnDrop::default();
+        let budget = self.limits.budget(Arc::clone(&cancel.0));
+        let task = tokio::task::spawn_blocking(move || work(&budget));
+        let grace = std::time::Duration::from_millis(500);
+        let done = tokio::time::timeout(self.limits.timeout + grace, task)
+            .await
+            .map_err(|_| RuntimeError::Timeout {
+                spec,
+                seconds: self.limits.timeout.as_secs_f64(),
+            })?
+            .map_err(|e| RuntimeError::Internal(e.to_string()))?;
+        drop(cancel);
+        done
+    }
+
+    /// The whole of a `Mount`, blocking.
+    fn mount_now(
         &self,
         caller: Option<Caller>,
         mut ask: MountAsk,
-    ) -> Result<(MountAsk, Option<(RuntimeState, Arc<Scratch>)>), RuntimeError> {
+        budget: &Budget,
+    ) -> Result<Attached, RuntimeError> {
         authorize(caller, ask.pid)?;
         // A script's Mount may name no runtime: give it one of its own.
         let name = ask
             .name
-            .get_or_insert_with(|| crate::contract::generated_name(ask.pid));
-        check_name(name)?;
-        let saved = match ask.rerun {
-            true => Some(self.table.take_stopped(name)?),
-            false => None,
-        };
-        Ok((ask, saved))
+            .get_or_insert_with(|| crate::contract::generated_name(ask.pid))
+            .clone();
+        check_name(&name)?;
+        if !ask.rerun {
+            return self.attach_new(ask, name, budget);
+        }
+        let (state, scratch) = self.table.take_stopped(&name)?;
+        let attached = self.attach_saved(&ask, state.clone(), scratch, budget);
+        if attached.is_err() {
+            self.table.put_back(state);
+        }
+        attached
     }
 
-    /// Builds `spec` in `repositories` on the blocking pool, within the
-    /// build limits.
-    async fn build(
+    /// Builds what `spec` shows in `repositories`; refused when the request
+    /// went away meanwhile, so nothing is attached after it.
+    fn build(
         &self,
-        spec: EnvSpec,
-        repositories: Vec<PathBuf>,
+        spec: &EnvSpec,
+        repositories: &[PathBuf],
+        budget: &Budget,
     ) -> Result<Built, RuntimeError> {
-        let router = Arc::clone(self.table.router());
-        // Dropped when this request is (the client went away) or finishes:
-        // either way the build need not go on.
-        let cancel = CancelOnDrop::default();
-        let budget = self.limits.budget(Arc::clone(&cancel.0));
-        let shown_spec = spec.to_string();
-        let build = tokio::task::spawn_blocking(move || {
-            build::build_view(&router, &repositories, &spec, &budget)
-        });
-        // The build checks its deadline itself; this bounds what it cannot
-        // check (a read hung on a dead filesystem).
-        let grace = std::time::Duration::from_millis(500);
-        let built = tokio::time::timeout(self.limits.timeout + grace, build)
-            .await
-            .map_err(|_| RuntimeError::Timeout {
-                spec: shown_spec,
-                seconds: self.limits.timeout.as_secs_f64(),
-            })?
-            .map_err(|e| RuntimeError::Internal(e.to_string()))??;
-        drop(cancel);
+        let built = build::build_view(self.table.router(), repositories, spec, budget)?;
+        if budget.cancelled.load(Ordering::Relaxed) {
+            return Err(RuntimeError::Internal(
+                "the request went away while its view was built".into(),
+            ));
+        }
         Ok(built)
     }
 
-    async fn attach_new(self: &Arc<Self>, ask: MountAsk) -> Result<Attached, RuntimeError> {
-        let built = self
-            .build(ask.env_spec.clone(), ask.repositories.clone())
-            .await?;
-        let this = Arc::clone(self);
-        blocking(move || {
-            let name = ask.name.clone().unwrap_or_default();
-            let state = RuntimeState {
-                name: name.clone(),
-                env_spec: ask.env_spec.as_str().to_owned(),
-                stack: built.stack.clone(),
-                repositories: ask.repositories,
-                editable: ask.editable,
-                durable: ask.durable,
-                created_unix: unix_now(),
-            };
-            if !ask.editable {
-                let shown = Shown::View(Arc::clone(&built.view));
-                let runtime = this.table.attach(ask.pid, state, shown.clone(), None)?;
-                return Ok(Attached {
-                    runtime,
-                    built,
-                    shown,
-                });
-            }
-            let scratch = this.table.new_scratch(&name, ScratchFor::Mount(ask.pid))?;
-            let attached = this.attach_with_scratch(ask.pid, state, &built, Arc::clone(&scratch));
-            if attached.is_err() {
-                if let Ok(scratch) = Arc::try_unwrap(scratch) {
-                    let _ = scratch.destroy();
-                }
-            }
-            attached.map(|(runtime, shown)| Attached {
+    fn attach_new(
+        &self,
+        ask: MountAsk,
+        name: String,
+        budget: &Budget,
+    ) -> Result<Attached, RuntimeError> {
+        let built = self.build(&ask.env_spec, &ask.repositories, budget)?;
+        let state = RuntimeState {
+            name: name.clone(),
+            env_spec: ask.env_spec.as_str().to_owned(),
+            stack: built.stack.clone(),
+            repositories: ask.repositories,
+            editable: ask.editable,
+            durable: ask.durable,
+            created_unix: unix_now(),
+        };
+        if !ask.editable {
+            let shown = Shown::View(Arc::clone(&built.view));
+            let runtime = self.table.attach(ask.pid, state, shown.clone(), None)?;
+            return Ok(Attached {
                 runtime,
                 built,
                 shown,
-            })
+            });
+        }
+        let scratch = self.table.new_scratch(&name, ScratchFor::Mount(ask.pid))?;
+        let attached = self.attach_with_scratch(ask.pid, state, &built, Arc::clone(&scratch));
+        if attached.is_err() {
+            if let Ok(scratch) = Arc::try_unwrap(scratch) {
+                let _ = scratch.destroy();
+            }
+        }
+        attached.map(|(runtime, shown)| Attached {
+            runtime,
+            built,
+            shown,
         })
-        .await
     }
 
     /// Re-enters a stopped runtime: its stack and changes come from disk.
-    async fn attach_saved(
-        self: &Arc<Self>,
+    fn attach_saved(
+        &self,
         ask: &MountAsk,
         mut state: RuntimeState,
         scratch: Arc<Scratch>,
+        budget: &Budget,
     ) -> Result<Attached, RuntimeError> {
         let spec = EnvSpec::parse(&state.stack_spec())?;
-        let built = self.build(spec, state.repositories.clone()).await?;
+        let built = self.build(&spec, &state.repositories, budget)?;
         state.editable |= ask.editable;
         state.durable |= ask.durable;
-        let (this, pid) = (Arc::clone(self), ask.pid);
-        blocking(move || {
-            let (runtime, shown) = this.attach_with_scratch(pid, state, &built, scratch)?;
-            Ok(Attached {
-                runtime,
-                built,
-                shown,
-            })
+        let (runtime, shown) = self.attach_with_scratch(ask.pid, state, &built, scratch)?;
+        Ok(Attached {
+            runtime,
+            built,
+            shown,
         })
-        .await
     }
 
     fn attach_with_scratch(
@@ -263,35 +272,28 @@ impl Lifecycle {
         self.table.remove(pid, reason)
     }
 
-    /// `ChangeStack`: builds the new stack, then swaps it in.
+    /// `ChangeStack`: on the blocking pool as one task, bounded by the
+    /// build limits: the runtime found, the new stack built, then swapped in.
     pub async fn change_stack(
         self: &Arc<Self>,
         pid: i32,
         change: StackChange,
     ) -> Result<RuntimeInfo, RuntimeError> {
-        let (this, name, expected) = (
-            Arc::clone(self),
-            change.name.clone(),
-            change.expected_stack.clone(),
-        );
-        let member = blocking(move || {
-            let member = this.table.member(&name, pid)?;
+        let this = Arc::clone(self);
+        self.bounded(change.env_spec.to_string(), move |budget| {
+            let member = this.table.member(&change.name, pid)?;
             let current = member.state.stack.join("+");
-            if !expected.is_empty() && expected != current {
+            if !change.expected_stack.is_empty() && change.expected_stack != current {
                 return Err(RuntimeError::StackChanged {
-                    name,
-                    expected: short(&expected),
+                    name: change.name,
+                    expected: short(&change.expected_stack),
                     actual: short(&current),
                 });
             }
-            Ok(member)
+            let built = this.build(&change.env_spec, &member.state.repositories, budget)?;
+            this.swap_stack(member, change, built)
         })
-        .await?;
-        let built = self
-            .build(change.env_spec.clone(), member.state.repositories.clone())
-            .await?;
-        let this = Arc::clone(self);
-        blocking(move || this.swap_stack(member, change, built)).await
+        .await
     }
 
     /// The second half of `ChangeStack`: freezes the old overlay (no write

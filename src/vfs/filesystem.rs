@@ -27,7 +27,8 @@ use super::handles::{
     open_into_reply, open_overlay_into_reply, overlay_listing, read_into_reply, reply_listing,
     reply_view_listing, Handle, Handles,
 };
-use super::overlay::write::{Owner, SetAttr};
+use super::overlay::attr::SetAttr;
+use super::overlay::write::Owner;
 use super::router::Router;
 use super::shown::Shown;
 use super::trees::{attr_with_ino, negative_entry, Trees, MOUNT_ROOT_TTL, ROOT_ENTRY_TTL};

@@ -22,6 +22,7 @@
 //! starts after it: `spfs commit` and `spfs edit --off` then read changes
 //! that no longer move.
 
+pub mod attr;
 pub mod write;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
