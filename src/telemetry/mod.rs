@@ -15,9 +15,9 @@ pub mod reader;
 use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
 
 pub use files::{current_file_name, open_private, DailyLog, KEEP_DAYS, LOG_DIR_SETTING};
 
@@ -49,7 +49,11 @@ static OTEL: std::sync::Mutex<Option<otel::Otel>> = std::sync::Mutex::new(None);
 /// Installs the global subscriber writing JSON lines into `log_dir`, and, when
 /// an OTLP endpoint is configured, the OpenTelemetry exporters (see [`otel`]).
 ///
-/// Level filter: `SPFS_LOG` (an `EnvFilter` directive), default [`DEFAULT_FILTER`].
+/// Level filter: `SPFS_LOG` (a list of `level` and `target=level`, as
+/// tracing's `Targets` reads it), default [`DEFAULT_FILTER`]. Not an
+/// `EnvFilter`: its span and field filters need the `regex` crate, whose
+/// Unicode tables cost every start of `spfs` about 30 page faults (5,700
+/// relocations) for a feature the logs do not use.
 ///
 /// If the log dir cannot be used (unsafe, read-only, a symlink planted at
 /// the file), says so once on stderr and writes the JSON lines to stderr
@@ -58,11 +62,13 @@ static OTEL: std::sync::Mutex<Option<otel::Otel>> = std::sync::Mutex::new(None);
 /// warnings and errors there unless `SPFS_LOG` asks for more; the service's
 /// stderr is its `.stderr` file (or nothing), so it keeps the usual level.
 pub fn init(program: Program, log_dir: &Path) {
-    let configured = EnvFilter::try_from_env("SPFS_LOG").ok();
+    let configured = std::env::var("SPFS_LOG")
+        .ok()
+        .and_then(|text| text.parse::<Targets>().ok());
     let (file, filter) = match DailyLog::open(log_dir, program.prefix()) {
         Ok(writer) => (
             Some(writer),
-            configured.unwrap_or_else(|| EnvFilter::new(DEFAULT_FILTER)),
+            configured.unwrap_or_else(|| targets(DEFAULT_FILTER)),
         ),
         Err(err) => {
             eprintln!(
@@ -72,7 +78,7 @@ pub fn init(program: Program, log_dir: &Path) {
                 Program::Launcher => "warn,fuser=error,h2=error,hyper=error,tower=error,opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off",
                 Program::Service => DEFAULT_FILTER,
             };
-            (None, configured.unwrap_or_else(|| EnvFilter::new(fallback)))
+            (None, configured.unwrap_or_else(|| targets(fallback)))
         }
     };
     let to_stderr = file.is_none();
@@ -106,6 +112,14 @@ pub fn init(program: Program, log_dir: &Path) {
         .with(stderr)
         .with(tracing_layer)
         .try_init();
+}
+
+/// The filter `directives` name (ours are all valid; one that is not shows
+/// everything at `info`).
+fn targets(directives: &str) -> Targets {
+    directives
+        .parse()
+        .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO))
 }
 
 /// Milliseconds since `start`, as the `elapsed_ms` fields carry them.

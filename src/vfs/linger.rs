@@ -76,6 +76,15 @@ struct Kept {
     until: Instant,
 }
 
+/// Views whose lingering time is up, freed when this is dropped.
+pub struct Expired(Vec<Kept>);
+
+impl Expired {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// The lingering views, oldest first, and the settings they obey (one
 /// lock: a view offered as the service stops is refused, not kept on).
 pub struct Lingering {
@@ -127,14 +136,20 @@ impl Lingering {
 
     /// Lets go of the views whose time is up at `now`.
     pub fn expire(&self, now: Instant) {
-        let expired: Vec<Kept> = {
-            let mut state = lock(&self.state);
-            let (gone, stay): (Vec<Kept>, Vec<Kept>) =
-                state.1.drain(..).partition(|k| k.until <= now);
-            state.1.extend(stay);
-            gone
-        };
-        drop(expired);
+        drop(self.take_expired(now));
+    }
+
+    /// The views whose time is up at `now`, no longer kept; they are freed
+    /// when the returned value is dropped (on a blocking thread: freeing a
+    /// big view is work). Empty, and cheap, when nothing is due.
+    pub fn take_expired(&self, now: Instant) -> Expired {
+        let mut state = lock(&self.state);
+        if !state.1.iter().any(|k| k.until <= now) {
+            return Expired(Vec::new());
+        }
+        let (gone, stay): (Vec<Kept>, Vec<Kept>) = state.1.drain(..).partition(|k| k.until <= now);
+        state.1.extend(stay);
+        Expired(gone)
     }
 
     /// Keeps nothing from now on and lets go of every view (the service

@@ -112,10 +112,15 @@ impl Registry {
                 let Some(registry) = registry.upgrade() else {
                     break;
                 };
+                let expired = registry.lingering.take_expired(std::time::Instant::now());
+                if expired.is_empty() {
+                    registry.forget_dropped();
+                    continue;
+                }
                 // Freeing a big view (its nodes, memory given back) is
                 // blocking work: off the async workers.
                 let _ = tokio::task::spawn_blocking(move || {
-                    registry.lingering.expire(std::time::Instant::now());
+                    drop(expired);
                     registry.forget_dropped();
                 })
                 .await;
