@@ -13,6 +13,8 @@
 //!   every message (`short`, `with_fix`, `ms_since`, `unix_now`).
 //! - [`platform`]: Linux and macOS process facts, exit watching, FUSE
 //!   availability, the mount table (no fuser types).
+//! - [`dirfd`]: a tree worked on through directory fds, never following a
+//!   symlink (removing, walking, opening what a walk saw).
 //! - [`encoding`], [`graph`]: digests and the encodings; spfs's object
 //!   graph (Platform, Layer, Manifest, Blob), as spfs keeps them beside
 //!   storage.
@@ -43,6 +45,7 @@
 pub mod client;
 pub mod commands;
 pub mod contract;
+pub mod dirfd;
 pub mod encoding;
 pub mod error;
 pub mod graph;

@@ -105,6 +105,14 @@ fn mount_request(reference: &str, options: &RunOptions) -> Result<(MountRequest,
         (Some(name), _) | (None, Some(name)) => name.clone(),
         (None, None) => crate::contract::generated_name(pid),
     };
+    // Refused here too, before a service is started for it.
+    crate::contract::check_name(&name).map_err(|_| {
+        crate::error::Error::Usage(format!(
+            "runtime name {:?} is not usable: {}",
+            crate::telemetry::short(&name),
+            crate::contract::NAME_RULES
+        ))
+    })?;
     let request = MountRequest {
         root_pid: pid.into(),
         env_spec: match options.rerun {

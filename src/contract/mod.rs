@@ -36,14 +36,21 @@ pub const MAX_ENV_SPEC_BYTES: usize = 64 * 1024;
 /// Longest runtime name.
 pub const MAX_NAME_BYTES: usize = 200;
 
+/// [`check_name`]'s rules, as messages state them.
+pub const NAME_RULES: &str =
+    "use 1 to 200 letters, digits, '-', '_' or '.', not starting with '.'";
+
 /// A runtime name that breaks [`check_name`]'s rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BadName;
 
 /// A runtime name as `SPFS_RUNTIME` carries it and the scratch dir names a
-/// directory after it: 1 to [`MAX_NAME_BYTES`] letters, digits, `-`, `_`, `.`.
+/// directory after it: 1 to [`MAX_NAME_BYTES`] letters, digits, `-`, `_`,
+/// `.`, not starting with `.`: so never `.` or `..` (the scratch dir
+/// itself, or the directory above it) nor a hidden name.
 pub fn check_name(name: &str) -> Result<(), BadName> {
     let ok = !name.is_empty()
+        && !name.starts_with('.')
         && name.len() <= MAX_NAME_BYTES
         && name
             .chars()
@@ -69,6 +76,11 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_rules_as_stated_name_the_limit() {
+        assert!(NAME_RULES.contains(&MAX_NAME_BYTES.to_string()));
+    }
+
+    #[test]
     fn generated_names_pass_the_name_rules_and_others_are_checked() {
         let name = generated_name(i32::MAX);
         assert_eq!(check_name(&name), Ok(()), "{name}");
@@ -76,7 +88,16 @@ mod tests {
         for good in ["a", "build-1.2_x", &"n".repeat(MAX_NAME_BYTES)] {
             assert_eq!(check_name(good), Ok(()), "{good}");
         }
-        for bad in ["", "a/b", "a b", "é", &"n".repeat(MAX_NAME_BYTES + 1)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "a b",
+            "é",
+            &"n".repeat(MAX_NAME_BYTES + 1),
+        ] {
             assert_eq!(check_name(bad), Err(BadName), "{bad}");
         }
     }

@@ -9,6 +9,8 @@
 //! - [`scratch`], the on-disk format (upper/, masks/, runtime.json).
 //! - [`changes`], the changes against the runtime's stack: listed (`spfs
 //!   diff`), committed as a layer (`spfs commit`), dropped (`spfs reset`).
+//! - [`writes`], whether the runtime's changes take writes (shared by
+//!   every overlay of them), and the gate a freeze waits at.
 //! - [`state`], `runtime.json`; [`info`], a runtime as the tools show it;
 //!   [`end`], why a runtime ended and whether its changes are kept.
 //!
@@ -20,6 +22,7 @@ pub mod end;
 pub mod info;
 pub mod scratch;
 pub mod state;
+pub mod writes;
 
 pub use end::EndReason;
 pub use info::RuntimeInfo;

@@ -39,6 +39,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::state::RuntimeState;
+use super::writes::Writes;
 
 pub struct Scratch {
     root: PathBuf,
@@ -51,6 +52,8 @@ pub struct Scratch {
     root_made: AtomicBool,
     /// The state to write when the directory is made; taken while making.
     pending: Mutex<Option<RuntimeState>>,
+    /// Whether writes land here, for every overlay of these changes.
+    writes: Writes,
 }
 
 /// A relative path of normal components only, or InvalidInput.
@@ -123,7 +126,13 @@ impl Scratch {
             made: AtomicBool::new(made),
             root_made: AtomicBool::new(false),
             pending: Mutex::new(None),
+            writes: Writes::default(),
         }
+    }
+
+    /// Whether the runtime's changes take writes (see [`Writes`]).
+    pub fn writes(&self) -> &Writes {
+        &self.writes
     }
 
     /// Whether the directory is on disk (it holds changes, or may).
@@ -292,26 +301,36 @@ impl Scratch {
     /// below each path (relative to the mountpoint), so the layers show
     /// there again. A marker on an ancestor of a path still hides the
     /// layers there: reset that ancestor to show them.
+    ///
+    /// Only the runtime's own changes are ever touched: each path is walked
+    /// from `upper/` (and `masks/`) name by name without following a
+    /// symlink, and a path whose parent there is a symlink or a file has
+    /// nothing to reset (a link a process made in the runtime is a change
+    /// itself, dropped when its own path is reset, never followed). Every
+    /// path is checked before anything is dropped.
     pub fn reset(&self, paths: &[PathBuf]) -> io::Result<()> {
-        if !self.is_made() {
-            // Nothing changed yet: nothing to drop, once the paths are checked.
-            return paths.iter().try_for_each(|path| check_relative(path));
-        }
-        if paths.is_empty() {
-            for dir in [&self.upper, &self.masks] {
-                for entry in std::fs::read_dir(dir)? {
-                    remove_any(&entry?.path())?;
-                }
-            }
-            return Ok(());
-        }
-        // All checked before anything is dropped.
         for path in paths {
             check_relative(path)?;
+            if path.as_os_str().is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "an empty path is not a path below the mountpoint",
+                ));
+            }
+        }
+        if !self.is_made() {
+            // Nothing changed yet: nothing to drop.
+            return Ok(());
+        }
+        let upper = crate::dirfd::Dir::open_exact(&self.upper)?;
+        let masks = crate::dirfd::Dir::open_exact(&self.masks)?;
+        if paths.is_empty() {
+            upper.clear()?;
+            return masks.clear();
         }
         for path in paths {
-            remove_any(&self.upper.join(path))?;
-            remove_any(&self.masks.join(path))?;
+            upper.remove_below(path)?;
+            masks.remove_below(path)?;
         }
         Ok(())
     }
@@ -326,11 +345,22 @@ impl Scratch {
     }
 }
 
-/// Removes a file or a whole tree; a missing path is fine.
+/// Removes a file or a whole tree (never following a symlink below
+/// `path`'s parent, at any depth); a missing path is fine.
 pub fn remove_any(path: &Path) -> io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} names no entry to remove", path.display()),
+        ));
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    match crate::dirfd::Dir::open(parent) {
+        Ok(dir) => dir.remove(name),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(err) => Err(err),
     }

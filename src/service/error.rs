@@ -3,7 +3,6 @@
 //! `service::api` chooses each variant's gRPC code; the message says what
 //! was wrong and what to do.
 
-use crate::contract::MAX_NAME_BYTES;
 use crate::storage::error::StorageError;
 use crate::tracking::env_spec::SpecError;
 use crate::vfs::view::BuildError;
@@ -16,7 +15,7 @@ pub enum RuntimeError {
     NoSuchProcess(i32),
     #[error("a runtime named {0:?} is already running; choose another name")]
     NameTaken(String),
-    #[error("runtime name {0:?} is not usable: use 1 to {MAX_NAME_BYTES} letters, digits, '-', '_' or '.'")]
+    #[error("runtime name {0:?} is not usable: {rules}", rules = crate::contract::NAME_RULES)]
     BadName(String),
     #[error("{0}")]
     Spec(#[from] SpecError),

@@ -382,7 +382,10 @@ impl Lifecycle {
     }
 
     /// `Reset`: drops the changes (all, or under `paths`); the runtime shows
-    /// a fresh overlay of what is left.
+    /// a fresh overlay of what is left. Every path is checked before
+    /// anything is dropped; if dropping fails part way (the disk refused),
+    /// the runtime still shows what is on disk now, never a tree that
+    /// names files already gone.
     pub fn reset(
         &self,
         name: &str,
@@ -398,19 +401,25 @@ impl Lifecycle {
         if let Shown::Overlay(overlay) = &member.shown {
             overlay.set_editable(false);
         }
-        let reset = (|| {
-            scratch
-                .reset(paths)
-                .map_err(|e| RuntimeError::scratch("cannot drop the changes", e))?;
-            let shown = self.overlay_for(member.shown.layers(), &scratch, editable)?;
-            let state = member.state.clone();
-            self.table.update(&member, state, shown, Some(scratch))
-        })();
-        // Failed: the runtime goes on as it was, not silently read-only.
-        if let (Err(_), Shown::Overlay(overlay)) = (&reset, &member.shown) {
-            overlay.set_editable(editable);
+        let dropped = scratch
+            .reset(paths)
+            .map_err(|e| RuntimeError::scratch("cannot drop the changes", e));
+        let shown = self
+            .overlay_for(member.shown.layers(), &scratch, editable)
+            .and_then(|shown| {
+                let state = member.state.clone();
+                self.table.update(&member, state, shown, Some(scratch))
+            });
+        match shown {
+            Ok(info) => dropped.map(|()| info),
+            Err(err) => {
+                // The old overlay goes on as it was, not silently read-only.
+                if let Shown::Overlay(overlay) = &member.shown {
+                    overlay.set_editable(editable);
+                }
+                Err(dropped.err().unwrap_or(err))
+            }
         }
-        reset
     }
 }
 

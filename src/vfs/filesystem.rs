@@ -259,14 +259,8 @@ impl Filesystem for SpfsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let (file, overlay) = match self.handles.lock().get(&fh.0) {
-            Some(Handle::File {
-                file,
-                writes: Some(overlay),
-                ..
-            }) => (Arc::clone(file), Arc::clone(overlay)),
-            Some(Handle::File { .. }) => return reply.error(Errno::EBADF),
-            _ => return reply.error(Errno::EBADF),
+        let Some((file, overlay)) = self.handles.writer(fh) else {
+            return reply.error(Errno::EBADF);
         };
         // A runtime made read-only (`spfs edit --off`, a commit under way)
         // takes no more writes, even through files opened before.
@@ -335,8 +329,32 @@ impl Filesystem for SpfsFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let change = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+        };
+        let ttl = self.trees.edit_ttl();
         let (overlay, node) = match self.trees.editable_node(req.pid(), ino) {
             Ok(found) => found,
+            // A file still open for writing through an overlay the runtime
+            // no longer shows (`ftruncate` of a log after `spfs reset
+            // OTHER`): the change goes to that open file.
+            Err(Errno::ESTALE) => {
+                let Some((file, overlay)) = fh.and_then(|fh| self.handles.writer(fh)) else {
+                    return reply.error(Errno::ESTALE);
+                };
+                let node = crate::vfs::inode::decode(ino).1;
+                return self.offload(move || {
+                    match overlay.setattr_superseded(node, change, &file) {
+                        Ok(attr) => reply.attr(&ttl, &attr),
+                        Err(errno) => reply.error(errno),
+                    }
+                });
+            }
             Err(errno) => return reply.error(errno),
         };
         let open = fh.and_then(|fh| match self.handles.lock().get(&fh.0) {
@@ -356,15 +374,6 @@ impl Filesystem for SpfsFs {
                 .or_else(|| self.handles.file_of(ino, None, false)),
             open => open,
         };
-        let change = SetAttr {
-            mode,
-            uid,
-            gid,
-            size,
-            atime,
-            mtime,
-        };
-        let ttl = self.trees.edit_ttl();
         self.offload(
             move || match overlay.setattr(node, change, open.as_deref()) {
                 Ok(attr) => reply.attr(&ttl, &attr),

@@ -75,6 +75,19 @@ impl Handles {
         }
     }
 
+    /// The open file of handle `fh` and the overlay it writes to, if it
+    /// was opened for writing.
+    pub fn writer(&self, fh: FileHandle) -> Option<(Arc<File>, Arc<Overlay>)> {
+        match self.lock().get(&fh.0) {
+            Some(Handle::File {
+                file,
+                writes: Some(overlay),
+                ..
+            }) => Some((Arc::clone(file), Arc::clone(overlay))),
+            _ => None,
+        }
+    }
+
     /// An open file of inode `ino`: handle `fh` if it is one, else any
     /// (`writable`: one that writes to an editable view).
     pub fn file_of(

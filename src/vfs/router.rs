@@ -78,6 +78,9 @@ impl Router {
         let Some(route) = self.membership.remove(id) else {
             return false;
         };
+        if let Shown::Overlay(overlay) = &route.shown {
+            overlay.end();
+        }
         self.let_go(&route.shown, None);
         drop(route);
         self.registry.forget_dropped();

@@ -121,6 +121,19 @@ impl Overlay {
         self.attr(&tree, node)
     }
 
+    /// `setattr` through `file`, open for writing through this overlay
+    /// after no runtime shows it any more: as a data write through it, it
+    /// lands unless the runtime's changes take no writes.
+    pub fn setattr_superseded(
+        &self,
+        node: u32,
+        change: SetAttr,
+        file: &File,
+    ) -> Result<FileAttr, Errno> {
+        let _pass = self.scratch.writes().pass().ok_or(Errno::EROFS)?;
+        self.setattr_open(node, change, file)
+    }
+
     /// `setattr` on a deleted node, through a file it has open.
     fn setattr_open(&self, node: u32, change: SetAttr, file: &File) -> Result<FileAttr, Errno> {
         use std::os::fd::AsFd;

@@ -14,13 +14,16 @@
 //! kernel's caches of the old one cannot leak into it. All changes to one
 //! overlay's tree are made under its lock, so two processes of a runtime
 //! see one order of events. Data writes do not take that lock (they would
-//! serialize every write of a runtime): each holds a pass of the write gate
+//! serialize every write of a runtime): each holds a pass of the runtime's
+//! write gate (`runtime::writes`, shared by every overlay of its changes)
 //! across its check and its `pwrite` instead. A freeze
-//! ([`Overlay::set_editable`]`(false)`, [`Overlay::supersede`]) takes both
-//! the lock and the gate, so it returns only once every change and every
-//! data write already under way has reached the scratch directory, and none
-//! starts after it: `spfs commit` and `spfs edit --off` then read changes
-//! that no longer move.
+//! ([`Overlay::set_editable`]`(false)`) takes both the lock and the gate,
+//! so it returns only once every change and every data write already under
+//! way has reached the scratch directory, and none starts after it: `spfs
+//! commit` and `spfs edit --off` then read changes that no longer move. An
+//! overlay the runtime no longer shows ([`Overlay::supersede`]: reset,
+//! another stack) takes no tree change, but its open files write on, into
+//! the same scratch files, until the runtime is frozen or ends.
 
 pub mod attr;
 pub mod write;
@@ -32,7 +35,7 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use fuser::{Errno, FileAttr, FileType};
 
@@ -48,8 +51,9 @@ pub struct Overlay {
     pub id: u64,
     /// The layers, read-only.
     pub lower: Arc<View>,
+    /// Its changes; their [`Scratch::writes`] says whether writes land,
+    /// for this overlay and every other of the runtime's.
     pub scratch: Arc<Scratch>,
-    editable: AtomicBool,
     /// No runtime shows it any more (it was reset, shows another stack, or
     /// ended); only its open files still work. Its tree no longer matches
     /// the scratch directory, where another overlay may make anything
@@ -57,10 +61,6 @@ pub struct Overlay {
     /// up through it again.
     superseded: AtomicBool,
     tree: Mutex<Tree>,
-    /// Data writes under way each hold a pass (shared); a freeze takes the
-    /// gate exclusively, so it waits for them, and writes that come after
-    /// it see that the overlay takes no more.
-    gate: RwLock<()>,
 }
 
 struct Tree {
@@ -124,54 +124,61 @@ impl Overlay {
             upper: scratch.is_made(),
             gone: false,
         };
+        scratch.writes().set(editable);
         Ok(Overlay {
             id,
             lower,
             scratch,
-            editable: AtomicBool::new(editable),
             superseded: AtomicBool::new(false),
             tree: Mutex::new(Tree {
                 nodes: vec![root],
                 index: HashMap::new(),
                 masks,
             }),
-            gate: RwLock::new(()),
         })
     }
 
+    /// Whether its tree takes changes: the runtime's changes take writes,
+    /// and a runtime still shows this overlay.
     pub fn is_editable(&self) -> bool {
-        self.editable.load(Ordering::Acquire)
+        self.scratch.writes().is_open() && !self.is_superseded()
     }
 
     /// Writes `data` at `offset` of `file`, a file of this overlay opened
-    /// for writing (copied up at its open), unless the overlay takes no
-    /// more writes.
+    /// for writing (copied up at its open), unless the runtime's changes
+    /// take no more writes. A superseded overlay's open files write on:
+    /// each is the same file in the scratch directory.
     pub fn write(&self, file: &File, offset: u64, data: &[u8]) -> Result<(), Errno> {
-        let _pass = crate::sync::read(&self.gate);
-        self.check_editable()?;
+        let _pass = self.scratch.writes().pass().ok_or(Errno::EROFS)?;
         if let Some(stall) = write_stall() {
             std::thread::sleep(stall);
         }
         std::os::unix::fs::FileExt::write_all_at(file, data, offset).map_err(errno)
     }
 
-    /// Accept or refuse writes from now on; the changes stay either way.
-    /// Taken under the lock and the write gate, so every change and data
-    /// write already under way finishes first. Blocking: call it off the
-    /// async workers.
+    /// Accept or refuse writes from now on, through this overlay and every
+    /// other of the runtime's changes; the changes stay either way. Taken
+    /// under the lock and the write gate, so every change and data write
+    /// already under way finishes first. Blocking: call it off the async
+    /// workers.
     pub fn set_editable(&self, editable: bool) {
         let _tree = self.lock();
-        let _gate = crate::sync::write(&self.gate);
-        self.editable.store(editable, Ordering::Release);
+        self.scratch.writes().set(editable);
     }
 
-    /// No runtime shows it any more: read-only, and its nodes are stale
-    /// (see `superseded`). Frozen as [`Overlay::set_editable`] freezes.
+    /// No runtime shows it any more (it was reset or shows another stack):
+    /// its nodes are stale (see `superseded`), its tree takes no change;
+    /// data writes through its open files go on as the runtime's do.
+    /// Taken under the lock, so a change under way finishes first.
     pub fn supersede(&self) {
         let _tree = self.lock();
-        let _gate = crate::sync::write(&self.gate);
-        self.editable.store(false, Ordering::Release);
         self.superseded.store(true, Ordering::Release);
+    }
+
+    /// The runtime ended: superseded, and nothing more is written.
+    pub fn end(&self) {
+        self.set_editable(false);
+        self.supersede();
     }
 
     pub fn is_superseded(&self) -> bool {
