@@ -41,6 +41,11 @@
 //! - [`launcher`]: [`ensure_service_running`] and `spfs run`'s `Mount`: the
 //!   cold path as a driver over explicit steps, every retry in one place.
 //! - [`commands`]: what the two binaries do for each subcommand.
+//!
+//! Beside the map: `sync` (locks a panic does not poison), `private_dir`
+//! (the checks of the directories only the user may write), and
+//! `test_hooks` (where a test can make the binaries stall, to kill them
+//! at an exact point).
 
 pub mod client;
 pub mod commands;
@@ -60,6 +65,7 @@ pub mod settings;
 pub mod storage;
 mod sync;
 pub mod telemetry;
+mod test_hooks;
 pub mod tracking;
 pub mod vfs;
 

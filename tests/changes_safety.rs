@@ -136,3 +136,218 @@ fn files_open_for_writing_keep_writing_after_a_reset_of_another_path_or_a_stack_
 fn wait_exists(env: &TestEnv, path: &Path) -> bool {
     env.wait_for(Duration::from_secs(5), || path.exists())
 }
+
+/// The digest a commit reported on stderr (`created digest=...`), first one.
+fn created_digest(stderr: &str) -> String {
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("created digest="))
+        .unwrap_or_else(|| panic!("no digest reported: {stderr}"))
+        .to_owned()
+}
+
+#[test]
+fn a_service_killed_during_a_commits_stack_change_leaves_one_whole_runtime() {
+    // Killed after the new stack was saved, and again half way through
+    // dropping the changes (the markers set aside, the files not yet).
+    for point in ["stack_change.saved", "drop_all.masks_aside"] {
+        let env = TestEnv::with_base_to_edit();
+        let marker = env.root.path().join("paused");
+        let child = env
+            .spfs(&["run", "--runtime-name", "c", "-e", "base", "--", "sh", "-c"])
+            .arg(
+                "echo new > $M/etc/version; rm $M/etc/gone; mkdir $M/opt; echo t > $M/opt/tool; \
+                 $SPFS commit layer; echo rc=$?",
+            )
+            .env("M", &env.mountpoint)
+            .env("SPFS", SPFS)
+            .env("SPFS_TEST_PAUSE", format!("{point}:{}", marker.display()))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        assert!(
+            env.wait_for(Duration::from_secs(30), || marker.exists()),
+            "{point}: the service never reached the point"
+        );
+        env.kill_service();
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        let layer = created_digest(&err);
+        assert!(stdout(&out).ends_with("rc=1\n"), "{point}: {}", stdout(&out));
+        assert!(
+            err.contains(&format!("layer {layer} was committed")) && err.contains("never less"),
+            "{point}: {err}"
+        );
+        // The next service finds the runtime with the new stack saved and
+        // shows exactly what the runtime showed before the commit.
+        let info = stdout(&run_ok(&mut env.spfs(&["runtime", "info", "c"])));
+        let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+        let stack = info["stack"].as_array().unwrap();
+        let last = stack.last().unwrap().as_str().unwrap();
+        assert_eq!(
+            last.trim_end_matches('='),
+            layer.trim_end_matches('='),
+            "{point}: {info}"
+        );
+        let shown = env.sh_ok(
+            &["--rerun", "c"],
+            "cat $M/etc/version; ls $M/etc; cat $M/opt/tool",
+        );
+        assert_eq!(shown, "new\nversion\nt\n", "{point}");
+    }
+}
+
+/// Moves the local repository to `origin` (a secondary repository, as a
+/// studio's origin is), leaving no local repository at all.
+fn move_repo_to_origin(env: &TestEnv) -> std::path::PathBuf {
+    let origin = env.root.path().join("origin");
+    std::fs::rename(&env.repo, &origin).unwrap();
+    origin
+}
+
+#[test]
+fn commit_platform_and_ref_over_a_base_only_in_a_secondary_repository() {
+    let env = TestEnv::with_base_to_edit();
+    let origin = move_repo_to_origin(&env);
+    let address = format!("file://{}", origin.display());
+    let out = env
+        .spfs(&["run", "-e", "base", "--", "sh", "-c"])
+        .arg("echo built > $M/etc/built; $SPFS commit platform; echo rc=$?")
+        .env("M", &env.mountpoint)
+        .env("SPFS", SPFS)
+        .env("SPFS_REMOTE_origin_ADDRESS", &address)
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(text.ends_with("rc=0\n"), "{text}{}", stderr(&out));
+    let platform = text.lines().next().unwrap().to_owned();
+    assert!(env.repo.join("VERSION").exists(), "the local repository was made");
+    let shown = run_ok(
+        env.spfs(&["run", &platform, "--", "cat"])
+            .arg(env.mountpoint.join("etc/built"))
+            .arg(env.mountpoint.join("etc/version"))
+            .env("SPFS_REMOTE_origin_ADDRESS", &address),
+    );
+    assert_eq!(stdout(&shown), "built\n1.0\n");
+    // `spfs commit --ref` of the same base works too.
+    let by_ref = env
+        .spfs(&["commit", "--ref", "base"])
+        .env("SPFS_REMOTE_origin_ADDRESS", &address)
+        .output()
+        .unwrap();
+    assert!(by_ref.status.success(), "{}", stderr(&by_ref));
+}
+
+#[test]
+fn commit_layer_on_a_fresh_machine_makes_the_local_repository() {
+    let env = TestEnv::new();
+    std::fs::remove_dir_all(&env.repo).unwrap();
+    let out = env.sh(&["-"], "echo x > $M/f; $SPFS commit layer; echo rc=$?");
+    assert!(stdout(&out).ends_with("rc=0\n"), "{}{}", stdout(&out), stderr(&out));
+    let layer = stdout(&out).lines().next().unwrap().to_owned();
+    let shown = run_ok(
+        env.spfs(&["run", &layer, "--", "cat"])
+            .arg(env.mountpoint.join("f")),
+    );
+    assert_eq!(stdout(&shown), "x\n");
+}
+
+#[test]
+fn a_commit_whose_tag_cannot_be_written_keeps_the_runtime_editable_and_names_the_digest() {
+    let env = TestEnv::with_base_to_edit();
+    // A file where the tag's folder should be.
+    std::fs::write(env.repo.join("tags/broken"), "not a folder").unwrap();
+    let out = env.sh(
+        &["-e", "base"],
+        "echo mine > $M/etc/mine; $SPFS commit layer -t broken/tag; echo rc=$?; \
+         echo more >> $M/etc/mine && cat $M/etc/mine; $SPFS diff",
+    );
+    let err = stderr(&out);
+    let digest = created_digest(&err);
+    assert!(
+        err.contains(&format!("{digest} was committed, but tag \"broken/tag\"")),
+        "{err}"
+    );
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "rc=1\nmine\nmore\n+{}/etc/mine\n",
+            env.mountpoint.display()
+        ),
+        "editable again, with its changes: {err}"
+    );
+}
+
+#[test]
+fn keep_runtime_without_edit_keeps_a_read_only_runtime_to_rerun() {
+    let env = TestEnv::with_base_to_edit();
+    run_ok(&mut env.spfs(&[
+        "run",
+        "--keep-runtime",
+        "--runtime-name",
+        "ro",
+        "base",
+        "--",
+        "true",
+    ]));
+    let list = stdout(&run_ok(&mut env.spfs(&["runtime", "list"])));
+    assert!(
+        list.contains("ro ") && list.contains("editable=false\tdurable=true\tstatus=saved"),
+        "{list}"
+    );
+    let again = env.sh(
+        &["--rerun", "ro"],
+        "cat $M/etc/version; echo x > $M/etc/new 2>/dev/null || echo read-only",
+    );
+    assert_eq!(stdout(&again), "1.0\nread-only\n", "{}", stderr(&again));
+}
+
+#[test]
+fn removing_a_running_durable_runtime_does_what_it_says() {
+    let env = TestEnv::with_base_to_edit();
+    let (held, _) = env.hold_run(
+        &["--keep-runtime", "--runtime-name", "d", "-e", "base"],
+        &format!("echo x > {}/etc/new; echo up", env.mountpoint.display()),
+    );
+    // --force alone ends nothing: the runtime is durable.
+    let refused = env
+        .spfs(&["runtime", "remove", "d", "--force"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("--remove-durable"));
+    let removed = run_ok(&mut env.spfs(&[
+        "runtime",
+        "remove",
+        "d",
+        "--force",
+        "--remove-durable",
+    ]));
+    assert!(stderr(&removed).contains("removed runtime d"));
+    let list = stdout(&run_ok(&mut env.spfs(&["runtime", "list", "-q"])));
+    assert!(!list.lines().any(|l| l == "d"), "{list}");
+    assert!(!env.scratch.join("d").exists(), "its changes are gone");
+    let _ = held.wait_with_output();
+}
+
+#[test]
+fn a_scratch_dir_deleted_under_a_running_runtime_is_made_again() {
+    let env = TestEnv::with_base_to_edit();
+    let out = env.sh(
+        &["--runtime-name", "lost", "-e", "base"],
+        "echo one > $M/etc/one; rm -rf $S/lost; echo two > $M/etc/two && cat $M/etc/two; \
+         $SPFS reset; echo reset=$?; echo three > $M/etc/three && cat $M/etc/three; \
+         ls $S/lost",
+    );
+    assert_eq!(
+        stdout(&out),
+        "two\nreset=0\nthree\nmasks\nruntime.json\nupper\n",
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !env.service_events("service.scratch_recreated").is_empty(),
+        "the loss is logged"
+    );
+}

@@ -14,6 +14,7 @@ use crate::proto::Editability;
 use crate::runtime::changes;
 use crate::runtime::RuntimeInfo;
 use crate::storage::fs::FsRepository;
+use crate::storage::proxy::ProxyRepository;
 use crate::storage::tag::TagSpec;
 use crate::tracking::commit::{commit_dir, commit_platform, CommitStats};
 use crate::tracking::env_spec::EnvSpec;
@@ -126,7 +127,7 @@ fn commit_ref(remote: Option<&str>, reference: &str) -> Result<(FsRepository, Di
         layers.push(repo::resolve_digest(&repos, part)?);
     }
     let repo = repo::writable(remote)?;
-    let platform = commit_platform(&repo, &layers)?;
+    let platform = commit_platform(&repo, &repos, &layers)?;
     Ok((repo, platform))
 }
 
@@ -158,8 +159,15 @@ fn nothing_to_commit(kind: RuntimeCommit) -> Error {
 /// `spfs commit layer|platform`: the changes of the runtime we are in as a
 /// layer, put on top of its stack (the runtime ends read-only with no
 /// changes, as in spfs); for a platform, then a platform of the whole stack.
-/// The runtime is made read-only while its changes are read, and editable
-/// again if anything fails, so nothing is lost.
+///
+/// The runtime is made read-only while its changes are read. Everything
+/// that can fail is done before its stack changes: the layer is written
+/// (its digest printed at once), the platform made (its layers looked up
+/// in the runtime's repositories, as they were resolved), the tags
+/// written. Any failure until then makes the runtime editable again, with
+/// its changes; a failure of the stack change itself leaves the runtime in
+/// one whole state (the service saves the new stack before it drops the
+/// changes), which the error names.
 fn commit_runtime(kind: RuntimeCommit, allow_empty: bool, tags: &[TagSpec]) -> Result<ExitCode> {
     let name = current::active_name(current::Hint::Commit)?;
     let settings = crate::settings::Settings::from_env()?;
@@ -178,31 +186,28 @@ fn commit_runtime(kind: RuntimeCommit, allow_empty: bool, tags: &[TagSpec]) -> R
         }
         // Nothing may change while the changes are read.
         let frozen = current::edit(&channel, &name, false).await?;
-        let committed = match commit_frozen(kind, allow_empty, &frozen) {
-            Ok(committed) => committed,
+        crate::test_hooks::pause("commit.frozen");
+        let prepared = match prepare(kind, allow_empty, &frozen, tags) {
+            Ok(prepared) => prepared,
             Err(err) => return Err(thaw(&channel, &name, err).await),
         };
-        let (repo, digest, read_only) = match committed {
-            Frozen::Done { repo, digest } => {
-                // nothing went on the stack: the runtime stays as it was
+        let read_only = match prepared.layer {
+            None => {
+                // nothing goes on the stack: the runtime stays as it was
                 if let Err(err) = current::edit(&channel, &name, true).await {
                     eprintln!(
                         "spfs commit: warning: {}; make it editable again with `spfs edit`",
                         err.with_fix()
                     );
                 }
-                (repo, digest, false)
+                false
             }
-            Frozen::Layer { repo, layer } => {
-                let stack = put_on_stack(&channel, &name, &frozen, layer).await?;
-                let digest = match kind {
-                    RuntimeCommit::Layer => layer,
-                    RuntimeCommit::Platform => platform_of(&repo, &stack)?,
-                };
-                (repo, digest, true)
+            Some(layer) => {
+                put_on_stack(&channel, &name, &frozen, layer).await?;
+                true
             }
         };
-        finish(&repo, digest, tags)?;
+        print_digest(prepared.digest)?;
         if read_only {
             eprintln!("edit mode disabled");
         }
@@ -210,16 +215,63 @@ fn commit_runtime(kind: RuntimeCommit, allow_empty: bool, tags: &[TagSpec]) -> R
     })
 }
 
+/// What a runtime commit made before the stack changes.
+struct Prepared {
+    /// What the command prints: the layer, or the platform.
+    digest: Digest,
+    /// The layer of changes to put on the stack, if any.
+    layer: Option<Digest>,
+}
+
+/// Everything of a runtime commit that can fail, done while the runtime
+/// is frozen and before its stack changes: the layer, the platform over
+/// the stack it will have, and the tags.
+fn prepare(
+    kind: RuntimeCommit,
+    allow_empty: bool,
+    frozen: &RuntimeInfo,
+    tags: &[TagSpec],
+) -> Result<Prepared> {
+    let repos = current::runtime_repositories(frozen)?;
+    let (repo, prepared) = match commit_frozen(kind, allow_empty, frozen)? {
+        Frozen::Done { repo, digest } => (
+            repo,
+            Prepared {
+                digest,
+                layer: None,
+            },
+        ),
+        Frozen::Layer { repo, layer } => {
+            eprintln!("created digest={layer}");
+            let digest = match kind {
+                RuntimeCommit::Layer => layer,
+                RuntimeCommit::Platform => {
+                    let mut stack = frozen.state.stack.clone();
+                    stack.push(layer.to_base32());
+                    platform_of(&repo, &repos, &stack)?
+                }
+            };
+            let layer = Some(layer);
+            (repo, Prepared { digest, layer })
+        }
+    };
+    if prepared.layer.is_none() || kind == RuntimeCommit::Platform {
+        eprintln!("created digest={}", prepared.digest);
+    }
+    push_tags(&repo, prepared.digest, tags)?;
+    Ok(prepared)
+}
+
 /// Puts the committed `layer` on top of the stack of the runtime `frozen`
 /// showed, dropping its changes (now in the layer); the runtime stays
-/// read-only, as in spfs. Its new stack; on failure the runtime is made
-/// editable again, with its changes.
+/// read-only, as in spfs. On failure the runtime is made editable again if
+/// it still shows its old stack; the error says which state it is in.
 async fn put_on_stack(
     channel: &tonic::transport::Channel,
     name: &str,
     frozen: &RuntimeInfo,
     layer: Digest,
-) -> Result<Vec<String>> {
+) -> Result<()> {
     let old = current::stack_spec(frozen);
     let new = if old.is_empty() {
         layer.to_base32()
@@ -232,16 +284,24 @@ async fn put_on_stack(
         drop_changes: true,
         editable: Editability::ReadOnly,
     };
-    match current::change_stack(channel, name, change).await {
-        Ok(changed) => Ok(changed.state.stack),
-        Err(err) => {
-            let err = Error::Incomplete(format!(
-                "layer {layer} was committed, but the runtime still shows its old stack with its changes: {}",
-                err.with_fix()
-            ));
-            Err(thaw(channel, name, err).await)
-        }
-    }
+    let Err(err) = current::change_stack(channel, name, change).await else {
+        return Ok(());
+    };
+    let why = err.with_fix();
+    // A service that answered kept the old stack: it can take writes again.
+    // One that went away (killed) kept the old stack with its changes or the
+    // new one with the layer, never less; which, its next start shows.
+    Err(match current::edit(channel, name, true).await {
+        Ok(_) => Error::Incomplete(format!(
+            "layer {layer} was committed, but the runtime still shows its old stack, editable, with its changes: {why}"
+        )),
+        Err(again) => Error::Incomplete(format!(
+            "layer {layer} was committed, but putting it on the runtime's stack did not finish: {why}\n  \
+             the runtime keeps either its old stack with its changes, or the new stack with the layer, never less; \
+             see `spfs runtime info {name}` ({})",
+            again.with_fix()
+        )),
+    })
 }
 
 /// What was committed while the runtime was read-only.
@@ -254,10 +314,11 @@ enum Frozen {
 }
 
 fn commit_frozen(kind: RuntimeCommit, allow_empty: bool, runtime: &RuntimeInfo) -> Result<Frozen> {
-    // the runtime's first repository is its local one: the layer goes there
+    // The runtime's first repository is its local one: the layer goes
+    // there, made on first use as spfs makes it.
     let stack = &runtime.state.stack;
     let repo = match runtime.state.repositories.first() {
-        Some(first) => FsRepository::open(first)?,
+        Some(first) => FsRepository::create(first)?,
         None => repo::writable(None)?,
     };
     let repos = current::runtime_repositories(runtime)?;
@@ -305,7 +366,7 @@ fn commit_frozen(kind: RuntimeCommit, allow_empty: bool, runtime: &RuntimeInfo) 
             if stack.is_empty() && !allow_empty {
                 return Err(nothing_to_commit(kind));
             }
-            let digest = platform_of(&repo, stack)?;
+            let digest = platform_of(&repo, &repos, stack)?;
             Ok(Frozen::Done { repo, digest })
         }
     }
@@ -325,9 +386,10 @@ fn check_platform_stack(stack: &[String]) -> Result<Vec<Digest>> {
         .collect()
 }
 
-/// A platform of a runtime's stack (bottom to top).
-fn platform_of(repo: &FsRepository, stack: &[String]) -> Result<Digest> {
-    Ok(commit_platform(repo, &check_platform_stack(stack)?)?)
+/// A platform of a runtime's stack (bottom to top), written to `repo`; its
+/// layers may live in any of the runtime's repositories.
+fn platform_of(repo: &FsRepository, repos: &ProxyRepository, stack: &[String]) -> Result<Digest> {
+    Ok(commit_platform(repo, repos, &check_platform_stack(stack)?)?)
 }
 
 /// Makes the runtime editable again after a failed commit; returns `err`,
@@ -343,16 +405,34 @@ async fn thaw(channel: &tonic::transport::Channel, name: &str, err: Error) -> Er
     }
 }
 
-/// Tags `digest`, then reports it as spfs does.
-fn finish(repo: &FsRepository, digest: Digest, tags: &[TagSpec]) -> Result<ExitCode> {
-    eprintln!("created digest={digest}");
+/// Tags `digest`, reporting each tag as spfs does.
+fn push_tags(repo: &FsRepository, digest: Digest, tags: &[TagSpec]) -> Result<()> {
     for tag in tags {
-        repo.push_tag(tag, &digest)?;
+        repo.push_tag(tag, &digest).map_err(|err| {
+            Error::Incomplete(format!(
+                "{digest} was committed, but tag {:?} could not be written: {}",
+                tag.to_string(),
+                crate::telemetry::with_fix(&err.to_string(), err.fix().as_deref())
+            ))
+        })?;
         eprintln!("created tag={:?}", tag.to_string());
     }
+    Ok(())
+}
+
+/// The digest on stdout, for scripts.
+fn print_digest(digest: Digest) -> Result<()> {
     let mut out = Out::new();
     out.line(digest)?;
     out.finish()?;
+    Ok(())
+}
+
+/// Tags `digest`, then reports it as spfs does.
+fn finish(repo: &FsRepository, digest: Digest, tags: &[TagSpec]) -> Result<ExitCode> {
+    eprintln!("created digest={digest}");
+    push_tags(repo, digest, tags)?;
+    print_digest(digest)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -449,7 +529,7 @@ mod tests {
         assert!(repo.has_object(&layer));
         // a directory layer cannot be named by a platform
         let with_dir = vec![runtime.state.stack[0].clone(), "/some/dir".to_string()];
-        let err = platform_of(&repo, &with_dir).unwrap_err();
+        let err = platform_of(&repo, &ProxyRepository::from_repositories(Vec::new()), &with_dir).unwrap_err();
         assert!(err.to_string().contains("--path /some/dir"), "{err}");
     }
 }

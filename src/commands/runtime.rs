@@ -186,7 +186,7 @@ fn check_removal(runtime: &RuntimeInfo, force: bool, remove_durable: bool) -> Op
             runtime.root_pid.unwrap_or(0)
         )));
     }
-    if !runtime.is_running() && runtime.state.durable && !remove_durable {
+    if runtime.state.durable && !remove_durable {
         return Some(Refusal::Durable(format!(
             "won't remove {name}: the runtime is durable (--keep-runtime) and its changes would be lost; use --remove-durable to remove it"
         )));
@@ -225,7 +225,10 @@ pub fn runtime_remove(names: &[String], force: bool, remove_durable: bool) -> Ex
                         }))
                         .await
                         .map_err(|s| Error::rpc(format!("cannot remove {}", runtime.name()), s))?;
-                } else {
+                }
+                // Ended, a durable runtime (or one the service keeps) is
+                // stopped with its changes: those go too.
+                if runtime.root_pid.is_none() || runtime.state.durable {
                     remove_stopped(&settings, &channel, runtime.name()).await?;
                 }
                 eprintln!("removed runtime {}", runtime.name());
@@ -331,6 +334,13 @@ mod tests {
             check_removal(&saved, true, false),
             Some(Refusal::Durable(_))
         ));
+        // running and durable: --force ends it, --remove-durable is needed too
+        let live_durable = runtime("d", true, true);
+        assert!(matches!(
+            check_removal(&live_durable, true, false),
+            Some(Refusal::Durable(_))
+        ));
+        assert_eq!(check_removal(&live_durable, true, true), None);
         assert_eq!(check_removal(&saved, false, true), None);
         assert_eq!(
             check_removal(&runtime("c", false, false), false, false),

@@ -17,6 +17,8 @@
 //!                  (renamed there when complete); whatever is left here
 //!                  is a crash's leftover, deleted when the runtime is
 //!                  next shown, and never a change
+//!   dropped/       changes on their way out after a commit put them in a
+//!                  layer (`Scratch::drop_all`); a crash's leftover too
 //! ```
 //!
 //! The format is plain files so a crash of the service loses nothing that
@@ -41,6 +43,9 @@ use std::sync::{Mutex, MutexGuard};
 use super::state::RuntimeState;
 use super::writes::Writes;
 
+/// Where [`Scratch::drop_all`] sets changes aside before deleting them.
+const DROPPED: &str = "dropped";
+
 pub struct Scratch {
     root: PathBuf,
     upper: PathBuf,
@@ -50,7 +55,8 @@ pub struct Scratch {
     /// This `Scratch` made `root` itself (a failed `make` is completed, but
     /// a directory someone else made is never taken over).
     root_made: AtomicBool,
-    /// The state to write when the directory is made; taken while making.
+    /// The latest state saved: written when the directory is made (or
+    /// made again, [`Scratch::recover_if_lost`]).
     pending: Mutex<Option<RuntimeState>>,
     /// Whether writes land here, for every overlay of these changes.
     writes: Writes,
@@ -90,17 +96,13 @@ impl Scratch {
         }
     }
 
-    /// Opens the directory of an existing runtime.
+    /// Opens the directory of an existing runtime. An `upper/` or `masks/`
+    /// missing (a crash while changes were dropped, see
+    /// [`Scratch::drop_all`]) is made again, empty; anything else in their
+    /// place is refused.
     pub fn open(root: &Path) -> io::Result<Scratch> {
         let scratch = Scratch::at(root, true);
-        for dir in [&scratch.upper, &scratch.masks] {
-            if !std::fs::symlink_metadata(dir)?.is_dir() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{} is not a directory", dir.display()),
-                ));
-            }
-        }
+        scratch.make_missing_dirs()?;
         Ok(scratch)
     }
 
@@ -162,21 +164,61 @@ impl Scratch {
             std::fs::DirBuilder::new().mode(0o700).create(&self.root)?;
             self.root_made.store(true, Ordering::Release);
         }
-        for (dir, mode) in [(&self.upper, 0o755), (&self.masks, 0o700)] {
-            match std::fs::DirBuilder::new().mode(mode).create(dir) {
-                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
-                    if !std::fs::symlink_metadata(dir)?.is_dir() {
-                        return Err(err);
-                    }
-                }
-                other => other?,
-            }
-        }
+        self.make_missing_dirs()?;
         if let Some(state) = pending.as_ref() {
             state.write(&self.root, state.durable)?;
         }
         self.made.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Makes `upper/` and `masks/` if they are missing; a file or symlink
+    /// in their place is refused.
+    fn make_missing_dirs(&self) -> io::Result<()> {
+        for (dir, mode) in [(&self.upper, 0o755), (&self.masks, 0o700)] {
+            match std::fs::DirBuilder::new().mode(mode).create(dir) {
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+                    if !std::fs::symlink_metadata(dir)?.is_dir() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("{} is not a directory", dir.display()),
+                        ));
+                    }
+                }
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The directory of a made runtime is gone from under it (a cache
+    /// cleaner deleted it): makes it again, empty, with the runtime's last
+    /// state, and says so (true). Its changes are lost; the runtime goes on.
+    pub fn recover_if_lost(&self) -> io::Result<bool> {
+        if !self.is_made() || std::fs::symlink_metadata(&self.upper).is_ok() {
+            return Ok(false);
+        }
+        let latest = self.lock_pending();
+        if let Some(parent) = self.root.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(&self.root) {
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+            other => other?,
+        }
+        self.make_missing_dirs()?;
+        if let Some(state) = latest.as_ref() {
+            state.write(&self.root, state.durable)?;
+        }
+        tracing::warn!(
+            event = "service.scratch_recreated",
+            scratch_dir = %self.root.display(),
+            "a running runtime's scratch directory was deleted by something else; made again, empty (its changes were lost)"
+        );
+        Ok(true)
     }
 
     fn lock_pending(&self) -> MutexGuard<'_, Option<RuntimeState>> {
@@ -215,16 +257,14 @@ impl Scratch {
     /// durable runtime's directory is made now, so it can be re-entered
     /// whatever happens; another's keeps the state until it is made.
     pub fn write_state(&self, state: &RuntimeState) -> io::Result<()> {
+        let mut latest = self.lock_pending();
+        *latest = Some(state.clone());
         if !self.is_made() {
-            let mut pending = self.lock_pending();
-            if !self.is_made() {
-                *pending = Some(state.clone());
-                drop(pending);
-                return match state.durable {
-                    true => self.make(),
-                    false => Ok(()),
-                };
-            }
+            drop(latest);
+            return match state.durable {
+                true => self.make(),
+                false => Ok(()),
+            };
         }
         state.write(&self.root, state.durable)
     }
@@ -232,10 +272,8 @@ impl Scratch {
     /// Saves the state of a runtime kept after its end, synced to disk
     /// (its directory made if it was not: a stopped runtime is on disk).
     pub fn keep_state(&self, state: &RuntimeState) -> io::Result<()> {
-        if !self.is_made() {
-            *self.lock_pending() = Some(state.clone());
-            self.make()?;
-        }
+        *self.lock_pending() = Some(state.clone());
+        self.make()?;
         state.write(&self.root, true)
     }
 
@@ -322,6 +360,7 @@ impl Scratch {
             // Nothing changed yet: nothing to drop.
             return Ok(());
         }
+        self.recover_if_lost()?;
         let upper = crate::dirfd::Dir::open_exact(&self.upper)?;
         let masks = crate::dirfd::Dir::open_exact(&self.masks)?;
         if paths.is_empty() {
@@ -333,6 +372,50 @@ impl Scratch {
             masks.remove_below(path)?;
         }
         Ok(())
+    }
+
+    /// Drops every change after the runtime's new state was saved (its
+    /// changes are in a layer on its stack now: `spfs commit`), so a crash
+    /// at any point leaves one whole state: `masks/` is renamed aside
+    /// first, then `upper/` (each one rename), then both are made again
+    /// and what was set aside is deleted. Any subset of the changes left
+    /// over the new stack shows exactly what the stack shows (the layer
+    /// holds them all, masks included); a missing `upper/` or `masks/` is
+    /// made again by [`Scratch::open`]; what was set aside is deleted when
+    /// the runtime is next shown ([`Scratch::clear_leftovers`]).
+    pub fn drop_all(&self) -> io::Result<()> {
+        if !self.is_made() {
+            return Ok(());
+        }
+        self.recover_if_lost()?;
+        let aside = self.root.join(DROPPED);
+        match std::fs::DirBuilder::new().mode(0o700).create(&aside) {
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+            other => other?,
+        }
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let masks_aside = aside.join(format!("masks.{n}"));
+        std::fs::rename(&self.masks, &masks_aside)?;
+        crate::test_hooks::pause("drop_all.masks_aside");
+        if let Err(err) = std::fs::rename(&self.upper, aside.join(format!("upper.{n}"))) {
+            // the changes stay whole, for the old state the caller saves back
+            std::fs::rename(&masks_aside, &self.masks)?;
+            return Err(err);
+        }
+        self.make_missing_dirs()?;
+        remove_any(&aside)
+    }
+
+    /// Deletes what a crash left half done: copies on their way into
+    /// `upper/` (`work/`) and changes set aside to be dropped. Never
+    /// anyone's change.
+    pub fn clear_leftovers(&self) {
+        if self.is_made() {
+            for leftover in ["work", DROPPED] {
+                let _ = remove_any(&self.root.join(leftover));
+            }
+        }
     }
 
     /// Deletes the whole runtime directory, if this `Scratch` has one: an

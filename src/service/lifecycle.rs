@@ -189,7 +189,9 @@ impl Lifecycle {
             durable: ask.durable,
             created_unix: unix_now(),
         };
-        if !ask.editable {
+        // A durable read-only runtime is kept too (as spfs keeps it): its
+        // state needs a directory, and it shows a read-only overlay.
+        if !ask.editable && !ask.durable {
             let shown = Shown::View(Arc::clone(&built.view));
             let runtime = self.table.attach(ask.pid, state, shown.clone(), None)?;
             return Ok(Attached {
@@ -347,9 +349,7 @@ impl Lifecycle {
             (None, false) => None,
         };
         if let (Some(scratch), true) = (&scratch, drop_changes) {
-            scratch
-                .reset(&[])
-                .map_err(|e| RuntimeError::scratch("cannot drop the changes", e))?;
+            drop_changes_for(scratch, &member.state, &state)?;
         }
         let shown = match &scratch {
             Some(scratch) => self.overlay_for(view, scratch, state.editable)?,
@@ -421,6 +421,25 @@ impl Lifecycle {
             }
         }
     }
+}
+
+/// Drops a runtime's changes for a new stack, so a crash at any point
+/// leaves one whole state: the new state is saved first (a commit's layer
+/// on the stack then holds every change still on disk), then the changes
+/// go ([`Scratch::drop_all`]). On failure the old state is saved back.
+fn drop_changes_for(
+    scratch: &Scratch,
+    old: &RuntimeState,
+    new: &RuntimeState,
+) -> Result<(), RuntimeError> {
+    scratch
+        .write_state(new)
+        .map_err(|e| RuntimeError::scratch(format!("cannot save runtime {:?}", new.name), e))?;
+    crate::test_hooks::pause("stack_change.saved");
+    scratch.drop_all().map_err(|e| {
+        let _ = scratch.write_state(old);
+        RuntimeError::scratch("cannot drop the changes", e)
+    })
 }
 
 /// A runtime may only be given to the caller's own process tree: the root pid

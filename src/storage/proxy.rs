@@ -38,6 +38,11 @@ impl ProxyRepository {
         &self.repos
     }
 
+    /// Whether any of the repositories has object `digest`.
+    pub fn has_object(&self, digest: &Digest) -> bool {
+        self.repos.iter().any(|repo| repo.has_object(digest))
+    }
+
     /// Roots, for messages.
     pub fn roots(&self) -> Vec<&Path> {
         self.repos.iter().map(|r| r.root()).collect()

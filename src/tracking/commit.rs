@@ -22,6 +22,7 @@ use crate::encoding::Digest;
 use crate::graph::{Blob, EntryKind, Layer, Object, Platform};
 use crate::storage::error::StorageError;
 use crate::storage::fs::BatchWriter;
+use crate::storage::proxy::ProxyRepository;
 use crate::storage::FsRepository;
 
 /// Files up to this size are read whole and hashed before anything is
@@ -190,13 +191,17 @@ fn entry_at_mut<'e>(root: &'e mut Entry, at: &[String]) -> Option<&'e mut Entry>
     Some(entry)
 }
 
-/// Commit a stack of existing layers (or platforms), bottom first.
+/// Commit a stack of existing layers (or platforms), bottom first, into
+/// `repo`. Each must be in `repo` or in one of `also_in` (the repositories
+/// the stack was resolved in: a base from origin under a build committed
+/// locally, as spfs allows).
 pub fn commit_platform(
     repo: &FsRepository,
+    also_in: &ProxyRepository,
     layers_bottom_up: &[Digest],
 ) -> Result<Digest, StorageError> {
     for layer in layers_bottom_up {
-        if !repo.has_object(layer) {
+        if !repo.has_object(layer) && !also_in.has_object(layer) {
             return Err(StorageError::UnknownObject(*layer));
         }
     }

@@ -113,9 +113,7 @@ impl Overlay {
         let masks: HashSet<PathBuf> = scratch.masks()?.into_iter().collect();
         // Copies left half-made by a crash (or by the overlay this one
         // replaces, which takes no more writes): never anyone's file.
-        if scratch.is_made() {
-            let _ = crate::runtime::scratch::remove_any(&scratch.root().join("work"));
-        }
+        scratch.clear_leftovers();
         let root = Node {
             parent: 0,
             name: OsString::new(),
@@ -150,7 +148,7 @@ impl Overlay {
     /// each is the same file in the scratch directory.
     pub fn write(&self, file: &File, offset: u64, data: &[u8]) -> Result<(), Errno> {
         let _pass = self.scratch.writes().pass().ok_or(Errno::EROFS)?;
-        if let Some(stall) = write_stall() {
+        if let Some(stall) = crate::test_hooks::write_stall() {
             std::thread::sleep(stall);
         }
         std::os::unix::fs::FileExt::write_all_at(file, data, offset).map_err(errno)
@@ -214,8 +212,33 @@ impl Overlay {
                 errno(err)
             })?;
             tree.nodes[0].upper = true;
+        } else {
+            self.recovered(tree);
         }
         Ok(())
+    }
+
+    /// Whether the scratch directory was gone (deleted by something else)
+    /// and is made again, empty: the tree then forgets every change. Checked
+    /// before each change, and when a read finds a change's file missing.
+    fn recovered(&self, tree: &mut Tree) -> bool {
+        match self.scratch.recover_if_lost() {
+            Ok(true) => {
+                forget_changes(tree);
+                true
+            }
+            Ok(false) => false,
+            Err(err) => {
+                tracing::warn!(
+                    event = "service.scratch_failed",
+                    view_id = self.id,
+                    scratch_dir = %self.scratch.root().display(),
+                    error = %err,
+                    "cannot make a deleted scratch directory again; the runtime's changes fail"
+                );
+                false
+            }
+        }
     }
 
     /// Whether node `index` was handed out by this overlay.
@@ -249,13 +272,25 @@ impl Overlay {
     /// The child `name` of directory `dir`: its node and attributes.
     pub fn lookup(&self, dir: u32, name: &OsStr) -> Result<(u32, FileAttr), Errno> {
         let mut tree = self.lock();
-        let child = self.child(&mut tree, dir, name)?.ok_or(Errno::ENOENT)?;
-        Ok((child, self.attr(&tree, child)?))
+        let found = self.child(&mut tree, dir, name).and_then(|child| {
+            let child = child.ok_or(Errno::ENOENT)?;
+            Ok((child, self.attr(&tree, child)?))
+        });
+        match found {
+            Err(Errno::ENOENT) if self.recovered(&mut tree) => {
+                let child = self.child(&mut tree, dir, name)?.ok_or(Errno::ENOENT)?;
+                Ok((child, self.attr(&tree, child)?))
+            }
+            found => found,
+        }
     }
 
     pub fn getattr(&self, node: u32) -> Result<FileAttr, Errno> {
-        let tree = self.lock();
-        self.attr(&tree, node)
+        let mut tree = self.lock();
+        match self.attr(&tree, node) {
+            Err(Errno::ENOENT) if self.recovered(&mut tree) => self.attr(&tree, node),
+            found => found,
+        }
     }
 
     /// The target of a symlink node.
@@ -333,7 +368,10 @@ impl Overlay {
     /// The entries of directory `dir`, each with its node, sorted by name.
     pub fn list(&self, dir: u32) -> Result<Vec<Listed>, Errno> {
         let mut tree = self.lock();
-        let names = self.names(&tree, dir)?;
+        let names = match self.names(&tree, dir) {
+            Err(Errno::ENOENT) if self.recovered(&mut tree) => self.names(&tree, dir)?,
+            names => names?,
+        };
         let mut listed = Vec::with_capacity(names.len());
         for name in names {
             // A name that vanished from the disk under us is left out.
@@ -489,15 +527,16 @@ impl Overlay {
     }
 }
 
-/// For tests only: how long every data write stalls before it reaches the
-/// disk (`SPFS_TEST_WRITE_STALL`, as a slow disk or network filesystem
-/// would make it), so a test can race a freeze against a write under way.
-fn write_stall() -> Option<std::time::Duration> {
-    static STALL: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
-    *STALL.get_or_init(|| {
-        let text = std::env::var("SPFS_TEST_WRITE_STALL").ok()?;
-        crate::settings::parse_duration(&text).ok()
-    })
+/// The scratch directory was made again, empty: nothing of the tree is in
+/// it any more. Paths of the layers show the layers again; paths that
+/// were only changes are gone.
+fn forget_changes(tree: &mut Tree) {
+    tree.masks.clear();
+    for node in tree.nodes.iter_mut().skip(1) {
+        node.upper = false;
+        node.gone |= node.lower.is_none();
+    }
+    tree.index.retain(|_, node| !tree.nodes[*node as usize].gone);
 }
 
 /// A name the kernel may send: one non-empty component, within NAME_MAX.
