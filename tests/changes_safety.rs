@@ -342,7 +342,7 @@ fn a_scratch_dir_deleted_under_a_running_runtime_is_made_again() {
     );
     assert_eq!(
         stdout(&out),
-        "two\nreset=0\nthree\nmasks\nruntime.json\nupper\n",
+        "two\nreset=0\nthree\nin-use\nmasks\nruntime.json\nupper\n",
         "{}",
         stderr(&out)
     );
@@ -350,4 +350,43 @@ fn a_scratch_dir_deleted_under_a_running_runtime_is_made_again() {
         !env.service_events("service.scratch_recreated").is_empty(),
         "the loss is logged"
     );
+}
+
+#[test]
+fn another_service_or_shell_never_takes_a_running_runtime_for_a_stopped_one() {
+    let env = TestEnv::with_base_to_edit();
+    let (held, _) = env.hold_run(
+        &["--runtime-name", "live", "-e", "base"],
+        &format!("echo mine > {}/etc/mine; echo up", env.mountpoint.display()),
+    );
+    // A shell of the same user with another runtime dir (cron, `su`, a
+    // second SPFS_RUNTIME_DIR) sees the same scratch dir, not the service.
+    let other = TestEnv::new();
+    let there = |args: &[&str]| {
+        other
+            .spfs(args)
+            .env("SPFS_SCRATCH_DIR", &env.scratch)
+            .output()
+            .unwrap()
+    };
+    let list = there(&["runtime", "list", "-q"]);
+    assert!(!stdout(&list).contains("live"), "{}", stdout(&list));
+    let prune = there(&["runtime", "prune", "--remove-durable"]);
+    assert!(prune.status.success(), "{}", stderr(&prune));
+    let remove = there(&["runtime", "remove", "live"]);
+    assert!(!remove.status.success());
+    // A second service started there does not list it either.
+    let started = there(&["service", "start"]);
+    assert!(started.status.success(), "{}", stderr(&started));
+    let list = there(&["runtime", "list", "-q"]);
+    assert!(!stdout(&list).contains("live"), "{}", stdout(&list));
+    let prune = there(&["runtime", "prune", "--remove-durable"]);
+    assert!(prune.status.success(), "{}", stderr(&prune));
+    assert!(
+        env.scratch.join("live/upper/etc/mine").exists(),
+        "the running runtime's changes are kept"
+    );
+    release(held);
+    // Once it ended, its own service removed it as usual.
+    assert!(env.wait_for(Duration::from_secs(5), || !env.scratch.join("live").exists()));
 }

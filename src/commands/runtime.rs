@@ -60,8 +60,10 @@ async fn remove_stopped(
         Some(channel) => current::remove_runtime(channel, name).await,
         None => {
             let path = settings.paths.scratch_dir.join(name);
-            crate::runtime::scratch::remove_any(&path)
-                .map_err(|e| Error::io(format!("cannot delete {}", path.display()), e))
+            crate::runtime::state::remove_stopped(&path, name).map_err(|e| match e.kind() {
+                std::io::ErrorKind::ResourceBusy => Error::Usage(e.to_string()),
+                _ => Error::io(format!("cannot delete {}", path.display()), e),
+            })
         }
     }
 }

@@ -9,6 +9,8 @@
 //! - [`scratch`], the on-disk format (upper/, masks/, runtime.json).
 //! - [`changes`], the changes against the runtime's stack: listed (`spfs
 //!   diff`), committed as a layer (`spfs commit`), dropped (`spfs reset`).
+//! - [`in_use`], the lock a service holds on a live runtime's directory,
+//!   so no other service or command takes it for a stopped one.
 //! - [`writes`], whether the runtime's changes take writes (shared by
 //!   every overlay of them), and the gate a freeze waits at.
 //! - [`state`], `runtime.json`; [`info`], a runtime as the tools show it;
@@ -19,6 +21,7 @@
 
 pub mod changes;
 pub mod end;
+pub mod in_use;
 pub mod info;
 pub mod scratch;
 pub mod state;

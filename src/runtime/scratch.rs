@@ -40,6 +40,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use super::in_use::{self, InUse};
 use super::state::RuntimeState;
 use super::writes::Writes;
 
@@ -60,6 +61,8 @@ pub struct Scratch {
     pending: Mutex<Option<RuntimeState>>,
     /// Whether writes land here, for every overlay of these changes.
     writes: Writes,
+    /// Held while the runtime runs (see `runtime::in_use`).
+    in_use: Mutex<Option<InUse>>,
 }
 
 /// A relative path of normal components only, or InvalidInput.
@@ -106,6 +109,14 @@ impl Scratch {
         Ok(scratch)
     }
 
+    /// Opens the directory of a stopped runtime to run it again (`--rerun`),
+    /// marking it in use; refused while another service runs it.
+    pub fn reenter(root: &Path) -> io::Result<Scratch> {
+        let scratch = Scratch::open(root)?;
+        scratch.take_in_use()?;
+        Ok(scratch)
+    }
+
     /// Opens the directory of a running runtime, to read its changes: one
     /// that was never made, or is being made (nothing changed yet), reads
     /// as no changes.
@@ -129,7 +140,22 @@ impl Scratch {
             root_made: AtomicBool::new(false),
             pending: Mutex::new(None),
             writes: Writes::default(),
+            in_use: Mutex::new(None),
         }
+    }
+
+    /// Marks the directory as a live runtime's; refused when another
+    /// service holds it.
+    fn take_in_use(&self) -> io::Result<()> {
+        let name = self.root.file_name().unwrap_or_default().to_string_lossy();
+        let taken = InUse::take(&self.root)?.ok_or_else(|| in_use::held_error(&name))?;
+        *crate::sync::lock(&self.in_use) = Some(taken);
+        Ok(())
+    }
+
+    /// The runtime ended: its directory is no longer marked in use.
+    pub fn release(&self) {
+        crate::sync::lock(&self.in_use).take();
     }
 
     /// Whether the runtime's changes take writes (see [`Writes`]).
@@ -163,6 +189,8 @@ impl Scratch {
         if !self.root_made.load(Ordering::Acquire) {
             std::fs::DirBuilder::new().mode(0o700).create(&self.root)?;
             self.root_made.store(true, Ordering::Release);
+            // marked before its state is written: a listed runtime is marked
+            self.take_in_use()?;
         }
         self.make_missing_dirs()?;
         if let Some(state) = pending.as_ref() {
@@ -209,6 +237,7 @@ impl Scratch {
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
             other => other?,
         }
+        self.take_in_use()?;
         self.make_missing_dirs()?;
         if let Some(state) = latest.as_ref() {
             state.write(&self.root, state.durable)?;

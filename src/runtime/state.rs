@@ -85,7 +85,7 @@ impl RuntimeState {
 
 /// The runtimes whose directories are in `scratch_dir`, by name: durable
 /// ones whose processes exited, and those a service that died or stopped
-/// left behind. A directory without a readable state is skipped and
+/// left behind; never one a live service holds (`runtime::in_use`). A directory without a readable state is skipped and
 /// logged (`spfs runtime remove NAME` deletes it).
 pub fn on_disk(scratch_dir: &Path) -> std::collections::BTreeMap<String, RuntimeState> {
     let mut found = std::collections::BTreeMap::new();
@@ -97,6 +97,10 @@ pub fn on_disk(scratch_dir: &Path) -> std::collections::BTreeMap<String, Runtime
             continue;
         };
         if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        // A live runtime of another service: not stopped.
+        if super::in_use::is_held(&entry.path()) {
             continue;
         }
         match RuntimeState::read(&entry.path()) {
@@ -137,4 +141,20 @@ mod tests {
         let err = RuntimeState::read(dir.path()).unwrap_err();
         assert!(err.contains("is not a runtime's state"), "{err}");
     }
+}
+
+/// Deletes stopped runtime `name`'s directory `dir`, holding its in-use
+/// mark while it does, so no service re-enters it meanwhile; refused
+/// (ResourceBusy) while another service runs it.
+pub fn remove_stopped(dir: &Path, name: &str) -> std::io::Result<()> {
+    let held = match super::in_use::InUse::take(dir) {
+        Ok(Some(held)) => Some(held),
+        Ok(None) => return Err(super::in_use::held_error(name)),
+        // Not a runtime's directory as we make them (a file, no rights
+        // to add the lock): deleted as it is.
+        Err(_) => None,
+    };
+    let removed = super::scratch::remove_any(dir);
+    drop(held);
+    removed
 }

@@ -174,7 +174,7 @@ impl RuntimeTable {
             .remove(name)
             .ok_or_else(|| RuntimeError::NotFound(name.to_owned()))?;
         drop(table);
-        match Scratch::open(&self.scratch_path(name)) {
+        match Scratch::reenter(&self.scratch_path(name)) {
             Ok(scratch) => Ok((state, Arc::new(scratch))),
             Err(err) => {
                 self.put_back(state);
@@ -284,6 +284,8 @@ impl RuntimeTable {
         let Some(scratch) = entry.scratch else {
             return;
         };
+        // Not running any more, whatever becomes of its directory.
+        scratch.release();
         if kept {
             // Already in the stopped list (taken there with the runtime out
             // of the live one, so a `--rerun` never finds it in neither).
@@ -451,14 +453,27 @@ impl RuntimeTable {
         if !known && !path.exists() {
             return Err(RuntimeError::NotFound(name.to_owned()));
         }
-        crate::runtime::scratch::remove_any(&path)
-            .map_err(|e| RuntimeError::scratch(format!("cannot delete {}", path.display()), e))?;
+        let removed = crate::runtime::state::remove_stopped(&path, name);
+        if removed.is_err() && known {
+            self.put_back_if_on_disk(name);
+        }
+        removed.map_err(|e| match e.kind() {
+            std::io::ErrorKind::ResourceBusy => RuntimeError::Running(name.to_owned()),
+            _ => RuntimeError::scratch(format!("cannot delete {}", path.display()), e),
+        })?;
         tracing::info!(
             event = "service.runtime_removed",
             runtime = name,
             "stopped runtime removed"
         );
         Ok(())
+    }
+
+    /// A removal failed: what is still on disk stays listed as stopped.
+    fn put_back_if_on_disk(&self, name: &str) {
+        if let Ok(state) = crate::runtime::RuntimeState::read(&self.scratch_path(name)) {
+            self.put_back(state);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
