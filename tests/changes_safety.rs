@@ -390,3 +390,45 @@ fn another_service_or_shell_never_takes_a_running_runtime_for_a_stopped_one() {
     // Once it ended, its own service removed it as usual.
     assert!(env.wait_for(Duration::from_secs(5), || !env.scratch.join("live").exists()));
 }
+
+#[test]
+fn a_scratch_dir_or_runtime_directory_another_user_can_write_is_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to give a directory to another user");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::with_base_to_edit();
+    std::fs::create_dir_all(&env.scratch).unwrap();
+    // Writable by everyone: refused with the fix.
+    std::fs::set_permissions(&env.scratch, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let open = env.sh(&["-e", "base"], "echo x > $M/f");
+    assert!(!open.status.success());
+    assert!(
+        stderr(&open).contains("writable by group or others")
+            && stderr(&open).contains("chmod 700"),
+        "{}",
+        stderr(&open)
+    );
+    // Another user's: refused, naming them.
+    std::fs::set_permissions(&env.scratch, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&env.scratch, Some(65534), Some(65534)).unwrap();
+    env.stop_service();
+    let theirs = env.sh(&["-e", "base"], "echo x > $M/f");
+    assert!(
+        stderr(&theirs).contains("owned by uid 65534"),
+        "{}",
+        stderr(&theirs)
+    );
+    // A runtime directory planted by another user in our scratch dir is
+    // neither listed nor re-entered.
+    std::os::unix::fs::chown(&env.scratch, Some(0), Some(0)).unwrap();
+    env.stop_service();
+    env.durable_runtime_of_a_killed_service("planted");
+    let planted = env.scratch.join("planted");
+    std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
+    let list = stdout(&run_ok(&mut env.spfs(&["runtime", "list", "-q"])));
+    assert!(!list.contains("planted"), "{list}");
+    let rerun = env.sh(&["--rerun", "planted"], "true");
+    assert!(!rerun.status.success(), "{}", stderr(&rerun));
+}

@@ -112,6 +112,7 @@ impl Scratch {
     /// Opens the directory of a stopped runtime to run it again (`--rerun`),
     /// marking it in use; refused while another service runs it.
     pub fn reenter(root: &Path) -> io::Result<Scratch> {
+        check_own(root)?;
         let scratch = Scratch::open(root)?;
         scratch.take_in_use()?;
         Ok(scratch)
@@ -455,6 +456,23 @@ impl Scratch {
             false => Ok(()),
         }
     }
+}
+
+/// A runtime's directory must be ours alone, as the service made it (not
+/// a symlink, owned by us, writable by nobody else): another's could hold
+/// anything they put there.
+pub fn check_own(root: &Path) -> io::Result<()> {
+    let setting = ("SPFS_SCRATCH_DIR", "$HOME/.spfs-scratch");
+    crate::private_dir::check(root, "runtime directory", setting).map_err(|err| match err {
+        crate::private_dir::DirError::Unsafe { problem, fix } => io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the runtime directory {} is not ours alone ({problem}); {fix}",
+                root.display()
+            ),
+        ),
+        crate::private_dir::DirError::Io { source, .. } => source,
+    })
 }
 
 /// Removes a file or a whole tree (never following a symlink below

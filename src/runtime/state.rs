@@ -103,6 +103,15 @@ pub fn on_disk(scratch_dir: &Path) -> std::collections::BTreeMap<String, Runtime
         if super::in_use::is_held(&entry.path()) {
             continue;
         }
+        if let Err(error) = super::scratch::check_own(&entry.path()) {
+            tracing::warn!(
+                event = "service.scratch_failed",
+                runtime = name.as_str(),
+                error = %error,
+                "a runtime directory that is not ours alone was skipped"
+            );
+            continue;
+        }
         match RuntimeState::read(&entry.path()) {
             Ok(state) if state.name == name => {
                 found.insert(name, state);

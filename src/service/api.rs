@@ -68,6 +68,7 @@ impl From<RuntimeError> for Status {
             | RuntimeError::NoChanges(_) => Status::failed_precondition(err.to_string()),
             RuntimeError::NotAMember { .. } => Status::permission_denied(err.to_string()),
             RuntimeError::Scratch { .. } => Status::internal(err.to_string()),
+            RuntimeError::UnsafeScratch { .. } => Status::failed_precondition(err.to_string()),
             RuntimeError::NotAnAncestor { .. }
             | RuntimeError::OtherUser { .. }
             | RuntimeError::UnknownCaller => Status::permission_denied(err.to_string()),

@@ -55,6 +55,12 @@ pub enum RuntimeError {
     NoChanges(String),
     #[error("{what}: {error}")]
     Scratch { what: String, error: std::io::Error },
+    #[error("the scratch directory {path} cannot hold your changes safely: {problem}; {fix}", path = .path.display())]
+    UnsafeScratch {
+        path: std::path::PathBuf,
+        problem: String,
+        fix: String,
+    },
     /// The service is stopping: the launcher starts a new one and retries.
     #[error("the service is shutting down; retry to start a new one")]
     ShuttingDown,

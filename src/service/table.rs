@@ -114,6 +114,7 @@ impl RuntimeTable {
             return Err(RuntimeError::NameTaken(name.to_owned()));
         }
         drop(table);
+        self.check_scratch_dir()?;
         let path = self.scratch_path(name);
         match Scratch::plan(&path) {
             Ok(scratch) => Ok(Arc::new(scratch)),
@@ -174,6 +175,10 @@ impl RuntimeTable {
             .remove(name)
             .ok_or_else(|| RuntimeError::NotFound(name.to_owned()))?;
         drop(table);
+        if let Err(err) = self.check_scratch_dir() {
+            self.put_back(state);
+            return Err(err);
+        }
         match Scratch::reenter(&self.scratch_path(name)) {
             Ok(scratch) => Ok((state, Arc::new(scratch))),
             Err(err) => {
@@ -469,6 +474,13 @@ impl RuntimeTable {
         Ok(())
     }
 
+    /// The scratch dir is made (0700) if missing and must be ours alone,
+    /// as the runtime and log dirs must: a directory another user owns or
+    /// can write would let them replace a runtime's changes.
+    fn check_scratch_dir(&self) -> Result<(), RuntimeError> {
+        check_scratch_dir(&self.scratch_dir, true)
+    }
+
     /// A removal failed: what is still on disk stays listed as stopped.
     fn put_back_if_on_disk(&self, name: &str) {
         if let Ok(state) = crate::runtime::RuntimeState::read(&self.scratch_path(name)) {
@@ -524,8 +536,35 @@ impl LiveRuntime {
     }
 }
 
-/// The stopped runtimes in `scratch_dir` whose names the service accepts.
+/// `scratch_dir` as [`RuntimeTable::check_scratch_dir`] wants it; made if
+/// missing when `make`.
+fn check_scratch_dir(scratch_dir: &Path, make: bool) -> Result<(), RuntimeError> {
+    const SETTING: (&str, &str) = ("SPFS_SCRATCH_DIR", "$HOME/.spfs-scratch");
+    let checked = match make {
+        true => crate::private_dir::ensure(scratch_dir, "scratch dir", SETTING),
+        false => crate::private_dir::check(scratch_dir, "scratch dir", SETTING),
+    };
+    checked.map_err(|err| match err {
+        crate::private_dir::DirError::Unsafe { problem, fix } => RuntimeError::UnsafeScratch {
+            path: scratch_dir.to_owned(),
+            problem,
+            fix,
+        },
+        crate::private_dir::DirError::Io { context, source } => {
+            RuntimeError::scratch(context, source)
+        }
+    })
+}
+
+/// The stopped runtimes in `scratch_dir` whose names the service accepts;
+/// none from a scratch dir that is not ours alone (logged).
 fn load_stopped(scratch_dir: &Path) -> BTreeMap<String, RuntimeState> {
+    if scratch_dir.exists() {
+        if let Err(err) = check_scratch_dir(scratch_dir, false) {
+            tracing::warn!(event = "service.scratch_failed", path = %scratch_dir.display(), error = %err, "the scratch dir is not safe; its runtimes are not loaded");
+            return BTreeMap::new();
+        }
+    }
     let mut found = crate::runtime::state::on_disk(scratch_dir);
     found.retain(|name, _| check_name(name).is_ok());
     found
