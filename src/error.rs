@@ -248,6 +248,14 @@ impl Error {
         }
     }
 
+    /// Ctrl-C or SIGTERM stopped the work (exit status 130).
+    pub fn is_interrupted(&self) -> bool {
+        matches!(
+            self,
+            Error::Storage(crate::storage::error::StorageError::Interrupted)
+        )
+    }
+
     /// What to do about it, when there is something to do.
     pub fn fix(&self) -> Option<Cow<'_, str>> {
         let text: Cow<'_, str> = match self {

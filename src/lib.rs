@@ -42,7 +42,8 @@
 //!   cold path as a driver over explicit steps, every retry in one place.
 //! - [`commands`]: what the two binaries do for each subcommand.
 //!
-//! Beside the map: `sync` (locks a panic does not poison), `private_dir`
+//! Beside the map: `sync` (locks a panic does not poison), `interrupt`
+//! (Ctrl-C during work that must end cleanly), `private_dir`
 //! (the checks of the directories only the user may write), and
 //! `test_hooks` (where a test can make the binaries stall, to kill them
 //! at an exact point).
@@ -54,6 +55,7 @@ pub mod dirfd;
 pub mod encoding;
 pub mod error;
 pub mod graph;
+mod interrupt;
 pub mod launcher;
 pub mod paths;
 pub mod platform;

@@ -3,8 +3,9 @@
 //! Off unless their variables are set; nothing else reads them.
 //!
 //! - `SPFS_TEST_PAUSE=POINT:FILE`: on reaching [`pause`]`(POINT)`, the
-//!   process creates FILE and sleeps (ten minutes), so the test, which
-//!   waits for FILE, kills it there (`SIGKILL`, `SIGINT`).
+//!   process creates FILE and sleeps (ten minutes, or until a caught
+//!   Ctrl-C), so the test, which waits for FILE, kills or interrupts it
+//!   there (`SIGKILL`, `SIGINT`).
 //! - `SPFS_TEST_WRITE_STALL=DURATION`: every data write of an editable
 //!   runtime stalls that long before it reaches the disk, as a slow disk
 //!   or network filesystem would make it.
@@ -23,7 +24,12 @@ pub fn pause(point: &str) {
     if let Some((wanted, file)) = asked {
         if wanted == point {
             let _ = std::fs::write(file, std::process::id().to_string());
-            std::thread::sleep(Duration::from_secs(600));
+            // A caught Ctrl-C (`crate::interrupt`) ends the pause: the work
+            // then meets it at its next check, as it would have.
+            let until = std::time::Instant::now() + Duration::from_secs(600);
+            while !crate::interrupt::requested() && std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 }

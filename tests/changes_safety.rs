@@ -432,3 +432,44 @@ fn a_scratch_dir_or_runtime_directory_another_user_can_write_is_refused() {
     let rerun = env.sh(&["--rerun", "planted"], "true");
     assert!(!rerun.status.success(), "{}", stderr(&rerun));
 }
+
+#[test]
+fn ctrl_c_during_a_commit_leaves_the_runtime_editable_and_no_temp_file() {
+    let env = TestEnv::with_base_to_edit();
+    let marker = env.root.path().join("paused");
+    let child = env
+        .spfs(&["run", "-e", "base", "--", "sh", "-c"])
+        .arg(
+            "head -c 6000000 /dev/zero > $M/big; $SPFS commit layer; echo rc=$?; \
+             echo more > $M/etc/more && echo editable; $SPFS diff",
+        )
+        .env("M", &env.mountpoint)
+        .env("SPFS", SPFS)
+        .env("SPFS_TEST_PAUSE", format!("payload.writing:{}", marker.display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(env.wait_for(Duration::from_secs(30), || marker.exists()));
+    // The commit is half way through a payload: Ctrl-C.
+    let committer: i32 = std::fs::read_to_string(&marker).unwrap().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(committer),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let m = env.mountpoint.display();
+    assert_eq!(
+        stdout(&out),
+        format!("rc=130\neditable\n+{m}/big\n+{m}/etc/more\n"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
+    let work = env.repo.join("payloads/work");
+    let left: Vec<_> = std::fs::read_dir(&work)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "temp files left: {left:?}");
+}

@@ -95,6 +95,9 @@ fn commit_path(
         });
     }
     let repo = repo::writable(remote)?;
+    repo.clear_stale_work(crate::storage::fs::STALE_WORK);
+    // Ctrl-C stops the commit at its next file, leaving no temp file.
+    let _caught = crate::interrupt::catch();
     let mut progress = Progress::new();
     let (layer, _manifest) = commit_dir(&repo, dir, &mut |stats: CommitStats| {
         progress.update(|| {
@@ -184,10 +187,17 @@ fn commit_runtime(kind: RuntimeCommit, allow_empty: bool, tags: &[TagSpec]) -> R
                 hint: "make it editable with `spfs edit`, or commit a directory with `spfs commit --path DIR`".into(),
             });
         }
+        // Ctrl-C from here on stops the work at its next step, and the
+        // runtime is made editable again before the command exits.
+        let _caught = crate::interrupt::catch();
         // Nothing may change while the changes are read.
         let frozen = current::edit(&channel, &name, false).await?;
         crate::test_hooks::pause("commit.frozen");
         let prepared = match prepare(kind, allow_empty, &frozen, tags) {
+            Ok(_) if crate::interrupt::requested() => {
+                let err = Error::Storage(crate::storage::error::StorageError::Interrupted);
+                return Err(thaw(&channel, &name, err).await);
+            }
             Ok(prepared) => prepared,
             Err(err) => return Err(thaw(&channel, &name, err).await),
         };
@@ -321,6 +331,7 @@ fn commit_frozen(kind: RuntimeCommit, allow_empty: bool, runtime: &RuntimeInfo) 
         Some(first) => FsRepository::create(first)?,
         None => repo::writable(None)?,
     };
+    repo.clear_stale_work(crate::storage::fs::STALE_WORK);
     let repos = current::runtime_repositories(runtime)?;
     let committed = if let Some(scratch) = current::open_scratch(runtime)? {
         let base = changes::base_manifest(stack, &repos)?;

@@ -20,7 +20,11 @@ pub fn run(tool: &str, command: impl FnOnce() -> Result<ExitCode>) -> ExitCode {
         }
         Err(err) => {
             eprintln!("{tool}: error: {}", err.with_fix());
-            ExitCode::FAILURE
+            match err.is_interrupted() {
+                // as a shell shows a command ended by Ctrl-C
+                true => ExitCode::from(130),
+                false => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -69,6 +69,10 @@ pub enum StorageError {
         fix: &'static str,
     },
 
+    /// Ctrl-C or SIGTERM asked the work to stop (`crate::interrupt`).
+    #[error("interrupted (Ctrl-C or SIGTERM)")]
+    Interrupted,
+
     /// Another writer held a tag lock for too long.
     #[error("tag file {} is locked by another writer (the lock file has been there for {waited_secs}s)", path.display())]
     TagLocked {
@@ -78,13 +82,26 @@ pub enum StorageError {
     },
 }
 
+/// What to do about an operating-system error, by its kind.
+fn io_fix(source: &std::io::Error) -> &'static str {
+    match source.raw_os_error() {
+        Some(libc::ENOSPC) => "the disk is full: free space on it (or move the repository) and run the command again",
+        Some(libc::EDQUOT) => "your disk quota is used up: free space in it and run the command again",
+        Some(libc::EROFS) => "the filesystem is mounted read-only: use a repository on a writable one",
+        Some(libc::EACCES | libc::EPERM) => "you may not change it: check its owner and mode, or use a repository of your own",
+        Some(libc::EIO) => "the disk reported an I/O error: check the disk, then run the command again",
+        _ => "check that the path exists and that you may read and write it",
+    }
+}
+
 impl StorageError {
     /// What to do about it.
     pub fn fix(&self) -> Option<std::borrow::Cow<'_, str>> {
         use std::borrow::Cow;
         let text: Cow<'_, str> = match self {
-            StorageError::Io { .. } => {
-                "check that the path exists and that you may read and write it".into()
+            StorageError::Io { source, .. } => io_fix(source).into(),
+            StorageError::Interrupted => {
+                "nothing half-written was kept; run the command again to finish the work".into()
             }
             StorageError::NotARepository { .. } => {
                 "point the storage root at an existing repository, or create one".into()

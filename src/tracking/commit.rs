@@ -358,6 +358,11 @@ fn worker(
     while !stop.load(Ordering::Relaxed) {
         let i = next.fetch_add(1, Ordering::Relaxed);
         let Some(item) = found.get(i) else { break };
+        if crate::interrupt::requested() {
+            let _ = tx.send(Err(StorageError::Interrupted));
+            stop.store(true, Ordering::Relaxed);
+            return;
+        }
         let result = match (repo, batch.as_mut()) {
             (Some(repo), Some(batch)) => store_one(repo, batch, &item.job),
             _ => hash_one(&item.job),

@@ -157,6 +157,38 @@ pub(crate) fn make_dirs(path: &Path) -> Result<(), StorageError> {
         .map_err(|e| StorageError::io("create folder", path, e))
 }
 
+/// How old a temp file in a `work` folder must be before it counts as
+/// left behind by a writer that died (a live one touches its file at
+/// every 256 KiB it writes).
+pub const STALE_WORK: std::time::Duration = std::time::Duration::from_secs(3600);
+
+impl FsRepository {
+    /// Deletes the temp files writers that died (killed, machine crash)
+    /// left in the `work` folders, older than `age`; how many went. Run
+    /// before each commit, so none stays forever.
+    pub fn clear_stale_work(&self, age: std::time::Duration) -> usize {
+        let mut removed = 0;
+        for work in [self.objects_dir().join("work"), self.payloads_dir().join("work")] {
+            let Ok(entries) = std::fs::read_dir(&work) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let stale = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|elapsed| elapsed >= age);
+                let temp = entry.file_name().to_string_lossy().ends_with(".tmp");
+                if stale && temp && std::fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+}
+
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A fresh temp file name in `dir`, unique within this host.

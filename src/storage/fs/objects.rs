@@ -204,6 +204,9 @@ fn copy_hashing(reader: &mut dyn Read, temp: &Path) -> Result<(Digest, u64), Sto
     let mut buf = vec![0u8; 256 * 1024];
     let mut size = 0u64;
     loop {
+        if crate::interrupt::requested() {
+            return Err(StorageError::Interrupted);
+        }
         let n = match reader.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
@@ -214,6 +217,7 @@ fn copy_hashing(reader: &mut dyn Read, temp: &Path) -> Result<(Digest, u64), Sto
         file.write_all(&buf[..n])
             .map_err(|e| StorageError::io("write", temp, e))?;
         size += n as u64;
+        crate::test_hooks::pause("payload.writing");
     }
     file.sync_all()
         .map_err(|e| StorageError::io("fsync", temp, e))?;

@@ -386,3 +386,28 @@ fn batched_writes_land_on_flush_and_vanish_on_drop() {
         assert_eq!(left, 0, "{work}");
     }
 }
+
+#[test]
+fn stale_temp_files_of_dead_writers_are_cleared_and_live_ones_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = FsRepository::create(&tmp.path().join("repo")).unwrap();
+    let work = repo.payloads_dir().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let old = work.join(".payload.1-2-3.tmp");
+    let fresh = work.join(".payload.4-5-6.tmp");
+    let other = work.join("not-ours");
+    for path in [&old, &fresh, &other] {
+        std::fs::write(path, "x").unwrap();
+    }
+    let hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    for path in [&old, &other] {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(hours_ago)
+            .unwrap();
+    }
+    assert_eq!(repo.clear_stale_work(STALE_WORK), 1);
+    assert!(!old.exists() && fresh.exists() && other.exists());
+}
