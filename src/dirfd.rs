@@ -52,14 +52,17 @@ fn file_type(stat: &FileStat) -> u32 {
     (stat.st_mode as u32) & libc::S_IFMT as u32
 }
 
+#[allow(clippy::unnecessary_cast)] // mode_t is u16 on macOS
 pub fn is_dir(stat: &FileStat) -> bool {
     file_type(stat) == libc::S_IFDIR as u32
 }
 
+#[allow(clippy::unnecessary_cast)] // mode_t is u16 on macOS
 pub fn is_regular(stat: &FileStat) -> bool {
     file_type(stat) == libc::S_IFREG as u32
 }
 
+#[allow(clippy::unnecessary_cast)] // mode_t is u16 on macOS
 pub fn is_symlink(stat: &FileStat) -> bool {
     file_type(stat) == libc::S_IFLNK as u32
 }
@@ -171,6 +174,24 @@ impl Dir {
             }
         }
         Ok(entries)
+    }
+
+    /// Makes directory `name` (mode `perm`, narrowed by the umask as
+    /// mkdir(2) narrows it) and opens it.
+    pub fn make_dir(&self, name: &OsStr, perm: u32) -> io::Result<Dir> {
+        check_one_name(name)?;
+        nix::sys::stat::mkdirat(&self.fd, name, Mode::from_bits_truncate(perm as _))?;
+        self.child(name)
+    }
+
+    /// Creates regular file `name`, which must not exist (never through a
+    /// symlink), mode `perm`.
+    pub fn create_file(&self, name: &OsStr, perm: u32) -> io::Result<File> {
+        check_one_name(name)?;
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = nix::fcntl::openat(&self.fd, name, flags, Mode::from_bits_truncate(perm as _))?;
+        Ok(File::from(fd))
     }
 
     /// The target of symlink `name`.

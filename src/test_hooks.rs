@@ -4,8 +4,9 @@
 //!
 //! - `SPFS_TEST_PAUSE=POINT:FILE`: on reaching [`pause`]`(POINT)`, the
 //!   process creates FILE and sleeps (ten minutes, or until a caught
-//!   Ctrl-C), so the test, which waits for FILE, kills or interrupts it
-//!   there (`SIGKILL`, `SIGINT`).
+//!   Ctrl-C, or until the test deletes FILE), so the test, which waits
+//!   for FILE, kills or interrupts it there (`SIGKILL`, `SIGINT`), or
+//!   changes something under it and lets it go on.
 //! - `SPFS_TEST_WRITE_STALL=DURATION`: every data write of an editable
 //!   runtime stalls that long before it reaches the disk, as a slow disk
 //!   or network filesystem would make it.
@@ -26,8 +27,10 @@ pub fn pause(point: &str) {
             let _ = std::fs::write(file, std::process::id().to_string());
             // A caught Ctrl-C (`crate::interrupt`) ends the pause: the work
             // then meets it at its next check, as it would have.
+            // So does the test deleting FILE: the process then goes on.
             let until = std::time::Instant::now() + Duration::from_secs(600);
-            while !crate::interrupt::requested() && std::time::Instant::now() < until {
+            let waiting = || std::path::Path::new(file).exists() && !crate::interrupt::requested();
+            while waiting() && std::time::Instant::now() < until {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }

@@ -174,7 +174,11 @@ fn a_service_killed_during_a_commits_stack_change_leaves_one_whole_runtime() {
         let out = child.wait_with_output().unwrap();
         let err = stderr(&out);
         let layer = created_digest(&err);
-        assert!(stdout(&out).ends_with("rc=1\n"), "{point}: {}", stdout(&out));
+        assert!(
+            stdout(&out).ends_with("rc=1\n"),
+            "{point}: {}",
+            stdout(&out)
+        );
         assert!(
             err.contains(&format!("layer {layer} was committed")) && err.contains("never less"),
             "{point}: {err}"
@@ -222,7 +226,10 @@ fn commit_platform_and_ref_over_a_base_only_in_a_secondary_repository() {
     let text = stdout(&out);
     assert!(text.ends_with("rc=0\n"), "{text}{}", stderr(&out));
     let platform = text.lines().next().unwrap().to_owned();
-    assert!(env.repo.join("VERSION").exists(), "the local repository was made");
+    assert!(
+        env.repo.join("VERSION").exists(),
+        "the local repository was made"
+    );
     let shown = run_ok(
         env.spfs(&["run", &platform, "--", "cat"])
             .arg(env.mountpoint.join("etc/built"))
@@ -244,7 +251,12 @@ fn commit_layer_on_a_fresh_machine_makes_the_local_repository() {
     let env = TestEnv::new();
     std::fs::remove_dir_all(&env.repo).unwrap();
     let out = env.sh(&["-"], "echo x > $M/f; $SPFS commit layer; echo rc=$?");
-    assert!(stdout(&out).ends_with("rc=0\n"), "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).ends_with("rc=0\n"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     let layer = stdout(&out).lines().next().unwrap().to_owned();
     let shown = run_ok(
         env.spfs(&["run", &layer, "--", "cat"])
@@ -271,10 +283,7 @@ fn a_commit_whose_tag_cannot_be_written_keeps_the_runtime_editable_and_names_the
     );
     assert_eq!(
         stdout(&out),
-        format!(
-            "rc=1\nmine\nmore\n+{}/etc/mine\n",
-            env.mountpoint.display()
-        ),
+        format!("rc=1\nmine\nmore\n+{}/etc/mine\n", env.mountpoint.display()),
         "editable again, with its changes: {err}"
     );
 }
@@ -317,13 +326,7 @@ fn removing_a_running_durable_runtime_does_what_it_says() {
         .unwrap();
     assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
     assert!(stderr(&refused).contains("--remove-durable"));
-    let removed = run_ok(&mut env.spfs(&[
-        "runtime",
-        "remove",
-        "d",
-        "--force",
-        "--remove-durable",
-    ]));
+    let removed = run_ok(&mut env.spfs(&["runtime", "remove", "d", "--force", "--remove-durable"]));
     assert!(stderr(&removed).contains("removed runtime d"));
     let list = stdout(&run_ok(&mut env.spfs(&["runtime", "list", "-q"])));
     assert!(!list.lines().any(|l| l == "d"), "{list}");
@@ -388,7 +391,10 @@ fn another_service_or_shell_never_takes_a_running_runtime_for_a_stopped_one() {
     );
     release(held);
     // Once it ended, its own service removed it as usual.
-    assert!(env.wait_for(Duration::from_secs(5), || !env.scratch.join("live").exists()));
+    assert!(env.wait_for(Duration::from_secs(5), || !env
+        .scratch
+        .join("live")
+        .exists()));
 }
 
 #[test]
@@ -445,7 +451,10 @@ fn ctrl_c_during_a_commit_leaves_the_runtime_editable_and_no_temp_file() {
         )
         .env("M", &env.mountpoint)
         .env("SPFS", SPFS)
-        .env("SPFS_TEST_PAUSE", format!("payload.writing:{}", marker.display()))
+        .env(
+            "SPFS_TEST_PAUSE",
+            format!("payload.writing:{}", marker.display()),
+        )
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -472,4 +481,182 @@ fn ctrl_c_during_a_commit_leaves_the_runtime_editable_and_no_temp_file() {
         .map(|d| d.map(|e| e.unwrap().file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "temp files left: {left:?}");
+}
+
+/// Makes `depth` nested directories named `name` below `top` by directory
+/// fds (the path may be longer than PATH_MAX), with `file` at the bottom.
+fn deep_tree(top: &Path, name: &str, depth: usize) {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::{mkdirat, Mode};
+    std::fs::create_dir_all(top).unwrap();
+    let mut dir = nix::fcntl::open(top, OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+    for _ in 0..depth {
+        mkdirat(&dir, name, Mode::from_bits_truncate(0o755)).unwrap();
+        dir = openat(&dir, name, OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+    }
+    let file = openat(
+        &dir,
+        "file",
+        OFlag::O_CREAT | OFlag::O_WRONLY,
+        Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    nix::unistd::write(&file, b"deep\n").unwrap();
+}
+
+#[test]
+fn commit_path_of_paths_longer_than_path_max_commits_them_whole() {
+    let env = TestEnv::new();
+    let top = env.root.path().join("deep");
+    // 30 levels of 200-byte names: 6,000-byte paths.
+    deep_tree(&top, &"n".repeat(200), 30);
+    let out = run_ok(&mut env.spfs(&["commit", "--path", top.to_str().unwrap()]));
+    let layer = stdout(&out).trim().to_owned();
+    let shown = env.sh_ok(
+        &[&layer],
+        "find $M -type d | wc -l; find $M -name file -execdir cat {} \\;",
+    );
+    assert_eq!(shown, "31\ndeep\n");
+    // Deeper than a layer may nest: refused, naming the limit.
+    let deeper = env.root.path().join("deeper");
+    deep_tree(&deeper, "d", 1_100);
+    let refused = env
+        .spfs(&["commit", "--path", deeper.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let err = stderr(&refused);
+    assert!(
+        err.contains("deeper than 1024 levels") && err.len() < 2_000,
+        "{err}"
+    );
+}
+
+/// Not a test on its own: the half of the next test that runs inside the
+/// runtime (shells cannot `cd` past PATH_MAX). Does nothing unless
+/// SPFS_TEST_DEEP_IN is set to the mountpoint.
+#[test]
+fn deep_writes_helper() {
+    use nix::fcntl::{openat, renameat, OFlag};
+    use nix::sys::stat::{fchmodat, mkdirat, FchmodatFlags, Mode};
+    let Some(mountpoint) = std::env::var_os("SPFS_TEST_DEEP_IN") else {
+        return;
+    };
+    let name = "n".repeat(200);
+    let mut dir = nix::fcntl::open(
+        &Path::new(&mountpoint).join("etc"),
+        OFlag::O_DIRECTORY,
+        Mode::empty(),
+    )
+    .unwrap();
+    for _ in 0..30 {
+        mkdirat(&dir, name.as_str(), Mode::from_bits_truncate(0o755)).unwrap();
+        dir = openat(&dir, name.as_str(), OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+    }
+    let write = |file: &str, flags: OFlag, text: &[u8]| {
+        let fd = openat(
+            &dir,
+            file,
+            flags | OFlag::O_WRONLY,
+            Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        nix::unistd::write(&fd, text).unwrap();
+    };
+    write("f", OFlag::O_CREAT, b"deep\n");
+    write("f", OFlag::O_APPEND, b"more\n");
+    renameat(&dir, "f", &dir, "g").unwrap();
+    let fd = openat(&dir, "g", OFlag::O_RDONLY, Mode::empty()).unwrap();
+    let mut text = [0u8; 64];
+    let n = nix::unistd::read(&fd, &mut text).unwrap();
+    print!("{}", String::from_utf8_lossy(&text[..n]));
+    nix::unistd::unlinkat(&dir, "g", nix::unistd::UnlinkatFlags::NoRemoveDir).unwrap();
+    write("h", OFlag::O_CREAT, b"kept\n");
+    fchmodat(
+        &dir,
+        "h",
+        Mode::from_bits_truncate(0o600),
+        FchmodatFlags::FollowSymlink,
+    )
+    .unwrap();
+    let commit = std::process::Command::new(std::env::var_os("SPFS").unwrap())
+        .args(["commit", "layer"])
+        .output()
+        .unwrap();
+    print!("{}", String::from_utf8_lossy(&commit.stdout));
+    eprint!("{}", String::from_utf8_lossy(&commit.stderr));
+}
+
+#[test]
+fn an_editable_runtime_holds_and_commits_paths_longer_than_path_max() {
+    let env = TestEnv::with_base_to_edit();
+    let me = std::env::current_exe().unwrap();
+    let out = env
+        .spfs(&["run", "-e", "base", "--"])
+        .arg(&me)
+        .args([
+            "deep_writes_helper",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("SPFS_TEST_DEEP_IN", &env.mountpoint)
+        .env("SPFS", SPFS)
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    let layer = text
+        .split_once("deep\nmore\n")
+        .and_then(|(_, rest)| rest.lines().next())
+        .unwrap_or_else(|| panic!("{text}{}", stderr(&out)))
+        .to_owned();
+    let shown = env.sh_ok(
+        &[&format!("base+{layer}")],
+        "find $M/etc -name h -execdir cat {} \\; -execdir stat -c %a {} \\;; find $M/etc -type d | wc -l",
+    );
+    assert_eq!(shown, "kept\n600\n31\n");
+}
+
+#[test]
+fn commit_path_refuses_a_file_swapped_for_a_symlink_or_a_fifo_after_its_walk() {
+    let env = TestEnv::new();
+    let dir = env.root.path().join("folder");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a"), "a").unwrap();
+    let secret = env.root.path().join("secret");
+    std::fs::write(&secret, "0600 secret\n").unwrap();
+    let marker = env.root.path().join("walked");
+    for swap in ["symlink", "fifo"] {
+        let child = env
+            .spfs(&["commit", "--path", dir.to_str().unwrap()])
+            .env(
+                "SPFS_TEST_PAUSE",
+                format!("commit.walked:{}", marker.display()),
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        assert!(env.wait_for(Duration::from_secs(30), || marker.exists()));
+        std::fs::remove_file(dir.join("a")).unwrap();
+        match swap {
+            "symlink" => std::os::unix::fs::symlink(&secret, dir.join("a")).unwrap(),
+            _ => nix::unistd::mkfifo(
+                &dir.join("a"),
+                nix::sys::stat::Mode::from_bits_truncate(0o644),
+            )
+            .unwrap(),
+        }
+        // The walk is done and nothing read yet: let it go on.
+        std::fs::remove_file(&marker).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(!out.status.success(), "{swap}: committed anyway");
+        assert!(
+            stderr(&out).contains("changed while it was committed"),
+            "{swap}: {}",
+            stderr(&out)
+        );
+        std::fs::remove_file(dir.join("a")).unwrap();
+        std::fs::write(dir.join("a"), "a").unwrap();
+    }
 }

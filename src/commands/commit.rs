@@ -540,7 +540,12 @@ mod tests {
         assert!(repo.has_object(&layer));
         // a directory layer cannot be named by a platform
         let with_dir = vec![runtime.state.stack[0].clone(), "/some/dir".to_string()];
-        let err = platform_of(&repo, &ProxyRepository::from_repositories(Vec::new()), &with_dir).unwrap_err();
+        let err = platform_of(
+            &repo,
+            &ProxyRepository::from_repositories(Vec::new()),
+            &with_dir,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("--path /some/dir"), "{err}");
     }
 }

@@ -37,8 +37,7 @@ pub const MAX_ENV_SPEC_BYTES: usize = 64 * 1024;
 pub const MAX_NAME_BYTES: usize = 200;
 
 /// [`check_name`]'s rules, as messages state them.
-pub const NAME_RULES: &str =
-    "use 1 to 200 letters, digits, '-', '_' or '.', not starting with '.'";
+pub const NAME_RULES: &str = "use 1 to 200 letters, digits, '-', '_' or '.', not starting with '.'";
 
 /// A runtime name that breaks [`check_name`]'s rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,6 @@
 //! `upper/` did not make again, so the layer merged over its stack shows
 //! exactly what the runtime showed.
 
-use std::io;
 use std::path::{Component, Path, PathBuf};
 
 use super::scratch::Scratch;
@@ -24,7 +23,7 @@ use crate::storage::error::StorageError;
 use crate::storage::proxy::ProxyRepository;
 use crate::storage::FsRepository;
 use crate::tracking::commit::{
-    manifest_of_dir, payload_digest, walk_dir, write_layer, CommitStats, DirWalk, MASK_MODE,
+    manifest_of_dir, payload_digest_at, walk_dir, write_layer, CommitStats, DirWalk, MASK_MODE,
 };
 use crate::tracking::env_spec::{EnvSpec, Layer};
 use crate::tracking::{Entry, Manifest};
@@ -180,7 +179,7 @@ pub fn diff(scratch: &Scratch, base: &Manifest) -> Result<Vec<Change>> {
     let root = walk_upper(scratch)?.into_root();
     let changes = changes_tree(scratch, base, root)?;
     let mut out = Vec::new();
-    let mut digest_of = |path: &str| payload_digest(&upper.join(path));
+    let mut digest_of = |path: &str| payload_digest_at(&upper, Path::new(path));
     compare(Some(base.root()), &changes, "", &mut digest_of, &mut out)?;
     Ok(out)
 }
@@ -224,7 +223,7 @@ pub fn commit_changes(
     let mut listed = Vec::new();
     // every blob is stored, so its digest is known and this is not called
     let upper = scratch.upper();
-    let mut digest_of = |path: &str| payload_digest(&upper.join(path));
+    let mut digest_of = |path: &str| payload_digest_at(upper, Path::new(path));
     compare(Some(base.root()), &changes, "", &mut digest_of, &mut listed)?;
     let manifest = if listed.is_empty() {
         if !allow_empty {
@@ -268,13 +267,15 @@ fn changes_tree(scratch: &Scratch, base: &Manifest, mut root: Entry) -> Result<E
         let Some(base_entry) = visible(base.root(), &parts) else {
             continue;
         };
-        let upper = scratch.upper().join(&marker);
-        match std::fs::symlink_metadata(&upper) {
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                add_mask(&mut root, base.root(), &parts)
-            }
-            Err(err) => return Err(Error::io(format!("cannot read {}", upper.display()), err)),
-            Ok(meta) if meta.is_dir() => {
+        let upper = scratch.upper_entry(&marker).map_err(|err| {
+            Error::io(
+                format!("cannot read {}", scratch.upper().join(&marker).display()),
+                err,
+            )
+        })?;
+        match upper {
+            None => add_mask(&mut root, base.root(), &parts),
+            Some(stat) if crate::dirfd::is_dir(&stat) => {
                 if let Some(made) = entry_mut(&mut root, &parts) {
                     if made.is_dir() {
                         mask_opaque(made, base_entry);
@@ -282,7 +283,7 @@ fn changes_tree(scratch: &Scratch, base: &Manifest, mut root: Entry) -> Result<E
                 }
             }
             // a file or symlink replaces whatever the base had
-            Ok(_) => {}
+            Some(_) => {}
         }
     }
     Ok(root)

@@ -43,6 +43,7 @@ use std::sync::{Mutex, MutexGuard};
 use super::in_use::{self, InUse};
 use super::state::RuntimeState;
 use super::writes::Writes;
+use crate::dirfd::{self, Dir};
 
 /// Where [`Scratch::drop_all`] sets changes aside before deleting them.
 const DROPPED: &str = "dropped";
@@ -307,19 +308,19 @@ impl Scratch {
         state.write(&self.root, true)
     }
 
-    /// Every deletion marker, as paths relative to the mountpoint.
+    /// Every deletion marker, as paths relative to the mountpoint. Read by
+    /// directory fds (the markers' tree is as deep as the runtime's).
     pub fn masks(&self) -> io::Result<BTreeSet<PathBuf>> {
         let mut found = BTreeSet::new();
         if !self.is_made() {
             return Ok(found);
         }
-        let mut pending = vec![PathBuf::new()];
-        while let Some(relative) = pending.pop() {
-            for entry in std::fs::read_dir(self.masks.join(&relative))? {
-                let entry = entry?;
-                let path = relative.join(entry.file_name());
-                if entry.file_type()?.is_dir() {
-                    pending.push(path);
+        let mut pending = vec![(Dir::open_exact(&self.masks)?, PathBuf::new())];
+        while let Some((dir, relative)) = pending.pop() {
+            for (name, stat) in dir.entries()? {
+                let path = relative.join(&name);
+                if dirfd::is_dir(&stat) {
+                    pending.push((dir.child(&name)?, path));
                 } else {
                     found.insert(path);
                 }
@@ -333,35 +334,47 @@ impl Scratch {
     /// is already masked there is nothing to add.
     pub fn add_mask(&self, path: &Path) -> io::Result<()> {
         check_relative(path)?;
-        let mut dir = self.masks.clone();
-        if let Some(parent) = path.parent() {
-            for component in parent.components() {
-                dir.push(component);
-                match std::fs::symlink_metadata(&dir) {
-                    Ok(meta) if meta.is_dir() => {}
-                    // an ancestor is masked already
-                    Ok(_) => return Ok(()),
-                    Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                        std::fs::DirBuilder::new().mode(0o700).create(&dir)?
-                    }
-                    Err(err) => return Err(err),
-                }
-            }
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        };
+        let mut dir = Dir::open_exact(&self.masks)?;
+        for component in parent.iter() {
+            dir = match dir.stat_at(component)? {
+                Some(stat) if dirfd::is_dir(&stat) => dir.child(component)?,
+                // an ancestor is masked already
+                Some(_) => return Ok(()),
+                None => dir.make_dir(component, 0o700)?,
+            };
         }
-        let marker = self.masks.join(path);
-        remove_any(&marker)?;
-        std::fs::File::create(&marker).map(drop)
+        dir.remove(name)?;
+        dir.create_file(name, 0o600).map(drop)
     }
 
     /// Forgets the markers at and below `path` (the layers show there again).
     pub fn remove_mask(&self, path: &Path) -> io::Result<()> {
         check_relative(path)?;
-        remove_any(&self.masks.join(path))
+        Dir::open_exact(&self.masks)?.remove_below(path)
     }
 
     /// Whether a marker hides the layers at `path` itself (not an ancestor).
     pub fn is_masked_here(&self, path: &Path) -> bool {
-        std::fs::symlink_metadata(self.masks.join(path)).is_ok_and(|m| !m.is_dir())
+        self.stat_in(&self.masks, path)
+            .is_ok_and(|stat| stat.is_some_and(|s| !dirfd::is_dir(&s)))
+    }
+
+    /// What `upper/` holds at `path` (not following a symlink), if anything.
+    pub fn upper_entry(&self, path: &Path) -> io::Result<Option<nix::sys::stat::FileStat>> {
+        self.stat_in(&self.upper, path)
+    }
+
+    fn stat_in(&self, top: &Path, path: &Path) -> io::Result<Option<nix::sys::stat::FileStat>> {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Ok(None);
+        };
+        match Dir::open_exact(top)?.descend(parent)? {
+            Some(dir) => dir.stat_at(name),
+            None => Ok(None),
+        }
     }
 
     /// Drops changes: with no paths, every one (`upper/` and `masks/` are
@@ -391,8 +404,8 @@ impl Scratch {
             return Ok(());
         }
         self.recover_if_lost()?;
-        let upper = crate::dirfd::Dir::open_exact(&self.upper)?;
-        let masks = crate::dirfd::Dir::open_exact(&self.masks)?;
+        let upper = Dir::open_exact(&self.upper)?;
+        let masks = Dir::open_exact(&self.masks)?;
         if paths.is_empty() {
             upper.clear()?;
             return masks.clear();

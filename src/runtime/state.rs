@@ -128,6 +128,22 @@ pub fn on_disk(scratch_dir: &Path) -> std::collections::BTreeMap<String, Runtime
     found
 }
 
+/// Deletes stopped runtime `name`'s directory `dir`, holding its in-use
+/// mark while it does, so no service re-enters it meanwhile; refused
+/// (ResourceBusy) while another service runs it.
+pub fn remove_stopped(dir: &Path, name: &str) -> std::io::Result<()> {
+    let held = match super::in_use::InUse::take(dir) {
+        Ok(Some(held)) => Some(held),
+        Ok(None) => return Err(super::in_use::held_error(name)),
+        // Not a runtime's directory as we make them (a file, no rights
+        // to add the lock): deleted as it is.
+        Err(_) => None,
+    };
+    let removed = super::scratch::remove_any(dir);
+    drop(held);
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,20 +166,4 @@ mod tests {
         let err = RuntimeState::read(dir.path()).unwrap_err();
         assert!(err.contains("is not a runtime's state"), "{err}");
     }
-}
-
-/// Deletes stopped runtime `name`'s directory `dir`, holding its in-use
-/// mark while it does, so no service re-enters it meanwhile; refused
-/// (ResourceBusy) while another service runs it.
-pub fn remove_stopped(dir: &Path, name: &str) -> std::io::Result<()> {
-    let held = match super::in_use::InUse::take(dir) {
-        Ok(Some(held)) => Some(held),
-        Ok(None) => return Err(super::in_use::held_error(name)),
-        // Not a runtime's directory as we make them (a file, no rights
-        // to add the lock): deleted as it is.
-        Err(_) => None,
-    };
-    let removed = super::scratch::remove_any(dir);
-    drop(held);
-    removed
 }

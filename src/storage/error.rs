@@ -85,11 +85,21 @@ pub enum StorageError {
 /// What to do about an operating-system error, by its kind.
 fn io_fix(source: &std::io::Error) -> &'static str {
     match source.raw_os_error() {
-        Some(libc::ENOSPC) => "the disk is full: free space on it (or move the repository) and run the command again",
-        Some(libc::EDQUOT) => "your disk quota is used up: free space in it and run the command again",
-        Some(libc::EROFS) => "the filesystem is mounted read-only: use a repository on a writable one",
-        Some(libc::EACCES | libc::EPERM) => "you may not change it: check its owner and mode, or use a repository of your own",
-        Some(libc::EIO) => "the disk reported an I/O error: check the disk, then run the command again",
+        Some(libc::ENOSPC) => {
+            "the disk is full: free space on it (or move the repository) and run the command again"
+        }
+        Some(libc::EDQUOT) => {
+            "your disk quota is used up: free space in it and run the command again"
+        }
+        Some(libc::EROFS) => {
+            "the filesystem is mounted read-only: use a repository on a writable one"
+        }
+        Some(libc::EACCES | libc::EPERM) => {
+            "you may not change it: check its owner and mode, or use a repository of your own"
+        }
+        Some(libc::EIO) => {
+            "the disk reported an I/O error: check the disk, then run the command again"
+        }
         _ => "check that the path exists and that you may read and write it",
     }
 }

@@ -2,24 +2,24 @@
 //! the digests match: every file and symlink target becomes a payload plus
 //! its Blob object, the tree becomes a Manifest, and a Layer points at it.
 //!
-//! The walk never follows symlinks. A symlink is a Blob entry (`S_IFLNK`
+//! The walk (`tracking::walk`) never follows symlinks. A symlink is a Blob entry (`S_IFLNK`
 //! mode) whose payload is its target; a 0/0 character device (an overlayfs
 //! whiteout) is a Mask; any other special file is refused, naming it.
 //! Payloads are written by several threads at once, small ones in batches
 //! made durable together (see [`BatchWriter`]); mtimes, owners and
 //! xattrs are not part of spfs digests and are not recorded.
 
-use std::collections::BTreeMap;
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 
 use super::manifest::{Entry, Manifest};
+pub use super::walk::{payload_digest_at, walk_dir, DirWalk};
+use super::walk::{Found, Job, Opener};
+use crate::dirfd::Dir;
 use crate::encoding::Digest;
-use crate::graph::{Blob, EntryKind, Layer, Object, Platform};
+use crate::graph::{Blob, Layer, Object, Platform};
 use crate::storage::error::StorageError;
 use crate::storage::fs::BatchWriter;
 use crate::storage::proxy::ProxyRepository;
@@ -42,60 +42,12 @@ pub struct CommitStats {
     pub total_bytes: u64,
 }
 
-enum Job {
-    File { path: PathBuf },
-    Link { target: Vec<u8> },
-}
-
-struct Found {
-    job: Job,
-    /// Names from the committed root down to the entry.
-    at: Vec<String>,
-    size: u64,
-}
-
 /// The mode of a mask entry written for a deletion: a character device with
 /// no permission bits, as overlayfs makes its whiteouts (and so as spfs
 /// records the deletions of a runtime).
 pub const MASK_MODE: u32 = 0o020000;
 
-/// A directory read from disk: its tree, with the files and symlinks whose
-/// payloads are still to be read. [`DirWalk::store`] writes them to a
-/// repository (a commit); [`DirWalk::hash`] only computes their digests (a
-/// directory layer's manifest, a diff).
-pub struct DirWalk {
-    root: Entry,
-    found: Vec<Found>,
-}
-
-/// Reads the tree under `dir` (never following symlinks); no payload is read yet.
-pub fn walk_dir(dir: &Path) -> Result<DirWalk, StorageError> {
-    let meta = std::fs::metadata(dir).map_err(|e| StorageError::io("read", dir, e))?;
-    let mut root = Entry::dir(meta.mode());
-    let mut found = Vec::new();
-    scan(dir, &mut root, &mut Vec::new(), &mut found)?;
-    Ok(DirWalk { root, found })
-}
-
 impl DirWalk {
-    /// The walk of an empty directory of `mode` (type bits included).
-    pub fn empty(mode: u32) -> DirWalk {
-        DirWalk {
-            root: Entry::dir(mode),
-            found: Vec::new(),
-        }
-    }
-
-    /// The tree as walked: blobs have a NULL object until stored or hashed.
-    pub fn root(&self) -> &Entry {
-        &self.root
-    }
-
-    /// The tree as walked, payloads unread (blob objects NULL, sizes from disk).
-    pub fn into_root(self) -> Entry {
-        self.root
-    }
-
     /// Stores every payload (and its Blob object) in `repo`, reporting
     /// progress; returns the tree with every blob's digest and size.
     pub fn store(
@@ -116,14 +68,18 @@ impl DirWalk {
         repo: Option<&FsRepository>,
         progress: &mut dyn FnMut(CommitStats),
     ) -> Result<Entry, StorageError> {
-        let DirWalk { mut root, found } = self;
+        let DirWalk {
+            mut root,
+            found,
+            dir,
+        } = self;
         let mut stats = CommitStats {
             total_files: found.len() as u64,
             total_bytes: found.iter().map(|f| f.size).sum(),
             ..CommitStats::default()
         };
         progress(stats);
-        let results = process_all(repo, &found, &mut stats, progress)?;
+        let results = process_all(repo, dir.as_ref(), &found, &mut stats, progress)?;
         for (item, (digest, size)) in found.iter().zip(results) {
             // the walk inserted every found item, so the lookup always succeeds
             if let Some(entry) = entry_at_mut(&mut root, &item.at) {
@@ -141,7 +97,9 @@ pub fn commit_dir(
     dir: &Path,
     progress: &mut dyn FnMut(CommitStats),
 ) -> Result<(Digest, Digest), StorageError> {
-    let root = walk_dir(dir)?.store(repo, progress)?;
+    let walked = walk_dir(dir)?;
+    crate::test_hooks::pause("commit.walked");
+    let root = walked.store(repo, progress)?;
     write_layer(repo, &Manifest::new(root))
 }
 
@@ -163,24 +121,6 @@ pub fn write_layer(
     };
     let layer_digest = repo.write_object(&Object::Layer(layer))?;
     Ok((layer_digest, manifest_digest))
-}
-
-/// The payload digest of one file or symlink (its target) on disk, as a
-/// commit would record it.
-pub fn payload_digest(path: &Path) -> Result<Digest, StorageError> {
-    let meta = std::fs::symlink_metadata(path).map_err(|e| StorageError::io("stat", path, e))?;
-    let job = if meta.file_type().is_symlink() {
-        let target =
-            std::fs::read_link(path).map_err(|e| StorageError::io("read the link", path, e))?;
-        Job::Link {
-            target: target.as_os_str().as_bytes().to_vec(),
-        }
-    } else {
-        Job::File {
-            path: path.to_owned(),
-        }
-    };
-    hash_one(&job).map(|(digest, _)| digest)
 }
 
 fn entry_at_mut<'e>(root: &'e mut Entry, at: &[String]) -> Option<&'e mut Entry> {
@@ -210,85 +150,13 @@ pub fn commit_platform(
     }))
 }
 
-fn scan(
-    dir: &Path,
-    into: &mut Entry,
-    at: &mut Vec<String>,
-    found: &mut Vec<Found>,
-) -> Result<(), StorageError> {
-    let read = std::fs::read_dir(dir).map_err(|e| StorageError::io("list", dir, e))?;
-    for item in read {
-        let item = item.map_err(|e| StorageError::io("list", dir, e))?;
-        let path = item.path();
-        let name = item
-            .file_name()
-            .to_str()
-            .map(str::to_string)
-            .ok_or_else(|| StorageError::Unsupported {
-                path: path.clone(),
-                reason: "its name is not UTF-8, which spfs cannot record".into(),
-                fix: "rename it",
-            })?;
-        let meta =
-            std::fs::symlink_metadata(&path).map_err(|e| StorageError::io("stat", &path, e))?;
-        let kind = meta.file_type();
-        let mut entry = Entry {
-            kind: EntryKind::Blob,
-            object: Digest::NULL,
-            mode: meta.mode(),
-            size: meta.size(),
-            entries: BTreeMap::new(),
-        };
-        at.push(name.clone());
-        if kind.is_dir() {
-            entry.kind = EntryKind::Tree;
-            entry.size = 0;
-            scan(&path, &mut entry, at, found)?;
-        } else if kind.is_symlink() {
-            let target = std::fs::read_link(&path)
-                .map_err(|e| StorageError::io("read the link", &path, e))?;
-            let target = target.as_os_str().as_bytes().to_vec();
-            if std::str::from_utf8(&target).is_err() {
-                return Err(StorageError::Unsupported {
-                    path,
-                    reason: "the symlink's target is not UTF-8".into(),
-                    fix: "point the link at a UTF-8 path",
-                });
-            }
-            let size = target.len() as u64;
-            found.push(Found {
-                job: Job::Link { target },
-                at: at.clone(),
-                size,
-            });
-        } else if kind.is_file() {
-            found.push(Found {
-                job: Job::File { path },
-                at: at.clone(),
-                size: meta.size(),
-            });
-        } else if kind.is_char_device() && meta.rdev() == 0 {
-            entry.kind = EntryKind::Mask;
-            entry.size = 0;
-        } else {
-            return Err(StorageError::Unsupported {
-                path,
-                reason: "it is a device, socket or fifo; a layer holds only files, folders, symlinks and 0/0 character devices (deletions)".into(),
-                fix: "remove it from the folder before committing",
-            });
-        }
-        at.pop();
-        into.entries.insert(name, entry);
-    }
-    Ok(())
-}
-
 /// Store (or with no repository, only hash) every found payload, a few at
 /// a time; results in `found` order. Small files go through one
 /// [`BatchWriter`] per worker, flushed before the worker ends, so
 /// everything is durable when this returns `Ok`.
 fn process_all(
     repo: Option<&FsRepository>,
+    walked: Option<&(Dir, PathBuf)>,
     found: &[Found],
     stats: &mut CommitStats,
     progress: &mut dyn FnMut(CommitStats),
@@ -309,7 +177,7 @@ fn process_all(
         for _ in 0..workers {
             let tx = tx.clone();
             let (next, stop) = (&next, &stop);
-            scope.spawn(move || worker(repo, found, next, stop, tx));
+            scope.spawn(move || worker(repo, walked, found, next, stop, tx));
         }
         drop(tx);
         for message in rx {
@@ -349,29 +217,37 @@ fn process_all(
 /// or one failed, and sends each result (by index) or the error.
 fn worker(
     repo: Option<&FsRepository>,
+    walked: Option<&(Dir, PathBuf)>,
     found: &[Found],
     next: &AtomicUsize,
     stop: &AtomicBool,
     tx: mpsc::Sender<Result<(usize, Digest, u64), StorageError>>,
 ) {
     let mut batch = repo.map(BatchWriter::new);
-    while !stop.load(Ordering::Relaxed) {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        let Some(item) = found.get(i) else { break };
-        if crate::interrupt::requested() {
-            let _ = tx.send(Err(StorageError::Interrupted));
-            stop.store(true, Ordering::Relaxed);
-            return;
-        }
-        let result = match (repo, batch.as_mut()) {
-            (Some(repo), Some(batch)) => store_one(repo, batch, &item.job),
-            _ => hash_one(&item.job),
-        };
-        let failed = result.is_err();
-        let _ = tx.send(result.map(|(digest, size)| (i, digest, size)));
-        if failed {
-            stop.store(true, Ordering::Relaxed);
-            return;
+    let mut opener = Opener::new(walked);
+    'work: while !stop.load(Ordering::Relaxed) {
+        // A run of items at a time: files of one folder are found in a row,
+        // and the opener keeps their folder open.
+        let first = next.fetch_add(RUN, Ordering::Relaxed);
+        for i in first..first + RUN {
+            let Some(item) = found.get(i) else {
+                break 'work;
+            };
+            if crate::interrupt::requested() {
+                let _ = tx.send(Err(StorageError::Interrupted));
+                stop.store(true, Ordering::Relaxed);
+                return;
+            }
+            let result = match (repo, batch.as_mut()) {
+                (Some(repo), Some(batch)) => store_one(repo, batch, &item.job, &mut opener),
+                _ => hash_one(&item.job, &mut opener),
+            };
+            let failed = result.is_err();
+            let _ = tx.send(result.map(|(digest, size)| (i, digest, size)));
+            if failed || stop.load(Ordering::Relaxed) {
+                stop.store(true, Ordering::Relaxed);
+                return;
+            }
         }
     }
     if let Some(Err(e)) = batch.as_mut().map(BatchWriter::flush) {
@@ -380,16 +256,18 @@ fn worker(
     }
 }
 
+/// How many found items a worker takes at once.
+const RUN: usize = 16;
+
 /// The payload digest and size of one item, read but not stored.
-fn hash_one(job: &Job) -> Result<(Digest, u64), StorageError> {
+fn hash_one(job: &Job, opener: &mut Opener<'_>) -> Result<(Digest, u64), StorageError> {
     match job {
         Job::Link { target } => Ok((Digest::of(target), target.len() as u64)),
-        Job::File { path } => {
-            let mut file =
-                std::fs::File::open(path).map_err(|e| StorageError::io("open", path, e))?;
+        Job::File { relative, seen } => {
+            let mut file = opener.open(relative, seen)?;
             let mut hasher = crate::encoding::Hasher::new();
             let size = std::io::copy(&mut file, &mut hasher)
-                .map_err(|e| StorageError::io("read", path, e))?;
+                .map_err(|e| StorageError::io("read", relative, e))?;
             Ok((hasher.finish(), size))
         }
     }
@@ -399,20 +277,20 @@ fn store_one(
     repo: &FsRepository,
     batch: &mut BatchWriter<'_>,
     job: &Job,
+    opener: &mut Opener<'_>,
 ) -> Result<(Digest, u64), StorageError> {
     match job {
         Job::Link { target } => Ok((batch.write_blob_bytes(target)?, target.len() as u64)),
-        Job::File { path } => {
-            let mut file =
-                std::fs::File::open(path).map_err(|e| StorageError::io("open", path, e))?;
+        Job::File { relative, seen } => {
+            let mut file = opener.open(relative, seen)?;
             let len = file
                 .metadata()
-                .map_err(|e| StorageError::io("stat", path, e))?
+                .map_err(|e| StorageError::io("stat", relative, e))?
                 .len();
             if len <= SMALL_FILE {
                 let mut bytes = Vec::with_capacity(len as usize);
                 file.read_to_end(&mut bytes)
-                    .map_err(|e| StorageError::io("read", path, e))?;
+                    .map_err(|e| StorageError::io("read", relative, e))?;
                 Ok((batch.write_blob_bytes(&bytes)?, bytes.len() as u64))
             } else {
                 let (payload, size) = repo.write_payload(&mut file)?;

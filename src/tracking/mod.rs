@@ -3,6 +3,8 @@
 //! - [`manifest`]: [`Manifest`], an in-memory path tree; conversion from and
 //!   to a stored [`crate::graph::Manifest`] (in spfs's tree order,
 //!   so digests match the real tool); merging layers, masks included.
+//! - [`walk`]: reading a directory tree by directory fds, and opening
+//!   each file it found only if it is still what the walk saw.
 //! - [`commit`]: committing a directory on disk as a layer, and a stack of
 //!   layers as a platform.
 //! - [`env_spec`]: refs (`base+app`, tags, digests, directories) resolved to
@@ -11,6 +13,7 @@
 pub mod commit;
 pub mod env_spec;
 pub mod manifest;
+pub mod walk;
 
 pub use commit::{commit_dir, commit_platform, manifest_of_dir, walk_dir, CommitStats, DirWalk};
 pub use manifest::{Entry, Manifest};

@@ -168,7 +168,10 @@ impl FsRepository {
     /// before each commit, so none stays forever.
     pub fn clear_stale_work(&self, age: std::time::Duration) -> usize {
         let mut removed = 0;
-        for work in [self.objects_dir().join("work"), self.payloads_dir().join("work")] {
+        for work in [
+            self.objects_dir().join("work"),
+            self.payloads_dir().join("work"),
+        ] {
             let Ok(entries) = std::fs::read_dir(&work) else {
                 continue;
             };

@@ -95,7 +95,12 @@ fn committing_the_fixture_inputs_gives_the_real_tools_digests() {
         d("BNK4OLWRSOFILS2OXQRHJWS4EKTY5DR53LOBVEQI3YATN5EI7Q2Q")
     );
 
-    let stack = commit_platform(&repo, &ProxyRepository::from_repositories(Vec::new()), &[base_layer, app_layer]).unwrap();
+    let stack = commit_platform(
+        &repo,
+        &ProxyRepository::from_repositories(Vec::new()),
+        &[base_layer, app_layer],
+    )
+    .unwrap();
     assert_eq!(
         stack,
         d("VK6HKZ57PWKPI4L5PVJDVPWZDMVAWUAQQX75GEWDPAAHKFSKCVHQ")
@@ -113,7 +118,12 @@ fn committing_the_fixture_inputs_gives_the_real_tools_digests() {
     }
     // committing again changes nothing
     assert_eq!(commit(&repo, base.path()), (base_layer, base_manifest));
-    assert!(commit_platform(&repo, &ProxyRepository::from_repositories(Vec::new()), &[Digest::of(b"no such layer")]).is_err());
+    assert!(commit_platform(
+        &repo,
+        &ProxyRepository::from_repositories(Vec::new()),
+        &[Digest::of(b"no such layer")]
+    )
+    .is_err());
 }
 
 #[test]
@@ -142,7 +152,12 @@ fn a_whiteout_commits_as_a_mask() {
         d("VCASFHRQTNIA6A2T7HM27CXETLSBFUGSI73YCD6IP2SNCUFYFISQ")
     );
     let (base_layer, _) = commit(&repo, input("base").path());
-    let masked = commit_platform(&repo, &ProxyRepository::from_repositories(Vec::new()), &[base_layer, mask_layer]).unwrap();
+    let masked = commit_platform(
+        &repo,
+        &ProxyRepository::from_repositories(Vec::new()),
+        &[base_layer, mask_layer],
+    )
+    .unwrap();
     assert_eq!(
         masked,
         d("4FH6NJEQPB3LVTWZCFSXIYKSKYMWQU63L3RJQU6QFFS7GU6AIHDA")

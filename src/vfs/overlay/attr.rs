@@ -3,14 +3,15 @@
 //! copied up first), or through an open file when the node was deleted.
 
 use std::fs::File;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
 
 use fuser::{Errno, FileAttr, FileType, TimeOrNow};
 use nix::sys::stat::{utimensat, UtimensatFlags};
 
+use super::at::At;
 use super::write::{nix_errno, timespec};
 use super::{errno, Overlay};
+use nix::fcntl::OFlag;
 
 /// The metadata changes of one `setattr`.
 #[derive(Clone, Copy, Debug, Default)]
@@ -38,21 +39,20 @@ impl SetAttr {
 /// Makes `change` to the scratch copy at `path` (a `kind`); a truncate goes
 /// through `open` when the change came through an open file.
 fn apply_at_path(
-    path: &Path,
+    path: &At,
     kind: FileType,
     change: SetAttr,
     open: Option<&File>,
 ) -> Result<(), Errno> {
     if let Some(mode) = change.mode {
         if kind != FileType::Symlink {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))
-                .map_err(errno)?;
+            path.chmod(mode & 0o7777).map_err(errno)?;
         }
     }
     if change.uid.is_some() || change.gid.is_some() {
         nix::unistd::fchownat(
-            nix::fcntl::AT_FDCWD,
-            path,
+            path.fd(),
+            path.path(),
             change.uid.map(nix::unistd::Uid::from_raw),
             change.gid.map(nix::unistd::Gid::from_raw),
             nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
@@ -65,18 +65,16 @@ fn apply_at_path(
         }
         match open {
             Some(file) => file.set_len(size).map_err(errno)?,
-            None => std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                .open(path)
+            None => path
+                .open(OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK, 0)
                 .and_then(|file| file.set_len(size))
                 .map_err(errno)?,
         }
     }
     if change.atime.is_some() || change.mtime.is_some() {
         utimensat(
-            nix::fcntl::AT_FDCWD,
-            path,
+            path.fd(),
+            path.path(),
             &timespec(change.atime),
             &timespec(change.mtime),
             UtimensatFlags::NoFollowSymlink,
@@ -115,7 +113,7 @@ impl Overlay {
         }
         let truncating = change.size == Some(0) && open.is_none();
         self.copy_up(&mut tree, node, truncating)?;
-        let path = self.upper_path(&tree, node);
+        let path = self.upper_at(&tree, node)?;
         let kind = self.attr(&tree, node)?.kind;
         apply_at_path(&path, kind, change, open)?;
         self.attr(&tree, node)

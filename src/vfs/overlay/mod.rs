@@ -25,6 +25,7 @@
 //! another stack) takes no tree change, but its open files write on, into
 //! the same scratch files, until the runtime is frozen or ends.
 
+pub mod at;
 pub mod attr;
 pub mod write;
 
@@ -32,16 +33,24 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use fuser::{Errno, FileAttr, FileType};
+use nix::fcntl::OFlag;
+
+use at::At;
 
 use super::inode::encode;
 use super::view::{self, Content, View};
 use crate::runtime::Scratch;
+
+/// How files of the scratch directory are opened: never through a
+/// symlink, never blocking (a FIFO), never as a controlling terminal.
+const OPEN_FLAGS: OFlag = OFlag::O_NOFOLLOW
+    .union(OFlag::O_NONBLOCK)
+    .union(OFlag::O_NOCTTY);
 
 /// Most nodes one overlay numbers (its inode numbers' low 32 bits).
 const MAX_NODES: usize = u32::MAX as usize;
@@ -299,7 +308,7 @@ impl Overlay {
         self.live(&tree, node)?;
         let found = tree.nodes.get(node as usize).ok_or(Errno::ESTALE)?;
         if found.upper {
-            let target = std::fs::read_link(self.upper_path(&tree, node)).map_err(errno)?;
+            let target = self.upper_at(&tree, node)?.read_link().map_err(errno)?;
             return Ok(std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()).to_vec());
         }
         let lower = found.lower.ok_or(Errno::ESTALE)?;
@@ -328,12 +337,13 @@ impl Overlay {
                 self.check_editable()?;
             }
             self.copy_up_with(&mut tree, node, truncate, prepared)?;
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .truncate(flags & libc::O_TRUNC != 0)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-                .open(self.upper_path(&tree, node))
+            let truncate = match flags & libc::O_TRUNC != 0 {
+                true => OFlag::O_TRUNC,
+                false => OFlag::empty(),
+            };
+            let file = self
+                .upper_at(&tree, node)?
+                .open(OFlag::O_RDWR | truncate | OPEN_FLAGS, 0)
                 .map_err(errno)?;
             return Ok(Opened {
                 file,
@@ -342,10 +352,9 @@ impl Overlay {
         }
         let found = &tree.nodes[node as usize];
         if found.upper {
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-                .open(self.upper_path(&tree, node))
+            let file = self
+                .upper_at(&tree, node)?
+                .open(OFlag::O_RDONLY | OPEN_FLAGS, 0)
                 .map_err(errno)?;
             if !file.metadata().map_err(errno)?.is_file() {
                 return Err(Errno::EINVAL);
@@ -395,13 +404,8 @@ impl Overlay {
         let node = tree.nodes.get(dir as usize).ok_or(Errno::ESTALE)?;
         let mut names = BTreeSet::new();
         if node.upper {
-            let path = self.upper_path(tree, dir);
-            match std::fs::read_dir(&path) {
-                Ok(entries) => {
-                    for entry in entries {
-                        names.insert(entry.map_err(errno)?.file_name());
-                    }
-                }
+            match self.upper_at(tree, dir)?.read_dir() {
+                Ok(entries) => names.extend(entries),
                 Err(err) if err.raw_os_error() == Some(libc::ENOTDIR) => {
                     return Err(Errno::ENOTDIR)
                 }
@@ -435,13 +439,9 @@ impl Overlay {
         // Nothing of a directory that is not in the scratch directory can
         // be: most of a stack is looked up without touching the disk.
         let upper = tree.nodes[dir as usize].upper
-            && match std::fs::symlink_metadata(self.scratch.upper().join(&path)) {
-                Ok(_) => true,
-                Err(err) if matches!(err.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
-                    false
-                }
-                Err(err) => return Err(errno(err)),
-            };
+            && At::new(self.scratch.upper(), &path)
+                .and_then(|at| at.exists())
+                .map_err(errno)?;
         let lower = if tree.masks.contains(&path) {
             None
         } else {
@@ -495,16 +495,16 @@ impl Overlay {
         names.iter().rev().collect()
     }
 
-    fn upper_path(&self, tree: &Tree, node: u32) -> PathBuf {
-        self.scratch.upper().join(self.path(tree, node))
+    /// The node's file in the scratch directory, as the kernel takes it.
+    fn upper_at(&self, tree: &Tree, node: u32) -> Result<At, Errno> {
+        At::new(self.scratch.upper(), &self.path(tree, node)).map_err(errno)
     }
 
     fn attr(&self, tree: &Tree, node: u32) -> Result<FileAttr, Errno> {
         self.live(tree, node)?;
         let found = tree.nodes.get(node as usize).ok_or(Errno::ESTALE)?;
         let mut attr = if found.upper {
-            let stat = nix::sys::stat::lstat(&self.upper_path(tree, node))
-                .map_err(|e| Errno::from_i32(e as i32))?;
+            let stat = self.upper_at(tree, node)?.lstat().map_err(errno)?;
             view::attr_of(&stat)
         } else {
             let lower = found.lower.ok_or(Errno::ESTALE)?;
@@ -536,7 +536,8 @@ fn forget_changes(tree: &mut Tree) {
         node.upper = false;
         node.gone |= node.lower.is_none();
     }
-    tree.index.retain(|_, node| !tree.nodes[*node as usize].gone);
+    tree.index
+        .retain(|_, node| !tree.nodes[*node as usize].gone);
 }
 
 /// A name the kernel may send: one non-empty component, within NAME_MAX.

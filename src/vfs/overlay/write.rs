@@ -18,8 +18,10 @@ use fuser::{Errno, FileAttr, FileType, TimeOrNow};
 use nix::sys::stat::{utimensat, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 
+use super::at::At;
 use super::view::Content;
 use super::{errno, Opened, Overlay, Tree};
+use nix::fcntl::OFlag;
 
 /// Who a new file belongs to: the calling process's user and group.
 #[derive(Clone, Copy, Debug)]
@@ -50,13 +52,13 @@ fn system_timespec(at: SystemTime) -> TimeSpec {
 /// Gives a new file to the caller when the service runs as root for
 /// someone else (`allow_other`); otherwise it is the service's user's
 /// already, which is the caller.
-fn give_to(path: &Path, owner: Owner) -> Result<(), Errno> {
+fn give_to(at: &At, owner: Owner) -> Result<(), Errno> {
     if !nix::unistd::geteuid().is_root() || owner.uid == 0 {
         return Ok(());
     }
     nix::unistd::fchownat(
-        nix::fcntl::AT_FDCWD,
-        path,
+        at.fd(),
+        at.path(),
         Some(nix::unistd::Uid::from_raw(owner.uid)),
         Some(nix::unistd::Gid::from_raw(owner.gid)),
         nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
@@ -69,6 +71,15 @@ fn give_to(path: &Path, owner: Owner) -> Result<(), Errno> {
 pub struct StagedCopy {
     lower: u32,
     path: PathBuf,
+}
+
+impl StagedCopy {
+    fn at(&self) -> io::Result<At> {
+        let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name()) else {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        At::new(dir, Path::new(name))
+    }
 }
 
 impl Drop for StagedCopy {
@@ -170,30 +181,21 @@ impl Overlay {
         let lower = tree.nodes[node as usize].lower.ok_or(Errno::ESTALE)?;
         let lower_node = self.lower.node(lower).ok_or(Errno::ESTALE)?;
         let attr = lower_node.attr;
-        let target = self.upper_path(tree, node);
+        let target = self.upper_at(tree, node)?;
         match &lower_node.content {
-            Content::Dir(_) => {
-                std::fs::DirBuilder::new()
-                    .mode(u32::from(attr.perm))
-                    .create(&target)
-                    .map_err(errno)?;
-                std::fs::set_permissions(
-                    &target,
-                    std::fs::Permissions::from_mode(u32::from(attr.perm)),
-                )
-                .map_err(errno)?;
-            }
+            Content::Dir(_) => target.mkdir(u32::from(attr.perm)).map_err(errno)?,
             Content::Symlink(_) | Content::LinkPayload(_) => {
                 let link = self.lower.read_link(lower).map_err(errno)?;
                 let link: &OsStr = std::os::unix::ffi::OsStrExt::from_bytes(&link);
-                std::os::unix::fs::symlink(link, &target).map_err(errno)?;
+                target.symlink(Path::new(link)).map_err(errno)?;
             }
             Content::File(_) | Content::Payload(_) => {
                 let copy = match prepared.take() {
                     Some(copy) if copy.lower == lower && !empty => Ok(copy),
                     _ => self.copy_to_work(lower, empty),
                 };
-                if let Err(err) = copy.and_then(|copy| std::fs::rename(&copy.path, &target)) {
+                let placed = copy.and_then(|copy| copy.at()?.rename_to(&target));
+                if let Err(err) = placed {
                     tracing::warn!(
                         event = "service.copy_up_failed",
                         view_id = self.id,
@@ -208,8 +210,8 @@ impl Overlay {
         }
         // The layers' times, as a copy keeps them (a symlink's own too).
         let _ = utimensat(
-            nix::fcntl::AT_FDCWD,
-            &target,
+            target.fd(),
+            target.path(),
             &system_timespec(attr.atime),
             &system_timespec(attr.mtime),
             UtimensatFlags::NoFollowSymlink,
@@ -220,7 +222,7 @@ impl Overlay {
 
     /// Ready to make `name` in directory `dir`: editable, `dir` a directory
     /// in the scratch directory, `name` free. Returns the new path.
-    fn prepare_new(&self, tree: &mut Tree, dir: u32, name: &OsStr) -> Result<PathBuf, Errno> {
+    fn prepare_new(&self, tree: &mut Tree, dir: u32, name: &OsStr) -> Result<At, Errno> {
         self.begin_change(tree)?;
         if self.attr(tree, dir)?.kind != FileType::Directory {
             return Err(Errno::ENOTDIR);
@@ -229,7 +231,7 @@ impl Overlay {
             return Err(Errno::EEXIST);
         }
         self.copy_up(tree, dir, false)?;
-        Ok(self.upper_path(tree, dir).join(name))
+        self.upper_at(tree, dir)?.child(name).map_err(errno)
     }
 
     /// Numbers a path just made in the scratch directory. The layers'
@@ -262,13 +264,15 @@ impl Overlay {
         }
         let path = self.prepare_new(&mut tree, dir, name)?;
         let perm = mode & !umask & 0o7777;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(perm)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY)
-            .open(&path)
+        let file = path
+            .open(
+                OFlag::O_RDWR
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_NOCTTY,
+                perm,
+            )
             .map_err(errno)?;
         // The service's umask must not narrow what the caller asked for.
         file.set_permissions(std::fs::Permissions::from_mode(perm))
@@ -310,13 +314,19 @@ impl Overlay {
         owner: Owner,
     ) -> Result<(u32, FileAttr), Errno> {
         let mut tree = self.lock();
+        // No deeper than a layer may nest (`tracking::manifest::MAX_DEPTH`):
+        // what could not be committed nor shown is not made.
+        if self.depth(&tree, dir) >= crate::tracking::manifest::MAX_DEPTH {
+            tracing::warn!(
+                event = "service.overlay_too_deep",
+                view_id = self.id,
+                max = crate::tracking::manifest::MAX_DEPTH,
+                "a directory deeper than a layer may nest was refused"
+            );
+            return Err(Errno::ENAMETOOLONG);
+        }
         let path = self.prepare_new(&mut tree, dir, name)?;
-        let perm = mode & !umask & 0o7777;
-        std::fs::DirBuilder::new()
-            .mode(perm)
-            .create(&path)
-            .map_err(errno)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(perm)).map_err(errno)?;
+        path.mkdir(mode & !umask & 0o7777).map_err(errno)?;
         give_to(&path, owner)?;
         self.made(&mut tree, dir, name)
     }
@@ -330,7 +340,7 @@ impl Overlay {
     ) -> Result<(u32, FileAttr), Errno> {
         let mut tree = self.lock();
         let path = self.prepare_new(&mut tree, dir, name)?;
-        std::os::unix::fs::symlink(target, &path).map_err(errno)?;
+        path.symlink(target).map_err(errno)?;
         give_to(&path, owner)?;
         self.made(&mut tree, dir, name)
     }
@@ -380,7 +390,7 @@ impl Overlay {
         // marker (our file, shown), never the layers' file back.
         self.mask(&mut tree, node)?;
         if tree.nodes[node as usize].upper {
-            std::fs::remove_file(self.upper_path(&tree, node)).map_err(errno)?;
+            self.upper_at(&tree, node)?.unlink().map_err(errno)?;
             tree.nodes[node as usize].upper = false;
         }
         self.bury(&mut tree, node);
@@ -403,7 +413,7 @@ impl Overlay {
         self.mask(&mut tree, node)?;
         if tree.nodes[node as usize].upper {
             // Shown entries are all gone, so the scratch directory is empty.
-            std::fs::remove_dir(self.upper_path(&tree, node)).map_err(errno)?;
+            self.upper_at(&tree, node)?.rmdir().map_err(errno)?;
             tree.nodes[node as usize].upper = false;
         }
         self.bury(&mut tree, node);
@@ -432,14 +442,17 @@ impl Overlay {
         };
         self.copy_up(&mut tree, plan.source, false)?;
         self.copy_up(&mut tree, newdir, false)?;
-        let from = self.upper_path(&tree, plan.source);
-        let to = self.upper_path(&tree, newdir).join(newname);
+        let from = self.upper_at(&tree, plan.source)?;
+        let to = self
+            .upper_at(&tree, newdir)?
+            .child(newname)
+            .map_err(errno)?;
         // The markers first, as in `unlink`: a crash before the rename
         // leaves markers under our own files (shown as they were), never
         // the layers' entries back.
         self.mask_for_rename(&mut tree, &plan, newdir, newname)?;
         // rename(2) replaces our file, or our (empty) directory, there.
-        std::fs::rename(&from, &to).map_err(errno)?;
+        from.rename_to(&to).map_err(errno)?;
         self.move_node(&mut tree, &plan, newdir, newname);
         Ok(())
     }
@@ -490,6 +503,16 @@ impl Overlay {
             target,
             source_is_dir,
         }))
+    }
+
+    /// How many directories `node` is below the root.
+    fn depth(&self, tree: &Tree, mut node: u32) -> usize {
+        let mut depth = 0;
+        while node != 0 {
+            node = tree.nodes[node as usize].parent;
+            depth += 1;
+        }
+        depth
     }
 
     /// Whether `node` is `ancestor` or below it.

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::stat::FileStat;
 
-use crate::dirfd::{identity, Dir};
 pub use crate::dirfd::is_regular;
+use crate::dirfd::{identity, Dir};
 
 /// What `Mount` recorded of a file in a directory layer, to open it later.
 #[derive(Debug, Clone)]
@@ -93,8 +93,7 @@ impl DiskFile {
     /// regular file `Mount` saw.
     pub fn open(&self) -> io::Result<File> {
         let root = Dir::open(&self.root)?;
-        let (Some(parent), Some(name)) = (self.relative.parent(), self.relative.file_name())
-        else {
+        let (Some(parent), Some(name)) = (self.relative.parent(), self.relative.file_name()) else {
             return Err(io::Error::from_raw_os_error(libc::EISDIR));
         };
         let dir = root
