@@ -132,11 +132,6 @@ fn files_open_for_writing_keep_writing_after_a_reset_of_another_path_or_a_stack_
     );
 }
 
-/// Waits for a path to exist (the service works on its own threads).
-fn wait_exists(env: &TestEnv, path: &Path) -> bool {
-    env.wait_for(Duration::from_secs(5), || path.exists())
-}
-
 /// The digest a commit reported on stderr (`created digest=...`), first one.
 fn created_digest(stderr: &str) -> String {
     stderr
