@@ -655,3 +655,84 @@ fn commit_path_refuses_a_file_swapped_for_a_symlink_or_a_fifo_after_its_walk() {
         std::fs::write(dir.join("a"), "a").unwrap();
     }
 }
+
+#[test]
+fn an_overlay_forgets_the_paths_a_build_made_and_deleted() {
+    let env = TestEnv::new();
+    env.sh_ok(
+        &["-"],
+        "i=0; while [ $i -lt 2000 ]; do echo x > $M/tmp.$i; rm $M/tmp.$i; i=$((i+1)); done; \
+         mkdir $M/d; i=0; while [ $i -lt 500 ]; do echo x > $M/d/f.$i; i=$((i+1)); done; rm -r $M/d",
+    );
+    let freed = || {
+        env.service_events("service.view_freed")
+            .into_iter()
+            .find(|e| e["editable"] == true)
+    };
+    assert!(env.wait_for(Duration::from_secs(10), || freed().is_some()));
+    let event = freed().unwrap();
+    let (nodes, unused) = (
+        event["nodes"].as_u64().unwrap(),
+        event["nodes_freed"].as_u64().unwrap(),
+    );
+    // 2,501 paths were made and deleted, at most 501 at once: the tree
+    // numbered about that many, and freed them as they went.
+    assert!(nodes < 600, "the overlay numbered {nodes} nodes: {event}");
+    assert!(nodes - unused < 10, "{event}");
+}
+
+/// The payload file in `repo` whose contents are `text`.
+fn payload_with(repo: &Path, text: &str) -> std::path::PathBuf {
+    let mut pending = vec![repo.join("payloads")];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if std::fs::read(&path).unwrap() == text.as_bytes() {
+                return path;
+            }
+        }
+    }
+    panic!("no payload holds {text:?}")
+}
+
+#[test]
+fn a_payload_swapped_in_place_is_refused_from_another_user_and_found_by_check_rehash() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to give a payload to another user");
+        return;
+    }
+    let env = TestEnv::with_base_to_edit();
+    let payload = payload_with(&env.repo, "1.0\n");
+    let cat = || {
+        env.spfs(&["run", "base", "--", "cat"])
+            .arg(env.mountpoint.join("etc/version"))
+            .output()
+            .unwrap()
+    };
+    // Ours, swapped for bytes of the same size: served (we could write our
+    // own files anyway), and `spfs check --rehash` finds it.
+    std::fs::write(&payload, "2.0\n").unwrap();
+    assert_eq!(stdout(&cat()), "2.0\n");
+    let plain = run_ok(&mut env.spfs(&["check"]));
+    assert!(stdout(&plain).contains("No issues found"));
+    let rehashed = env.spfs(&["check", "--rehash"]).output().unwrap();
+    assert_eq!(rehashed.status.code(), Some(1));
+    assert!(
+        stderr(&rehashed).contains("corrupt payload")
+            && stderr(&rehashed).contains("changed on disk"),
+        "{}",
+        stderr(&rehashed)
+    );
+    // Another user's payload is hashed before it is served.
+    std::os::unix::fs::chown(&payload, Some(65534), Some(65534)).unwrap();
+    let refused = cat();
+    assert!(!refused.status.success(), "served: {}", stdout(&refused));
+    std::fs::write(&payload, "1.0\n").unwrap();
+    std::os::unix::fs::chown(&payload, Some(65534), Some(65534)).unwrap();
+    assert_eq!(stdout(&cat()), "1.0\n", "a good one is served");
+    assert!(run_ok(&mut env.spfs(&["check", "--rehash"]))
+        .status
+        .success());
+}

@@ -237,6 +237,10 @@ enum Command {
         /// Check only these refs and what they refer to
         #[arg(value_name = "REF")]
         references: Vec<String>,
+        /// Read every payload and check it hashes to its name (finds files
+        /// changed in place; spfs's own check does not)
+        #[arg(long)]
+        rehash: bool,
         #[command(flatten)]
         remote: Remote,
     },
@@ -500,9 +504,11 @@ impl Command {
             Command::Write { tags, file, remote } => {
                 spfs::commands::write(&tags, file.as_deref(), remote.name.as_deref())
             }
-            Command::Check { references, remote } => {
-                spfs::commands::check(&references, remote.name.as_deref())
-            }
+            Command::Check {
+                references,
+                rehash,
+                remote,
+            } => spfs::commands::check(&references, remote.name.as_deref(), rehash),
             _ => unreachable!("Command::run hands only object commands here"),
         }
     }

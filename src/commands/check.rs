@@ -1,7 +1,10 @@
-//! `spfs check [REF...]`: every object decodes and hashes to its name, and
-//! everything a tag, platform, layer or manifest refers to is present. Each
-//! problem is named on stderr; the summary goes to stdout; exit status 1 when
-//! anything is wrong.
+//! `spfs check [REF...] [--rehash]`: every object decodes and hashes to its
+//! name, and everything a tag, platform, layer or manifest refers to is
+//! present; with `--rehash` (ours: spfs's own check only looks for payload
+//! files) every payload is read and must hash to its name too, which finds
+//! a payload file changed in place or swapped for another of the same
+//! size. Each problem is named on stderr; the summary goes to stdout; exit
+//! status 1 when anything is wrong.
 
 use std::collections::HashSet;
 use std::process::ExitCode;
@@ -24,6 +27,9 @@ struct Tally {
     payloads: u64,
     missing_payloads: u64,
     payload_bytes: u64,
+    corrupt_payloads: u64,
+    /// Bytes read and hashed (`--rehash`).
+    hashed_bytes: u64,
 }
 
 struct Checker<'a> {
@@ -32,6 +38,7 @@ struct Checker<'a> {
     visited: HashSet<Digest>,
     payloads_seen: HashSet<Digest>,
     progress: Progress,
+    rehash: bool,
 }
 
 impl Checker<'_> {
@@ -42,8 +49,15 @@ impl Checker<'_> {
 
     fn tick(&mut self) {
         let (objects, payloads) = (self.tally.objects, self.tally.payloads);
-        self.progress
-            .update(|| format!("checking: {objects} objects, {payloads} payloads"));
+        let hashed = self.tally.hashed_bytes;
+        let rehash = self.rehash;
+        self.progress.update(|| match rehash {
+            true => format!(
+                "checking: {objects} objects, {payloads} payloads, {} hashed",
+                repo::format_size(hashed)
+            ),
+            false => format!("checking: {objects} objects, {payloads} payloads"),
+        });
     }
 
     /// Checks `digest` and everything below it, once.
@@ -97,7 +111,12 @@ impl Checker<'_> {
         self.tally.payloads += 1;
         self.tick();
         match std::fs::metadata(self.repo.payload_path(&digest)) {
-            Ok(meta) => self.tally.payload_bytes += meta.len(),
+            Ok(meta) => {
+                self.tally.payload_bytes += meta.len();
+                if self.rehash {
+                    self.rehash_payload(digest, referrer);
+                }
+            }
             Err(_) => {
                 self.tally.missing_payloads += 1;
                 self.problem(format!(
@@ -108,7 +127,43 @@ impl Checker<'_> {
     }
 }
 
-pub fn check(references: &[String], remote: Option<&str>) -> ExitCode {
+impl Checker<'_> {
+    /// Reads payload `digest` whole: it must hash to its name.
+    fn rehash_payload(&mut self, digest: Digest, referrer: &str) {
+        let path = self.repo.payload_path(&digest);
+        let read = self.repo.open_payload(&digest).and_then(|mut file| {
+            let mut hasher = crate::encoding::Hasher::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = std::io::Read::read(&mut file, &mut buf)
+                    .map_err(|e| crate::storage::error::StorageError::io("read", &path, e))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                self.tally.hashed_bytes += n as u64;
+                self.tick();
+            }
+            Ok(hasher.finish())
+        });
+        match read {
+            Ok(found) if found == digest => {}
+            Ok(found) => {
+                self.tally.corrupt_payloads += 1;
+                self.problem(format!(
+                    "corrupt payload {digest} (the contents of a file in {referrer}): {} hashes to {found}; it was changed on disk",
+                    path.display()
+                ));
+            }
+            Err(err) => {
+                self.tally.corrupt_payloads += 1;
+                self.problem(err.to_string());
+            }
+        }
+    }
+}
+
+pub fn check(references: &[String], remote: Option<&str>, rehash: bool) -> ExitCode {
     repo::run("spfs check", || {
         let started = Instant::now();
         let repos = repo::readable(remote)?;
@@ -123,6 +178,7 @@ pub fn check(references: &[String], remote: Option<&str>) -> ExitCode {
             visited: HashSet::new(),
             payloads_seen: HashSet::new(),
             progress: Progress::new(),
+            rehash,
         };
         if references.is_empty() {
             check_tags(&mut checker)?;
@@ -143,7 +199,7 @@ pub fn check(references: &[String], remote: Option<&str>) -> ExitCode {
             }
         }
         checker.progress.clear();
-        report(&checker.tally, started)
+        report(&checker.tally, started, rehash)
     })
 }
 
@@ -177,7 +233,7 @@ fn check_tags(checker: &mut Checker) -> Result<()> {
     Ok(())
 }
 
-fn report(tally: &Tally, started: Instant) -> Result<ExitCode> {
+fn report(tally: &Tally, started: Instant, rehash: bool) -> Result<ExitCode> {
     let mut out = Out::new();
     out.line(format_args!("Finished after {:.0?}:", started.elapsed()))?;
     out.line(format_args!(
@@ -188,15 +244,24 @@ fn report(tally: &Tally, started: Instant) -> Result<ExitCode> {
         "{:>12} objects visited  ({} missing, {} corrupt, 0 repaired)",
         tally.objects, tally.missing_objects, tally.corrupt_objects
     ))?;
-    out.line(format_args!(
-        "{:>12} payloads visited ({} missing, 0 repaired)",
-        tally.payloads, tally.missing_payloads
-    ))?;
+    match rehash {
+        true => out.line(format_args!(
+            "{:>12} payloads visited ({} missing, {} corrupt, 0 repaired)",
+            tally.payloads, tally.missing_payloads, tally.corrupt_payloads
+        ))?,
+        false => out.line(format_args!(
+            "{:>12} payloads visited ({} missing, 0 repaired)",
+            tally.payloads, tally.missing_payloads
+        ))?,
+    }
     out.line(format_args!(
         "{:>12} total payload footprint",
         repo::format_size(tally.payload_bytes)
     ))?;
-    let problems = tally.missing_objects + tally.corrupt_objects + tally.missing_payloads;
+    let problems = tally.missing_objects
+        + tally.corrupt_objects
+        + tally.missing_payloads
+        + tally.corrupt_payloads;
     if problems == 0 {
         out.line("No issues found")?;
         out.finish()?;

@@ -192,6 +192,17 @@ impl Filesystem for SpfsFs {
         }
     }
 
+    /// The kernel forgot `nlookup` lookups of `ino`: an editable runtime's
+    /// deleted node it no longer knows is freed (a view's nodes are its
+    /// manifest's, and stay). Also for a superseded overlay, whose open
+    /// files' nodes are given back last.
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let (view_id, node) = crate::vfs::inode::decode(ino);
+        if let Some(Shown::Overlay(overlay)) = self.trees.router.shown(view_id) {
+            overlay.forget(node, nlookup);
+        }
+    }
+
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let target = match self.trees.resolve(ino) {
             Ok((Shown::View(view), node)) => view.read_link(node).map_err(Errno::from),

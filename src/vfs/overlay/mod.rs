@@ -74,6 +74,10 @@ pub struct Overlay {
 
 struct Tree {
     nodes: Vec<Node>,
+    /// Freed nodes (deleted, forgotten by the kernel, nothing below them),
+    /// numbered again before the tree grows: a build's million temporary
+    /// files cost the service no memory once they are gone.
+    free: Vec<u32>,
     /// Live nodes by (parent, name).
     index: HashMap<(u32, OsString), u32>,
     /// Every deletion marker (paths relative to the mountpoint), as on disk.
@@ -91,6 +95,14 @@ struct Node {
     /// something else or nothing, so nothing may be done through it by
     /// path. Its open files still work (`Overlay::setattr` with one).
     gone: bool,
+    /// How many lookups of it the kernel holds (FUSE's nlookup): entries
+    /// replied, less what FORGET gave back. A gone node at 0 is freed.
+    lookups: u64,
+    /// Nodes whose parent it is, freed ones aside: a node is freed only
+    /// once none is left (a path is built through its parents).
+    children: u32,
+    /// Freed: its number may name another node from now on.
+    freed: bool,
 }
 
 /// One entry of a directory listing.
@@ -130,6 +142,9 @@ impl Overlay {
             // Made on the first change (`begin_change`) if not yet.
             upper: scratch.is_made(),
             gone: false,
+            lookups: 0,
+            children: 0,
+            freed: false,
         };
         scratch.writes().set(editable);
         Ok(Overlay {
@@ -139,6 +154,7 @@ impl Overlay {
             superseded: AtomicBool::new(false),
             tree: Mutex::new(Tree {
                 nodes: vec![root],
+                free: Vec::new(),
                 index: HashMap::new(),
                 masks,
             }),
@@ -279,19 +295,41 @@ impl Overlay {
     }
 
     /// The child `name` of directory `dir`: its node and attributes.
+    /// An entry the kernel is given counts as one of its lookups.
     pub fn lookup(&self, dir: u32, name: &OsStr) -> Result<(u32, FileAttr), Errno> {
         let mut tree = self.lock();
         let found = self.child(&mut tree, dir, name).and_then(|child| {
             let child = child.ok_or(Errno::ENOENT)?;
             Ok((child, self.attr(&tree, child)?))
         });
-        match found {
+        let found = match found {
             Err(Errno::ENOENT) if self.recovered(&mut tree) => {
                 let child = self.child(&mut tree, dir, name)?.ok_or(Errno::ENOENT)?;
                 Ok((child, self.attr(&tree, child)?))
             }
             found => found,
+        };
+        if let Ok((child, _)) = &found {
+            looked_up(&mut tree, *child);
         }
+        found
+    }
+
+    /// FORGET: the kernel gives back `count` lookups of `node`; a deleted
+    /// node it no longer knows is freed.
+    pub fn forget(&self, node: u32, count: u64) {
+        let mut tree = self.lock();
+        let Some(found) = tree.nodes.get_mut(node as usize) else {
+            return;
+        };
+        found.lookups = found.lookups.saturating_sub(count);
+        free_if_done(&mut tree, node);
+    }
+
+    /// How many nodes the tree holds, and how many of them are freed.
+    pub fn node_counts(&self) -> (usize, usize) {
+        let tree = self.lock();
+        (tree.nodes.len(), tree.free.len())
     }
 
     pub fn getattr(&self, node: u32) -> Result<FileAttr, Errno> {
@@ -463,22 +501,35 @@ impl Overlay {
         lower: Option<u32>,
         upper: bool,
     ) -> Result<u32, Errno> {
-        if tree.nodes.len() >= MAX_NODES {
-            tracing::warn!(
-                event = "service.overlay_full",
-                view_id = self.id,
-                "an editable runtime numbered 2^32 paths; restart it"
-            );
-            return Err(Errno::ENOSPC);
-        }
-        let index = tree.nodes.len() as u32;
-        tree.nodes.push(Node {
+        let node = Node {
             parent,
             name: name.to_owned(),
             lower,
             upper,
             gone: false,
-        });
+            lookups: 0,
+            children: 0,
+            freed: false,
+        };
+        let index = match tree.free.pop() {
+            Some(index) => {
+                tree.nodes[index as usize] = node;
+                index
+            }
+            None if tree.nodes.len() >= MAX_NODES => {
+                tracing::warn!(
+                    event = "service.overlay_full",
+                    view_id = self.id,
+                    "an editable runtime holds 2^32 paths at once; restart it"
+                );
+                return Err(Errno::ENOSPC);
+            }
+            None => {
+                tree.nodes.push(node);
+                (tree.nodes.len() - 1) as u32
+            }
+        };
+        tree.nodes[parent as usize].children += 1;
         tree.index.insert((parent, name.to_owned()), index);
         Ok(index)
     }
@@ -527,6 +578,31 @@ impl Overlay {
     }
 }
 
+/// The kernel was given an entry of `node`.
+fn looked_up(tree: &mut Tree, node: u32) {
+    let found = &mut tree.nodes[node as usize];
+    found.lookups = found.lookups.saturating_add(1);
+}
+
+/// Frees `node` if it is deleted, unknown to the kernel and has nothing
+/// below it, then its parent the same way (a deleted directory whose last
+/// entry went).
+fn free_if_done(tree: &mut Tree, mut node: u32) {
+    while node != 0 {
+        let found = &mut tree.nodes[node as usize];
+        if found.freed || !found.gone || found.lookups > 0 || found.children > 0 {
+            return;
+        }
+        found.freed = true;
+        found.name = OsString::new();
+        let parent = found.parent;
+        tree.free.push(node);
+        let up = &mut tree.nodes[parent as usize];
+        up.children = up.children.saturating_sub(1);
+        node = parent;
+    }
+}
+
 /// The scratch directory was made again, empty: nothing of the tree is in
 /// it any more. Paths of the layers show the layers again; paths that
 /// were only changes are gone.
@@ -554,11 +630,13 @@ fn check_name(name: &OsStr) -> Result<(), Errno> {
 
 impl Drop for Overlay {
     fn drop(&mut self) {
+        let (nodes, freed) = self.node_counts();
         tracing::info!(
             event = "service.view_freed",
             view_id = self.id,
             env_spec = %self.lower.spec,
-            nodes = self.lock().nodes.len() as u64,
+            nodes = nodes as u64,
+            nodes_freed = freed as u64,
             editable = true,
             "view freed"
         );

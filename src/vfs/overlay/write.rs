@@ -239,7 +239,10 @@ impl Overlay {
     /// name would not have been free).
     fn made(&self, tree: &mut Tree, dir: u32, name: &OsStr) -> Result<(u32, FileAttr), Errno> {
         let node = self.add_node(tree, dir, name, None, true)?;
-        Ok((node, self.attr(tree, node)?))
+        let attr = self.attr(tree, node)?;
+        // the kernel is given its entry
+        super::looked_up(tree, node);
+        Ok((node, attr))
     }
 
     /// `create`: a new regular file, opened for reading and writing.
@@ -259,6 +262,8 @@ impl Overlay {
                 drop(tree);
                 let opened = self.open(existing, flags)?;
                 let attr = self.getattr(existing)?;
+                // the kernel is given its entry
+                super::looked_up(&mut self.lock(), existing);
                 return Ok((existing, attr, opened));
             }
         }
@@ -361,6 +366,7 @@ impl Overlay {
     fn bury(&self, tree: &mut Tree, node: u32) {
         self.retire(tree, node);
         tree.nodes[node as usize].gone = true;
+        super::free_if_done(tree, node);
     }
 
     /// Takes `node` out of the tree: its name no longer leads to it.
@@ -568,6 +574,9 @@ impl Overlay {
             self.bury(tree, target);
         }
         self.retire(tree, plan.source);
+        let old_parent = tree.nodes[plan.source as usize].parent;
+        tree.nodes[old_parent as usize].children -= 1;
+        tree.nodes[newdir as usize].children += 1;
         // What the layers still have under the new name (a file ours now
         // hides), so deleting it later hides that too.
         let new_path = self.path(tree, newdir).join(newname);

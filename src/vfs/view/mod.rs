@@ -11,6 +11,7 @@
 
 mod build;
 pub mod disk;
+mod trust;
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -172,6 +173,10 @@ impl View {
             let meta = file.metadata()?;
             if !meta.is_file() || size.is_some_and(|s| s != meta.len()) {
                 tracing::warn!(event = "service.payload_unreadable", digest = %digest, path = %path.display(), error = "not a regular file of the recorded size", "refused a payload");
+                return Err(std::io::Error::from_raw_os_error(libc::EIO));
+            }
+            if !trust::may_serve(&file, &meta, digest) {
+                tracing::warn!(event = "service.payload_unreadable", digest = %digest, path = %path.display(), error = "another user's file whose contents do not hash to its name", "refused a payload");
                 return Err(std::io::Error::from_raw_os_error(libc::EIO));
             }
             return Ok(file);
