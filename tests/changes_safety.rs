@@ -736,3 +736,37 @@ fn a_payload_swapped_in_place_is_refused_from_another_user_and_found_by_check_re
         .status
         .success());
 }
+
+#[test]
+fn of_two_commits_at_once_the_second_is_refused_and_thaws_nothing() {
+    let env = TestEnv::with_base_to_edit();
+    let (checked, frozen) = (
+        env.root.path().join("b-checked"),
+        env.root.path().join("a-frozen"),
+    );
+    // B has looked (the runtime is editable) when A freezes it; then B
+    // goes on to freeze it too.
+    let out = env.sh(
+        &["-e", "base"],
+        &format!(
+            "echo mine > $M/etc/mine; \
+             SPFS_TEST_PAUSE=commit.checked:{b} $SPFS commit layer > /dev/null 2> $M/../b.err & b=$!; \
+             while [ ! -e {b} ]; do sleep 0.01; done; \
+             SPFS_TEST_PAUSE=commit.frozen:{a} $SPFS commit layer > /dev/null 2>&1 & a=$!; \
+             while [ ! -e {a} ]; do sleep 0.01; done; \
+             rm {b}; wait $b; echo second=$?; rm {a}; wait $a; echo first=$?; \
+             $SPFS runtime info | grep '\"editable\"'; echo x > $M/etc/late || echo read-only",
+            a = frozen.display(),
+            b = checked.display()
+        ),
+    );
+    let second = std::fs::read_to_string(env.root.path().join("b.err")).unwrap_or_default();
+    assert_eq!(
+        stdout(&out),
+        "second=1\nfirst=0\n  \"editable\": false,\nread-only\n",
+        "{}{second}",
+        stderr(&out)
+    );
+    assert!(second.contains("not editable now"), "{second}");
+    assert!(!second.contains("was committed"), "no false word: {second}");
+}

@@ -245,6 +245,7 @@ fn bad_input_gets_clear_errors_and_loses_nothing() {
             .edit(spfs::proto::EditRequest {
                 name: "theirs".into(),
                 editable: false,
+                ..Default::default()
             })
             .await
     })

@@ -187,11 +187,14 @@ fn commit_runtime(kind: RuntimeCommit, allow_empty: bool, tags: &[TagSpec]) -> R
                 hint: "make it editable with `spfs edit`, or commit a directory with `spfs commit --path DIR`".into(),
             });
         }
+        crate::test_hooks::pause("commit.checked");
         // Ctrl-C from here on stops the work at its next step, and the
         // runtime is made editable again before the command exits.
         let _caught = crate::interrupt::catch();
         // Nothing may change while the changes are read.
-        let frozen = current::edit(&channel, &name, false).await?;
+        // Refused if another commit froze it first: then nothing here is
+        // ours to thaw.
+        let frozen = current::freeze(&channel, &name).await?;
         crate::test_hooks::pause("commit.frozen");
         let prepared = match prepare(kind, allow_empty, &frozen, tags) {
             Ok(_) if crate::interrupt::requested() => {

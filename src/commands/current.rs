@@ -99,9 +99,24 @@ pub async fn edit(channel: &Channel, name: &str, editable: bool) -> Result<Runti
         .edit(traced(EditRequest {
             name: name.into(),
             editable,
+            only_if_editable: false,
         }))
         .await
         .map_err(|s| rpc_error(&what, "Edit", s))?;
+    answered(response.into_inner().runtime, name)
+}
+
+/// A commit's freeze: the runtime read-only, refused when something froze
+/// it first (another commit), so this one never thaws what is not its own.
+pub async fn freeze(channel: &Channel, name: &str) -> Result<RuntimeInfo> {
+    let response = ControlClient::new(channel.clone())
+        .edit(traced(EditRequest {
+            name: name.into(),
+            editable: false,
+            only_if_editable: true,
+        }))
+        .await
+        .map_err(|s| rpc_error(&format!("cannot commit runtime {name}"), "Edit", s))?;
     answered(response.into_inner().runtime, name)
 }
 

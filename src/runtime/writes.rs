@@ -34,6 +34,13 @@ impl Writes {
         self.open.load(Ordering::Acquire)
     }
 
+    /// Refuses writes from now on if it took them (true); false when it
+    /// was closed already: one step, so of two freezes only one wins.
+    pub fn close_if_open(&self) -> bool {
+        let _gate = crate::sync::write(&self.gate);
+        self.open.swap(false, Ordering::AcqRel)
+    }
+
     /// Take writes from now on, or refuse them. A close returns once every
     /// data write that had its pass is on the disk. Blocking: call it off
     /// the async workers.

@@ -65,7 +65,8 @@ impl From<RuntimeError> for Status {
             RuntimeError::NameStopped(_) => Status::already_exists(err.to_string()),
             RuntimeError::Running(_)
             | RuntimeError::StackChanged { .. }
-            | RuntimeError::NoChanges(_) => Status::failed_precondition(err.to_string()),
+            | RuntimeError::NoChanges(_)
+            | RuntimeError::NotEditable(_) => Status::failed_precondition(err.to_string()),
             RuntimeError::NotAMember { .. } => Status::permission_denied(err.to_string()),
             RuntimeError::Scratch { .. } => Status::internal(err.to_string()),
             RuntimeError::UnsafeScratch { .. } => Status::failed_precondition(err.to_string()),
@@ -371,10 +372,18 @@ impl VfsService for Api {
     ) -> Result<Response<RuntimeResponse>, Status> {
         let started = Instant::now();
         let caller = caller_of(&request);
-        let EditRequest { name, editable } = request.into_inner();
+        let EditRequest {
+            name,
+            editable,
+            only_if_editable,
+        } = request.into_inner();
         let lifecycle = Arc::clone(&self.lifecycle);
         let asked = name.clone();
-        let result = blocking(move || lifecycle.edit(&asked, caller_pid(caller)?, editable)).await;
+        let edit = crate::service::lifecycle::Edit {
+            editable,
+            only_if_editable,
+        };
+        let result = blocking(move || lifecycle.edit(&asked, caller_pid(caller)?, edit)).await;
         answer("service.edit", &name, started, result)
     }
 

@@ -51,6 +51,8 @@ pub enum RuntimeError {
         expected: String,
         actual: String,
     },
+    #[error("runtime {0:?} is not editable now: another `spfs commit` (or `spfs edit --off`) froze it; wait for that to finish and look again")]
+    NotEditable(String),
     #[error("runtime {0:?} has no changes: it was never editable")]
     NoChanges(String),
     #[error("{what}: {error}")]

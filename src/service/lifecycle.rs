@@ -58,6 +58,14 @@ pub struct Attached {
     pub shown: Shown,
 }
 
+/// What one `Edit` asks for.
+#[derive(Clone, Copy, Debug)]
+pub struct Edit {
+    pub editable: bool,
+    /// A commit's freeze: refused unless the runtime takes writes now.
+    pub only_if_editable: bool,
+}
+
 /// What one `ChangeStack` asks for.
 pub struct StackChange {
     pub name: String,
@@ -359,11 +367,27 @@ impl Lifecycle {
     }
 
     /// `Edit`: accept writes, or refuse them keeping the changes.
-    pub fn edit(&self, name: &str, pid: i32, editable: bool) -> Result<RuntimeInfo, RuntimeError> {
+    pub fn edit(&self, name: &str, pid: i32, edit: Edit) -> Result<RuntimeInfo, RuntimeError> {
+        let Edit {
+            editable,
+            only_if_editable,
+        } = edit;
         let member = self.table.member(name, pid)?;
         let mut state = member.state.clone();
         state.editable = editable;
+        let freeze_once = only_if_editable && !editable;
         match (&member.shown, editable) {
+            (Shown::Overlay(overlay), false) if freeze_once => {
+                if !overlay.freeze_if_editable() {
+                    return Err(RuntimeError::NotEditable(name.to_owned()));
+                }
+                let shown = member.shown.clone();
+                self.table
+                    .update(&member, state, shown, member.scratch.clone())
+            }
+            (Shown::View(_), false) if freeze_once => {
+                Err(RuntimeError::NotEditable(name.to_owned()))
+            }
             (Shown::Overlay(overlay), _) => {
                 overlay.set_editable(editable);
                 let shown = member.shown.clone();

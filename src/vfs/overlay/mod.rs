@@ -189,6 +189,13 @@ impl Overlay {
         self.scratch.writes().set(editable);
     }
 
+    /// A commit's freeze: as `set_editable(false)`, but only if the runtime
+    /// took writes (true); false when another freeze came first.
+    pub fn freeze_if_editable(&self) -> bool {
+        let _tree = self.lock();
+        self.scratch.writes().close_if_open()
+    }
+
     /// No runtime shows it any more (it was reset or shows another stack):
     /// its nodes are stale (see `superseded`), its tree takes no change;
     /// data writes through its open files go on as the runtime's do.
