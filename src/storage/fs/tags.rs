@@ -82,7 +82,7 @@ impl FsRepository {
         };
         tags.push(new.clone());
         tags.sort_by(|a, b| a.stream_order(b));
-        write_stream(&path, &tags)?;
+        write_stream(&path, &tags, self.tag_mode())?;
         Ok(new)
     }
 
@@ -110,7 +110,7 @@ impl FsRepository {
             drop(lock);
             self.remove_empty_parents(&path)
         } else {
-            write_stream(&path, &kept)
+            write_stream(&path, &kept, self.tag_mode())
         }
     }
 
@@ -258,13 +258,28 @@ fn remove_file(path: &Path) -> Result<(), StorageError> {
     std::fs::remove_file(path).map_err(|e| StorageError::io("remove", path, e))
 }
 
-/// Replace the stream file atomically; tag files are 0666 (as spfs sets them).
-fn write_stream(path: &Path, tags: &[Tag]) -> Result<(), StorageError> {
+impl FsRepository {
+    /// The mode of a tag file: 0666 as spfs sets it (whatever the umask, so
+    /// a shared repository's tags can be moved by everyone who shares it),
+    /// unless the repository is private (its root closed to group and
+    /// others, `chmod 700`): then 0600, so no other user may rewrite them
+    /// should they ever reach them.
+    fn tag_mode(&self) -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(self.root()) {
+            Ok(meta) if meta.mode() & 0o077 == 0 => 0o600,
+            _ => 0o666,
+        }
+    }
+}
+
+/// Replace the stream file atomically, with mode `mode`.
+fn write_stream(path: &Path, tags: &[Tag], mode: u32) -> Result<(), StorageError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let stem = path.file_name().and_then(|n| n.to_str()).unwrap_or("tag");
     let temp = temp_name(dir, stem);
     write_new_file(&temp, &tag::encode_stream(tags))?;
-    let _ = std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o666));
+    let _ = std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode));
     std::fs::rename(&temp, path).map_err(|e| {
         let _ = std::fs::remove_file(&temp);
         StorageError::io("rename into place", path, e)

@@ -411,3 +411,26 @@ fn stale_temp_files_of_dead_writers_are_cleared_and_live_ones_kept() {
     assert_eq!(repo.clear_stale_work(STALE_WORK), 1);
     assert!(!old.exists() && fresh.exists() && other.exists());
 }
+
+#[test]
+fn tags_are_shareable_as_spfs_makes_them_and_private_in_a_private_repository() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = FsRepository::create(&tmp.path().join("repo")).unwrap();
+    let mode_of = |name: &str| {
+        let path = repo.root().join(format!("tags/{name}.tag"));
+        std::fs::metadata(path).unwrap().mode() & 0o777
+    };
+    std::fs::set_permissions(repo.root(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    repo.push_tag(&TagSpec::parse("shared").unwrap(), &Digest::of(b"a"))
+        .unwrap();
+    assert_eq!(mode_of("shared"), 0o666, "as spfs sets them");
+    std::fs::set_permissions(repo.root(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    repo.push_tag(&TagSpec::parse("mine").unwrap(), &Digest::of(b"b"))
+        .unwrap();
+    assert_eq!(mode_of("mine"), 0o600);
+    // a tag written again in a private repository becomes private too
+    repo.push_tag(&TagSpec::parse("shared").unwrap(), &Digest::of(b"c"))
+        .unwrap();
+    assert_eq!(mode_of("shared"), 0o600);
+}
