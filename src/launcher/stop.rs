@@ -91,6 +91,14 @@ async fn wait_until_gone(pid: i32, paths: &Paths) -> Result<()> {
     // Without a pidfile (its runtime dir was deleted), the process itself.
     let by_pidfile = pidfile::is_held(&pidfile);
     while pidfile::is_held(&pidfile) || (!by_pidfile && kill(Pid::from_raw(pid), None).is_ok()) {
+        // The lock was ours to wait for while `pid` held it; a service that
+        // took it after `pid` exited is another one, not ours to wait for.
+        if by_pidfile
+            && pidfile::read_pid(&pidfile) != Some(pid)
+            && kill(Pid::from_raw(pid), None).is_err()
+        {
+            return Ok(());
+        }
         if started.elapsed() > STOP_TIMEOUT {
             return Err(Error::StopTimeout {
                 pid,
