@@ -60,7 +60,7 @@ async fn remove_stopped(
         Some(channel) => current::remove_runtime(channel, name).await,
         None => {
             let path = settings.paths.scratch_dir.join(name);
-            crate::runtime::state::remove_stopped(&path, name).map_err(|e| match e.kind() {
+            crate::runtime::scratch::remove_stopped(&path, name).map_err(|e| match e.kind() {
                 std::io::ErrorKind::ResourceBusy => Error::Usage(e.to_string()),
                 _ => Error::io(format!("cannot delete {}", path.display()), e),
             })

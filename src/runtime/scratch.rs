@@ -113,7 +113,7 @@ impl Scratch {
     /// Opens the directory of a stopped runtime to run it again (`--rerun`),
     /// marking it in use; refused while another service runs it.
     pub fn reenter(root: &Path) -> io::Result<Scratch> {
-        check_own(root)?;
+        super::state::check_own(root)?;
         let scratch = Scratch::open(root)?;
         scratch.take_in_use()?;
         Ok(scratch)
@@ -471,21 +471,20 @@ impl Scratch {
     }
 }
 
-/// A runtime's directory must be ours alone, as the service made it (not
-/// a symlink, owned by us, writable by nobody else): another's could hold
-/// anything they put there.
-pub fn check_own(root: &Path) -> io::Result<()> {
-    let setting = ("SPFS_SCRATCH_DIR", "$HOME/.spfs-scratch");
-    crate::private_dir::check(root, "runtime directory", setting).map_err(|err| match err {
-        crate::private_dir::DirError::Unsafe { problem, fix } => io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "the runtime directory {} is not ours alone ({problem}); {fix}",
-                root.display()
-            ),
-        ),
-        crate::private_dir::DirError::Io { source, .. } => source,
-    })
+/// Deletes stopped runtime `name`'s directory `dir`, holding its in-use
+/// mark while it does, so no service re-enters it meanwhile; refused
+/// (ResourceBusy) while another service runs it.
+pub fn remove_stopped(dir: &Path, name: &str) -> std::io::Result<()> {
+    let held = match InUse::take(dir) {
+        Ok(Some(held)) => Some(held),
+        Ok(None) => return Err(in_use::held_error(name)),
+        // Not a runtime's directory as we make them (a file, no rights
+        // to add the lock): deleted as it is.
+        Err(_) => None,
+    };
+    let removed = remove_any(dir);
+    drop(held);
+    removed
 }
 
 /// Removes a file or a whole tree (never following a symlink below

@@ -83,6 +83,23 @@ impl RuntimeState {
     }
 }
 
+/// A runtime's directory must be ours alone, as the service made it (not
+/// a symlink, owned by us, writable by nobody else): another's could hold
+/// anything they put there.
+pub fn check_own(root: &Path) -> std::io::Result<()> {
+    let setting = ("SPFS_SCRATCH_DIR", "$HOME/.spfs-scratch");
+    crate::private_dir::check(root, "runtime directory", setting).map_err(|err| match err {
+        crate::private_dir::DirError::Unsafe { problem, fix } => std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "the runtime directory {} is not ours alone ({problem}); {fix}",
+                root.display()
+            ),
+        ),
+        crate::private_dir::DirError::Io { source, .. } => source,
+    })
+}
+
 /// The runtimes whose directories are in `scratch_dir`, by name: durable
 /// ones whose processes exited, and those a service that died or stopped
 /// left behind; never one a live service holds (`runtime::in_use`). A directory without a readable state is skipped and
@@ -103,7 +120,7 @@ pub fn on_disk(scratch_dir: &Path) -> std::collections::BTreeMap<String, Runtime
         if super::in_use::is_held(&entry.path()) {
             continue;
         }
-        if let Err(error) = super::scratch::check_own(&entry.path()) {
+        if let Err(error) = check_own(&entry.path()) {
             tracing::warn!(
                 event = "service.scratch_failed",
                 runtime = name.as_str(),
@@ -126,22 +143,6 @@ pub fn on_disk(scratch_dir: &Path) -> std::collections::BTreeMap<String, Runtime
         }
     }
     found
-}
-
-/// Deletes stopped runtime `name`'s directory `dir`, holding its in-use
-/// mark while it does, so no service re-enters it meanwhile; refused
-/// (ResourceBusy) while another service runs it.
-pub fn remove_stopped(dir: &Path, name: &str) -> std::io::Result<()> {
-    let held = match super::in_use::InUse::take(dir) {
-        Ok(Some(held)) => Some(held),
-        Ok(None) => return Err(super::in_use::held_error(name)),
-        // Not a runtime's directory as we make them (a file, no rights
-        // to add the lock): deleted as it is.
-        Err(_) => None,
-    };
-    let removed = super::scratch::remove_any(dir);
-    drop(held);
-    removed
 }
 
 #[cfg(test)]

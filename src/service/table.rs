@@ -458,7 +458,7 @@ impl RuntimeTable {
         if !known && !path.exists() {
             return Err(RuntimeError::NotFound(name.to_owned()));
         }
-        let removed = crate::runtime::state::remove_stopped(&path, name);
+        let removed = crate::runtime::scratch::remove_stopped(&path, name);
         if removed.is_err() && known {
             self.put_back_if_on_disk(name);
         }

@@ -186,3 +186,23 @@ impl StorageError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_io_errors_fix_names_its_cause() {
+        let fix = |errno| {
+            StorageError::io("write", "/repo/x", std::io::Error::from_raw_os_error(errno))
+                .fix()
+                .unwrap()
+                .into_owned()
+        };
+        assert!(fix(libc::ENOSPC).contains("the disk is full"));
+        assert!(fix(libc::EDQUOT).contains("quota"));
+        assert!(fix(libc::EROFS).contains("read-only"));
+        assert!(fix(libc::EACCES).contains("owner and mode"));
+        assert!(fix(libc::ENOENT).contains("exists"));
+    }
+}

@@ -73,6 +73,29 @@ impl SpfsFs {
         }
     }
 
+    /// `setattr` of a file still open for writing through an overlay the
+    /// runtime no longer shows (`ftruncate` of a log after `spfs reset
+    /// OTHER`): the change goes to that open file.
+    fn setattr_superseded(
+        &self,
+        ino: INodeNo,
+        fh: Option<FileHandle>,
+        change: SetAttr,
+        reply: ReplyAttr,
+    ) {
+        let Some((file, overlay)) = fh.and_then(|fh| self.handles.writer(fh)) else {
+            return reply.error(Errno::ESTALE);
+        };
+        let node = crate::vfs::inode::decode(ino).1;
+        let ttl = self.trees.edit_ttl();
+        self.offload(
+            move || match overlay.setattr_superseded(node, change, &file) {
+                Ok(attr) => reply.attr(&ttl, &attr),
+                Err(errno) => reply.error(errno),
+            },
+        );
+    }
+
     /// Runs `work` on the blocking pool (inline without one): file I/O that
     /// may block must not hold the FUSE thread other processes wait on.
     fn offload(&self, work: impl FnOnce() + Send + 'static) {
@@ -351,21 +374,7 @@ impl Filesystem for SpfsFs {
         let ttl = self.trees.edit_ttl();
         let (overlay, node) = match self.trees.editable_node(req.pid(), ino) {
             Ok(found) => found,
-            // A file still open for writing through an overlay the runtime
-            // no longer shows (`ftruncate` of a log after `spfs reset
-            // OTHER`): the change goes to that open file.
-            Err(Errno::ESTALE) => {
-                let Some((file, overlay)) = fh.and_then(|fh| self.handles.writer(fh)) else {
-                    return reply.error(Errno::ESTALE);
-                };
-                let node = crate::vfs::inode::decode(ino).1;
-                return self.offload(move || {
-                    match overlay.setattr_superseded(node, change, &file) {
-                        Ok(attr) => reply.attr(&ttl, &attr),
-                        Err(errno) => reply.error(errno),
-                    }
-                });
-            }
+            Err(Errno::ESTALE) => return self.setattr_superseded(ino, fh, change, reply),
             Err(errno) => return reply.error(errno),
         };
         let open = fh.and_then(|fh| match self.handles.lock().get(&fh.0) {
