@@ -745,15 +745,16 @@ fn of_two_commits_at_once_the_second_is_refused_and_thaws_nothing() {
         env.root.path().join("a-frozen"),
     );
     // B has looked (the runtime is editable) when A freezes it; then B
-    // goes on to freeze it too.
+    // goes on to freeze it too. (Each wait gives up after 30 s, so a broken
+    // pause point fails the test instead of hanging it.)
     let out = env.sh(
         &["-e", "base"],
         &format!(
             "echo mine > $M/etc/mine; \
              SPFS_TEST_PAUSE=commit.checked:{b} $SPFS commit layer > /dev/null 2> $M/../b.err & b=$!; \
-             while [ ! -e {b} ]; do sleep 0.01; done; \
+             n=0; while [ ! -e {b} ] && [ $n -lt 3000 ]; do sleep 0.01; n=$((n+1)); done; \
              SPFS_TEST_PAUSE=commit.frozen:{a} $SPFS commit layer > /dev/null 2>&1 & a=$!; \
-             while [ ! -e {a} ]; do sleep 0.01; done; \
+             n=0; while [ ! -e {a} ] && [ $n -lt 3000 ]; do sleep 0.01; n=$((n+1)); done; \
              rm {b}; wait $b; echo second=$?; rm {a}; wait $a; echo first=$?; \
              $SPFS runtime info | grep '\"editable\"'; echo x > $M/etc/late || echo read-only",
             a = frozen.display(),
