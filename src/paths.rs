@@ -159,6 +159,9 @@ pub fn check_runtime_dir(dir: &Path) -> Result<()> {
         .map_err(|err| runtime_dir_error(dir, err))
 }
 
+/// The variable that moves the scratch dir, and a safe value to suggest.
+pub const SCRATCH_DIR_SETTING: (&str, &str) = ("SPFS_SCRATCH_DIR", "$HOME/.spfs-scratch");
+
 /// The variable that moves the runtime dir, and a safe value to suggest.
 const RUNTIME_DIR_SETTING: (&str, &str) = ("SPFS_RUNTIME_DIR", "$HOME/.spfs-run");
 

@@ -132,6 +132,41 @@ fn files_open_for_writing_keep_writing_after_a_reset_of_another_path_or_a_stack_
     );
 }
 
+/// `spfs run ARGS... -- sh -c SCRIPT` with `$M` and `$SPFS` set, as
+/// [`TestEnv::sh`] runs it, not started yet.
+fn sh_command(env: &TestEnv, args: &[&str], script: &str) -> std::process::Command {
+    let mut command = env.spfs(&["run"]);
+    command
+        .args(args)
+        .args(["--", "sh", "-c", script])
+        .env("M", &env.mountpoint)
+        .env("SPFS", SPFS);
+    command
+}
+
+/// Starts `command` with the test pause at `point` (`src/test_hooks.rs`)
+/// and waits until a process of it is there. Returns the child (output
+/// piped) and the pause's file, which holds the paused process's pid;
+/// deleting it lets that process go on.
+fn start_paused(
+    env: &TestEnv,
+    mut command: std::process::Command,
+    point: &str,
+) -> (std::process::Child, std::path::PathBuf) {
+    let marker = env.root.path().join(format!("paused-{point}"));
+    let child = command
+        .env("SPFS_TEST_PAUSE", format!("{point}:{}", marker.display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        env.wait_for(Duration::from_secs(30), || marker.exists()),
+        "{point}: never reached"
+    );
+    (child, marker)
+}
+
 /// The digest a commit reported on stderr (`created digest=...`), first one.
 fn created_digest(stderr: &str) -> String {
     stderr
@@ -147,24 +182,13 @@ fn a_service_killed_during_a_commits_stack_change_leaves_one_whole_runtime() {
     // dropping the changes (the markers set aside, the files not yet).
     for point in ["stack_change.saved", "drop_all.masks_aside"] {
         let env = TestEnv::with_base_to_edit();
-        let marker = env.root.path().join("paused");
-        let child = env
-            .spfs(&["run", "--runtime-name", "c", "-e", "base", "--", "sh", "-c"])
-            .arg(
-                "echo new > $M/etc/version; rm $M/etc/gone; mkdir $M/opt; echo t > $M/opt/tool; \
-                 $SPFS commit layer; echo rc=$?",
-            )
-            .env("M", &env.mountpoint)
-            .env("SPFS", SPFS)
-            .env("SPFS_TEST_PAUSE", format!("{point}:{}", marker.display()))
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        assert!(
-            env.wait_for(Duration::from_secs(30), || marker.exists()),
-            "{point}: the service never reached the point"
+        let script = sh_command(
+            &env,
+            &["--runtime-name", "c", "-e", "base"],
+            "echo new > $M/etc/version; rm $M/etc/gone; mkdir $M/opt; echo t > $M/opt/tool; \
+             $SPFS commit layer; echo rc=$?",
         );
+        let (child, _) = start_paused(&env, script, point);
         env.kill_service();
         let out = child.wait_with_output().unwrap();
         let err = stderr(&out);
@@ -437,24 +461,13 @@ fn a_scratch_dir_or_runtime_directory_another_user_can_write_is_refused() {
 #[test]
 fn ctrl_c_during_a_commit_leaves_the_runtime_editable_and_no_temp_file() {
     let env = TestEnv::with_base_to_edit();
-    let marker = env.root.path().join("paused");
-    let child = env
-        .spfs(&["run", "-e", "base", "--", "sh", "-c"])
-        .arg(
-            "head -c 6000000 /dev/zero > $M/big; $SPFS commit layer; echo rc=$?; \
-             echo more > $M/etc/more && echo editable; $SPFS diff",
-        )
-        .env("M", &env.mountpoint)
-        .env("SPFS", SPFS)
-        .env(
-            "SPFS_TEST_PAUSE",
-            format!("payload.writing:{}", marker.display()),
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(env.wait_for(Duration::from_secs(30), || marker.exists()));
+    let script = sh_command(
+        &env,
+        &["-e", "base"],
+        "head -c 6000000 /dev/zero > $M/big; $SPFS commit layer; echo rc=$?; \
+         echo more > $M/etc/more && echo editable; $SPFS diff",
+    );
+    let (child, marker) = start_paused(&env, script, "payload.writing");
     // The commit is half way through a payload: Ctrl-C.
     let committer: i32 = std::fs::read_to_string(&marker).unwrap().parse().unwrap();
     nix::sys::signal::kill(
@@ -620,19 +633,9 @@ fn commit_path_refuses_a_file_swapped_for_a_symlink_or_a_fifo_after_its_walk() {
     std::fs::write(dir.join("a"), "a").unwrap();
     let secret = env.root.path().join("secret");
     std::fs::write(&secret, "0600 secret\n").unwrap();
-    let marker = env.root.path().join("walked");
     for swap in ["symlink", "fifo"] {
-        let child = env
-            .spfs(&["commit", "--path", dir.to_str().unwrap()])
-            .env(
-                "SPFS_TEST_PAUSE",
-                format!("commit.walked:{}", marker.display()),
-            )
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        assert!(env.wait_for(Duration::from_secs(30), || marker.exists()));
+        let commit = env.spfs(&["commit", "--path", dir.to_str().unwrap()]);
+        let (child, marker) = start_paused(&env, commit, "commit.walked");
         std::fs::remove_file(dir.join("a")).unwrap();
         match swap {
             "symlink" => std::os::unix::fs::symlink(&secret, dir.join("a")).unwrap(),

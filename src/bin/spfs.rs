@@ -305,6 +305,15 @@ struct Style {
     tags: bool,
 }
 
+impl From<Style> for DigestStyle {
+    fn from(style: Style) -> Self {
+        DigestStyle {
+            short: style.short,
+            tags: style.tags,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum RuntimeAction {
     /// One line per runtime, running then stopped
@@ -472,18 +481,12 @@ impl Command {
         match self {
             Command::Layers { style, remote } => spfs::commands::list_objects(
                 ObjectKind::Layer,
-                DigestStyle {
-                    short: style.short,
-                    tags: style.tags,
-                },
+                style.into(),
                 remote.name.as_deref(),
             ),
             Command::Platforms { style, remote } => spfs::commands::list_objects(
                 ObjectKind::Platform,
-                DigestStyle {
-                    short: style.short,
-                    tags: style.tags,
-                },
+                style.into(),
                 remote.name.as_deref(),
             ),
             Command::Info { references, remote } => {

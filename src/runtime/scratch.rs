@@ -59,7 +59,7 @@ pub struct Scratch {
     root_made: AtomicBool,
     /// The latest state saved: written when the directory is made (or
     /// made again, [`Scratch::recover_if_lost`]).
-    pending: Mutex<Option<RuntimeState>>,
+    latest: Mutex<Option<RuntimeState>>,
     /// Whether writes land here, for every overlay of these changes.
     writes: Writes,
     /// Held while the runtime runs (see `runtime::in_use`).
@@ -140,7 +140,7 @@ impl Scratch {
             masks: root.join("masks"),
             made: AtomicBool::new(made),
             root_made: AtomicBool::new(false),
-            pending: Mutex::new(None),
+            latest: Mutex::new(None),
             writes: Writes::default(),
             in_use: Mutex::new(None),
         }
@@ -178,7 +178,7 @@ impl Scratch {
         if self.is_made() {
             return Ok(());
         }
-        let pending = self.lock_pending();
+        let latest = self.lock_latest();
         if self.is_made() {
             return Ok(());
         }
@@ -195,7 +195,7 @@ impl Scratch {
             self.take_in_use()?;
         }
         self.make_missing_dirs()?;
-        if let Some(state) = pending.as_ref() {
+        if let Some(state) = latest.as_ref() {
             state.write(&self.root, state.durable)?;
         }
         self.made.store(true, Ordering::Release);
@@ -228,7 +228,7 @@ impl Scratch {
         if !self.is_made() || std::fs::symlink_metadata(&self.upper).is_ok() {
             return Ok(false);
         }
-        let latest = self.lock_pending();
+        let latest = self.lock_latest();
         if let Some(parent) = self.root.parent() {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -252,8 +252,8 @@ impl Scratch {
         Ok(true)
     }
 
-    fn lock_pending(&self) -> MutexGuard<'_, Option<RuntimeState>> {
-        self.pending
+    fn lock_latest(&self) -> MutexGuard<'_, Option<RuntimeState>> {
+        self.latest
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -288,7 +288,7 @@ impl Scratch {
     /// durable runtime's directory is made now, so it can be re-entered
     /// whatever happens; another's keeps the state until it is made.
     pub fn write_state(&self, state: &RuntimeState) -> io::Result<()> {
-        let mut latest = self.lock_pending();
+        let mut latest = self.lock_latest();
         *latest = Some(state.clone());
         if !self.is_made() {
             drop(latest);
@@ -303,7 +303,7 @@ impl Scratch {
     /// Saves the state of a runtime kept after its end, synced to disk
     /// (its directory made if it was not: a stopped runtime is on disk).
     pub fn keep_state(&self, state: &RuntimeState) -> io::Result<()> {
-        *self.lock_pending() = Some(state.clone());
+        *self.lock_latest() = Some(state.clone());
         self.make()?;
         state.write(&self.root, true)
     }

@@ -87,7 +87,7 @@ impl RuntimeState {
 /// a symlink, owned by us, writable by nobody else): another's could hold
 /// anything they put there.
 pub fn check_own(root: &Path) -> std::io::Result<()> {
-    let setting = ("SPFS_SCRATCH_DIR", "$HOME/.spfs-scratch");
+    let setting = crate::paths::SCRATCH_DIR_SETTING;
     crate::private_dir::check(root, "runtime directory", setting).map_err(|err| match err {
         crate::private_dir::DirError::Unsafe { problem, fix } => std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,

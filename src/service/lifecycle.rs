@@ -377,9 +377,12 @@ impl Lifecycle {
         state.editable = editable;
         let freeze_once = only_if_editable && !editable;
         match (&member.shown, editable) {
-            (Shown::Overlay(overlay), false) if freeze_once => {
-                if !overlay.freeze_if_editable() {
+            (Shown::Overlay(overlay), _) => {
+                if freeze_once && !overlay.freeze_if_editable() {
                     return Err(RuntimeError::NotEditable(name.to_owned()));
+                }
+                if !freeze_once {
+                    overlay.set_editable(editable);
                 }
                 let shown = member.shown.clone();
                 self.table
@@ -387,12 +390,6 @@ impl Lifecycle {
             }
             (Shown::View(_), false) if freeze_once => {
                 Err(RuntimeError::NotEditable(name.to_owned()))
-            }
-            (Shown::Overlay(overlay), _) => {
-                overlay.set_editable(editable);
-                let shown = member.shown.clone();
-                self.table
-                    .update(&member, state, shown, member.scratch.clone())
             }
             (Shown::View(_), false) => self.table.get(name),
             (Shown::View(view), true) => {

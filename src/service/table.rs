@@ -539,7 +539,7 @@ impl LiveRuntime {
 /// `scratch_dir` as [`RuntimeTable::check_scratch_dir`] wants it; made if
 /// missing when `make`.
 fn check_scratch_dir(scratch_dir: &Path, make: bool) -> Result<(), RuntimeError> {
-    const SETTING: (&str, &str) = ("SPFS_SCRATCH_DIR", "$HOME/.spfs-scratch");
+    use crate::paths::SCRATCH_DIR_SETTING as SETTING;
     let checked = match make {
         true => crate::private_dir::ensure(scratch_dir, "scratch dir", SETTING),
         false => crate::private_dir::check(scratch_dir, "scratch dir", SETTING),

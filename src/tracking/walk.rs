@@ -297,18 +297,9 @@ impl<'w> Opener<'w> {
             ));
         };
         let path = || base.join(relative);
-        let (Some(parent), Some(name)) = (relative.parent(), relative.file_name()) else {
-            return Err(StorageError::io(
-                "open",
-                path(),
-                std::io::Error::from_raw_os_error(libc::EISDIR),
-            ));
-        };
+        let (parent, name) = split(relative, base)?;
         if self.cached.as_ref().is_none_or(|(p, _)| p != parent) {
-            let dir = root
-                .descend(parent)
-                .map_err(|e| StorageError::io("open the folder of", path(), e))?
-                .ok_or_else(|| replaced(path(), "a folder on its way is gone or was replaced"))?;
+            let dir = folder(root, parent, &path)?;
             self.cached = Some((parent.to_owned(), dir));
         }
         let (_, dir) = self.cached.as_ref().expect("just cached");
@@ -319,6 +310,27 @@ impl<'w> Opener<'w> {
                 None => replaced(path(), &e.to_string()),
             })
     }
+}
+
+/// `relative`'s folder and name; a path without a name (the root) is
+/// no file.
+fn split<'p>(relative: &'p Path, base: &Path) -> Result<(&'p Path, &'p OsStr), StorageError> {
+    match (relative.parent(), relative.file_name()) {
+        (Some(parent), Some(name)) => Ok((parent, name)),
+        _ => Err(StorageError::io(
+            "open",
+            base.join(relative),
+            std::io::Error::from_raw_os_error(libc::EISDIR),
+        )),
+    }
+}
+
+/// The folder `parent` below `root`, name by name, following no symlink;
+/// one gone or replaced on the way is an error about `path()`.
+fn folder(root: &Dir, parent: &Path, path: &dyn Fn() -> PathBuf) -> Result<Dir, StorageError> {
+    root.descend(parent)
+        .map_err(|e| StorageError::io("open the folder of", path(), e))?
+        .ok_or_else(|| replaced(path(), "a folder on its way is gone or was replaced"))
 }
 
 fn replaced(path: PathBuf, what: &str) -> StorageError {
@@ -333,18 +345,9 @@ fn replaced(path: PathBuf, what: &str) -> StorageError {
 /// below `root`, as a commit would record it, read by directory fds.
 pub fn payload_digest_at(root: &Path, relative: &Path) -> Result<Digest, StorageError> {
     let path = || root.join(relative);
-    let (Some(parent), Some(name)) = (relative.parent(), relative.file_name()) else {
-        return Err(StorageError::io(
-            "read",
-            path(),
-            std::io::Error::from_raw_os_error(libc::EISDIR),
-        ));
-    };
+    let (parent, name) = split(relative, root)?;
     let opened = Dir::open(root).map_err(|e| StorageError::io("read", root, e))?;
-    let dir = opened
-        .descend(parent)
-        .map_err(|e| StorageError::io("open the folder of", path(), e))?
-        .ok_or_else(|| replaced(path(), "a folder on its way is gone or was replaced"))?;
+    let dir = folder(&opened, parent, &path)?;
     let stat = dir
         .stat_at(name)
         .map_err(|e| StorageError::io("stat", path(), e))?

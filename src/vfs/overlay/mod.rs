@@ -124,7 +124,9 @@ pub(crate) fn errno(err: io::Error) -> Errno {
 
 impl Overlay {
     /// The overlay of `lower` and the changes in `scratch` (which may hold
-    /// changes from before: a re-entered runtime, a service restart).
+    /// changes from before: a re-entered runtime, a service restart). The
+    /// runtime's changes take writes from now on if `editable` (for every
+    /// overlay of them: a reset's new overlay opens them again).
     pub fn new(
         id: u64,
         lower: Arc<View>,
