@@ -774,3 +774,33 @@ fn of_two_commits_at_once_the_second_is_refused_and_thaws_nothing() {
     assert!(second.contains("not editable now"), "{second}");
     assert!(!second.contains("was committed"), "no false word: {second}");
 }
+
+#[test]
+fn a_durable_runtime_rerun_the_moment_it_ends_is_re_entered() {
+    // The service stalls half way through ending the runtime (listed as
+    // stopped, its directory still marked in use): a `--rerun` then must
+    // wait for the end to finish, not take the runtime for another
+    // service's.
+    let env = TestEnv::with_base_to_edit();
+    let first = sh_command(
+        &env,
+        &["--keep-runtime", "--runtime-name", "r", "-e", "base"],
+        "echo kept > $M/etc/version",
+    );
+    let (first, marker) = start_paused(&env, first, "runtime.ending");
+    let first = first.wait_with_output().unwrap();
+    assert!(first.status.success(), "{}", stderr(&first));
+    let rerun = sh_command(&env, &["--rerun", "r"], "cat $M/etc/version")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::remove_file(&marker).unwrap();
+    let rerun = rerun.wait_with_output().unwrap();
+    assert!(rerun.status.success(), "{}", stderr(&rerun));
+    assert_eq!(stdout(&rerun), "kept\n");
+    // The rerun's own end stalls there too: let it go.
+    assert!(env.wait_for(Duration::from_secs(10), || marker.exists()));
+    std::fs::remove_file(&marker).unwrap();
+}

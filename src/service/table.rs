@@ -11,10 +11,11 @@
 //! service is stopping: then it is kept as a stopped runtime, to be
 //! re-entered (`--rerun`), committed, or removed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use super::error::RuntimeError;
 use crate::platform;
@@ -25,6 +26,8 @@ use crate::vfs::{Router, Shown};
 
 pub struct RuntimeTable {
     table: Mutex<Table>,
+    /// Signalled when a stopped runtime's end is finished (`Table::ending`).
+    ended: Condvar,
     next_id: AtomicU64,
     router: Arc<Router>,
     /// One directory per editable runtime's name.
@@ -37,6 +40,10 @@ struct Table {
     live: HashMap<i32, LiveRuntime>,
     /// Runtimes with changes on disk and no process, by name.
     stopped: BTreeMap<String, RuntimeState>,
+    /// Stopped runtimes whose end is still being finished (their state
+    /// saved, their directory's in-use mark let go): a `--rerun` waits
+    /// for them ([`RuntimeTable::take_stopped`]).
+    ending: HashSet<String>,
 }
 
 struct LiveRuntime {
@@ -61,7 +68,9 @@ impl RuntimeTable {
             table: Mutex::new(Table {
                 live: HashMap::new(),
                 stopped,
+                ending: HashSet::new(),
             }),
+            ended: Condvar::new(),
             next_id: AtomicU64::new(1),
             router,
             scratch_dir,
@@ -167,6 +176,13 @@ impl RuntimeTable {
         check_name(name)?;
         self.settle(name);
         let mut table = self.lock();
+        // One that has just ended is re-entered once its end is finished:
+        // until then its old service-side half still marks it in use.
+        let (waited, _) = self
+            .ended
+            .wait_timeout_while(table, ENDING_WAIT, |t| t.ending.contains(name))
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        table = waited;
         if table.live.values().any(|e| e.state.name == name) {
             return Err(RuntimeError::Running(name.to_owned()));
         }
@@ -289,16 +305,22 @@ impl RuntimeTable {
         let Some(scratch) = entry.scratch else {
             return;
         };
-        // Not running any more, whatever becomes of its directory.
-        scratch.release();
         if kept {
             // Already in the stopped list (taken there with the runtime out
-            // of the live one, so a `--rerun` never finds it in neither).
+            // of the live one, so a `--rerun` never finds it in neither),
+            // and in `ending` until here: the state is saved before the mark
+            // is let go, as saving may make the directory (and mark it).
+            crate::test_hooks::pause("runtime.ending");
             if let Err(err) = scratch.keep_state(&entry.state) {
                 tracing::warn!(event = "service.scratch_failed", runtime = entry.state.name.as_str(), error = %err, "cannot save a stopped runtime's state");
             }
+            scratch.release();
+            self.lock().ending.remove(&entry.state.name);
+            self.ended.notify_all();
             return;
         }
+        // Not running any more: its directory goes.
+        scratch.release();
         // Open files may still hold the overlay; the directory goes now (an
         // open file's data lives on until it is closed, as on any disk).
         match Arc::try_unwrap(scratch) {
@@ -514,8 +536,14 @@ fn keep_if_kept(table: &mut Table, entry: &LiveRuntime, reason: EndReason) {
         table
             .stopped
             .insert(entry.state.name.clone(), entry.state.clone());
+        table.ending.insert(entry.state.name.clone());
     }
 }
+
+/// How long a `--rerun` waits for the end of the runtime it names to be
+/// finished (a state file written and synced: milliseconds, unless the
+/// disk hangs).
+const ENDING_WAIT: Duration = Duration::from_secs(30);
 
 /// A running runtime, as a request from one of its processes finds it.
 pub struct RuntimeMember {
