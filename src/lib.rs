@@ -26,6 +26,9 @@
 //!   parsed once and resolved to a stack of layers.
 //! - [`error`], [`paths`], [`settings`]: the errors users meet (each with
 //!   its fix), where things live, this project's settings (`SPFS_*`).
+//! - [`startup`]: how a command or shell enters a runtime: the user's
+//!   shell, the runtime's `startup.d` scripts sourced in it, the files the
+//!   shells read (spfs's `startup.sh` and `.cshrc`, and zsh's).
 //! - [`runtime`]: runtimes as objects on disk: an editable runtime's
 //!   changes (scratch: written files, deletion markers), listed, committed
 //!   and reset against its stack, its state file, why it ended.
@@ -64,6 +67,7 @@ pub mod proto;
 pub mod runtime;
 pub mod service;
 pub mod settings;
+pub mod startup;
 pub mod storage;
 mod sync;
 pub mod telemetry;

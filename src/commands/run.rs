@@ -15,6 +15,7 @@ use crate::error::Result;
 use crate::launcher;
 use crate::platform;
 use crate::proto::MountRequest;
+use crate::startup;
 use crate::tracking::env_spec::EnvSpec;
 
 /// How `spfs run` and `spfs shell` set up the runtime.
@@ -37,24 +38,19 @@ pub fn run(reference: &str, command: &[OsString], options: &RunOptions) -> ExitC
         eprintln!("spfs run: error: no command given; usage: spfs run REF -- CMD [ARGS...]");
         return ExitCode::from(2);
     };
-    run_in_env("spfs run", reference, program, args, options)
+    run_in_env("spfs run", reference, Some((program, args)), options)
 }
 
-/// `spfs shell REF`: the user's `$SHELL` (else `/bin/sh`) in the environment.
+/// `spfs shell REF`: the user's `$SHELL` (else `/bin/sh`) in the
+/// environment, after its startup scripts.
 pub fn shell(reference: &str, options: &RunOptions) -> ExitCode {
-    let shell = std::env::var_os("SHELL")
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "/bin/sh".into());
-    run_in_env("spfs shell", reference, &shell, &[], options)
+    run_in_env("spfs shell", reference, None, options)
 }
 
-fn run_in_env(
-    tool: &str,
-    reference: &str,
-    program: &OsString,
-    args: &[OsString],
-    options: &RunOptions,
-) -> ExitCode {
+/// What runs in the runtime: a command, or (None) an interactive shell.
+type Entry<'a> = Option<(&'a OsString, &'a [OsString])>;
+
+fn run_in_env(tool: &str, reference: &str, entry: Entry, options: &RunOptions) -> ExitCode {
     runner::run(tool, || {
         let settings = launcher_settings()?;
         let (request, env_spec) = mount_request(reference, options)?;
@@ -67,9 +63,11 @@ fn run_in_env(
             crate::telemetry::flush();
             return Err(err);
         }
+        let paths = &settings.paths;
+        let mut command = entry_command(&paths.runtime_dir, &paths.mountpoint, entry)?;
         tracing::info!(
             event = "launcher.exec",
-            command = %program.to_string_lossy(),
+            command = %command.get_program().to_string_lossy(),
             "running the command"
         );
         // Spans and metrics go out now: exec ends this process image.
@@ -77,19 +75,38 @@ fn run_in_env(
         // Only returns on failure. The name goes with the command and
         // everything it starts, as spfs does, so a process that outlives its
         // parents stays in the runtime.
-        let err = std::process::Command::new(program)
-            .args(args)
-            .env(crate::contract::RUNTIME_VAR, &name)
-            .exec();
+        let err = command.env(crate::contract::RUNTIME_VAR, &name).exec();
         eprintln!(
             "{tool}: error: cannot run {}: {err}",
-            program.to_string_lossy()
+            command.get_program().to_string_lossy()
         );
         Ok(ExitCode::from(match err.kind() {
             std::io::ErrorKind::NotFound => 127,
             _ => 126,
         }))
     })
+}
+
+/// The process image the runtime starts with: the command itself when the
+/// runtime has no startup script for the user's shell (no extra process),
+/// else that shell, which sources them and execs the command; for
+/// `spfs shell`, the shell (see `crate::startup`).
+fn entry_command(
+    runtime_dir: &std::path::Path,
+    mountpoint: &std::path::Path,
+    entry: Entry,
+) -> Result<std::process::Command> {
+    let shell = startup::Shell::from_env();
+    let made = match entry {
+        Some((program, args)) if !startup::has_scripts(mountpoint, shell.family) => {
+            let mut command = std::process::Command::new(program);
+            command.args(args);
+            Ok(command)
+        }
+        Some((program, args)) => startup::command(runtime_dir, mountpoint, &shell, program, args),
+        None => startup::interactive(runtime_dir, mountpoint, &shell),
+    };
+    made.map_err(|err| crate::error::Error::io("cannot write the shell's startup files", err))
 }
 
 /// The `Mount` of `spfs run REF` with `options`, for this process, and the
