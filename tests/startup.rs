@@ -88,7 +88,12 @@ fn the_command_is_the_run_process_itself_with_or_without_scripts() {
                 .unwrap();
             let pid = child.id();
             let out = child.wait_with_output().unwrap();
-            assert_eq!(out.status.code(), Some(7), "{reference} {shell}: {}", stderr(&out));
+            assert_eq!(
+                out.status.code(),
+                Some(7),
+                "{reference} {shell}: {}",
+                stderr(&out)
+            );
             assert_eq!(stdout(&out).trim(), pid.to_string(), "{reference} {shell}");
         }
     }
@@ -198,10 +203,19 @@ fn an_interactive_shell_reads_the_users_rc_then_the_scripts_and_says_so() {
             "echo \"got=$SECOND/$RC/$SPFS_RUNTIME\" ; echo \"home=$HOME\"; exit 3\n",
         );
         assert_eq!(code, Some(3), "{shell}: {out}");
-        assert!(out.contains("* You are now in a configured subshell *"), "{shell}: {out}");
-        assert!(out.contains(&format!("got=one-two/{rc}/")), "{shell}: {out}");
+        assert!(
+            out.contains("* You are now in a configured subshell *"),
+            "{shell}: {out}"
+        );
+        assert!(
+            out.contains(&format!("got=one-two/{rc}/")),
+            "{shell}: {out}"
+        );
         // HOME (which csh's startup borrows) is the user's again.
-        assert!(out.contains(&format!("home={}", home.display())), "{shell}: {out}");
+        assert!(
+            out.contains(&format!("home={}", home.display())),
+            "{shell}: {out}"
+        );
     }
     // A message of one's own, and none when it is set empty.
     for (message, shown) in [("hello from spfs", true), ("", false)] {
@@ -217,4 +231,27 @@ fn an_interactive_shell_reads_the_users_rc_then_the_scripts_and_says_so() {
             assert!(out.contains(message), "{out}");
         }
     }
+}
+
+#[test]
+fn scripts_a_runtime_wrote_into_its_own_changes_run_when_it_is_re_entered() {
+    let env = TestEnv::with_base_to_edit();
+    env.sh_ok(
+        &["--keep-runtime", "--runtime-name", "r", "-e", "base"],
+        "mkdir -p $M/etc/spfs/startup.d && echo 'export MINE=yes' > $M/etc/spfs/startup.d/mine.sh",
+    );
+    // The layers have no startup.d; only the runtime's changes do.
+    let out = env
+        .spfs(&["run", "--rerun", "r", "--", "printenv", "MINE"])
+        .env("SHELL", shell_path("bash"))
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), "yes\n", "{}", stderr(&out));
+    // In a fresh runtime of the same layers, there is nothing to source.
+    let out = env
+        .spfs(&["run", "base", "--", "sh", "-c", "echo ${MINE-unset}"])
+        .env("SHELL", shell_path("bash"))
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), "unset\n", "{}", stderr(&out));
 }

@@ -59,12 +59,17 @@ fn run_in_env(tool: &str, reference: &str, entry: Entry, options: &RunOptions) -
         let span = tracing::info_span!("spfs.run", env_spec = %env_spec);
         let mounted = block_on(launcher::mount(&settings, &request).instrument(span.clone()));
         drop(span);
-        if let Err(err) = mounted {
-            crate::telemetry::flush();
-            return Err(err);
-        }
+        let mounted = match mounted {
+            Ok(mounted) => mounted,
+            Err(err) => {
+                crate::telemetry::flush();
+                return Err(err);
+            }
+        };
+        let startup = mounted.startup_scripts.filter(|s| s.known);
         let paths = &settings.paths;
-        let mut command = entry_command(&paths.runtime_dir, &paths.mountpoint, entry)?;
+        let known = startup.as_ref().map(|s| s.names.as_slice());
+        let mut command = entry_command(&paths.runtime_dir, &paths.mountpoint, entry, known)?;
         tracing::info!(
             event = "launcher.exec",
             command = %command.get_program().to_string_lossy(),
@@ -90,15 +95,17 @@ fn run_in_env(tool: &str, reference: &str, entry: Entry, options: &RunOptions) -
 /// The process image the runtime starts with: the command itself when the
 /// runtime has no startup script for the user's shell (no extra process),
 /// else that shell, which sources them and execs the command; for
-/// `spfs shell`, the shell (see `crate::startup`).
+/// `spfs shell`, the shell (see `crate::startup`). `startup_names`: what
+/// the service said `startup.d` holds, when it could tell.
 fn entry_command(
     runtime_dir: &std::path::Path,
     mountpoint: &std::path::Path,
     entry: Entry,
+    startup_names: Option<&[String]>,
 ) -> Result<std::process::Command> {
     let shell = startup::Shell::from_env();
     let made = match entry {
-        Some((program, args)) if !startup::has_scripts(mountpoint, shell.family) => {
+        Some((program, args)) if !startup::has_scripts(mountpoint, shell.family, startup_names) => {
             let mut command = std::process::Command::new(program);
             command.args(args);
             Ok(command)

@@ -29,6 +29,11 @@ pub const SERVICE_BIN_NAME: &str = "spfs-fuse-macos";
 /// The environment variable that names a process's runtime (as spfs sets it).
 pub const RUNTIME_VAR: &str = "SPFS_RUNTIME";
 
+/// Where a runtime's startup scripts are, below the mountpoint, by
+/// component (spfs's `/spfs/etc/spfs/startup.d`): the service says what is
+/// there in its `Mount` answer, the launcher sources them.
+pub const STARTUP_DIR: [&str; 3] = ["etc", "spfs", "startup.d"];
+
 /// Longest env spec accepted, by the launcher before it starts a service
 /// and by the service before it parses one; far beyond any real stack.
 pub const MAX_ENV_SPEC_BYTES: usize = 64 * 1024;

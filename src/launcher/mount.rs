@@ -50,7 +50,7 @@ use super::{ensure_service_running, ensure_service_to_mount, EnsureOutcome};
 use crate::client::{self, ControlClient};
 use crate::contract::{LAUNCHER_VERSION_HEADER, VERSION, VERSION_HEADER};
 use crate::error::{Error, Result};
-use crate::proto::{MountRequest, UnmountRequest};
+use crate::proto::{MountRequest, MountResponse, UnmountRequest};
 use crate::settings::Settings;
 use crate::telemetry::{ms_since, short};
 
@@ -59,10 +59,11 @@ use crate::telemetry::{ms_since, short};
 pub const MOUNT_ATTEMPTS: u32 = 5;
 
 /// A `Mount`'s answer: the service recorded the runtime, or why not.
-type Answer = std::result::Result<(), tonic::Status>;
+type Answer = std::result::Result<MountResponse, tonic::Status>;
 
-/// Mounts `request` on this user's service, starting the service if needed.
-pub async fn mount(settings: &Settings, request: &MountRequest) -> Result<()> {
+/// Mounts `request` on this user's service, starting the service if needed;
+/// the service's answer.
+pub async fn mount(settings: &Settings, request: &MountRequest) -> Result<MountResponse> {
     let mut answer = warm(settings, request).await;
     let mut attempt = 1;
     loop {
@@ -71,7 +72,7 @@ pub async fn mount(settings: &Settings, request: &MountRequest) -> Result<()> {
             None => start_and_mount(settings, request, attempt).await?,
         };
         match after(answer, attempt, || service_died(settings)) {
-            After::Mounted => return Ok(()),
+            After::Mounted(response) => return Ok(response),
             After::Retry(reason) => {
                 tracing::info!(
                     event = "launcher.retry",
@@ -101,7 +102,7 @@ pub async fn mount(settings: &Settings, request: &MountRequest) -> Result<()> {
 /// What to do after `Mount` attempt number `attempt` answered.
 #[derive(Debug)]
 enum After {
-    Mounted,
+    Mounted(MountResponse),
     /// The service stopped between the probe and the `Mount`: again, on a
     /// fresh one.
     Retry(&'static str),
@@ -116,7 +117,7 @@ enum After {
 /// left a dead FUSE mount behind, asked only when a connection broke.
 fn after(answer: Answer, attempt: u32, died: impl FnOnce() -> bool) -> After {
     let status = match answer {
-        Ok(()) => return After::Mounted,
+        Ok(response) => return After::Mounted(response),
         Err(status) => status,
     };
     if status.code() == tonic::Code::Unavailable && attempt < MOUNT_ATTEMPTS {
@@ -164,7 +165,11 @@ async fn start_and_mount(
     let response = ControlClient::new(ensured.channel)
         .mount(crate::telemetry::otel::traced(request.clone()))
         .await;
-    Ok(log_mount(request, response.map(drop), ms_since(started)))
+    Ok(log_mount(
+        request,
+        response.map(tonic::Response::into_inner),
+        ms_since(started),
+    ))
 }
 
 /// The warm path. `Some(answer)`: our service, of our version, answered the
@@ -190,7 +195,7 @@ async fn warm(settings: &Settings, request: &MountRequest) -> Option<Answer> {
         .await?;
     let mount_ms = ms_since(mount_started);
     let metadata = match &answer {
-        Ok(metadata) => metadata,
+        Ok((metadata, _)) => metadata,
         Err(status) => status.metadata(),
     };
     let version = metadata
@@ -225,7 +230,11 @@ async fn warm(settings: &Settings, request: &MountRequest) -> Option<Answer> {
     if ours {
         log_running(connect_ms, settings);
     }
-    Some(log_mount(request, answer.map(drop), mount_ms))
+    Some(log_mount(
+        request,
+        answer.map(|(_, response)| response),
+        mount_ms,
+    ))
 }
 
 /// What the start path logs when its first probe finds the service running.
@@ -251,7 +260,7 @@ fn log_running(connect_ms: f64, settings: &Settings) {
 fn log_mount(request: &MountRequest, answer: Answer, elapsed_ms: f64) -> Answer {
     let (pid, env_spec) = (request.root_pid, short(&request.env_spec));
     match &answer {
-        Ok(()) => tracing::info!(
+        Ok(_) => tracing::info!(
             event = "launcher.mount",
             root_pid = pid,
             env_spec,
@@ -276,7 +285,7 @@ fn log_mount(request: &MountRequest, answer: Answer, elapsed_ms: f64) -> Answer 
 async fn call_mount(
     channel: &Channel,
     request: &MountRequest,
-) -> Option<std::result::Result<MetadataMap, tonic::Status>> {
+) -> Option<std::result::Result<(MetadataMap, MountResponse), tonic::Status>> {
     let mut traced = crate::telemetry::otel::traced(request.clone());
     // A service of another version refuses it before recording anything.
     traced.metadata_mut().insert(
@@ -287,7 +296,7 @@ async fn call_mount(
         ControlClient::new(channel.clone())
             .mount(traced)
             .await
-            .map(|response| response.metadata().clone())
+            .map(|response| (response.metadata().clone(), response.into_inner()))
     };
     tokio::pin!(call);
     if let Ok(answer) = tokio::time::timeout(PROBE_TIMEOUT, &mut call).await {
@@ -319,7 +328,8 @@ mod tests {
     #[test]
     fn a_mount_is_retried_only_while_the_service_was_stopping() {
         let never = || panic!("asked whether the service died");
-        assert!(matches!(after(Ok(()), 1, never), After::Mounted));
+        let mounted = || Ok(MountResponse::default());
+        assert!(matches!(after(mounted(), 1, never), After::Mounted(_)));
         // UNAVAILABLE: stopping between probe and Mount, until the last try.
         let unavailable = || Err(tonic::Status::unavailable("stopping"));
         assert!(matches!(after(unavailable(), 1, never), After::Retry(_)));

@@ -25,7 +25,8 @@ use crate::proto::vfs_service_server::VfsService;
 use crate::proto::{
     ChangeStackRequest, EditRequest, Editability, GetRuntimeRequest, MountRequest, MountResponse,
     RemoveRuntimeRequest, RemoveRuntimeResponse, ResetRequest, RuntimeResponse, ShutdownRequest,
-    ShutdownResponse, StatusRequest, StatusResponse, UnmountRequest, UnmountResponse,
+    ShutdownResponse, StartupScripts, StatusRequest, StatusResponse, UnmountRequest,
+    UnmountResponse,
 };
 use crate::runtime::{EndReason, RuntimeInfo};
 use crate::telemetry::{ms_since, short};
@@ -298,8 +299,17 @@ impl VfsService for Api {
         match result {
             Ok(attached) => {
                 self.log_mount(&attached, elapsed_ms);
+                let names = attached.shown.names_in(&crate::contract::STARTUP_DIR);
                 Ok(Response::new(MountResponse {
                     runtime: Some(runtime_proto(attached.runtime)),
+                    startup_scripts: Some(StartupScripts {
+                        known: names.is_some(),
+                        names: names
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .collect(),
+                    }),
                 }))
             }
             Err(err) => {

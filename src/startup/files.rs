@@ -36,7 +36,7 @@ pub const COMMAND_VAR: &str = "SPFS_STARTUP_COMMAND";
 
 /// The directory of startup files for `mountpoint`, written if needed.
 pub fn ensure(runtime_dir: &Path, mountpoint: &Path) -> io::Result<PathBuf> {
-    let startup_d = mountpoint.join("etc/spfs/startup.d");
+    let startup_d = super::startup_d(mountpoint);
     let startup_d = startup_d.to_str().filter(|p| !p.contains(['\'', '!', '\n'])).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,

@@ -46,7 +46,9 @@ impl Family {
     fn of(path: &Path) -> Option<Family> {
         let name = path.file_name()?.to_str()?;
         // a login shell's argv[0] may be `-zsh`; versioned names (`bash5`) too
-        let name = name.trim_start_matches('-').trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+        let name = name
+            .trim_start_matches('-')
+            .trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
         match name {
             "bash" => Some(Family::Bash),
             "sh" | "dash" | "ash" | "ksh" | "mksh" | "pdksh" | "yash" | "posh" => Some(Family::Sh),
@@ -79,11 +81,20 @@ impl Shell {
     pub fn from_env() -> Shell {
         let fallback = || {
             find_on_path(OsStr::new("bash"))
-                .map(|path| Shell { path, family: Family::Bash })
-                .unwrap_or_else(|| Shell { path: "/bin/sh".into(), family: Family::Sh })
+                .map(|path| Shell {
+                    path,
+                    family: Family::Bash,
+                })
+                .unwrap_or_else(|| Shell {
+                    path: "/bin/sh".into(),
+                    family: Family::Sh,
+                })
         };
         let Some(shell) = std::env::var_os("SHELL").filter(|s| !s.is_empty()) else {
-            return Shell { path: "/bin/sh".into(), family: Family::Sh };
+            return Shell {
+                path: "/bin/sh".into(),
+                family: Family::Sh,
+            };
         };
         let path = PathBuf::from(&shell);
         let path = match path.is_absolute() {
@@ -110,26 +121,33 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// The runtime's `startup.d` as the caller sees it.
-fn startup_d(mountpoint: &Path) -> PathBuf {
-    mountpoint.join("etc/spfs/startup.d")
+pub fn startup_d(mountpoint: &Path) -> PathBuf {
+    crate::contract::STARTUP_DIR
+        .iter()
+        .fold(mountpoint.to_owned(), |path, name| path.join(name))
 }
 
-/// Whether the runtime has a startup script `family` sources. An
-/// unreadable `startup.d` counts as having some: the shell then meets the
-/// same error and says so.
-pub fn has_scripts(mountpoint: &Path, family: Family) -> bool {
+/// Whether the runtime has a startup script `family` sources: among
+/// `names` when the service said what `startup.d` holds (no lookup), else
+/// as the caller sees the directory. An unreadable `startup.d` counts as
+/// having some: the shell then meets the same error and says so.
+pub fn has_scripts(mountpoint: &Path, family: Family, names: Option<&[String]>) -> bool {
+    let sourced = |name: &str| name.ends_with(family.suffix());
+    if let Some(names) = names {
+        return names.iter().any(|name| sourced(name));
+    }
     let entries = match std::fs::read_dir(startup_d(mountpoint)) {
         Ok(entries) => entries,
         Err(err) => {
-            return !matches!(err.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory)
+            return !matches!(
+                err.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            )
         }
     };
-    entries.flatten().any(|entry| {
-        entry
-            .file_name()
-            .to_str()
-            .is_some_and(|name| name.ends_with(family.suffix()))
-    })
+    entries
+        .flatten()
+        .any(|entry| entry.file_name().to_str().is_some_and(sourced))
 }
 
 /// `spfs run`'s command, after the startup scripts: the shell sources
@@ -150,7 +168,9 @@ pub fn command(
         Family::Zsh => command.arg("-f").arg(files.join(files::ZSH)),
         Family::Csh => command.arg("-f").arg(files.join(files::CSHRC)),
     };
-    let words: Vec<&OsStr> = std::iter::once(program).chain(args.iter().map(|a| a.as_os_str())).collect();
+    let words: Vec<&OsStr> = std::iter::once(program)
+        .chain(args.iter().map(|a| a.as_os_str()))
+        .collect();
     command.env(files::COMMAND_VAR, sh_quote_all(&words));
     for original in ORIGINALS {
         command.env_remove(original);
@@ -159,7 +179,11 @@ pub fn command(
 }
 
 /// What a shell's startup puts back (see [`interactive`]).
-const ORIGINALS: [&str; 3] = ["SPFS_ORIGINAL_ENV", "SPFS_ORIGINAL_ZDOTDIR", "SPFS_ORIGINAL_HOME"];
+const ORIGINALS: [&str; 3] = [
+    "SPFS_ORIGINAL_ENV",
+    "SPFS_ORIGINAL_ZDOTDIR",
+    "SPFS_ORIGINAL_HOME",
+];
 
 /// `spfs shell`'s interactive shell: the user's rc files, then the
 /// startup scripts, then `SPFS_SHELL_MESSAGE` on stderr.
@@ -245,9 +269,6 @@ mod tests {
             .iter()
             .map(OsStr::new)
             .collect();
-        assert_eq!(
-            sh_quote_all(&words),
-            r#"'a b' '' '$HOME' 'it'\''s' '"q"'"#
-        );
+        assert_eq!(sh_quote_all(&words), r#"'a b' '' '$HOME' 'it'\''s' '"q"'"#);
     }
 }

@@ -14,6 +14,20 @@ pub enum Shown {
 }
 
 impl Shown {
+    /// The names in the directory at `path` (components below the root),
+    /// when known without reading the disk: always for a view, and for an
+    /// overlay with no changes yet (its layers); None when changes could
+    /// hold some there.
+    pub fn names_in(&self, path: &[&str]) -> Option<Vec<std::ffi::OsString>> {
+        match self {
+            Shown::View(view) => Some(view.names_in(path)),
+            Shown::Overlay(overlay) if !overlay.scratch.is_made() => {
+                Some(overlay.lower.names_in(path))
+            }
+            Shown::Overlay(_) => None,
+        }
+    }
+
     /// The inode space (view id) it is numbered in.
     pub fn id(&self) -> u64 {
         match self {

@@ -114,6 +114,22 @@ impl View {
         }
     }
 
+    /// The names in the directory at `path` (components below the root),
+    /// or none when no directory is there.
+    pub fn names_in(&self, path: &[&str]) -> Vec<OsString> {
+        let mut node = 0;
+        for name in path {
+            match self.child(node, OsStr::new(name)) {
+                Some(child) => node = child,
+                None => return Vec::new(),
+            }
+        }
+        match &self.nodes[node as usize].content {
+            Content::Dir(children) => children.iter().map(|(name, _)| name.clone()).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Opens the file behind a file node for reading. Nothing is followed
     /// through a symlink and nothing blocks (a FIFO put in a file's place
     /// never hangs us); the file must still be the regular file `Mount` saw
