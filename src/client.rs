@@ -64,7 +64,8 @@ pub fn runtime_info(runtime: crate::proto::Runtime) -> RuntimeInfo {
                 .collect(),
             editable: runtime.editable,
             durable: runtime.durable,
-            created_unix: runtime.since_unix,
+            created_unix: runtime.created_unix,
+            command: runtime.command,
         },
     }
 }

@@ -206,8 +206,9 @@ fn a_service_killed_during_a_commits_stack_change_leaves_one_whole_runtime() {
         // shows exactly what the runtime showed before the commit.
         let info = stdout(&run_ok(&mut env.spfs(&["runtime", "info", "c"])));
         let info: serde_json::Value = serde_json::from_str(&info).unwrap();
-        let stack = info["stack"].as_array().unwrap();
-        let last = stack.last().unwrap().as_str().unwrap();
+        // spfs's runtime JSON: the stack top-down
+        let stack = info["status"]["stack"].as_array().unwrap();
+        let last = stack.first().unwrap().as_str().unwrap();
         assert_eq!(
             last.trim_end_matches('='),
             layer.trim_end_matches('='),
@@ -767,7 +768,8 @@ fn of_two_commits_at_once_the_second_is_refused_and_thaws_nothing() {
     let second = std::fs::read_to_string(env.root.path().join("b.err")).unwrap_or_default();
     assert_eq!(
         stdout(&out),
-        "second=1\nfirst=0\n  \"editable\": false,\nread-only\n",
+        // spfs's runtime JSON: editable is in `status`
+        "second=1\nfirst=0\n    \"editable\": false,\nread-only\n",
         "{}{second}",
         stderr(&out)
     );

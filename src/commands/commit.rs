@@ -492,6 +492,7 @@ mod tests {
                 stack: vec![layer.to_base32()],
                 repositories: vec![root],
                 created_unix: 0,
+                command: Vec::new(),
             },
             root_pid: Some(1),
             since_unix: 0,

@@ -53,7 +53,7 @@ type Entry<'a> = Option<(&'a OsString, &'a [OsString])>;
 fn run_in_env(tool: &str, reference: &str, entry: Entry, options: &RunOptions) -> ExitCode {
     runner::run(tool, || {
         let settings = launcher_settings()?;
-        let (request, env_spec) = mount_request(reference, options)?;
+        let (request, env_spec) = mount_request(reference, options, entry)?;
         let name = request.name.clone();
         // One trace per command: the start (if any) and the Mount call are its children.
         let span = tracing::info_span!("spfs.run", env_spec = %env_spec);
@@ -119,7 +119,11 @@ fn entry_command(
 /// The `Mount` of `spfs run REF` with `options`, for this process, and the
 /// ref it shows (empty for a `--rerun`: the stack comes from the stopped
 /// runtime).
-fn mount_request(reference: &str, options: &RunOptions) -> Result<(MountRequest, EnvSpec)> {
+fn mount_request(
+    reference: &str,
+    options: &RunOptions,
+    entry: Entry,
+) -> Result<(MountRequest, EnvSpec)> {
     let pid = std::process::id() as i32;
     let (env_spec, repositories) = match &options.rerun {
         Some(_) => (EnvSpec::empty(), Vec::new()),
@@ -148,6 +152,14 @@ fn mount_request(reference: &str, options: &RunOptions) -> Result<(MountRequest,
         editable: options.edit || (options.rerun.is_none() && env_spec.is_empty()),
         durable: options.keep_runtime,
         rerun: options.rerun.is_some(),
+        // as spfs records it: a shell as one empty string
+        command: match entry {
+            Some((program, args)) => std::iter::once(program)
+                .chain(args)
+                .map(|word| word.to_string_lossy().into_owned())
+                .collect(),
+            None => vec![String::new()],
+        },
     };
     Ok((request, env_spec))
 }

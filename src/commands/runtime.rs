@@ -6,8 +6,6 @@
 
 use std::process::ExitCode;
 
-use serde_json::json;
-
 use super::runner::{self as repo, Out};
 use super::{block_on, current};
 use crate::client::ControlClient;
@@ -49,6 +47,12 @@ async fn live(
     Ok((all, Some(channel)))
 }
 
+/// The running service's pid, from its pidfile.
+fn service_pid(settings: &Settings) -> Option<u32> {
+    crate::contract::pidfile::read_pid(&settings.paths.pidfile())
+        .and_then(|pid| u32::try_from(pid).ok())
+}
+
 /// Deletes stopped runtime `name`: through the service when one runs (it
 /// owns the list), else in the scratch dir (no service: nothing runs).
 async fn remove_stopped(
@@ -60,10 +64,19 @@ async fn remove_stopped(
         Some(channel) => current::remove_runtime(channel, name).await,
         None => {
             let path = settings.paths.scratch_dir.join(name);
+            let state = crate::runtime::RuntimeState::read(&path).ok();
             crate::runtime::scratch::remove_stopped(&path, name).map_err(|e| match e.kind() {
                 std::io::ErrorKind::ResourceBusy => Error::Usage(e.to_string()),
                 _ => Error::io(format!("cannot delete {}", path.display()), e),
-            })
+            })?;
+            // Its spfs records go with it (the service does this when it runs).
+            let local = state.as_ref().and_then(|s| s.repositories.first());
+            if let Some(repo) = local.and_then(|r| crate::storage::fs::FsRepository::open(r).ok()) {
+                if let Err(err) = crate::runtime::record::remove(&repo, name) {
+                    eprintln!("spfs runtime remove: warning: cannot remove the runtime's record in {}: {err}", repo.root().display());
+                }
+            }
+            Ok(())
         }
     }
 }
@@ -129,22 +142,21 @@ pub fn runtime_list(quiet: bool) -> ExitCode {
     })
 }
 
-/// A runtime as `spfs runtime info` prints it.
-pub fn info_json(runtime: &RuntimeInfo) -> serde_json::Value {
-    let state = &runtime.state;
-    json!({
-        "name": state.name,
-        "root_pid": runtime.root_pid.unwrap_or(0),
-        "env_spec": state.env_spec,
-        "since_unix": runtime.since_unix,
-        "editable": state.editable,
-        "durable": state.durable,
-        "running": runtime.is_running(),
-        "status": status_word(runtime),
-        "stack": state.stack,
-        "repositories": state.repositories,
-        "scratch_dir": runtime.scratch_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default(),
-    })
+/// A runtime as `spfs runtime info` prints it: spfs's runtime JSON, the
+/// record spfs's own tools read (`runtime::record`), with `monitor` the
+/// service's pid.
+pub fn info_record(
+    runtime: &RuntimeInfo,
+    paths: &crate::paths::Paths,
+    service_pid: Option<u32>,
+) -> crate::runtime::record::Record {
+    let place = crate::runtime::record::Place {
+        runtime_dir: paths.runtime_dir.clone(),
+        mountpoint: paths.mountpoint.clone(),
+        startup_files: crate::startup::files_dir(&paths.runtime_dir, &paths.mountpoint),
+        monitor: service_pid,
+    };
+    crate::runtime::record::Record::of(runtime, &place)
 }
 
 /// `spfs runtime info [NAME]`: the runtime as JSON; NAME defaults to the
@@ -162,10 +174,12 @@ pub fn runtime_info(name: Option<&str>) -> ExitCode {
                 })?,
         };
         let settings = Settings::from_env()?;
-        let (runtimes, _) = block_on(live(&settings))?;
+        let (runtimes, channel) = block_on(live(&settings))?;
         let runtime = find(&runtimes, &name)?;
+        let service_pid = channel.is_some().then(|| service_pid(&settings)).flatten();
+        let record = info_record(runtime, &settings.paths, service_pid);
         let mut out = Out::new();
-        out.line(serde_json::to_string_pretty(&info_json(runtime)).unwrap_or_default())?;
+        out.line(record.to_pretty_json())?;
         out.finish()?;
         Ok(ExitCode::SUCCESS)
     })
@@ -297,6 +311,7 @@ mod tests {
                 editable: true,
                 durable,
                 created_unix: 0,
+                command: Vec::new(),
             },
             root_pid: running.then_some(42),
             since_unix: 0,
@@ -318,9 +333,6 @@ mod tests {
         assert!(saved.contains("running=false\tpid=unknown\t"), "{saved}");
         assert!(saved.contains("status=saved"), "{saved}");
         assert_eq!(status_word(&runtime("x", false, false)), "stopped");
-        let info = info_json(&runtime("rt-2", false, true));
-        assert_eq!(info["status"], "saved");
-        assert_eq!(info["running"], false);
     }
 
     #[test]

@@ -13,6 +13,9 @@
 //!   so no other service or command takes it for a stopped one.
 //! - [`writes`], whether the runtime's changes take writes (shared by
 //!   every overlay of them), and the gate a freeze waits at.
+//! - [`record`], the runtime's record in spfs's format in the local
+//!   repository (`spfs/runtimes/meta|data/NAME`), which spfs's own tools
+//!   and library read.
 //! - [`state`], `runtime.json`; [`info`], a runtime as the tools show it;
 //!   [`end`], why a runtime ended and whether its changes are kept.
 //!
@@ -23,6 +26,7 @@ pub mod changes;
 pub mod end;
 pub mod in_use;
 pub mod info;
+pub mod record;
 pub mod scratch;
 pub mod state;
 pub mod writes;

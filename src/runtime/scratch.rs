@@ -542,6 +542,7 @@ mod tests {
             editable: true,
             durable,
             created_unix: 1,
+            command: Vec::new(),
         }
     }
 

@@ -28,6 +28,10 @@ pub struct RuntimeState {
     pub durable: bool,
     /// When it was made, seconds since the Unix epoch.
     pub created_unix: i64,
+    /// What it runs (spfs's `status.command`): the command and its
+    /// arguments, or `[""]` for an interactive shell.
+    #[serde(default)]
+    pub command: Vec<String>,
 }
 
 impl RuntimeState {
@@ -160,6 +164,7 @@ mod tests {
             editable: true,
             durable: false,
             created_unix: 1,
+            command: vec!["make".into(), "a b".into()],
         };
         state.write(dir.path(), true).unwrap();
         assert_eq!(RuntimeState::read(dir.path()).unwrap(), state);

@@ -106,6 +106,8 @@ fn runtime_proto(info: RuntimeInfo) -> crate::proto::Runtime {
             .map(|dir| dir.display().to_string())
             .unwrap_or_default(),
         stack: state.stack,
+        command: state.command,
+        created_unix: state.created_unix,
         repositories: state
             .repositories
             .iter()
@@ -156,6 +158,7 @@ fn mount_ask(request: MountRequest) -> Result<MountAsk, RuntimeError> {
         editable: request.editable,
         durable: request.durable,
         rerun: request.rerun,
+        command: request.command,
     })
 }
 

@@ -48,6 +48,8 @@ pub struct MountAsk {
     pub durable: bool,
     /// Re-enter the stopped runtime `name` (the env spec is not used).
     pub rerun: bool,
+    /// What it runs (`RuntimeState::command`).
+    pub command: Vec<String>,
 }
 
 /// A runtime a `Mount` attached: what it is, the view it was built from
@@ -196,6 +198,7 @@ impl Lifecycle {
             editable: ask.editable,
             durable: ask.durable,
             created_unix: unix_now(),
+            command: ask.command,
         };
         // A durable read-only runtime is kept too (as spfs keeps it): its
         // state needs a directory, and it shows a read-only overlay.
@@ -234,6 +237,7 @@ impl Lifecycle {
         let built = self.build(&spec, &state.repositories, budget)?;
         state.editable |= ask.editable;
         state.durable |= ask.durable;
+        state.command = ask.command.clone();
         let (runtime, shown) = self.attach_with_scratch(ask.pid, state, &built, scratch)?;
         Ok(Attached {
             runtime,

@@ -25,6 +25,7 @@ mod guard;
 mod lifecycle;
 mod pidfile;
 pub mod readiness;
+mod records;
 mod shutdown;
 mod socket;
 mod startup;
@@ -243,7 +244,12 @@ async fn stop(running: Running, shutdown: &Shutdown) {
     let unmounted = tokio::task::spawn_blocking(move || fuse.unmount()).await;
     // Editable runtimes keep their changes as stopped runtimes.
     let ending = Arc::clone(&runtimes);
-    let _ = tokio::task::spawn_blocking(move || ending.end_all()).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        ending.end_all();
+        // the records say they ended before the service goes
+        ending.flush_records();
+    })
+    .await;
     let unmount_error = match unmounted {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(e.to_string()),

@@ -197,7 +197,8 @@ pub async fn serve(
             .set_service_status(service, ServingStatus::NotServing)
             .await;
     }
-    let table = RuntimeTable::new(Arc::clone(router), paths.scratch_dir.clone());
+    let records = super::records::Records::start(&paths.runtime_dir, &paths.mountpoint);
+    let table = RuntimeTable::new(Arc::clone(router), paths.scratch_dir.clone(), records);
     table.start();
     router.start_lingering(preflight.linger);
     let api = Api {

@@ -18,6 +18,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use super::error::RuntimeError;
+use super::records::Records;
 use crate::platform;
 use crate::runtime::{EndReason, RuntimeInfo, RuntimeState, Scratch};
 use crate::telemetry::{short, unix_now};
@@ -32,6 +33,8 @@ pub struct RuntimeTable {
     router: Arc<Router>,
     /// One directory per editable runtime's name.
     scratch_dir: PathBuf,
+    /// Every row, published in spfs's format.
+    records: Records,
 }
 
 #[derive(Default)]
@@ -61,9 +64,15 @@ pub fn check_name(name: &str) -> Result<(), RuntimeError> {
 }
 
 impl RuntimeTable {
-    /// The table, with the stopped runtimes found in `scratch_dir`.
-    pub fn new(router: Arc<Router>, scratch_dir: PathBuf) -> Arc<RuntimeTable> {
+    /// The table, with the stopped runtimes found in `scratch_dir`, whose
+    /// rows `records` publishes.
+    pub fn new(router: Arc<Router>, scratch_dir: PathBuf, records: Records) -> Arc<RuntimeTable> {
         let stopped = load_stopped(&scratch_dir);
+        let infos: Vec<RuntimeInfo> = stopped
+            .values()
+            .map(|state| RuntimeInfo::stopped(state.clone(), &scratch_dir))
+            .collect();
+        records.reconcile(&infos);
         Arc::new(RuntimeTable {
             table: Mutex::new(Table {
                 live: HashMap::new(),
@@ -74,7 +83,13 @@ impl RuntimeTable {
             next_id: AtomicU64::new(1),
             router,
             scratch_dir,
+            records,
         })
+    }
+
+    /// Waits until the records asked for so far are written (shutdown).
+    pub fn flush_records(&self) {
+        self.records.flush(Duration::from_secs(5));
     }
 
     /// Starts watching runtimes' processes (on the current tokio runtime):
@@ -259,6 +274,7 @@ impl RuntimeTable {
             self.finish(old, EndReason::Replaced);
         }
         self.record_count();
+        self.records.save(&runtime);
         Ok(runtime)
     }
 
@@ -302,6 +318,13 @@ impl RuntimeTable {
         self.record_count();
         self.log_end(&entry, reason);
         let kept = is_kept(&entry, reason);
+        match kept {
+            true => self.records.save(&RuntimeInfo::stopped(
+                entry.state.clone(),
+                &self.scratch_dir,
+            )),
+            false => self.records.remove(&entry.info()),
+        }
         let Some(scratch) = entry.scratch else {
             return;
         };
@@ -464,7 +487,10 @@ impl RuntimeTable {
         entry.state = state;
         entry.scratch = scratch;
         self.router.set_shown(member.id, shown);
-        Ok(entry.info())
+        let runtime = entry.info();
+        drop(table);
+        self.records.save(&runtime);
+        Ok(runtime)
     }
 
     /// `RemoveRuntime`: deletes a stopped runtime and its changes.
@@ -474,8 +500,9 @@ impl RuntimeTable {
         if table.live.values().any(|e| e.state.name == name) {
             return Err(RuntimeError::Running(name.to_owned()));
         }
-        let known = table.stopped.remove(name).is_some();
+        let removed_state = table.stopped.remove(name);
         drop(table);
+        let known = removed_state.is_some();
         let path = self.scratch_path(name);
         if !known && !path.exists() {
             return Err(RuntimeError::NotFound(name.to_owned()));
@@ -488,6 +515,10 @@ impl RuntimeTable {
             std::io::ErrorKind::ResourceBusy => RuntimeError::Running(name.to_owned()),
             _ => RuntimeError::scratch(format!("cannot delete {}", path.display()), e),
         })?;
+        if let Some(state) = removed_state {
+            self.records
+                .remove(&RuntimeInfo::stopped(state, &self.scratch_dir));
+        }
         tracing::info!(
             event = "service.runtime_removed",
             runtime = name,

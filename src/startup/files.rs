@@ -46,8 +46,8 @@ pub fn ensure(runtime_dir: &Path, mountpoint: &Path) -> io::Result<PathBuf> {
             ),
         )
     })?;
+    let dir = dir(runtime_dir, mountpoint);
     let parent = runtime_dir.join("startup");
-    let dir = parent.join(key(mountpoint));
     for d in [&parent, &dir] {
         match std::fs::DirBuilder::new().mode(0o700).create(d) {
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
@@ -68,6 +68,11 @@ pub fn ensure(runtime_dir: &Path, mountpoint: &Path) -> io::Result<PathBuf> {
         write_if_changed(&dir.join(name), text.as_bytes())?;
     }
     Ok(dir)
+}
+
+/// Where the startup files for `mountpoint` are (or will be).
+pub fn dir(runtime_dir: &Path, mountpoint: &Path) -> PathBuf {
+    runtime_dir.join("startup").join(key(mountpoint))
 }
 
 /// One directory per version and mountpoint (hex of a hash: any path

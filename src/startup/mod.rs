@@ -18,6 +18,8 @@
 
 mod files;
 
+pub use files::dir as files_dir;
+
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,238 @@
+//! The runtime table's rows published as spfs runtime records
+//! (`runtime::record`) in each runtime's local repository: saved when a
+//! runtime starts and whenever its state changes, saved as stopped when a
+//! kept runtime ends, removed when it ends otherwise or is removed.
+//!
+//! One background thread writes them, in the order they were asked for
+//! (several changes of one runtime queued meanwhile are written once, the
+//! last): a `Mount` never waits for a repository write. Shutdown waits for
+//! the queue ([`Records::flush`]).
+//!
+//! A service that dies leaves records saying its runtimes run. The next
+//! service corrects them first thing: every repository a record was ever
+//! written to is listed in `<runtime dir>/records`; there, each record of
+//! this runtime dir (its `config.runtime_dir`) that names no stopped
+//! runtime is removed, and the stopped ones are saved as stopped. Another
+//! tool's records (a real spfs's, in a shared repository) are never touched.
+
+use std::collections::{BTreeSet, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::runtime::record::{self, Place, Record};
+use crate::runtime::RuntimeInfo;
+use crate::storage::fs::FsRepository;
+
+/// The journal of repositories written to, in the runtime dir.
+const JOURNAL: &str = "records";
+
+enum Job {
+    Save(PathBuf, Record),
+    Remove(PathBuf, String),
+    /// At start: the records of a service before us, fixed (see the module doc).
+    Reconcile(BTreeSet<String>),
+    Flush(mpsc::Sender<()>),
+}
+
+impl Job {
+    /// The record a job writes, for coalescing.
+    fn key(&self) -> Option<(&Path, &str)> {
+        match self {
+            Job::Save(repo, record) => Some((repo, record.name.as_str())),
+            Job::Remove(repo, name) => Some((repo, name.as_str())),
+            _ => None,
+        }
+    }
+}
+
+pub struct Records {
+    jobs: Mutex<mpsc::Sender<Job>>,
+    place: Place,
+}
+
+impl Records {
+    /// Starts the writer for the service of `runtime_dir`, showing runtimes
+    /// at `mountpoint`.
+    pub fn start(runtime_dir: &Path, mountpoint: &Path) -> Records {
+        let place = Place {
+            runtime_dir: runtime_dir.to_owned(),
+            mountpoint: mountpoint.to_owned(),
+            startup_files: crate::startup::files_dir(runtime_dir, mountpoint),
+            monitor: Some(std::process::id()),
+        };
+        let (tx, rx) = mpsc::channel();
+        let mut writer = Writer {
+            journal: runtime_dir.join(JOURNAL),
+            known: HashSet::new(),
+            place: place.clone(),
+        };
+        writer.known = writer.read_journal();
+        let spawned = std::thread::Builder::new()
+            .name("spfs-records".into())
+            .spawn(move || writer.run(rx));
+        if let Err(err) = spawned {
+            tracing::warn!(event = "service.record_failed", error = %err, "cannot start the runtime records' writer; no records are written");
+        }
+        Records {
+            jobs: Mutex::new(tx),
+            place,
+        }
+    }
+
+    fn send(&self, job: Job) {
+        let _ = crate::sync::lock(&self.jobs).send(job);
+    }
+
+    /// Saves `runtime`'s record (running or stopped, as it says).
+    pub fn save(&self, runtime: &RuntimeInfo) {
+        if let Some(repo) = runtime.state.repositories.first() {
+            self.send(Job::Save(repo.clone(), Record::of(runtime, &self.place)));
+        }
+    }
+
+    /// Removes `runtime`'s records.
+    pub fn remove(&self, runtime: &RuntimeInfo) {
+        if let Some(repo) = runtime.state.repositories.first() {
+            self.send(Job::Remove(repo.clone(), runtime.state.name.clone()));
+        }
+    }
+
+    /// At start: a dead service's records are fixed, with `stopped` the
+    /// stopped runtimes now known (saved as stopped; every other record of
+    /// ours is removed).
+    pub fn reconcile(&self, stopped: &[RuntimeInfo]) {
+        let names = stopped.iter().map(|r| r.state.name.clone()).collect();
+        self.send(Job::Reconcile(names));
+        for runtime in stopped {
+            self.save(runtime);
+        }
+    }
+
+    /// Waits (at most `limit`) until everything asked so far is written.
+    pub fn flush(&self, limit: Duration) {
+        let (tx, rx) = mpsc::channel();
+        self.send(Job::Flush(tx));
+        let _ = rx.recv_timeout(limit);
+    }
+}
+
+struct Writer {
+    journal: PathBuf,
+    /// Repositories in the journal.
+    known: HashSet<PathBuf>,
+    place: Place,
+}
+
+impl Writer {
+    fn run(mut self, jobs: mpsc::Receiver<Job>) {
+        while let Ok(first) = jobs.recv() {
+            let mut batch = vec![first];
+            batch.extend(jobs.try_iter());
+            for job in coalesce(batch) {
+                self.work(job);
+            }
+        }
+    }
+
+    fn work(&mut self, job: Job) {
+        let done = match &job {
+            Job::Save(repo, record) => self.save(repo, record),
+            Job::Remove(repo, name) => remove(repo, name),
+            Job::Reconcile(stopped) => {
+                self.reconcile(stopped);
+                Ok(())
+            }
+            Job::Flush(done) => {
+                let _ = done.send(());
+                Ok(())
+            }
+        };
+        if let (Err(err), Some((repo, name))) = (done, job.key()) {
+            tracing::warn!(
+                event = "service.record_failed",
+                runtime = name,
+                repository = %repo.display(),
+                error = %err,
+                "cannot write a runtime's record in spfs's format; spfs's own tools will not see it as it is"
+            );
+        }
+    }
+
+    fn save(&mut self, repo: &Path, record: &Record) -> Result<(), Box<dyn std::error::Error>> {
+        // spfs makes the local repository on first use; so do we.
+        let fs = FsRepository::create(repo)?;
+        if !self.known.contains(repo) {
+            self.add_to_journal(repo)?;
+        }
+        record::save(&fs, record)?;
+        Ok(())
+    }
+
+    fn reconcile(&mut self, stopped: &BTreeSet<String>) {
+        let ours = Some(self.place.runtime_dir.display().to_string());
+        for repo in self.known.clone() {
+            let Ok(fs) = FsRepository::open(&repo) else {
+                continue;
+            };
+            for name in record::names(&fs) {
+                let theirs = record::read(&fs, &name).map(|r| r.config.runtime_dir);
+                if stopped.contains(&name) || theirs.as_ref().ok() != Some(&ours) {
+                    continue;
+                }
+                match record::remove(&fs, &name) {
+                    Ok(()) => {
+                        tracing::info!(event = "service.record_removed", runtime = name.as_str(), repository = %repo.display(), "removed the record of a runtime that ended with a service before this one")
+                    }
+                    Err(err) => {
+                        tracing::warn!(event = "service.record_failed", runtime = name.as_str(), repository = %repo.display(), error = %err, "cannot remove a dead runtime's record")
+                    }
+                }
+            }
+        }
+    }
+
+    fn read_journal(&self) -> HashSet<PathBuf> {
+        std::fs::read_to_string(&self.journal)
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.starts_with('/'))
+            .map(PathBuf::from)
+            .collect()
+    }
+
+    fn add_to_journal(&mut self, repo: &Path) -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.journal)?;
+        writeln!(file, "{}", repo.display())?;
+        self.known.insert(repo.to_owned());
+        Ok(())
+    }
+}
+
+fn remove(repo: &Path, name: &str) -> Result<(), Box<dyn std::error::Error>> {
+    match repo.exists() {
+        true => Ok(record::remove(&FsRepository::open(repo)?, name)?),
+        // nothing was ever recorded there
+        false => Ok(()),
+    }
+}
+
+/// Of several jobs for one record, only the last is done (at its place).
+fn coalesce(batch: Vec<Job>) -> Vec<Job> {
+    let mut later: HashSet<(PathBuf, String)> = HashSet::new();
+    let mut kept: Vec<Job> = batch
+        .into_iter()
+        .rev()
+        .filter(|job| match job.key() {
+            Some((repo, name)) => later.insert((repo.to_owned(), name.to_owned())),
+            None => true,
+        })
+        .collect();
+    kept.reverse();
+    kept
+}
