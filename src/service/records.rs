@@ -30,7 +30,7 @@ use crate::storage::fs::FsRepository;
 const JOURNAL: &str = "records";
 
 enum Job {
-    Save(PathBuf, Record),
+    Save(PathBuf, Box<Record>),
     Remove(PathBuf, String),
     /// At start: the records of a service before us, fixed (see the module doc).
     Reconcile(BTreeSet<String>),
@@ -89,7 +89,10 @@ impl Records {
     /// Saves `runtime`'s record (running or stopped, as it says).
     pub fn save(&self, runtime: &RuntimeInfo) {
         if let Some(repo) = runtime.state.repositories.first() {
-            self.send(Job::Save(repo.clone(), Record::of(runtime, &self.place)));
+            self.send(Job::Save(
+                repo.clone(),
+                Box::new(Record::of(runtime, &self.place)),
+            ));
         }
     }
 
