@@ -3,10 +3,10 @@
 //! runtime starts and whenever its state changes, saved as stopped when a
 //! kept runtime ends, removed when it ends otherwise or is removed.
 //!
-//! One background thread writes them, in the order they were asked for
-//! (several changes of one runtime queued meanwhile are written once, the
-//! last): a `Mount` never waits for a repository write. Shutdown waits for
-//! the queue ([`Records::flush`]).
+//! They are written in the background, one job at a time on the blocking
+//! pool, in the order they were asked for (several changes of one runtime
+//! queued meanwhile are written once, the last): a `Mount` never waits for
+//! a repository write. Shutdown waits for the queue ([`Records::flush`]).
 //!
 //! A service that dies leaves records saying its runtimes run. The next
 //! service corrects them first thing: every repository a record was ever
@@ -18,8 +18,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crate::runtime::record::{self, Place, Record};
@@ -34,7 +33,6 @@ enum Job {
     Remove(PathBuf, String),
     /// At start: the records of a service before us, fixed (see the module doc).
     Reconcile(BTreeSet<String>),
-    Flush(mpsc::Sender<()>),
 }
 
 impl Job {
@@ -49,8 +47,25 @@ impl Job {
 }
 
 pub struct Records {
-    jobs: Mutex<mpsc::Sender<Job>>,
+    queue: Arc<Queue>,
     place: Place,
+}
+
+/// The jobs waiting, and the writer while no drain holds it.
+struct Queue {
+    state: Mutex<QueueState>,
+    /// Signalled when a drain found nothing more to do.
+    idle: Condvar,
+    /// Where drains run: the service's blocking pool, whose threads exist
+    /// anyway (a thread of our own would cost its own malloc arena).
+    pool: Option<tokio::runtime::Handle>,
+}
+
+struct QueueState {
+    jobs: Vec<Job>,
+    /// A drain is running (it holds the writer).
+    draining: bool,
+    writer: Option<Writer>,
 }
 
 impl Records {
@@ -63,27 +78,37 @@ impl Records {
             startup_files: crate::startup::files_dir(runtime_dir, mountpoint),
             monitor: Some(std::process::id()),
         };
-        let (tx, rx) = mpsc::channel();
         let mut writer = Writer {
             journal: runtime_dir.join(JOURNAL),
             known: HashSet::new(),
             place: place.clone(),
         };
         writer.known = writer.read_journal();
-        let spawned = std::thread::Builder::new()
-            .name("spfs-records".into())
-            .spawn(move || writer.run(rx));
-        if let Err(err) = spawned {
-            tracing::warn!(event = "service.record_failed", error = %err, "cannot start the runtime records' writer; no records are written");
-        }
-        Records {
-            jobs: Mutex::new(tx),
-            place,
-        }
+        let queue = Arc::new(Queue {
+            state: Mutex::new(QueueState {
+                jobs: Vec::new(),
+                draining: false,
+                writer: Some(writer),
+            }),
+            idle: Condvar::new(),
+            pool: tokio::runtime::Handle::try_current().ok(),
+        });
+        Records { queue, place }
     }
 
     fn send(&self, job: Job) {
-        let _ = crate::sync::lock(&self.jobs).send(job);
+        let mut state = crate::sync::lock(&self.queue.state);
+        state.jobs.push(job);
+        if state.draining {
+            return;
+        }
+        state.draining = true;
+        drop(state);
+        let queue = Arc::clone(&self.queue);
+        match &self.queue.pool {
+            Some(pool) => drop(pool.spawn_blocking(move || queue.drain())),
+            None => drop(std::thread::spawn(move || queue.drain())),
+        }
     }
 
     /// Saves `runtime`'s record (running or stopped, as it says).
@@ -116,9 +141,35 @@ impl Records {
 
     /// Waits (at most `limit`) until everything asked so far is written.
     pub fn flush(&self, limit: Duration) {
-        let (tx, rx) = mpsc::channel();
-        self.send(Job::Flush(tx));
-        let _ = rx.recv_timeout(limit);
+        let state = crate::sync::lock(&self.queue.state);
+        let _ = self
+            .queue
+            .idle
+            .wait_timeout_while(state, limit, |s| s.draining || !s.jobs.is_empty());
+    }
+}
+
+impl Queue {
+    /// Does the jobs queued, batch by batch, until none is left.
+    fn drain(&self) {
+        let mut state = crate::sync::lock(&self.state);
+        let Some(mut writer) = state.writer.take() else {
+            return;
+        };
+        loop {
+            let batch = std::mem::take(&mut state.jobs);
+            if batch.is_empty() {
+                state.writer = Some(writer);
+                state.draining = false;
+                self.idle.notify_all();
+                return;
+            }
+            drop(state);
+            for job in coalesce(batch) {
+                writer.work(job);
+            }
+            state = crate::sync::lock(&self.state);
+        }
     }
 }
 
@@ -130,26 +181,12 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, jobs: mpsc::Receiver<Job>) {
-        while let Ok(first) = jobs.recv() {
-            let mut batch = vec![first];
-            batch.extend(jobs.try_iter());
-            for job in coalesce(batch) {
-                self.work(job);
-            }
-        }
-    }
-
     fn work(&mut self, job: Job) {
         let done = match &job {
             Job::Save(repo, record) => self.save(repo, record),
             Job::Remove(repo, name) => remove(repo, name),
             Job::Reconcile(stopped) => {
                 self.reconcile(stopped);
-                Ok(())
-            }
-            Job::Flush(done) => {
-                let _ = done.send(());
                 Ok(())
             }
         };
