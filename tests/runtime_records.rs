@@ -119,3 +119,44 @@ fn the_next_service_corrects_the_records_a_killed_one_left() {
     let kept = wait_record(&env, "rec-4", |r| r["status"]["running"] == false);
     assert_eq!(kept["config"]["durable"], true);
 }
+
+#[test]
+fn spfs_info_describes_the_active_runtime_as_spfs_does() {
+    let env = TestEnv::with_base_to_edit();
+    let out = env.sh_ok(
+        &["--runtime-name", "info-1", "-e", "base"],
+        "$SPFS info; echo new > $M/etc/new; $SPFS info | tail -1",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[..4],
+        [
+            "Active Runtime:",
+            " id: info-1",
+            " editable: true",
+            "stack (top-down):"
+        ],
+        "{out}"
+    );
+    // base: etc/version (4), etc/gone (10), share/tree/deep/file (2), share/kept (6)
+    assert!(
+        lines[4].starts_with("  - ") && lines[4].ends_with(", Size: 22.0 B"),
+        "{out}"
+    );
+    assert_eq!(
+        lines[5..],
+        [
+            "",
+            "No Active Changes",
+            "Run 'spfs diff' for active changes"
+        ],
+        "{out}"
+    );
+    let outside = env.spfs(&["info"]).output().unwrap();
+    assert_eq!(outside.status.code(), Some(1));
+    assert!(
+        stderr(&outside).contains("no active runtime"),
+        "{}",
+        stderr(&outside)
+    );
+}

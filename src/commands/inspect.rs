@@ -97,10 +97,7 @@ fn format_digest(
 pub fn info(references: &[String], remote: Option<&str>) -> ExitCode {
     repo::run("spfs info", || {
         if references.is_empty() {
-            return Err(Error::NoRuntime {
-                why: "nothing to describe".into(),
-                hint: "give one or more REFs (tags or digests) to describe".into(),
-            });
+            return active_runtime_info();
         }
         let repos = repo::readable(remote)?;
         let mut out = Out::new();
@@ -124,6 +121,83 @@ pub fn info(references: &[String], remote: Option<&str>) -> ExitCode {
         }
         out.finish()?;
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `spfs info` with no ref: the runtime this command runs in, as spfs
+/// prints it (its stack top-down, each layer's size, whether it changed
+/// anything).
+fn active_runtime_info() -> Result<ExitCode> {
+    let name = std::env::var(crate::contract::RUNTIME_VAR)
+        .ok()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| Error::NoRuntime {
+            why: "no active runtime".into(),
+            hint: "run this inside a runtime (`spfs run REF -- CMD`, `spfs shell REF`), or give REFs to describe".into(),
+        })?;
+    let settings = crate::settings::Settings::from_env()?;
+    let runtime = super::block_on(async {
+        let channel = super::current::connect(&settings, &name).await?;
+        super::current::get_runtime(&channel, &name).await
+    })?;
+    let repos = super::current::runtime_repositories(&runtime)?;
+    let mut out = Out::new();
+    out.line("Active Runtime:")?;
+    out.line(format_args!(" id: {name}"))?;
+    out.line(format_args!(" editable: {}", runtime.state.editable))?;
+    out.line("stack (top-down):")?;
+    for layer in runtime.state.stack.iter().rev() {
+        let size = Digest::parse(layer)
+            .ok()
+            .map(|digest| layer_size(&repos, &digest))
+            .unwrap_or(0);
+        out.line(format_args!(
+            "  - {layer}, Size: {}",
+            repo::format_size(size)
+        ))?;
+    }
+    out.line("")?;
+    match has_changes(&runtime) {
+        true => out.line("Run 'spfs diff' for active changes")?,
+        false => out.line("No Active Changes")?,
+    }
+    out.finish()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The bytes of the files a layer holds (0 for one without a manifest,
+/// or whose objects are missing).
+fn layer_size(repos: &ProxyRepository, digest: &Digest) -> u64 {
+    let manifest = match repos.read_object(digest) {
+        Ok(Object::Layer(crate::graph::Layer {
+            manifest: Some(manifest),
+            ..
+        })) => manifest,
+        _ => return 0,
+    };
+    let Ok(Object::Manifest(manifest)) = repos.read_object(&manifest) else {
+        return 0;
+    };
+    let Ok(manifest) = Manifest::from_graph(&manifest) else {
+        return 0;
+    };
+    let mut total = 0;
+    let _ = walk(manifest.root(), "", &mut |_, entry| {
+        if entry.kind == EntryKind::Blob {
+            total += entry.size;
+        }
+        Ok(())
+    });
+    total
+}
+
+/// Whether an editable runtime's changes hold anything (spfs's "dirty").
+fn has_changes(runtime: &crate::runtime::RuntimeInfo) -> bool {
+    let Some(dir) = &runtime.scratch_dir else {
+        return false;
+    };
+    ["upper", "masks"].iter().any(|sub| {
+        std::fs::read_dir(dir.join(sub)).is_ok_and(|mut entries| entries.next().is_some())
     })
 }
 
