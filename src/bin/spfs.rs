@@ -28,13 +28,16 @@ struct RunArgs {
     #[arg(value_name = "REF", required_unless_present = "rerun")]
     reference: Option<String>,
     /// Make the runtime editable: writes go to its scratch directory
-    #[arg(short, long)]
+    #[arg(short, long, conflicts_with = "no_edit")]
     edit: bool,
+    /// Keep an empty environment (`-`) read-only; it is editable by default
+    #[arg(long)]
+    no_edit: bool,
     /// Name the runtime (its processes carry it as SPFS_RUNTIME); default: a new name
     #[arg(long, value_name = "NAME", conflicts_with = "rerun")]
     runtime_name: Option<String>,
     /// Keep the runtime and its changes after its processes exit (re-enter with --rerun)
-    #[arg(long, conflicts_with = "rerun")]
+    #[arg(short = 'k', long, env = "SPFS_KEEP_RUNTIME", value_parser = clap::builder::FalseyValueParser::new())]
     keep_runtime: bool,
     /// Re-enter the stopped runtime NAME, with its stack and changes
     #[arg(long, value_name = "NAME", conflicts_with = "reference")]
@@ -46,6 +49,7 @@ impl RunArgs {
         let options = spfs::commands::RunOptions {
             name: self.runtime_name,
             edit: self.edit,
+            no_edit: self.no_edit,
             keep_runtime: self.keep_runtime,
             rerun: self.rerun,
         };
@@ -246,6 +250,15 @@ enum Command {
     },
     /// Check FUSE, the service binary, runtime dir, mountpoint, service health and the last start
     Doctor,
+    /// Print the version
+    Version,
+    /// Print the spfs configuration this spfs reads, as JSON
+    Config,
+    /// Create an empty repository
+    Init {
+        #[command(subcommand)]
+        what: InitWhat,
+    },
     /// Control the background service
     Service {
         #[command(subcommand)]
@@ -285,6 +298,12 @@ fn parse() -> Command {
         }
     }
     Cli::parse().command
+}
+
+#[derive(Subcommand)]
+enum InitWhat {
+    /// An empty filesystem repository at PATH (an existing one is left as it is)
+    Repo { path: std::path::PathBuf },
 }
 
 /// `-r/--remote NAME`: a configured remote instead of the local repository.
@@ -436,6 +455,11 @@ impl Command {
             } => spfs::commands::reset(&paths, edit, reference.as_deref()),
             Command::Diff { from, to } => spfs::commands::diff(from.as_deref(), to.as_deref()),
             Command::Doctor => spfs::commands::doctor(),
+            Command::Version => spfs::commands::version(),
+            Command::Config => spfs::commands::config(),
+            Command::Init {
+                what: InitWhat::Repo { path },
+            } => spfs::commands::init_repo(&path),
             Command::Service { action } => action.run(),
             tags @ (Command::Tag { .. }
             | Command::Untag { .. }

@@ -1,6 +1,7 @@
 //! What each subcommand of `spfs` and `spfs-fuse-macos` does. The binaries
 //! only parse arguments and call these.
 
+mod about;
 mod check;
 mod commit;
 mod current;
@@ -15,6 +16,7 @@ mod runtime;
 mod service;
 mod tags;
 
+pub use about::{config, init_repo, version};
 pub use check::check;
 pub use commit::{commit, write, CommitOptions, CommitSource};
 pub use doctor::doctor;

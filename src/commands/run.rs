@@ -26,6 +26,8 @@ pub struct RunOptions {
     /// `-e/--edit`: writes go to the runtime's scratch directory. An empty
     /// environment (`-` or `""`) is editable whatever this says, as in spfs.
     pub edit: bool,
+    /// `--no-edit`: an empty environment stays read-only.
+    pub no_edit: bool,
     /// `--keep-runtime`: the runtime and its changes outlive its processes.
     pub keep_runtime: bool,
     /// `--rerun NAME`: re-enter a stopped runtime (the ref is not used).
@@ -149,7 +151,8 @@ fn mount_request(
         },
         repositories,
         name,
-        editable: options.edit || (options.rerun.is_none() && env_spec.is_empty()),
+        editable: options.edit
+            || (options.rerun.is_none() && env_spec.is_empty() && !options.no_edit),
         durable: options.keep_runtime,
         rerun: options.rerun.is_some(),
         // as spfs records it: a shell as one empty string

@@ -1,0 +1,89 @@
+//! The smaller parts of spfs's run and setup surface: `-k` /
+//! `SPFS_KEEP_RUNTIME`, `--no-edit`, `spfs version`, `spfs config`, `spfs
+//! init repo`. Real service, real FUSE mounts, temp dirs.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn no_edit_keeps_an_empty_environment_read_only() {
+    let env = TestEnv::new();
+    let out = env.sh(
+        &["--no-edit", "-"],
+        "touch $M/x && echo wrote || echo refused",
+    );
+    assert_eq!(stdout(&out), "refused\n", "{}", stderr(&out));
+    let out = env.sh(&["-"], "touch $M/x && echo wrote");
+    assert_eq!(stdout(&out), "wrote\n", "{}", stderr(&out));
+    let both = env
+        .spfs(&["run", "-e", "--no-edit", "-", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(both.status.code(), Some(2), "{}", stderr(&both));
+}
+
+#[test]
+fn k_and_spfs_keep_runtime_keep_the_runtime() {
+    let env = TestEnv::new();
+    run_ok(&mut env.spfs(&["run", "-k", "--runtime-name", "k1", "-", "--", "true"]));
+    run_ok(
+        env.spfs(&["run", "--runtime-name", "k2", "-", "--", "true"])
+            .env("SPFS_KEEP_RUNTIME", "1"),
+    );
+    run_ok(&mut env.spfs(&["run", "--runtime-name", "k3", "-", "--", "true"]));
+    run_ok(
+        env.spfs(&["run", "--runtime-name", "k4", "-", "--", "true"])
+            .env("SPFS_KEEP_RUNTIME", "0"),
+    );
+    let list = stdout(&run_ok(&mut env.spfs(&["runtime", "list"])));
+    for kept in ["k1", "k2"] {
+        let line = list
+            .lines()
+            .find(|l| l.starts_with(kept))
+            .unwrap_or_else(|| panic!("{kept}: {list}"));
+        assert!(line.contains("durable=true"), "{line}");
+    }
+    for gone in ["k3", "k4"] {
+        assert!(!list.lines().any(|l| l.starts_with(gone)), "{list}");
+    }
+}
+
+#[test]
+fn version_config_and_init_say_and_make_what_spfs_does() {
+    let env = TestEnv::new();
+    let version = stdout(&run_ok(&mut env.spfs(&["version"])));
+    assert_eq!(version, format!("{}\n", spfs::contract::VERSION));
+    let config: serde_json::Value =
+        serde_json::from_str(&stdout(&run_ok(&mut env.spfs(&["config"])))).unwrap();
+    assert_eq!(config["storage"]["root"], env.repo.display().to_string());
+    assert_eq!(config["filesystem"]["secondary_repositories"][0], "origin");
+    let secret = env
+        .spfs(&["config"])
+        .env(
+            "SPFS_REMOTE_ORIGIN_ADDRESS",
+            "http2://me:hunter2@spfs.example:7737",
+        )
+        .output()
+        .unwrap();
+    let text = stdout(&secret);
+    assert!(text.contains("http2://me:***@spfs.example:7737"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+    let new = env.root.path().join("new/repo");
+    run_ok(&mut env.spfs(&["init", "repo", new.to_str().unwrap()]));
+    for sub in ["objects", "payloads", "tags", "VERSION"] {
+        assert!(new.join(sub).exists(), "{sub}");
+    }
+    // Again: left as it is; then it takes a commit.
+    run_ok(&mut env.spfs(&["init", "repo", new.to_str().unwrap()]));
+    let layers = env.layers.join("base");
+    run_ok(
+        env.spfs(&[
+            "commit",
+            "--allow-empty",
+            "--path",
+            layers.to_str().unwrap(),
+        ])
+        .env("SPFS_STORAGE_ROOT", &new),
+    );
+}
