@@ -72,6 +72,22 @@ enum Command {
         #[command(flatten)]
         runtime: RunArgs,
     },
+    /// Run CMD (else your $SHELL) in a running runtime, from any terminal
+    Join {
+        /// The running runtime's name
+        #[arg(
+            value_name = "NAME",
+            required_unless_present = "pid",
+            conflicts_with = "pid"
+        )]
+        name: Option<String>,
+        /// The runtime process PID is in
+        #[arg(long, value_name = "PID")]
+        pid: Option<i32>,
+        /// The command and its arguments, after `--`
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
     /// The runtimes: running, and stopped ones kept on disk
     #[command(visible_alias = "rt")]
     Runtime {
@@ -425,6 +441,9 @@ impl Command {
             Command::Shell { runtime } => {
                 let (reference, options) = runtime.split();
                 spfs::commands::shell(&reference, &options)
+            }
+            Command::Join { name, pid, command } => {
+                spfs::commands::join(name.as_deref(), pid, &command)
             }
             Command::Runtime { action } => action.run(),
             Command::Commit {

@@ -23,7 +23,7 @@ pub use doctor::doctor;
 pub use edit::{change_stack, diff, edit, reset};
 pub use inspect::{info, list_objects, ls, read, DigestStyle};
 pub use logs::{logs, LogsOptions};
-pub use run::{mount, run, shell, RunOptions};
+pub use run::{join, mount, run, shell, RunOptions};
 pub use runtime::{runtime_info, runtime_list, runtime_prune, runtime_remove};
 pub use service::{serve, start, status, stop};
 pub use tags::{log, ls_tags, tag, tags, untag};

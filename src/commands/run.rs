@@ -94,6 +94,107 @@ fn run_in_env(tool: &str, reference: &str, entry: Entry, options: &RunOptions) -
     })
 }
 
+/// `spfs join NAME|--pid PID [-- CMD...]`: runs CMD (else an interactive
+/// shell) in the running runtime NAME, or the one process PID is in, from
+/// any terminal: it gets that runtime's view and `SPFS_RUNTIME`, after the
+/// startup scripts, as spfs's `spfs join` does. Never starts a service (no
+/// service: no runtime to join).
+pub fn join(name: Option<&str>, pid: Option<i32>, command: &[OsString]) -> ExitCode {
+    let tool = "spfs join";
+    runner::run(tool, || {
+        let settings = launcher_settings()?;
+        let runtimes = block_on(running_runtimes(&settings))?;
+        let name = match (name, pid) {
+            (Some(name), _) => runtimes
+                .iter()
+                .find(|r| r.name() == name)
+                .map(|r| r.name().to_owned())
+                .ok_or_else(|| crate::error::Error::Usage(format!(
+                    "no running runtime named {:?}; `spfs runtime list` shows the runtimes (a stopped one is entered with `spfs run --rerun NAME`)",
+                    crate::telemetry::short(name)
+                )))?,
+            (None, Some(pid)) => runtime_of_pid(&runtimes, pid)?,
+            (None, None) => return Err(crate::error::Error::Usage("give a runtime NAME or --pid PID".into())),
+        };
+        let paths = &settings.paths;
+        // Always through the shell: only once it carries the runtime's name
+        // is this process in the runtime and sees its startup scripts.
+        let shell = startup::Shell::from_env();
+        let made = match command.split_first() {
+            Some((program, args)) => {
+                startup::command(&paths.runtime_dir, &paths.mountpoint, &shell, program, args)
+            }
+            None => startup::interactive(&paths.runtime_dir, &paths.mountpoint, &shell),
+        };
+        let mut command =
+            made.map_err(|e| crate::error::Error::io("cannot write the shell's startup files", e))?;
+        tracing::info!(event = "launcher.exec", command = %command.get_program().to_string_lossy(), "running the command");
+        crate::telemetry::flush();
+        let err = command.env(crate::contract::RUNTIME_VAR, &name).exec();
+        eprintln!(
+            "{tool}: error: cannot run {}: {err}",
+            command.get_program().to_string_lossy()
+        );
+        Ok(ExitCode::from(126))
+    })
+}
+
+/// The running runtimes of this user's service (none started here).
+async fn running_runtimes(
+    settings: &crate::settings::Settings,
+) -> Result<Vec<crate::runtime::RuntimeInfo>> {
+    let socket = settings.paths.socket();
+    let channel = match crate::launcher::probe::probe(&socket).await {
+        crate::launcher::probe::Probe::Serving { channel, .. } => channel,
+        crate::launcher::probe::Probe::Absent { .. } => {
+            return Err(crate::error::Error::NoRuntime {
+                why: format!(
+                    "no spfs service is running on {}, so no runtime runs",
+                    socket.display()
+                ),
+                hint: "start one with `spfs run` or `spfs shell`".into(),
+            })
+        }
+        other => return Err(other.refusal(&settings.paths)),
+    };
+    let status = crate::client::ControlClient::new(channel)
+        .status(crate::telemetry::otel::traced(
+            crate::proto::StatusRequest {},
+        ))
+        .await
+        .map_err(|s| crate::error::Error::rpc("Status failed", s))?
+        .into_inner();
+    Ok(status
+        .runtimes
+        .into_iter()
+        .map(crate::client::runtime_info)
+        .collect())
+}
+
+/// The runtime `pid` is in: the nearest of its ancestors (itself first)
+/// that is a running runtime's root process.
+fn runtime_of_pid(runtimes: &[crate::runtime::RuntimeInfo], pid: i32) -> Result<String> {
+    let mut current = pid;
+    for _ in 0..65_536 {
+        if let Some(found) = runtimes.iter().find(|r| r.root_pid == Some(current)) {
+            return Ok(found.name().to_owned());
+        }
+        match platform::process_info(current) {
+            Ok(info) if info.ppid > 0 && info.ppid != current => current = info.ppid,
+            Ok(_) => break,
+            Err(_) if current == pid => {
+                return Err(crate::error::Error::Usage(format!(
+                    "there is no process {pid}"
+                )))
+            }
+            Err(_) => break,
+        }
+    }
+    Err(crate::error::Error::Usage(format!(
+        "process {pid} is in no running runtime (none of its ancestors is a runtime's root); `spfs runtime list` shows the runtimes, `spfs join NAME` enters one by name"
+    )))
+}
+
 /// The process image the runtime starts with: the command itself when the
 /// runtime has no startup script for the user's shell (no extra process),
 /// else that shell, which sources them and execs the command; for
