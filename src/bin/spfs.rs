@@ -42,6 +42,20 @@ struct RunArgs {
     /// Re-enter the stopped runtime NAME, with its stack and changes
     #[arg(long, value_name = "NAME", conflicts_with = "reference")]
     rerun: Option<String>,
+    /// Store KEY=VALUE with the runtime (an annotation layer on its stack; repeatable)
+    #[arg(
+        long = "annotation",
+        value_name = "KEY=VALUE",
+        conflicts_with = "rerun"
+    )]
+    annotations: Vec<String>,
+    /// Store the annotations of a YAML or JSON mapping (`-`: stdin; repeatable)
+    #[arg(
+        long = "annotation-file",
+        value_name = "FILE",
+        conflicts_with = "rerun"
+    )]
+    annotation_files: Vec<std::path::PathBuf>,
 }
 
 impl RunArgs {
@@ -52,6 +66,8 @@ impl RunArgs {
             no_edit: self.no_edit,
             keep_runtime: self.keep_runtime,
             rerun: self.rerun,
+            annotations: self.annotations,
+            annotation_files: self.annotation_files,
         };
         (self.reference.unwrap_or_default(), options)
     }
@@ -215,6 +231,8 @@ enum Command {
         references: Vec<String>,
         #[command(flatten)]
         remote: Remote,
+        #[command(flatten)]
+        get: GetAnnotations,
     },
     /// List a directory of a ref
     #[command(visible_aliases = ["list-dir", "list"])]
@@ -322,6 +340,26 @@ enum InitWhat {
     Repo { path: std::path::PathBuf },
 }
 
+/// `--get KEY` / `--get-all`: a runtime's annotations.
+#[derive(Args)]
+struct GetAnnotations {
+    /// Print the runtime's annotation KEY (repeatable)
+    #[arg(long = "get", visible_alias = "annotation", value_name = "KEY")]
+    keys: Vec<String>,
+    /// Print all the runtime's annotations, as YAML
+    #[arg(long = "get-all", visible_alias = "all-annotations")]
+    all: bool,
+}
+
+impl GetAnnotations {
+    fn ask(self) -> spfs::commands::AnnotationAsk {
+        spfs::commands::AnnotationAsk {
+            keys: self.keys,
+            all: self.all,
+        }
+    }
+}
+
 /// `-r/--remote NAME`: a configured remote instead of the local repository.
 #[derive(Args)]
 struct Remote {
@@ -362,6 +400,8 @@ enum RuntimeAction {
     Info {
         #[arg(value_name = "NAME")]
         name: Option<String>,
+        #[command(flatten)]
+        get: GetAnnotations,
     },
     /// Delete stopped runtimes and their changes; end running ones (--force)
     #[command(visible_alias = "rm")]
@@ -532,9 +572,11 @@ impl Command {
                 style.into(),
                 remote.name.as_deref(),
             ),
-            Command::Info { references, remote } => {
-                spfs::commands::info(&references, remote.name.as_deref())
-            }
+            Command::Info {
+                references,
+                remote,
+                get,
+            } => spfs::commands::info(&references, remote.name.as_deref(), &get.ask()),
             Command::Ls {
                 reference,
                 path,
@@ -564,7 +606,9 @@ impl RuntimeAction {
     fn run(self) -> ExitCode {
         match self {
             RuntimeAction::List { quiet } => spfs::commands::runtime_list(quiet),
-            RuntimeAction::Info { name } => spfs::commands::runtime_info(name.as_deref()),
+            RuntimeAction::Info { name, get } => {
+                spfs::commands::runtime_info(name.as_deref(), &get.ask())
+            }
             RuntimeAction::Remove {
                 names,
                 force,

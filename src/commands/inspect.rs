@@ -94,10 +94,15 @@ fn format_digest(
 
 /// `spfs info REF...`: what each ref is; layers show their manifest,
 /// platforms their stack (top first).
-pub fn info(references: &[String], remote: Option<&str>) -> ExitCode {
+pub fn info(references: &[String], remote: Option<&str>, get: &AnnotationAsk) -> ExitCode {
     repo::run("spfs info", || {
         if references.is_empty() {
-            return active_runtime_info();
+            return active_runtime_info(get);
+        }
+        if get.is_asked() {
+            return Err(Error::Usage(
+                "--get and --get-all read the active runtime's annotations; give no REF (or use `spfs runtime info NAME --get KEY`)".into(),
+            ));
         }
         let repos = repo::readable(remote)?;
         let mut out = Out::new();
@@ -127,7 +132,7 @@ pub fn info(references: &[String], remote: Option<&str>) -> ExitCode {
 /// `spfs info` with no ref: the runtime this command runs in, as spfs
 /// prints it (its stack top-down, each layer's size, whether it changed
 /// anything).
-fn active_runtime_info() -> Result<ExitCode> {
+fn active_runtime_info(get: &AnnotationAsk) -> Result<ExitCode> {
     let name = std::env::var(crate::contract::RUNTIME_VAR)
         .ok()
         .filter(|n| !n.is_empty())
@@ -142,6 +147,11 @@ fn active_runtime_info() -> Result<ExitCode> {
     })?;
     let repos = super::current::runtime_repositories(&runtime)?;
     let mut out = Out::new();
+    if get.is_asked() {
+        print_annotations(&mut out, &repos, &runtime, get)?;
+        out.finish()?;
+        return Ok(ExitCode::SUCCESS);
+    }
     out.line("Active Runtime:")?;
     out.line(format_args!(" id: {name}"))?;
     out.line(format_args!(" editable: {}", runtime.state.editable))?;
@@ -163,6 +173,54 @@ fn active_runtime_info() -> Result<ExitCode> {
     }
     out.finish()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--get KEY...` / `--get-all` of `spfs info` and `spfs runtime info`.
+#[derive(Clone, Debug, Default)]
+pub struct AnnotationAsk {
+    pub keys: Vec<String>,
+    pub all: bool,
+}
+
+impl AnnotationAsk {
+    fn is_asked(&self) -> bool {
+        self.all || !self.keys.is_empty()
+    }
+}
+
+/// A runtime's annotations as spfs prints them: `--get` a value per line
+/// (an empty line and a warning for a missing key), `--get-all` a YAML
+/// mapping and a blank line.
+pub fn print_annotations(
+    out: &mut Out,
+    repos: &ProxyRepository,
+    runtime: &crate::runtime::RuntimeInfo,
+    ask: &AnnotationAsk,
+) -> Result<()> {
+    use crate::tracking::annotations;
+    let stack: Vec<Digest> = runtime
+        .state
+        .stack
+        .iter()
+        .filter_map(|layer| Digest::parse(layer).ok())
+        .collect();
+    let found = annotations::of_stack(repos, &stack);
+    for key in &ask.keys {
+        match annotations::get(&found, key) {
+            Some(value) => out.line(value)?,
+            None => {
+                out.flush()?;
+                eprintln!("WARN No annotation stored under: {key}");
+                out.line("")?;
+            }
+        }
+    }
+    if ask.all {
+        let text = annotations::to_yaml(&annotations::all(&found));
+        out.line(text.trim_end_matches('\n'))?;
+        out.line("")?;
+    }
+    Ok(())
 }
 
 /// The bytes of the files a layer holds (0 for one without a manifest,

@@ -21,7 +21,7 @@ pub use check::check;
 pub use commit::{commit, write, CommitOptions, CommitSource};
 pub use doctor::doctor;
 pub use edit::{change_stack, diff, edit, reset};
-pub use inspect::{info, list_objects, ls, read, DigestStyle};
+pub use inspect::{info, list_objects, ls, read, AnnotationAsk, DigestStyle};
 pub use logs::{logs, LogsOptions};
 pub use run::{join, mount, run, shell, RunOptions};
 pub use runtime::{runtime_info, runtime_list, runtime_prune, runtime_remove};

@@ -32,6 +32,10 @@ pub struct RunOptions {
     pub keep_runtime: bool,
     /// `--rerun NAME`: re-enter a stopped runtime (the ref is not used).
     pub rerun: Option<String>,
+    /// `--annotation KEY=VALUE`, in command-line order.
+    pub annotations: Vec<String>,
+    /// `--annotation-file FILE` (`-`: stdin), in command-line order.
+    pub annotation_files: Vec<std::path::PathBuf>,
 }
 
 /// `spfs run REF -- CMD...`
@@ -54,8 +58,9 @@ type Entry<'a> = Option<(&'a OsString, &'a [OsString])>;
 
 fn run_in_env(tool: &str, reference: &str, entry: Entry, options: &RunOptions) -> ExitCode {
     runner::run(tool, || {
-        let settings = launcher_settings()?;
+        // Bad input is refused before anything is started or logged.
         let (request, env_spec) = mount_request(reference, options, entry)?;
+        let settings = launcher_settings()?;
         let name = request.name.clone();
         // One trace per command: the start (if any) and the Mount call are its children.
         let span = tracing::info_span!("spfs.run", env_spec = %env_spec);
@@ -228,10 +233,13 @@ fn mount_request(
     entry: Entry,
 ) -> Result<(MountRequest, EnvSpec)> {
     let pid = std::process::id() as i32;
-    let (env_spec, repositories) = match &options.rerun {
+    let (user_spec, repositories) = match &options.rerun {
         Some(_) => (EnvSpec::empty(), Vec::new()),
         None => spec_and_repositories(reference)?,
     };
+    // An empty REF is editable by default, whatever annotations go below it.
+    let empty_ref = user_spec.is_empty();
+    let env_spec = with_annotations(user_spec, options)?;
     let name = match (&options.rerun, &options.name) {
         (Some(name), _) | (None, Some(name)) => name.clone(),
         (None, None) => crate::contract::generated_name(pid),
@@ -252,8 +260,7 @@ fn mount_request(
         },
         repositories,
         name,
-        editable: options.edit
-            || (options.rerun.is_none() && env_spec.is_empty() && !options.no_edit),
+        editable: options.edit || (options.rerun.is_none() && empty_ref && !options.no_edit),
         durable: options.keep_runtime,
         rerun: options.rerun.is_some(),
         // as spfs records it: a shell as one empty string
@@ -266,6 +273,57 @@ fn mount_request(
         },
     };
     Ok((request, env_spec))
+}
+
+/// `spec` with the annotations of `options` below it, as spfs stacks
+/// them: each pair its own annotation-only layer in the local repository,
+/// the files' pairs first, then the `--annotation`s, the last given lowest.
+fn with_annotations(spec: EnvSpec, options: &RunOptions) -> Result<EnvSpec> {
+    use crate::tracking::annotations;
+    if options.annotations.is_empty() && options.annotation_files.is_empty() {
+        return Ok(spec);
+    }
+    let mut pairs = Vec::new();
+    for file in &options.annotation_files {
+        let text = read_annotation_file(file)?;
+        let parsed = annotations::parse_mapping(&text).map_err(|why| {
+            crate::error::Error::Usage(format!(
+                "the annotation file {} is not usable: {why}; give a YAML or JSON mapping of names to values",
+                file.display()
+            ))
+        })?;
+        pairs.extend(parsed);
+    }
+    for pair in &options.annotations {
+        pairs.extend(annotations::parse_pair(pair).map_err(crate::error::Error::Usage)?);
+    }
+    let config = crate::paths::load_spfs_config()?;
+    let repo = crate::storage::fs::FsRepository::create(&config.local_root)?;
+    let mut layers = Vec::new();
+    for (key, value) in pairs.iter().rev() {
+        let digest = annotations::write_layer(&repo, key, value, config.annotation_size_limit)?;
+        layers.push(digest.to_base32());
+    }
+    if !spec.is_empty() {
+        layers.push(spec.as_str().to_owned());
+    }
+    Ok(EnvSpec::parse(&layers.join("+"))?)
+}
+
+fn read_annotation_file(path: &std::path::Path) -> Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    let read = match path.as_os_str() == "-" {
+        true => std::io::stdin().take(16 << 20).read_to_string(&mut text),
+        false => std::fs::File::open(path).and_then(|f| f.take(16 << 20).read_to_string(&mut text)),
+    };
+    read.map_err(|e| {
+        crate::error::Error::io(
+            format!("cannot read the annotation file {}", path.display()),
+            e,
+        )
+    })?;
+    Ok(text)
 }
 
 /// `spfs-fuse-macos mount [--root-process PID] [--force] REF`, for scripts:

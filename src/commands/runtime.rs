@@ -161,7 +161,7 @@ pub fn info_record(
 
 /// `spfs runtime info [NAME]`: the runtime as JSON; NAME defaults to the
 /// runtime this command runs in (`SPFS_RUNTIME`).
-pub fn runtime_info(name: Option<&str>) -> ExitCode {
+pub fn runtime_info(name: Option<&str>, get: &super::AnnotationAsk) -> ExitCode {
     repo::run("spfs runtime info", || {
         let name = match name {
             Some(name) => name.to_owned(),
@@ -176,10 +176,15 @@ pub fn runtime_info(name: Option<&str>) -> ExitCode {
         let settings = Settings::from_env()?;
         let (runtimes, channel) = block_on(live(&settings))?;
         let runtime = find(&runtimes, &name)?;
-        let service_pid = channel.is_some().then(|| service_pid(&settings)).flatten();
-        let record = info_record(runtime, &settings.paths, service_pid);
         let mut out = Out::new();
-        out.line(record.to_pretty_json())?;
+        if get.keys.is_empty() && !get.all {
+            let service_pid = channel.is_some().then(|| service_pid(&settings)).flatten();
+            let record = info_record(runtime, &settings.paths, service_pid);
+            out.line(record.to_pretty_json())?;
+        } else {
+            let repos = current::runtime_repositories(runtime)?;
+            super::inspect::print_annotations(&mut out, &repos, runtime, get)?;
+        }
         out.finish()?;
         Ok(ExitCode::SUCCESS)
     })

@@ -31,6 +31,10 @@ pub enum ConfigError {
     NoHome,
 }
 
+/// spfs's `filesystem.annotation_size_limit` default: a longer annotation
+/// value is stored as a blob.
+pub const DEFAULT_ANNOTATION_SIZE_LIMIT: u64 = 16 * 1024;
+
 /// The parts of spfs's configuration this project uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpfsConfig {
@@ -40,6 +44,11 @@ pub struct SpfsConfig {
     pub remotes: BTreeMap<String, Remote>,
     /// `filesystem.secondary_repositories`: remotes a runtime reads through, in order.
     pub secondary: Vec<String>,
+    /// `filesystem.annotation_size_limit`: an annotation value longer than
+    /// this (bytes) is stored as a blob. spfs 0.44's default is 16 KiB only
+    /// when its configuration has a `filesystem` section at all, else 0;
+    /// ours is 16 KiB either way (see docs/runtimes.md).
+    pub annotation_size_limit: u64,
 }
 
 /// A configured remote repository.
@@ -77,6 +86,7 @@ struct RawRemote {
 #[serde(default)]
 struct RawFilesystem {
     secondary_repositories: Option<StringOrList>,
+    annotation_size_limit: Option<u64>,
 }
 
 /// A list from toml/yaml/json, or a comma-separated string from ini or the environment.
@@ -319,6 +329,10 @@ impl SpfsConfig {
             local_root,
             remotes,
             secondary,
+            annotation_size_limit: raw
+                .filesystem
+                .annotation_size_limit
+                .unwrap_or(DEFAULT_ANNOTATION_SIZE_LIMIT),
         })
     }
 

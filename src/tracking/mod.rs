@@ -7,9 +7,12 @@
 //!   each file it found only if it is still what the walk saw.
 //! - [`commit`]: committing a directory on disk as a layer, and a stack of
 //!   layers as a platform.
+//! - [`annotations`]: `--annotation` pairs and files, annotation-only
+//!   layers, and reading a stack's annotations back (`--get`, `--get-all`).
 //! - [`env_spec`]: refs (`base+app`, tags, digests, directories) resolved to
 //!   the stack of layers a runtime shows.
 
+pub mod annotations;
 pub mod commit;
 pub mod env_spec;
 pub mod manifest;
