@@ -79,7 +79,8 @@ impl SpecError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Item {
     Digest(Digest),
-    /// Could be a partial digest; when no object starts with it, it is a tag.
+    /// A tag, if one of that name exists (as spfs tries it first), else a
+    /// partial digest.
     Partial(PartialDigest, Option<TagSpec>),
     Tag(TagSpec),
     Dir(PathBuf),
@@ -302,17 +303,20 @@ pub fn item_digest(part: &str, item: &Item, repos: &ProxyRepository) -> Result<D
         Item::Digest(digest) => Ok(*digest),
         Item::Tag(tag) => Ok(repos.resolve_tag(tag).map_err(storage)?.target),
         Item::Partial(partial, tag) => {
+            // A tag of that name first, as spfs resolves a ref: `T` is a tag
+            // even when some object's digest starts with T.
+            if let Some(tag) = tag {
+                match repos.resolve_tag(tag) {
+                    Ok(found) => return Ok(found.target),
+                    Err(StorageError::UnknownTag { .. }) => {}
+                    Err(err) => return Err(storage(err)),
+                }
+            }
             let found = repos.find_digests(partial).map_err(storage)?;
-            match (found.as_slice(), tag) {
-                ([one], _) => Ok(*one),
-                // Looked like a digest, but no object starts with it: a tag?
-                ([], Some(tag)) => match repos.resolve_tag(tag) {
-                    Ok(found) => Ok(found.target),
-                    Err(StorageError::UnknownTag { .. }) => Err(unknown()),
-                    Err(err) => Err(storage(err)),
-                },
-                ([], None) => Err(unknown()),
-                (many, _) => Err(SpecError::Ambiguous {
+            match found.as_slice() {
+                [one] => Ok(*one),
+                [] => Err(unknown()),
+                many => Err(SpecError::Ambiguous {
                     part: part.into(),
                     candidates: many.iter().map(|d| d.to_base32()).collect(),
                 }),
@@ -408,6 +412,25 @@ mod tests {
         assert!(matches!(&parse(full).unwrap()[0].1, Item::Digest(d) if d.to_base32() == full));
         let many = vec!["x"; MAX_LAYERS + 1].join("+");
         assert!(matches!(parse(&many), Err(SpecError::TooMany { .. })));
+    }
+
+    #[test]
+    fn a_tag_wins_over_an_object_whose_digest_it_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = crate::storage::fs::FsRepository::create(dir.path()).unwrap();
+        let blob = repo.write_blob_bytes(b"anything").unwrap();
+        let layer = repo
+            .write_object(&Object::Layer(crate::graph::Layer::default()))
+            .unwrap();
+        let prefix = &blob.to_base32()[..4];
+        let repos = ProxyRepository::from_repositories(vec![repo]);
+        let item = parse_item(prefix).unwrap();
+        // No tag of that name: the object it starts.
+        assert_eq!(item_digest(prefix, &item, &repos).unwrap(), blob);
+        repos.repositories()[0]
+            .push_tag(&TagSpec::parse(prefix).unwrap(), &layer)
+            .unwrap();
+        assert_eq!(item_digest(prefix, &item, &repos).unwrap(), layer);
     }
 
     #[test]
