@@ -87,3 +87,30 @@ fn version_config_and_init_say_and_make_what_spfs_does() {
         .env("SPFS_STORAGE_ROOT", &new),
     );
 }
+
+#[test]
+fn edit_keep_runtime_makes_a_live_runtime_durable_with_its_changes() {
+    let env = TestEnv::with_base_to_edit();
+    let out = env.sh(
+        &["--runtime-name", "kept-late", "base"],
+        "$SPFS edit --keep-runtime && echo mine > $M/etc/mine",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("edit mode enabled"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("is durable"), "{}", stderr(&out));
+    // Kept after it ended, with what it wrote; re-entered.
+    let list = stdout(&run_ok(&mut env.spfs(&["runtime", "list"])));
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("kept-late") && l.contains("durable=true")),
+        "{list}"
+    );
+    assert_eq!(
+        env.sh_ok(&["--rerun", "kept-late"], "cat $M/etc/mine"),
+        "mine\n"
+    );
+}

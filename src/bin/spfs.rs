@@ -134,8 +134,11 @@ enum Command {
     /// Make the runtime you are in editable (its changes go to its scratch directory)
     Edit {
         /// Make it read-only instead, keeping its changes
-        #[arg(long)]
+        #[arg(long, conflicts_with = "keep_runtime")]
         off: bool,
+        /// Also make it durable: kept, with its changes, after its processes exit
+        #[arg(short = 'k', long)]
+        keep_runtime: bool,
     },
     /// Drop the changes of the runtime you are in (all, or those at and below PATHS)
     Reset {
@@ -506,7 +509,7 @@ impl Command {
                     remote: remote.name.as_deref(),
                 })
             }
-            Command::Edit { off } => spfs::commands::edit(off),
+            Command::Edit { off, keep_runtime } => spfs::commands::edit(off, keep_runtime),
             Command::Reset {
                 paths,
                 edit,

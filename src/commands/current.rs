@@ -90,6 +90,16 @@ pub async fn get_runtime(channel: &Channel, name: &str) -> Result<RuntimeInfo> {
 }
 
 pub async fn edit(channel: &Channel, name: &str, editable: bool) -> Result<RuntimeInfo> {
+    edit_keeping(channel, name, editable, false).await
+}
+
+/// [`edit`], also making the runtime durable when `keep_runtime`.
+pub async fn edit_keeping(
+    channel: &Channel,
+    name: &str,
+    editable: bool,
+    keep_runtime: bool,
+) -> Result<RuntimeInfo> {
     let what = if editable {
         format!("cannot make runtime {name} editable")
     } else {
@@ -100,6 +110,7 @@ pub async fn edit(channel: &Channel, name: &str, editable: bool) -> Result<Runti
             name: name.into(),
             editable,
             only_if_editable: false,
+            keep_runtime,
         }))
         .await
         .map_err(|s| rpc_error(&what, "Edit", s))?;
@@ -114,6 +125,7 @@ pub async fn freeze(channel: &Channel, name: &str) -> Result<RuntimeInfo> {
             name: name.into(),
             editable: false,
             only_if_editable: true,
+            keep_runtime: false,
         }))
         .await
         .map_err(|s| rpc_error(&format!("cannot commit runtime {name}"), "Edit", s))?;

@@ -19,7 +19,7 @@ use crate::tracking::env_spec::EnvSpec;
 
 /// `spfs edit [--off]`: make the runtime editable, or read-only keeping
 /// its changes. As in spfs, making an editable runtime editable is an error.
-pub fn edit(off: bool) -> ExitCode {
+pub fn edit(off: bool, keep_runtime: bool) -> ExitCode {
     runner::run("spfs edit", || {
         let name = current::active_name(Hint::Run)?;
         let settings = Settings::from_env()?;
@@ -30,11 +30,17 @@ pub fn edit(off: bool) -> ExitCode {
                 eprintln!("edit mode disabled");
             } else {
                 let runtime = current::get_runtime(&channel, &name).await?;
-                if runtime.state.editable {
+                let keep = keep_runtime && !runtime.state.durable;
+                if runtime.state.editable && !keep {
                     return Err(Error::Usage(format!("runtime {name} is already editable")));
                 }
-                current::edit(&channel, &name, true).await?;
-                eprintln!("edit mode enabled");
+                current::edit_keeping(&channel, &name, true, keep_runtime).await?;
+                if !runtime.state.editable {
+                    eprintln!("edit mode enabled");
+                }
+                if keep {
+                    eprintln!("runtime {name} is durable: it is kept, with its changes, after its processes exit (`spfs run --rerun {name}`)");
+                }
             }
             Ok(ExitCode::SUCCESS)
         })

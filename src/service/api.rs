@@ -389,12 +389,14 @@ impl VfsService for Api {
             name,
             editable,
             only_if_editable,
+            keep_runtime,
         } = request.into_inner();
         let lifecycle = Arc::clone(&self.lifecycle);
         let asked = name.clone();
         let edit = crate::service::lifecycle::Edit {
             editable,
             only_if_editable,
+            durable: keep_runtime && editable,
         };
         let result = blocking(move || lifecycle.edit(&asked, caller_pid(caller)?, edit)).await;
         answer("service.edit", &name, started, result)

@@ -66,6 +66,8 @@ pub struct Edit {
     pub editable: bool,
     /// A commit's freeze: refused unless the runtime takes writes now.
     pub only_if_editable: bool,
+    /// Also make it durable (`spfs edit --keep-runtime`).
+    pub durable: bool,
 }
 
 /// What one `ChangeStack` asks for.
@@ -375,10 +377,12 @@ impl Lifecycle {
         let Edit {
             editable,
             only_if_editable,
+            durable,
         } = edit;
         let member = self.table.member(name, pid)?;
         let mut state = member.state.clone();
         state.editable = editable;
+        state.durable |= durable;
         let freeze_once = only_if_editable && !editable;
         match (&member.shown, editable) {
             (Shown::Overlay(overlay), _) => {
