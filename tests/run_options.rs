@@ -114,3 +114,30 @@ fn edit_keep_runtime_makes_a_live_runtime_durable_with_its_changes() {
         "mine\n"
     );
 }
+
+#[test]
+fn a_run_spec_in_a_ref_shows_its_layers_in_place() {
+    let env = TestEnv::new();
+    for (layer, text) in [("base", "from base\n"), ("app", "from app\n")] {
+        std::fs::write(env.layers.join(layer).join("who"), text).unwrap();
+    }
+    env.tag_layers();
+    let spec = env.root.path().join("app.spfs.yaml");
+    std::fs::write(&spec, "api: spfs/v0/runspec\nlayers:\n  - app\n").unwrap();
+    // base below the spec's app: app's file wins.
+    let reference = format!("base+{}", spec.display());
+    assert_eq!(env.sh_ok(&[&reference], "cat $M/who"), "from app\n");
+    // Bad spec files are refused before anything starts.
+    let live = env.root.path().join("live.spfs.yaml");
+    std::fs::write(&live, "api: spfs/v0/livelayer\ncontents: []\n").unwrap();
+    let broken = env.root.path().join("broken.spfs.yaml");
+    std::fs::write(&broken, "api: spfs/v0/runspec\nlayers: nope\n").unwrap();
+    for (file, says) in [(&live, "live layer"), (&broken, "no `layers:` list")] {
+        let out = env
+            .spfs(&["run", file.to_str().unwrap(), "--", "true"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).contains(says), "{}", stderr(&out));
+    }
+}

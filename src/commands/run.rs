@@ -385,6 +385,8 @@ fn check_root_process(pid: i32, force: bool) -> std::result::Result<(), String> 
 /// caller's spfs configuration: the repositories the ref means, local first.
 fn spec_and_repositories(reference: &str) -> Result<(EnvSpec, Vec<String>)> {
     let env_spec = EnvSpec::parse(reference)?;
+    let env_spec =
+        crate::tracking::spec_file::expand(&env_spec).map_err(crate::error::Error::Usage)?;
     let roots = crate::paths::load_spfs_config()?.runtime_repositories()?;
     let repositories = roots
         .into_iter()

@@ -9,6 +9,8 @@
 //!   layers as a platform.
 //! - [`annotations`]: `--annotation` pairs and files, annotation-only
 //!   layers, and reading a stack's annotations back (`--get`, `--get-all`).
+//! - [`spec_file`]: spfs's `*.spfs.yaml` spec files in a ref (run specs
+//!   spliced in; live layers refused for now).
 //! - [`env_spec`]: refs (`base+app`, tags, digests, directories) resolved to
 //!   the stack of layers a runtime shows.
 
@@ -16,6 +18,7 @@ pub mod annotations;
 pub mod commit;
 pub mod env_spec;
 pub mod manifest;
+pub mod spec_file;
 pub mod walk;
 
 pub use commit::{commit_dir, commit_platform, manifest_of_dir, walk_dir, CommitStats, DirWalk};
