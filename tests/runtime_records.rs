@@ -160,3 +160,19 @@ fn spfs_info_describes_the_active_runtime_as_spfs_does() {
         stderr(&outside)
     );
 }
+
+#[test]
+fn a_service_that_stops_leaves_records_that_say_so() {
+    let env = TestEnv::with_base_to_edit();
+    let (editable, _) = env.hold_run(&["--runtime-name", "rec-5", "-e", "base"], "echo up");
+    let (plain, _) = env.hold_run(&["--runtime-name", "rec-6", "base"], "echo up");
+    wait_record(&env, "rec-5", |r| r["status"]["running"] == true);
+    wait_record(&env, "rec-6", |r| r["status"]["running"] == true);
+    run_ok(&mut env.spfs(&["service", "stop", "--force"]));
+    // Written before the service went: no wait needed.
+    let kept = record(&env, "rec-5").expect("kept as a stopped runtime");
+    assert_eq!(kept["status"]["running"], false, "{kept}");
+    assert!(record(&env, "rec-6").is_none(), "a read-only runtime ends with the service");
+    release(editable);
+    release(plain);
+}
