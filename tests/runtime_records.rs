@@ -172,7 +172,10 @@ fn a_service_that_stops_leaves_records_that_say_so() {
     // Written before the service went: no wait needed.
     let kept = record(&env, "rec-5").expect("kept as a stopped runtime");
     assert_eq!(kept["status"]["running"], false, "{kept}");
-    assert!(record(&env, "rec-6").is_none(), "a read-only runtime ends with the service");
+    assert!(
+        record(&env, "rec-6").is_none(),
+        "a read-only runtime ends with the service"
+    );
     release(editable);
     release(plain);
 }

@@ -108,6 +108,8 @@ pub fn join(name: Option<&str>, pid: Option<i32>, command: &[OsString]) -> ExitC
     let tool = "spfs join";
     runner::run(tool, || {
         let settings = launcher_settings()?;
+        // The startup files go into the runtime dir: only one that is ours alone.
+        settings.paths.ensure_runtime_dir()?;
         let runtimes = block_on(running_runtimes(&settings))?;
         let name = match (name, pid) {
             (Some(name), _) => runtimes
